@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: waiting with deadlines, a bridge subprocess, NATS readers."""
