@@ -1,0 +1,755 @@
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cdc_bridge.config import (
+    BridgeConfig,
+    ConfigError,
+    format_key_path,
+    load_config,
+    parse_config,
+    parse_template,
+    redact_dsn,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+# The contract from the brief, verbatim apart from the DSN.
+CONTRACT = """\
+postgres:
+  dsn: postgresql://app@127.0.0.1:5432/app
+  slot: cdc_bridge
+  publication: cdc_bridge
+  plugin: pgoutput
+nats:
+  servers: [nats://127.0.0.1:4222]
+  stream: {name: OUTBOX, subjects: ["events.>"]}
+outbox:
+  table: public.outbox
+routes:
+  - when: {aggregate_type: ticket}
+    subject: "events.ticket.{event_type}"
+  - subject: "events.other.{aggregate_type}"
+dead_letter: {subject: events.dlq}
+"""
+
+# A minimal valid file whose routes section the tests below replace.
+BASE = """\
+postgres:
+  dsn: postgresql://app:hunter2@127.0.0.1:5432/app
+nats:
+  servers: [nats://127.0.0.1:4222]
+  stream: {name: OUTBOX, subjects: ["events.>"]}
+"""
+
+
+def problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, source="config.yaml", env=env or {})
+    assert str(caught.value) == "\n".join(caught.value.problems)
+    return caught.value.problems
+
+
+def with_routes(routes: str, extra: str = "") -> str:
+    return BASE + "routes:\n" + routes + extra
+
+
+def one_problem(text: str, env: dict[str, str] | None = None) -> str:
+    found = problems(text, env)
+    assert len(found) == 1, found
+    return found[0]
+
+
+# --- the contract and defaults -------------------------------------------------------
+
+
+def test_contract_example_parses_with_defaults() -> None:
+    config = parse_config(CONTRACT, env={})
+    assert config.postgres.dsn == "postgresql://app@127.0.0.1:5432/app"
+    assert (config.postgres.slot, config.postgres.publication) == ("cdc_bridge", "cdc_bridge")
+    assert config.postgres.plugin == "pgoutput"
+    assert config.postgres.status_interval == 10.0
+    assert config.postgres.connect_timeout == 10.0
+    assert config.nats.servers == ("nats://127.0.0.1:4222",)
+    stream = config.nats.stream
+    assert (stream.name, stream.subjects) == ("OUTBOX", ("events.>",))
+    assert (stream.duplicate_window, stream.storage, stream.replicas, stream.max_age) == (
+        120.0,
+        "file",
+        1,
+        0.0,
+    )
+    assert (config.nats.ack_timeout, config.nats.max_in_flight) == (5.0, 4096)
+    assert config.nats.connect_timeout == 5.0
+    assert config.outbox.tables == ("public.outbox",)
+    assert config.outbox.id_column == "id"
+    assert config.outbox.payload_column == "payload"
+    assert config.outbox.headers_column == "headers"
+    first, second = config.routes
+    assert first.name == "routes[0]"
+    assert first.when == (("aggregate_type", ("ticket",)),)
+    assert first.subject == "events.ticket.{event_type}"
+    assert (first.payload, first.id, first.headers) == ("payload", "id", ())
+    assert second.name == "routes[1]" and second.when == ()
+    assert config.dead_letter is not None and config.dead_letter.subject == "events.dlq"
+    assert (config.logging.format, config.logging.level) == ("json", "info")
+    assert config.shutdown_timeout == 10.0
+    assert config.http.listen is None
+
+
+def test_every_key_can_be_set() -> None:
+    text = """\
+postgres:
+  dsn: host=db user=app
+  slot: my_slot
+  publication: my_pub
+  plugin: wal2json
+  status_interval: 500ms
+  connect_timeout: 3s
+nats:
+  servers: nats://a:4222, nats://b:4222
+  stream:
+    name: EVENTS
+    subjects: [events.>, audit.*]
+    duplicate_window: 5m
+    storage: memory
+    replicas: 3
+    max_age: 1h
+  ack_timeout: 2s
+  max_in_flight: 10
+  connect_timeout: 1s
+outbox:
+  table: [outbox, billing.outbox]
+  id_column: event_id
+  payload_column: body
+  headers_column: null
+routes:
+  - name: tickets
+    when: {table: public.outbox, aggregate_type: [ticket, "case*"]}
+    subject: "events.{aggregate_type}.{event_type}"
+    headers: {Aggregate-Id: "{aggregate_id}", Source: "{table}", Kind: "fixed.value"}
+    payload: row
+    id: aggregate_id
+dead_letter: {subject: events.dead}
+logging: {format: console, level: WARN}
+shutdown_timeout: 30s
+http: {listen: "127.0.0.1:0"}
+"""
+    config = parse_config(text, env={})
+    assert config.postgres.plugin == "wal2json"
+    assert config.postgres.status_interval == 0.5
+    assert config.nats.servers == ("nats://a:4222", "nats://b:4222")
+    assert config.nats.stream.subjects == ("events.>", "audit.*")
+    assert config.nats.stream.duplicate_window == 300.0
+    assert config.nats.stream.storage == "memory"
+    assert config.nats.stream.replicas == 3
+    assert config.nats.stream.max_age == 3600.0
+    assert config.nats.max_in_flight == 10
+    assert config.outbox.tables == ("public.outbox", "billing.outbox")
+    assert config.outbox.headers_column is None
+    route = config.routes[0]
+    assert route.name == "tickets"
+    assert route.when == (("table", ("public.outbox",)), ("aggregate_type", ("ticket", "case*")))
+    assert route.headers == (
+        ("Aggregate-Id", "{aggregate_id}"),
+        ("Source", "{table}"),
+        ("Kind", "fixed.value"),
+    )
+    assert (route.payload, route.id) == ("row", "aggregate_id")
+    assert config.logging == dataclasses.replace(config.logging, format="console", level="warning")
+    assert config.shutdown_timeout == 30.0
+    assert config.http.listen == "127.0.0.1:0"
+    assert (config.http.host, config.http.port) == ("127.0.0.1", 0)
+
+
+def test_shipped_config_files_parse() -> None:
+    env = {"CDC_BRIDGE_DEV_DSN": "postgresql://x@h/d", "CDC_BRIDGE_DEV_NATS_URL": "nats://h:1"}
+    dev = load_config(REPO / "config" / "dev.yaml", env=env)
+    assert dev.postgres.status_interval == 1.0
+    example = load_config(REPO / "config" / "example.yaml", env={})
+    assert example.routes
+
+
+def test_example_shows_every_key() -> None:
+    from pydantic import BaseModel
+
+    from cdc_bridge.config import _ConfigFile, _RouteSection
+
+    example = yaml.safe_load((REPO / "config" / "example.yaml").read_text())
+
+    def missing(model: type[BaseModel], data: dict[str, object], path: str) -> list[str]:
+        absent = []
+        for key, info in model.model_fields.items():
+            if key not in data:
+                absent.append(path + key)
+                continue
+            nested, value = info.annotation, data[key]
+            for candidate in typing.get_args(nested) or (nested,):
+                is_section = isinstance(candidate, type) and issubclass(candidate, BaseModel)
+                if is_section and isinstance(value, dict):  # routes are checked below
+                    absent += missing(candidate, value, f"{path}{key}.")
+        return absent
+
+    assert missing(_ConfigFile, example, "") == []
+    assert missing(_RouteSection, example["routes"][0], "routes[0].") == []
+
+
+def test_config_values_are_frozen() -> None:
+    config = parse_config(CONTRACT, env={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.postgres.slot = "other"  # type: ignore[misc]
+    assert isinstance(config, BridgeConfig)
+    hash(config.routes)
+
+
+def test_template_columns_lists_every_referenced_column() -> None:
+    text = with_routes(
+        """\
+  - when: {table: public.outbox, aggregate_type: ticket}
+    subject: "events.{event_type}"
+    headers: {A: "{aggregate_id}-{table}"}
+    payload: row
+  - subject: "other.{kind}"
+    id: event_id
+"""
+    )
+    config = parse_config(text, env={})
+    assert config.template_columns() == {
+        "aggregate_type",
+        "event_type",
+        "aggregate_id",
+        "id",
+        "kind",
+        "payload",
+        "event_id",
+    }
+
+
+def test_optional_sections_may_be_empty() -> None:
+    text = CONTRACT.replace("outbox:\n  table: public.outbox\n", "outbox:\n")
+    config = parse_config(text + "logging:\nhttp:\n", env={})
+    assert config.logging.level == "info"
+    assert config.http.listen is None
+
+
+@pytest.mark.parametrize("disabled", ["null", "false", '""', "~"])
+def test_http_listen_can_be_disabled(disabled: str) -> None:
+    config = parse_config(CONTRACT + f"http: {{listen: {disabled}}}\n", env={})
+    assert config.http.listen is None
+    assert parse_config(CONTRACT + "http: false\n", env={}).http.listen is None
+
+
+# --- one line per problem, with file and line ----------------------------------------
+
+
+def test_unknown_key_gets_a_suggestion_and_line() -> None:
+    text = CONTRACT.replace("  publication: cdc_bridge", "  publicaton: cdc_bridge")
+    assert one_problem(text) == (
+        "config.yaml:4: postgres.publicaton: unknown key 'publicaton'; did you mean 'publication'?"
+    )
+
+
+def test_unknown_keys_in_nested_and_listed_sections() -> None:
+    text = (
+        CONTRACT.replace("subject: events.dlq", "subjet: events.dlq").replace(
+            '    subject: "events.ticket', '    subjects: "events.ticket'
+        )
+        + "loging: {}\n"
+    )
+    found = problems(text)
+    assert (
+        "config.yaml:13: routes[0].subjects: unknown key 'subjects'; did you mean 'subject'?"
+        in found
+    )
+    assert "config.yaml:12: routes[0].subject: required key is missing" in found
+    assert (
+        "config.yaml:15: dead_letter.subjet: unknown key 'subjet'; did you mean 'subject'?" in found
+    )
+    assert "config.yaml:16: loging: unknown key 'loging'; did you mean 'logging'?" in found
+
+
+def test_unknown_key_without_a_close_match() -> None:
+    problem = one_problem(CONTRACT + "zzz: 1\n")
+    assert problem == "config.yaml:16: zzz: unknown key 'zzz'"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "  plugin: pgoutput",
+            "  status_interval: fast",
+            "config.yaml:5: postgres.status_interval: "
+            "expected a duration like 500ms, 10s or 2m, got 'fast'",
+        ),
+        (
+            "  slot: cdc_bridge",
+            "  slot: 42",
+            "config.yaml:3: postgres.slot: expected text, got 42",
+        ),
+        (
+            "  plugin: pgoutput",
+            "  plugin: decoderbufs",
+            "config.yaml:5: postgres.plugin: expected 'pgoutput' or 'wal2json', got 'decoderbufs'",
+        ),
+        (
+            "  servers: [nats://127.0.0.1:4222]",
+            "  servers: [nats://127.0.0.1:4222]\n  max_in_flight: many",
+            "config.yaml:8: nats.max_in_flight: expected a whole number, got 'many'",
+        ),
+        (
+            "  servers: [nats://127.0.0.1:4222]",
+            "  servers: [nats://127.0.0.1:4222]\n  max_in_flight: 0",
+            "config.yaml:8: nats.max_in_flight: must be at least 1, got 0",
+        ),
+        (
+            "  servers: [nats://127.0.0.1:4222]",
+            "  servers: []",
+            "config.yaml:7: nats.servers: must not be empty",
+        ),
+        (
+            '  stream: {name: OUTBOX, subjects: ["events.>"]}',
+            "  stream: OUTBOX",
+            "config.yaml:8: nats.stream: expected a mapping (key: value lines), got text",
+        ),
+        (
+            '  stream: {name: OUTBOX, subjects: ["events.>"]}',
+            '  stream: {name: OUTBOX, subjects: ["events.>"], storage: disk}',
+            "config.yaml:8: nats.stream.storage: expected 'file' or 'memory', got 'disk'",
+        ),
+        (
+            '  stream: {name: OUTBOX, subjects: ["events.>"]}',
+            '  stream: {name: OUTBOX, subjects: ["events.>"], replicas: 7}',
+            "config.yaml:8: nats.stream.replicas: must be at most 5, got 7",
+        ),
+        (
+            "  table: public.outbox",
+            "  table: {name: outbox}",
+            "config.yaml:10: outbox.table: expected a list, got a mapping",
+        ),
+        (
+            "dead_letter: {subject: events.dlq}",
+            "dead_letter: {subject: events.dlq}\nshutdown_timeout: -5s",
+            "config.yaml:16: shutdown_timeout: "
+            "expected a duration like 500ms, 10s or 2m, got '-5s'",
+        ),
+        (
+            "dead_letter: {subject: events.dlq}",
+            "dead_letter: {subject: events.dlq}\nlogging: {level: loud}",
+            "config.yaml:16: logging.level: "
+            "expected 'debug', 'info', 'warning' or 'error', got 'loud'",
+        ),
+        (
+            "dead_letter: {subject: events.dlq}",
+            "dead_letter: {subject: events.dlq}\nhttp: {listen: localhost}",
+            "config.yaml:16: http.listen: expected host:port like 127.0.0.1:8080, got 'localhost'",
+        ),
+    ],
+)
+def test_type_errors_say_what_was_expected(old: str, new: str, expected: str) -> None:
+    assert old in CONTRACT
+    assert one_problem(CONTRACT.replace(old, new)) == expected
+
+
+def test_missing_required_keys_point_at_the_parent() -> None:
+    text = CONTRACT.replace("  dsn: postgresql://app@127.0.0.1:5432/app\n", "").replace(
+        '{name: OUTBOX, subjects: ["events.>"]}', '{subjects: ["events.>"]}'
+    )
+    assert problems(text) == [
+        "config.yaml:1: postgres.dsn: required key is missing",
+        "config.yaml:7: nats.stream.name: required key is missing",
+    ]
+
+
+def test_missing_sections_have_no_line() -> None:
+    assert problems("logging: {}\n") == [
+        "config.yaml: postgres: required key is missing",
+        "config.yaml: nats: required key is missing",
+        "config.yaml: routes: required key is missing",
+    ]
+
+
+def test_empty_file_and_non_mapping_file() -> None:
+    assert problems("") == [
+        "config.yaml: expected a mapping of sections (postgres:, nats:, routes: ...); "
+        "the file is empty"
+    ]
+    assert one_problem("- a\n- b\n").endswith("found a list")
+
+
+def test_all_problems_are_reported_at_once_in_line_order() -> None:
+    text = (
+        CONTRACT.replace("slot: cdc_bridge", "slot: Bad-Slot")
+        .replace("plugin: pgoutput", "plugin: nope")
+        .replace("table: public.outbox", "table: a.b.c")
+    )
+    found = problems(text)
+    assert [line.split(":")[1] for line in found] == ["3", "5", "10"]
+
+
+def test_yaml_syntax_error_has_a_line_and_no_source_text() -> None:
+    text = "postgres:\n  dsn: postgresql://app:hunter2@db/app\n  slot: [unclosed\nnats: {}\n"
+    problem = one_problem(text)
+    assert problem.startswith("config.yaml:4: invalid YAML:")
+    assert "hunter2" not in problem
+
+
+def test_duplicate_keys_are_an_error() -> None:
+    text = CONTRACT.replace("  slot: cdc_bridge\n", "  slot: cdc_bridge\n  slot: other\n")
+    assert one_problem(text) == "config.yaml:4: postgres.slot: duplicate key (first on line 3)"
+
+
+def test_merge_keys_may_be_overridden() -> None:
+    text = CONTRACT.replace(
+        "routes:\n",
+        "x-defaults: &defaults {subject: 'events.x.{event_type}', payload: row}\nroutes:\n",
+    )
+    text = text.replace(
+        '  - subject: "events.other.{aggregate_type}"', "  - <<: *defaults\n    payload: body"
+    )
+    found = problems(text)
+    # x-defaults is an unknown top-level key, but the merged route itself is fine.
+    assert found == ["config.yaml:11: x-defaults: unknown key 'x-defaults'"]
+
+
+def test_yaml_keys_are_read_as_text() -> None:
+    # YAML 1.1 reads an unquoted `on` as true; as a column name it must stay "on".
+    text = with_routes("  - when: {on: yes}\n    subject: a.b\n")
+    problem = one_problem(text)
+    assert "routes[0].when.on" in problem and "quote the value" in problem
+
+
+def test_route_line_numbers_count_from_the_file_start() -> None:
+    text = with_routes('  - {when: {x: y}, subject: "a.{x}"}\n  - subject: "b.*"\n')
+    assert one_problem(text) == (
+        "config.yaml:8: routes[1].subject: "
+        "published subjects are concrete: the wildcard '*' is not allowed"
+    )
+
+
+def test_load_config_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bridge.yaml"
+    path.write_text(CONTRACT.replace("slot: cdc_bridge", "slot: 'no spaces'"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert caught.value.problems[0].startswith(f"{path}:3: postgres.slot: expected a slot name")
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+# --- environment expansion -----------------------------------------------------------
+
+
+def test_env_expansion_with_defaults() -> None:
+    text = CONTRACT.replace(
+        "dsn: postgresql://app@127.0.0.1:5432/app",
+        "dsn: postgresql://${PGUSER}@${PGHOST:-localhost}/app",
+    ).replace("servers: [nats://127.0.0.1:4222]", 'servers: ["${NATS_URL:-nats://127.0.0.1:4222}"]')
+    text += "shutdown_timeout: ${STOP:-3s}\n"
+    config = parse_config(text, env={"PGUSER": "me", "PGHOST": ""})
+    assert config.postgres.dsn == "postgresql://me@localhost/app"  # empty counts as unset
+    assert config.nats.servers == ("nats://127.0.0.1:4222",)
+    assert config.shutdown_timeout == 3.0
+    assert parse_config(text, env={"PGUSER": "me", "STOP": "1m"}).shutdown_timeout == 60.0
+
+
+def test_env_expansion_feeds_typed_values() -> None:
+    text = CONTRACT.replace(
+        "  servers: [nats://127.0.0.1:4222]",
+        "  servers: [nats://127.0.0.1:4222]\n  max_in_flight: ${INFLIGHT}",
+    )
+    assert parse_config(text, env={"INFLIGHT": "12"}).nats.max_in_flight == 12
+
+
+def test_missing_env_var_names_the_key_and_variable_only() -> None:
+    text = CONTRACT.replace(
+        "dsn: postgresql://app@127.0.0.1:5432/app", "dsn: postgresql://app:${PGPASSWORD}@db/app"
+    )
+    assert one_problem(text) == (
+        "config.yaml:2: postgres.dsn: environment variable PGPASSWORD is not set "
+        "(write ${PGPASSWORD:-default} to give a default)"
+    )
+
+
+def test_env_escape_and_malformed_reference() -> None:
+    escaped = CONTRACT.replace(
+        "dsn: postgresql://app@127.0.0.1:5432/app", "dsn: host=db password=a$${b}"
+    )
+    assert parse_config(escaped, env={}).postgres.dsn == "host=db password=a${b}"
+    malformed = CONTRACT.replace("slot: cdc_bridge", "slot: ${1BAD}")
+    assert one_problem(malformed) == (
+        "config.yaml:3: postgres.slot: malformed ${...}: expected ${NAME} or ${NAME:-default}"
+    )
+
+
+def test_env_is_read_from_the_process_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CDC_TEST_SLOT", "from_env")
+    text = CONTRACT.replace("slot: cdc_bridge", "slot: ${CDC_TEST_SLOT}")
+    assert parse_config(text).postgres.slot == "from_env"
+
+
+# --- secrets ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dsn", "redacted"),
+    [
+        ("postgresql://app:hunter2@db:5432/app", "postgresql://app:***@db:5432/app"),
+        ("postgres://app:p@ss@db/app", "postgres://app:***@db/app"),
+        ("postgresql://app@db/app", "postgresql://app@db/app"),
+        (
+            "postgresql://db/app?user=a&password=hunter2&x=1",
+            "postgresql://db/app?user=a&password=***&x=1",
+        ),
+        ("host=db user=app password=hunter2 dbname=x", "host=db user=app password=*** dbname=x"),
+        ("host=db password = 'hun ter2' port=5", "host=db password = *** port=5"),
+        ("host=db sslpassword=k", "host=db sslpassword=***"),
+        ("nats://user:hunter2@127.0.0.1:4222", "nats://user:***@127.0.0.1:4222"),
+    ],
+)
+def test_redact_dsn(dsn: str, redacted: str) -> None:
+    assert redact_dsn(dsn) == redacted
+    assert "hunter2" not in redact_dsn(dsn) and "hun ter2" not in redact_dsn(dsn)
+
+
+def test_errors_never_echo_secrets() -> None:
+    secret = "postgresql://app:hunter2@db/app"
+    cases = [
+        # A DSN written where the section belongs.
+        CONTRACT.replace(
+            "postgres:\n  dsn: postgresql://app@127.0.0.1:5432/app\n", f"postgres: {secret}\nx:\n"
+        ),
+        # A wrong type under a secret key.
+        CONTRACT.replace("dsn: postgresql://app@127.0.0.1:5432/app", "dsn: [hunter2]"),
+        # An unknown key holding a password.
+        CONTRACT.replace("  slot: cdc_bridge", "  password: hunter2"),
+        # A URL with a password in a non-secret place.
+        CONTRACT.replace("name: OUTBOX", f"name: '{secret}'"),
+    ]
+    for text in cases:
+        for problem in problems(text):
+            assert "hunter2" not in problem, problem
+    redacted = problems(cases[1])
+    assert redacted == ["config.yaml:2: postgres.dsn: expected text, got <redacted>"]
+
+
+def test_dsn_is_not_in_repr() -> None:
+    config = parse_config(BASE + "routes: [{subject: a.b}]\n", env={})
+    assert "hunter2" not in repr(config)
+
+
+# --- postgres and nats values --------------------------------------------------------
+
+
+@pytest.mark.parametrize("slot", ["Upper", "has-dash", "x" * 64, ""])
+def test_slot_names_are_identifiers(slot: str) -> None:
+    problem = one_problem(CONTRACT.replace("slot: cdc_bridge", f"slot: '{slot}'"))
+    assert "postgres.slot: expected a slot name of up to 63 characters" in problem
+
+
+def test_publication_names_are_identifiers() -> None:
+    problem = one_problem(CONTRACT.replace("publication: cdc_bridge", "publication: 1pub"))
+    assert "postgres.publication: expected a publication name" in problem
+    assert parse_config(CONTRACT.replace("slot: cdc_bridge", f"slot: {'s' * 63}"), env={})
+
+
+@pytest.mark.parametrize(
+    ("subjects", "message"),
+    [
+        ("[]", "must not be empty"),
+        ('["events.>.x"]', "'>' must be the last token"),
+        ('["events.a*"]', "wildcards must be whole tokens"),
+        ('["events..x"]', "has an empty token"),
+        ('["events x"]', "whitespace"),
+    ],
+)
+def test_stream_subjects(subjects: str, message: str) -> None:
+    text = CONTRACT.replace('subjects: ["events.>"]', f"subjects: {subjects}")
+    assert message in one_problem(text)
+
+
+def test_stream_subjects_accept_one_string_and_wildcards() -> None:
+    text = CONTRACT.replace('subjects: ["events.>"]', "subjects: 'events.*.x'")
+    assert parse_config(text, env={}).nats.stream.subjects == ("events.*.x",)
+
+
+def test_stream_name() -> None:
+    problem = one_problem(CONTRACT.replace("name: OUTBOX", "name: OUT.BOX"))
+    assert "nats.stream.name: expected a stream name" in problem
+
+
+# --- outbox tables ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "tables"),
+    [
+        ("outbox", ("public.outbox",)),
+        ("app.Outbox", ("app.Outbox",)),
+        ("[outbox, app.events]", ("public.outbox", "app.events")),
+    ],
+)
+def test_outbox_tables_are_normalised(value: str, tables: tuple[str, ...]) -> None:
+    text = CONTRACT.replace("table: public.outbox", f"table: {value}")
+    assert parse_config(text, env={}).outbox.tables == tables
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "[outbox, public.outbox]",
+            "config.yaml:10: outbox.table: public.outbox listed more than once",
+        ),
+        (
+            "a.b.c",
+            "config.yaml:10: outbox.table: expected a table name like public.outbox, got 'a.b.c'",
+        ),
+        ("[ok, 'bad name']", "config.yaml:10: outbox.table[1]: expected a table name"),
+        ("[]", "config.yaml:10: outbox.table: must not be empty"),
+    ],
+)
+def test_outbox_table_errors(value: str, message: str) -> None:
+    assert one_problem(CONTRACT.replace("table: public.outbox", f"table: {value}")).startswith(
+        message
+    )
+
+
+# --- routes ----------------------------------------------------------------------------
+
+
+def test_when_accepts_strings_lists_and_numbers() -> None:
+    text = with_routes("  - when: {version: 2, kind: [a, 'b*']}\n    subject: a.b\n")
+    assert parse_config(text, env={}).routes[0].when == (("version", ("2",)), ("kind", ("a", "b*")))
+
+
+@pytest.mark.parametrize(
+    ("when", "message"),
+    [
+        ("{}", "routes[0].when: is empty: list columns to compare"),
+        ("{kind: []}", "routes[0].when.kind: must not be empty"),
+        ("{kind: true}", "routes[0].when.kind: true/false never equal a column's text"),
+        ("{'bad col': x}", "routes[0].when.bad col: expected a column name"),
+        ("[kind]", "routes[0].when: expected a mapping (key: value lines), got a list"),
+    ],
+)
+def test_when_errors(when: str, message: str) -> None:
+    problem = one_problem(with_routes(f"  - when: {when}\n    subject: a.b\n"))
+    assert problem.startswith(f"config.yaml:7: {message}"), problem
+
+
+def test_routes_must_not_be_empty() -> None:
+    assert one_problem(BASE + "routes: []\n") == "config.yaml:6: routes: must not be empty"
+
+
+def test_route_after_a_catch_all_can_never_match() -> None:
+    text = with_routes(
+        "  - {when: {a: x}, subject: a.x}\n  - subject: a.all\n  - {when: {a: y}, subject: a.y}\n"
+    )
+    assert one_problem(text) == (
+        "config.yaml:9: routes[2]: can never match: routes[1] has no `when` and catches every row"
+    )
+
+
+def test_route_names_must_be_unique() -> None:
+    text = with_routes("  - {name: r, when: {a: x}, subject: a.x}\n  - {name: r, subject: a.y}\n")
+    assert one_problem(text) == "config.yaml:8: routes[1].name: 'r' is also the name of routes[0]"
+
+
+@pytest.mark.parametrize(
+    ("subject", "message"),
+    [
+        ("events.*", "published subjects are concrete: the wildcard '*' is not allowed"),
+        ("events.>", "published subjects are concrete: the wildcard '>' is not allowed"),
+        ("events.{kind}*", "the wildcard '*' is not allowed"),
+        ("events..{kind}", "has an empty token"),
+        (".events", "has an empty token"),
+        ("events.{kind}.", "has an empty token"),
+        ("events {kind}", "whitespace"),
+        ("events.{kind", "unmatched '{'"),
+        ("events.}", "unmatched '}'"),
+        ("events.{1kind}", "placeholder '{1kind}' must name a column"),
+        ("events.{}", "placeholder '{}' must name a column"),
+        ("events.{table}", "{table} always contains a '.'"),
+        ("", "a subject must not be empty"),
+    ],
+)
+def test_subject_template_errors(subject: str, message: str) -> None:
+    problem = one_problem(with_routes(f"  - subject: '{subject}'\n"))
+    assert problem.startswith("config.yaml:7: routes[0].subject: "), problem
+    assert message in problem
+
+
+def test_subject_template_may_mix_literals_and_placeholders() -> None:
+    text = with_routes("  - subject: 'events.v{version}.{kind}_x'\n")
+    assert parse_config(text, env={}).routes[0].subject == "events.v{version}.{kind}_x"
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ("{'Bad Name': x}", "routes[0].headers.Bad Name: invalid header name 'Bad Name'"),
+        ("{'A:B': x}", "invalid header name"),
+        ("{Nats-Msg-Id: '{id}'}", "do not set Nats-Msg-Id"),
+        ('{A: "x\\r\\ny"}', "routes[0].headers.A: a header value may not contain CR or LF"),
+        ("{A: '{oops'}", "unmatched '{'"),
+        ("{A: 5}", "routes[0].headers.A: expected text, got 5"),
+    ],
+)
+def test_header_errors(headers: str, message: str) -> None:
+    problem = one_problem(with_routes(f"  - subject: a.b\n    headers: {headers}\n"))
+    assert message in problem, problem
+
+
+def test_payload_and_id_must_be_columns() -> None:
+    found = problems(
+        with_routes(
+            "  - when: {a: x}\n    subject: a.b\n    payload: table\n"
+            "  - {subject: a.c, id: table}\n"
+        )
+    )
+    assert found == [
+        "config.yaml:9: routes[0].payload: `table` is not a column; use a column name or `row`",
+        "config.yaml:10: routes[1].id: `table` is not a column; "
+        "name the column that holds the row's id",
+    ]
+    # `row` is only special for payload; as an id it is an ordinary column name.
+    assert parse_config(with_routes("  - {subject: a.b, id: row}\n"), env={}).routes[0].id == "row"
+
+
+@pytest.mark.parametrize(
+    ("subject", "message"),
+    [
+        ("dlq.{kind}", "must be a fixed subject; placeholders are not allowed here"),
+        ("dlq.*", "the wildcard '*' is not allowed"),
+        ("dlq..x", "has an empty token"),
+    ],
+)
+def test_dead_letter_subject_is_concrete(subject: str, message: str) -> None:
+    text = CONTRACT.replace("subject: events.dlq", f"subject: '{subject}'")
+    problem = one_problem(text)
+    assert problem.startswith("config.yaml:15: dead_letter.subject: ") and message in problem
+
+
+def test_dead_letter_is_optional() -> None:
+    text = CONTRACT.replace("dead_letter: {subject: events.dlq}\n", "")
+    assert parse_config(text, env={}).dead_letter is None
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def test_format_key_path() -> None:
+    assert format_key_path(("routes", 1, "subject")) == "routes[1].subject"
+    assert format_key_path(("nats", "servers", 0)) == "nats.servers[0]"
+    assert format_key_path(()) == ""
+
+
+def test_parse_template() -> None:
+    template = parse_template("a.{x}.b{{c}}.{y}")
+    assert template.literals == ("a.", ".b{c}.", "")
+    assert template.columns == ("x", "y")
+    assert parse_template("plain").literals == ("plain",)
