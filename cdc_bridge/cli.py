@@ -1,0 +1,170 @@
+"""The `cdc-bridge` command line: one small function per command.
+
+Exit codes: 0 ok, 1 failed or refused, 2 usage error (argparse's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from cdc_bridge import __version__
+
+log = structlog.get_logger("cdc_bridge.cli")
+
+
+def _print_error(message: str) -> int:
+    print(f"cdc-bridge: {message}", file=sys.stderr)
+    return 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cdc_bridge.config import ConfigError, load_config
+    from cdc_bridge.daemon import install_signal_handlers, run_bridge
+    from cdc_bridge.logs import configure_logging
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _print_error(f"invalid configuration:\n{exc}")
+    except OSError as exc:
+        return _print_error(f"cannot read {args.config}: {exc.strerror}")
+    configure_logging(
+        args.log_format or config.logging.format, args.log_level or config.logging.level
+    )
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+        return await run_bridge(config, stop)
+
+    return asyncio.run(main())
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from cdc_bridge.config import ConfigError, load_config
+    from cdc_bridge.daemon import install_signal_handlers, prepare_postgres, run_bridge
+    from cdc_bridge.demo import print_events, produce_tickets
+    from cdc_bridge.devstack import DevStack, DevstackError, outbox_schema_sql
+    from cdc_bridge.logs import configure_logging
+
+    configure_logging(args.log_format or "console", args.log_level or "info")
+    stack = DevStack(Path(args.dir))
+    try:
+        print(f"starting a throwaway PostgreSQL and nats-server under {args.dir} ...")
+        stack.start()
+    except DevstackError as exc:
+        return _print_error(str(exc))
+    try:
+        import psycopg
+
+        with psycopg.connect(stack.postgres.dsn(), autocommit=True) as conn:
+            conn.execute(outbox_schema_sql())
+        env = {**os.environ, **stack.environment()}
+        try:
+            config = load_config(args.config, env=env)
+        except ConfigError as exc:
+            return _print_error(f"invalid configuration:\n{exc}")
+        print(
+            "\n  PostgreSQL  "
+            + stack.postgres.dsn()
+            + "\n  NATS        "
+            + stack.nats.url
+            + "\n  try:        psql '"
+            + stack.postgres.dsn()
+            + "' -c \"INSERT INTO outbox "
+            "(aggregate_type, aggregate_id, event_type, payload) VALUES "
+            "('ticket', 'T-1', 'created', '{}')\"" + "\n  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+
+        async def main() -> int:
+            stop = asyncio.Event()
+            install_signal_handlers(stop)
+            extras = []
+            if args.demo:
+                # The slot must exist before the first demo event commits, or it is missed.
+                await prepare_postgres(config)
+                extras.append(asyncio.create_task(produce_tickets(stack.postgres.dsn())))
+                extras.append(asyncio.create_task(print_events(stack.nats.url)))
+            try:
+                return await run_bridge(config, stop)
+            finally:
+                for task in extras:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+
+        return asyncio.run(main())
+    finally:
+        stack.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdc-bridge",
+        description="Relay committed outbox inserts from PostgreSQL's WAL to NATS JetStream.",
+    )
+    parser.add_argument("--version", action="version", version=f"cdc-bridge {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def logging_flags(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--log-format",
+            choices=["json", "console"],
+            help="log rendering (default: the config's logging.format, json)",
+        )
+        sub.add_argument(
+            "--log-level",
+            choices=["debug", "info", "warning", "error"],
+            help="default: the config's logging.level, info",
+        )
+
+    run = commands.add_parser(
+        "run",
+        help="run the bridge (the daemon)",
+        description="Stream committed outbox inserts to JetStream until SIGTERM/SIGINT.",
+        epilog="example: cdc-bridge run --config /etc/cdc-bridge/config.yaml",
+    )
+    run.add_argument("--config", required=True, help="YAML config file")
+    logging_flags(run)
+    run.set_defaults(handler=cmd_run)
+
+    dev = commands.add_parser(
+        "dev",
+        help="run the bridge on a throwaway local PostgreSQL + NATS",
+        description="Start PostgreSQL (logical WAL, outbox schema) and a JetStream "
+        "nats-server under --dir, then run the bridge against them. Ctrl-C stops all.",
+        epilog="example: cdc-bridge dev --demo",
+    )
+    dev.add_argument("--config", default="config/dev.yaml", help="default: config/dev.yaml")
+    dev.add_argument("--dir", default=".devstack", help="where the servers keep their data")
+    dev.add_argument(
+        "--demo",
+        action="store_true",
+        help="also run a producer writing ticket events, and print what arrives",
+    )
+    logging_flags(dev)
+    dev.set_defaults(handler=cmd_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = args.handler
+    try:
+        code: int = handler(args)
+    except KeyboardInterrupt:
+        code = 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""One streaming session: WAL messages in, JetStream messages out, the slot confirmed.
+
+Data flows one way: replication stream -> protocol -> decoder -> router -> publisher,
+and the tracker records what was sent and acked. The status timer only READS the
+tracker. Backpressure is the publisher's in-flight window: while it is full the reader
+stops reading (and the server's sends back up in TCP), but the status timer keeps
+sending, so ``wal_sender_timeout`` never ends the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from cdc_bridge.changes import Begin, Change, Commit, Insert, LogicalMessage
+from cdc_bridge.lsn import format_lsn
+from cdc_bridge.protocol import Keepalive, XLogData, parse_copy_data
+from cdc_bridge.publisher import InFlight, JetStreamPublisher
+from cdc_bridge.replication import ReplicationStream
+from cdc_bridge.routing import Outbound, Poison, Router
+from cdc_bridge.tracker import LsnTracker, Transaction
+
+log = structlog.get_logger("cdc_bridge.pipeline")
+
+
+class Decoder(Protocol):
+    def decode(self, payload: bytes) -> Change | None: ...
+
+
+class PoisonRowError(Exception):
+    """A row that cannot be published and has nowhere else to go: stop, confirm nothing past it."""
+
+
+@dataclass
+class SessionStats:
+    """Counters that outlive a session (the daemon keeps one for the process)."""
+
+    rows: int = 0  # outbox rows seen; rows - dead_lettered went to their routes
+    dead_lettered: int = 0
+    transactions: int = 0
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        stream: ReplicationStream,
+        decoder: Decoder,
+        router: Router,
+        publisher_factory: Callable[
+            [LsnTracker, Callable[[InFlight, str], tuple[str, bytes, dict[str, str]]]],
+            JetStreamPublisher,
+        ],
+        tracker: LsnTracker,
+        tables: frozenset[str],
+        status_interval: float,
+        stats: SessionStats,
+    ) -> None:
+        self._stream = stream
+        self._decoder = decoder
+        self._router = router
+        self._tracker = tracker
+        self._tables = tables
+        self._status_interval = status_interval
+        self.stats = stats
+        self.publisher = publisher_factory(tracker, self._dead_letter_for_rejected)
+        self._tx: Transaction | None = None
+        self._tx_lsn = ""
+        self._tx_index = 0
+
+    async def run(self, stop: asyncio.Event, *, shutdown_timeout: float) -> None:
+        """Stream until ``stop`` is set (clean end) or something fails (raises)."""
+        await self.publisher.start()
+        status = asyncio.create_task(self._send_status_periodically(), name="status")
+        reader = asyncio.create_task(self._read_forever(), name="reader")
+        stopping = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            watched: set[asyncio.Future[Any]] = {reader, stopping, self.publisher.failed}
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            if stopping in done:
+                await self._shut_down(reader, shutdown_timeout)
+                return
+            failed = reader if reader in done else self.publisher.failed
+            failed.result()  # raises the reader's or the publisher's error
+            raise RuntimeError("the reader ended without an error")  # cannot happen
+        finally:
+            for task in (status, reader, stopping):
+                task.cancel()
+            await self.publisher.close()
+            # Confirming what is acked is always safe, even after a failure.
+            with contextlib.suppress(Exception):
+                self._stream.send_status(self._tracker.received, self._tracker.confirmed)
+            await self._stream.close()
+
+    async def _shut_down(self, reader: asyncio.Task[None], timeout: float) -> None:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        drained = await self.publisher.wait_empty(timeout)
+        if not drained:
+            log.warning(
+                "shutdown_acks_missing",
+                in_flight=self.publisher.in_flight,
+                error=f"not every in-flight event was acked within {timeout:g}s; "
+                "they are sent again on the next start",
+            )
+        tracker = self._tracker
+        await self._stream.finish(tracker.received, tracker.confirmed)
+        log.info("stopped", lsn=format_lsn(tracker.confirmed))
+
+    async def _send_status_periodically(self) -> None:
+        while True:
+            self._stream.send_status(self._tracker.received, self._tracker.confirmed)
+            await asyncio.sleep(self._status_interval)
+
+    async def _read_forever(self) -> None:
+        stream = self._stream
+        tracker = self._tracker
+        decode = self._decoder.decode
+        while True:
+            for message in await stream.read_batch():
+                parsed = parse_copy_data(message)
+                if type(parsed) is XLogData:
+                    change = decode(parsed.payload)
+                    if change is not None:
+                        await self._apply(change)
+                    tracker.saw(parsed.wal_end)
+                elif type(parsed) is Keepalive:
+                    tracker.keepalive(parsed.wal_end)
+                    if parsed.reply_requested:
+                        stream.send_status(tracker.received, tracker.confirmed)
+
+    async def _apply(self, change: Change) -> None:
+        if type(change) is Insert:
+            if change.table in self._tables and self._tx is not None:
+                await self._publish_row(self._tx, change)
+        elif type(change) is Begin:
+            self._tx = self._tracker.begin(change.final_lsn)
+            self._tx_lsn = format_lsn(change.final_lsn)
+            self._tx_index = 0
+        elif type(change) is Commit:
+            if self._tx is not None:
+                self._tracker.commit(self._tx, change.end_lsn)
+                self.stats.transactions += 1
+            self._tx = None
+        elif type(change) is LogicalMessage:
+            log.debug("logical_message_ignored", prefix=change.prefix)
+
+    async def _publish_row(self, tx: Transaction, insert: Insert) -> None:
+        outcome = self._router.route(insert.table, insert.row)
+        if type(outcome) is Poison:
+            raise PoisonRowError(
+                f"row id={outcome.row_id} of {insert.table} at LSN {self._tx_lsn}: "
+                f"{outcome.reason}; no dead_letter is configured, so the bridge stops "
+                "here without confirming past it"
+            )
+        assert type(outcome) is Outbound
+        headers = outcome.headers
+        headers["Nats-Msg-Id"] = outcome.msg_id
+        headers["Cdc-Lsn"] = self._tx_lsn
+        headers["Cdc-Index"] = str(self._tx_index)
+        headers["Cdc-Table"] = insert.table
+        self._tx_index += 1
+        self.stats.rows += 1
+        if outcome.dead_letter_reason is not None:
+            self._count_dead_letter(outcome.msg_id, outcome.dead_letter_reason)
+        await self.publisher.publish(outcome.subject, outcome.data, headers, tx)
+
+    def _dead_letter_for_rejected(
+        self, entry: InFlight, reason: str
+    ) -> tuple[str, bytes, dict[str, str]]:
+        """JetStream can never store this message: publish its dead letter instead."""
+        msg_id = entry.headers.get("Nats-Msg-Id", "")
+        original = Outbound(
+            subject=entry.subject,
+            data=entry.data,
+            headers=entry.headers,
+            msg_id=msg_id,
+            route="",
+        )
+        outcome = self._router.dead_letter(original, reason, msg_id)
+        if type(outcome) is Poison:
+            raise PoisonRowError(
+                f"row id={msg_id} ({entry.headers.get('Cdc-Table')}): {reason}; no "
+                "dead_letter is configured, so the bridge stops without confirming past it"
+            )
+        assert type(outcome) is Outbound
+        if entry.subject == outcome.subject:
+            raise PoisonRowError(f"the dead-letter subject itself cannot be stored: {reason}")
+        self._count_dead_letter(msg_id, reason)
+        headers = outcome.headers
+        for key in ("Nats-Msg-Id", "Cdc-Lsn", "Cdc-Index", "Cdc-Table"):
+            headers[key] = entry.headers[key]
+        return outcome.subject, outcome.data, headers
+
+    def _count_dead_letter(self, msg_id: str, reason: str) -> None:
+        self.stats.dead_lettered += 1
+        log.warning("dead_lettered", msg_id=msg_id, error=reason)

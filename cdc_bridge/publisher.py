@@ -1,0 +1,230 @@
+"""Pipelined JetStream publishing with acks matched through one inbox subscription.
+
+Each message is published with a reply subject ``<inbox>.<token>``; JetStream answers
+there with a pub ack. One wildcard subscription receives every ack and a plain dict
+maps the token back to the transaction it belongs to. That costs far less per message
+than a Future per publish, and keeps the in-flight window explicit.
+
+Failure model: any ack that is not a success (or that does not come within
+``ack_timeout``) fails the whole pipeline. The session then starts over from the
+slot's confirmed position and republishes with the same ``Nats-Msg-Id``, so nothing
+that was not acked can be overtaken by a later event and forgotten. A message that can
+never be stored (no stream for its subject, too large) is handed to ``on_rejected``
+instead, which publishes a dead letter in its place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+
+from cdc_bridge.tracker import LsnTracker, Transaction
+
+# JetStream API error codes for a message that will fail the same way every time.
+_ERR_MESSAGE_TOO_LARGE = 10054
+PERMANENT_ERR_CODES = frozenset({_ERR_MESSAGE_TOO_LARGE})
+
+
+class PublishError(Exception):
+    """The pipeline cannot go on: restart the session and replay from the slot."""
+
+
+@dataclass(slots=True)
+class InFlight:
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+    tx: Transaction
+    sent_at: float
+
+
+# Given a message that can never be stored and the reason, return its replacement
+# (subject, data, headers), or raise to stop the pipeline.
+Rejection = Callable[[InFlight, str], tuple[str, bytes, dict[str, str]]]
+
+
+class JetStreamPublisher:
+    def __init__(
+        self,
+        nc: NatsClient,
+        tracker: LsnTracker,
+        *,
+        max_in_flight: int,
+        ack_timeout: float,
+        on_rejected: Rejection,
+    ) -> None:
+        self._nc = nc
+        self._tracker = tracker
+        self._max_in_flight = max_in_flight
+        self._ack_timeout = ack_timeout
+        self._on_rejected = on_rejected
+        self._inbox = nc.new_inbox()
+        self._prefix_len = len(self._inbox) + 1
+        self._next_token = 0
+        self._in_flight: dict[str, InFlight] = {}  # insertion order = publish order
+        self._space = asyncio.Event()
+        self._space.set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self.failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.acked_total = 0
+        self.duplicates_total = 0
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._nc.subscribe(self._inbox + ".*", cb=self._on_ack)
+        self._watchdog = asyncio.create_task(self._watch_ack_timeouts())
+
+    async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if not self.failed.done():
+            self.failed.cancel()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def publish(
+        self, subject: str, data: bytes, headers: dict[str, str], tx: Transaction
+    ) -> None:
+        """Send one message; waits only while the in-flight window is full."""
+        while len(self._in_flight) >= self._max_in_flight:
+            self._space.clear()
+            await self._wait_or_fail(self._space)
+        self._tracker.sent(tx)
+        await self._send(subject, data, headers, tx)
+
+    async def _send(
+        self, subject: str, data: bytes, headers: dict[str, str], tx: Transaction
+    ) -> None:
+        token = str(self._next_token)
+        self._next_token += 1
+        self._in_flight[token] = InFlight(subject, data, headers, tx, time.monotonic())
+        self._empty.clear()
+        await self._nc.publish(subject, data, reply=self._inbox + "." + token, headers=headers)
+
+    async def wait_empty(self, timeout: float) -> bool:
+        """Wait until every message is acked; False when the timeout ran out first."""
+        try:
+            await asyncio.wait_for(self._wait_or_fail(self._empty), timeout)
+        except (TimeoutError, PublishError):
+            return False
+        return True
+
+    def fail(self, error: Exception) -> None:
+        if not self.failed.done():
+            self.failed.set_exception(error)
+        # Wake publishers blocked on the window so they see the failure.
+        self._space.set()
+        self._empty.set()
+
+    async def _wait_or_fail(self, event: asyncio.Event) -> None:
+        await event.wait()
+        if self.failed.done() and not self.failed.cancelled():
+            exc = self.failed.exception()
+            if exc is not None:
+                raise exc
+
+    async def _on_ack(self, msg: Msg) -> None:
+        entry = self._in_flight.pop(msg.subject[self._prefix_len :], None)
+        if entry is None:
+            return  # an ack for a previous session's token, or after a timeout: ignore
+        problem = _ack_problem(msg)
+        if problem is None:
+            self.acked_total += 1
+            self._tracker.acked(entry.tx)
+        elif problem == _NO_RESPONDERS:
+            await self._settle_no_responders(entry)
+        elif problem[0]:
+            await self._replace(entry, problem[1])
+        else:
+            self.fail(PublishError(f"JetStream refused a message on {entry.subject}: {problem[1]}"))
+            return
+        if len(self._in_flight) < self._max_in_flight:
+            self._space.set()
+        if not self._in_flight:
+            self._empty.set()
+
+    async def _replace(self, entry: InFlight, reason: str) -> None:
+        """Swap a message that can never be stored for its dead letter.
+
+        The transaction keeps waiting (its outstanding count is unchanged) until the
+        replacement is acked. The replacement skips the window: this runs inside the
+        ack callback, and waiting there for acks would wait forever.
+        """
+        try:
+            subject, data, headers = self._on_rejected(entry, reason)
+        except Exception as exc:  # the rejection policy says stop (e.g. no dead letter)
+            self.fail(exc)
+            return
+        await self._send(subject, data, headers, entry.tx)
+
+    async def _settle_no_responders(self, entry: InFlight) -> None:
+        """No responders means permanent only when no stream captures the subject at all."""
+        try:
+            reply = await self._nc.request(
+                "$JS.API.STREAM.NAMES",
+                json.dumps({"subject": entry.subject}).encode(),
+                timeout=self._ack_timeout,
+            )
+            streams = json.loads(reply.data).get("streams") or []
+        except Exception as exc:  # any failure here: retry the whole session later
+            self.fail(
+                PublishError(
+                    f"no responders on {entry.subject}, and the stream "
+                    f"lookup failed: {type(exc).__name__}"
+                )
+            )
+            return
+        if streams:
+            self.fail(
+                PublishError(f"stream {streams[0]} did not answer for {entry.subject} (no leader?)")
+            )
+        else:
+            await self._replace(entry, f"no stream captures subject {entry.subject}")
+
+    async def _watch_ack_timeouts(self) -> None:
+        interval = max(self._ack_timeout / 4, 0.05)
+        while not self.failed.done():
+            await asyncio.sleep(interval)
+            if not self._in_flight:
+                continue
+            oldest = next(iter(self._in_flight.values()))
+            waited = time.monotonic() - oldest.sent_at
+            if waited > self._ack_timeout:
+                self.fail(
+                    PublishError(
+                        f"no JetStream ack for a message on {oldest.subject} within "
+                        f"{self._ack_timeout:g}s"
+                    )
+                )
+
+
+_NO_RESPONDERS = (False, "no responders")
+
+
+def _ack_problem(msg: Msg) -> tuple[bool, str] | None:
+    """None for a stored (or duplicate) message, else (permanent, reason)."""
+    headers = msg.headers
+    if headers and headers.get("Status") == "503":
+        # Nothing is subscribed to the subject: no stream, or a stream between leaders.
+        return _NO_RESPONDERS
+    if not msg.data:
+        return False, f"empty reply (status {headers.get('Status') if headers else 'none'})"
+    try:
+        reply = json.loads(msg.data)
+    except ValueError:
+        return False, "unreadable pub ack"
+    error = reply.get("error")
+    if error is None:
+        return None
+    err_code = error.get("err_code")
+    description = error.get("description", "unknown error")
+    return err_code in PERMANENT_ERR_CODES, f"{description} (err_code {err_code})"

@@ -1,0 +1,198 @@
+"""The replication connection: the only module that talks to libpq directly.
+
+psycopg 3 has no replication API, but since 3.3 ``START_REPLICATION`` on a
+``replication="database"`` connection leaves it in COPY_BOTH state. From there we
+drive ``conn.pgconn`` ourselves: read CopyData with ``get_copy_data(1)`` (non-blocking)
+until it returns 0, only then ``consume_input`` and wait for the socket. Calling
+``consume_input`` before every read makes libpq shift its whole buffered backlog each
+time, which turns quadratic once the reader falls behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import TupleRow
+
+from cdc_bridge.lsn import format_lsn
+from cdc_bridge.protocol import build_status_update
+
+# Notice a silently dead peer (a cut network never sends RST) within about half a
+# minute; a user's DSN settings win over these.
+_CONNECTION_DEFAULTS = {
+    "application_name": "cdc-bridge",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+
+
+class ReplicationError(Exception):
+    """The stream ended or failed; ``sqlstate`` says why when the server told us."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class SlotInUse(ReplicationError):
+    """Another process streams from the slot: wait and retry, do not crash."""
+
+
+def connection_string(dsn: str, connect_timeout: float) -> str:
+    """The user's DSN with our defaults added where it does not set them itself."""
+    params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
+    for key, value in _CONNECTION_DEFAULTS.items():
+        params.setdefault(key, value)
+    params.setdefault("connect_timeout", str(max(int(connect_timeout), 1)))
+    return make_conninfo("", **params)
+
+
+def quote_option(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class ReplicationStream:
+    """A logical replication stream in COPY_BOTH mode."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        self._conn = conn
+        self._pg = conn.pgconn
+        self._readable = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._fd = self._pg.socket
+        self._loop.add_reader(self._fd, self._readable.set)
+        self._closed = False
+
+    @classmethod
+    async def start(
+        cls,
+        dsn: str,
+        *,
+        slot: str,
+        options: Sequence[tuple[str, str]],
+        start_lsn: int = 0,
+        connect_timeout: float = 10.0,
+    ) -> ReplicationStream:
+        """Connect and start streaming.
+
+        ``start_lsn`` 0 lets the server resume from the slot's ``confirmed_flush_lsn``:
+        the only safe place to resume. Never pass the current WAL position.
+        """
+        conn = await psycopg.AsyncConnection.connect(
+            connection_string(dsn, connect_timeout), replication="database", autocommit=True
+        )
+        opts = ", ".join(f"{name} {quote_option(value)}" for name, value in options)
+        command = f"START_REPLICATION SLOT {slot} LOGICAL {format_lsn(start_lsn)} ({opts})"
+        try:
+            await conn.execute(command)
+        except pg_errors.ObjectInUse as exc:
+            await conn.close()
+            raise SlotInUse(_first_line(exc), exc.sqlstate) from None
+        except psycopg.Error as exc:
+            await conn.close()
+            raise ReplicationError(_first_line(exc), exc.sqlstate) from None
+        if conn.pgconn.status != pq.ConnStatus.OK:
+            await conn.close()
+            raise ReplicationError("replication connection is not usable after START_REPLICATION")
+        conn.pgconn.nonblocking = 1
+        return cls(conn)
+
+    async def read_batch(self, max_messages: int = 2000) -> list[bytes]:
+        """Wait for at least one CopyData message; return all that are already buffered."""
+        pg = self._pg
+        batch: list[bytes] = []
+        while True:
+            try:
+                nbytes, data = pg.get_copy_data(1)
+            except psycopg.OperationalError as exc:
+                raise ReplicationError(f"replication connection lost: {_first_line(exc)}") from None
+            if nbytes > 0:
+                batch.append(bytes(data))
+                if len(batch) >= max_messages:
+                    return batch
+            elif nbytes == 0:
+                if batch:
+                    return batch
+                self._readable.clear()
+                await self._readable.wait()
+                try:
+                    pg.consume_input()
+                except psycopg.OperationalError as exc:
+                    raise ReplicationError(
+                        f"replication connection lost: {_first_line(exc)}"
+                    ) from None
+            else:
+                raise self._stream_end_error()
+
+    def send_status(self, write: int, flush: int, *, reply_requested: bool = False) -> None:
+        """Standby status update. Only ``flush`` moves the slot's confirmed_flush_lsn."""
+        message = build_status_update(write, flush, flush, reply_requested=reply_requested)
+        try:
+            self._pg.put_copy_data(message)
+            if self._pg.flush() == 1:
+                self._loop.create_task(self._flush_when_writable())
+        except psycopg.OperationalError as exc:
+            raise ReplicationError(f"replication connection lost: {_first_line(exc)}") from None
+
+    async def _flush_when_writable(self) -> None:
+        writable = asyncio.Event()
+        self._loop.add_writer(self._fd, writable.set)
+        try:
+            while not self._closed:
+                await writable.wait()
+                writable.clear()
+                if self._pg.flush() == 0:
+                    return
+        except psycopg.OperationalError:
+            return  # the reader sees the broken connection and reports it
+        finally:
+            self._loop.remove_writer(self._fd)
+
+    async def finish(self, write: int, flush: int, timeout: float = 5.0) -> None:
+        """Clean end: final status update, then CopyDone, then wait for the server's end."""
+        try:
+            self.send_status(write, flush)
+            self._pg.put_copy_end()
+            self._pg.flush()
+            async with asyncio.timeout(timeout):
+                while True:
+                    nbytes, _ = self._pg.get_copy_data(1)
+                    if nbytes == -1:
+                        break
+                    if nbytes == 0:
+                        self._readable.clear()
+                        await self._readable.wait()
+                        self._pg.consume_input()
+        except (psycopg.OperationalError, ReplicationError, TimeoutError):
+            pass  # closing anyway; the status update was already on the wire
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._fd)
+        await self._conn.close()
+
+    def _stream_end_error(self) -> ReplicationError:
+        result = self._pg.get_result()
+        if result is not None and result.status == pq.ExecStatus.FATAL_ERROR:
+            message = (result.error_message or b"").decode("utf-8", "replace").strip()
+            sqlstate_raw = result.error_field(pq.DiagnosticField.SQLSTATE)
+            sqlstate = sqlstate_raw.decode() if sqlstate_raw else None
+            return ReplicationError(_first_line(message), sqlstate)
+        return ReplicationError("the server ended the replication stream")
+
+
+def _first_line(error: object) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
