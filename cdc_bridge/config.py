@@ -126,10 +126,10 @@ class BridgeConfig:
             columns.update(parse_template(route.subject).columns)
             for _, template in route.headers:
                 columns.update(parse_template(template).columns)
-            columns.add(route.payload)
+            if route.payload != ROW_PAYLOAD:
+                columns.add(route.payload)
             columns.add(route.id)
         columns.discard(TABLE_PSEUDO_COLUMN)
-        columns.discard(ROW_PAYLOAD)
         return columns
 
 
@@ -146,6 +146,7 @@ class ConfigError(Exception):
 # ---------------------------------------------------------------------------------------
 
 _URL_USERINFO = re.compile(r"(://[^:/?#@\s]*:)[^/?#\s]*@")
+_NATS_TOKEN = re.compile(r"(\b(?:nats|tls|wss?)://)[^:/?#@\s]+@", re.IGNORECASE)
 _URL_PASSWORD_PARAM = re.compile(r"([?&](?:ssl)?password=)[^&#\s]*", re.IGNORECASE)
 _KEYWORD_PASSWORD = re.compile(
     r"(\b(?:ssl)?password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s']\S*)", re.IGNORECASE
@@ -155,11 +156,15 @@ _SENSITIVE_KEY = re.compile(r"password|passwd|secret|token|dsn|credential", re.I
 
 def redact_dsn(dsn: str) -> str:
     """Replace the password in URL (``postgresql://u:pw@h``, ``?password=``) and
-    keyword (``password=pw``, ``password='p w'``) DSNs with ``***``."""
+    keyword (``password=pw``, ``password='p w'``) DSNs with ``***``.
+
+    Also fit for NATS server URLs, where a lone ``nats://token@host`` is a secret too.
+    """
     # The userinfo pattern is greedy up to the last "@" before the host, because
     # people do write unescaped "@" in passwords.
     if "://" in dsn:
-        redacted = _URL_USERINFO.sub(r"\1***@", dsn)
+        redacted = _NATS_TOKEN.sub(r"\1***@", dsn)
+        redacted = _URL_USERINFO.sub(r"\1***@", redacted)
         return _URL_PASSWORD_PARAM.sub(r"\1***", redacted)
     return _KEYWORD_PASSWORD.sub(r"\1***", dsn)
 

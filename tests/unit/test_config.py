@@ -508,6 +508,7 @@ def test_env_is_read_from_the_process_by_default(monkeypatch: pytest.MonkeyPatch
         ("host=db password = 'hun ter2' port=5", "host=db password = *** port=5"),
         ("host=db sslpassword=k", "host=db sslpassword=***"),
         ("nats://user:hunter2@127.0.0.1:4222", "nats://user:***@127.0.0.1:4222"),
+        ("nats://hunter2@127.0.0.1:4222", "nats://***@127.0.0.1:4222"),
     ],
 )
 def test_redact_dsn(dsn: str, redacted: str) -> None:
