@@ -91,7 +91,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             extras = []
             if args.demo:
                 # The slot must exist before the first demo event commits, or it is missed.
-                await prepare_postgres(config)
+                await prepare_postgres(config)  # returns (slot, wal head)
                 extras.append(asyncio.create_task(produce_tickets(stack.postgres.dsn())))
                 extras.append(asyncio.create_task(print_events(stack.nats.url)))
             try:

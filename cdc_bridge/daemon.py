@@ -6,30 +6,38 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import nats.errors
 import psycopg
 import structlog
+from nats.js.api import StreamInfo
+from psycopg.rows import TupleRow
 
 from cdc_bridge.config import BridgeConfig, redact_dsn
 from cdc_bridge.decoding.pgoutput import PgoutputDecoder
 from cdc_bridge.lsn import format_lsn
 from cdc_bridge.nats_setup import connect_nats, ensure_stream
+from cdc_bridge.ordering import OrderGuard
 from cdc_bridge.pipeline import Decoder, Pipeline, PoisonRowError, SessionStats
-from cdc_bridge.publisher import JetStreamPublisher, PublishError, Rejection
+from cdc_bridge.publisher import DuplicateHandler, JetStreamPublisher, PublishError, Rejection
+from cdc_bridge.reconcile import Position, StreamTail, read_stream_tail
 from cdc_bridge.replication import ReplicationError, ReplicationStream, SlotInUse, connection_string
 from cdc_bridge.routing import Router
 from cdc_bridge.slots import (
     SlotInfo,
     create_publication,
     create_slot,
+    current_wal_lsn,
     get_slot,
     publication_exists,
     publication_tables,
     table_columns,
 )
 from cdc_bridge.tracker import LsnTracker
+
+MAX_LSN = (1 << 64) - 1
 
 log = structlog.get_logger("cdc_bridge.daemon")
 
@@ -106,45 +114,58 @@ def decoder_for(config: BridgeConfig) -> tuple[Decoder, list[tuple[str, str]]]:
     return PgoutputDecoder(), options
 
 
-async def prepare_postgres(config: BridgeConfig) -> SlotInfo:
-    """Check the outbox tables, create the publication and slot when missing."""
+async def prepare_outbox(conn: psycopg.AsyncConnection[TupleRow], config: BridgeConfig) -> None:
+    """Check the outbox tables and the routes' columns; create the publication if missing."""
+    pg = config.postgres
+    known_columns: set[str] = set()
+    for table in config.outbox.tables:
+        columns = await table_columns(conn, table)
+        if columns is None:
+            raise FatalError(
+                f"outbox.table: table {table} does not exist (create it, e.g. with "
+                "sql/outbox.sql, or run `cdc-bridge init`)"
+            )
+        known_columns.update(columns)
+    missing = sorted(config.template_columns() - known_columns - {"table"})
+    if missing:
+        raise FatalError(
+            f"routes: column {missing[0]!r} is used by a route but is not a column of "
+            f"{', '.join(config.outbox.tables)} (columns: {', '.join(sorted(known_columns))})"
+        )
+    # The publication must exist before the slot: pgoutput looks it up as of each
+    # change's position, and fails on changes from before it existed.
+    if not await publication_exists(conn, pg.publication):
+        await create_publication(conn, pg.publication, config.outbox.tables)
+        log.info(
+            "publication_created", publication=pg.publication, tables=list(config.outbox.tables)
+        )
+        return
+    covered = await publication_tables(conn, pg.publication)
+    uncovered = [t for t in config.outbox.tables if t not in covered]
+    if uncovered:
+        raise FatalError(
+            f"postgres.publication: publication {pg.publication} does not include "
+            f"{uncovered[0]}; its events would never arrive (fix: ALTER PUBLICATION "
+            f"{pg.publication} ADD TABLE {uncovered[0]})"
+        )
+
+
+async def prepare_postgres(
+    config: BridgeConfig, *, may_create_slot: Callable[[], Awaitable[None]] | None = None
+) -> tuple[SlotInfo, int]:
+    """Outbox, publication and slot ready; returns the slot and the server's WAL head.
+
+    ``may_create_slot`` runs before a missing slot is created and may refuse by raising.
+    """
     pg = config.postgres
     async with await psycopg.AsyncConnection.connect(
         connection_string(pg.dsn, pg.connect_timeout), autocommit=True
     ) as conn:
-        known_columns: set[str] = set()
-        for table in config.outbox.tables:
-            columns = await table_columns(conn, table)
-            if columns is None:
-                raise FatalError(
-                    f"outbox.table: table {table} does not exist (create it, e.g. with "
-                    "sql/outbox.sql, or run `cdc-bridge init`)"
-                )
-            known_columns.update(columns)
-        missing = sorted(config.template_columns() - known_columns - {"table"})
-        if missing:
-            raise FatalError(
-                f"routes: column {missing[0]!r} is used by a route but is not a column of "
-                f"{', '.join(config.outbox.tables)} (columns: {', '.join(sorted(known_columns))})"
-            )
-        # The publication must exist before the slot: pgoutput looks it up as of each
-        # change's position, and fails on changes from before it existed.
-        if not await publication_exists(conn, pg.publication):
-            await create_publication(conn, pg.publication, config.outbox.tables)
-            log.info(
-                "publication_created", publication=pg.publication, tables=list(config.outbox.tables)
-            )
-        else:
-            covered = await publication_tables(conn, pg.publication)
-            uncovered = [t for t in config.outbox.tables if t not in covered]
-            if uncovered:
-                raise FatalError(
-                    f"postgres.publication: publication {pg.publication} does not include "
-                    f"{uncovered[0]}; its events would never arrive (fix: ALTER PUBLICATION "
-                    f"{pg.publication} ADD TABLE {uncovered[0]})"
-                )
+        await prepare_outbox(conn, config)
         slot = await get_slot(conn, pg.slot)
         if slot is None:
+            if may_create_slot is not None:
+                await may_create_slot()
             await create_slot(conn, pg.slot, pg.plugin)
             slot = await get_slot(conn, pg.slot)
             assert slot is not None
@@ -155,7 +176,7 @@ async def prepare_postgres(config: BridgeConfig) -> SlotInfo:
                 error="new slot: only events committed from now on are streamed",
             )
         check_slot(config, slot, str(conn.info.dbname))
-        return slot
+        return slot, await current_wal_lsn(conn)
 
 
 def check_slot(config: BridgeConfig, slot: SlotInfo, dbname: str) -> None:
@@ -178,39 +199,70 @@ def check_slot(config: BridgeConfig, slot: SlotInfo, dbname: str) -> None:
         )
 
 
+@dataclass
+class BridgeState:
+    """What outlives a session: counters, and positions known to be stored already."""
+
+    stats: SessionStats = field(default_factory=SessionStats)
+    known_stored: set[Position] = field(default_factory=set)
+    warned_duplicate_window: bool = False
+
+
 async def run_session(
     config: BridgeConfig,
     router: Router,
     stop: asyncio.Event,
-    stats: SessionStats,
+    state: BridgeState,
     on_streaming: Callable[[], None],
 ) -> None:
     """Connect both sides and stream until stop (returns) or a failure (raises)."""
     lost = asyncio.Event()
     nc = await connect_nats(config.nats, lost.set)
+    stream: ReplicationStream | None = None
     try:
-        await ensure_stream(nc, config.nats)
+        js = nc.jetstream()
+        stream_info = await ensure_stream(nc, config.nats)
+        warn_about_duplicate_window(config, stream_info, state)
         router.max_payload = nc.max_payload
-        slot = await prepare_postgres(config)
+        stream = await ReplicationStream.connect(
+            config.postgres.dsn, connect_timeout=config.postgres.connect_timeout
+        )
+        source = f"{stream.system_id}/{config.postgres.slot}"
+        stream_name = config.nats.stream.name
+
+        async def refuse_if_slot_was_dropped() -> None:
+            newest = (await read_stream_tail(js, stream_name, source, MAX_LSN)).newest
+            if newest is not None:
+                raise FatalError(
+                    f"slot {config.postgres.slot} is missing, but stream {stream_name} holds "
+                    f"its events up to LSN {format_lsn(newest[0])}: the slot was dropped, and "
+                    "events committed since then may never have been published. Reconcile, "
+                    f"then accept the loss with `cdc-bridge slots create {config.postgres.slot}`"
+                )
+
+        slot, wal_head = await prepare_postgres(config, may_create_slot=refuse_if_slot_was_dropped)
         if slot.active:
             raise SlotInUse(f"slot {slot.name} is in use by process {slot.active_pid}")
-        decoder, options = decoder_for(config)
         start = slot.confirmed_flush_lsn or 0
+        tail = await read_stream_tail(js, stream_name, source, start)
+        check_tail(tail, wal_head, stream_name)
+        state.known_stored = {p for p in state.known_stored if p[0] >= start} | tail.stored
+        guard = OrderGuard(tuple(stream_info.config.subjects or ()), tail.last_seq)
         tracker = LsnTracker(start)
-        stream = await ReplicationStream.start(
-            config.postgres.dsn,
-            slot=config.postgres.slot,
-            options=options,
-            connect_timeout=config.postgres.connect_timeout,
-        )
+        decoder, options = decoder_for(config)
+        await stream.start(slot=config.postgres.slot, options=options)
 
-        def make_publisher(t: LsnTracker, on_rejected: Rejection) -> JetStreamPublisher:
+        def make_publisher(
+            on_rejected: Rejection, on_duplicate: DuplicateHandler
+        ) -> JetStreamPublisher:
             return JetStreamPublisher(
                 nc,
-                t,
+                tracker,
                 max_in_flight=config.nats.max_in_flight,
                 ack_timeout=config.nats.ack_timeout,
                 on_rejected=on_rejected,
+                guard=guard,
+                on_duplicate=on_duplicate,
             )
 
         pipeline = Pipeline(
@@ -221,9 +273,17 @@ async def run_session(
             tracker=tracker,
             tables=frozenset(config.outbox.tables),
             status_interval=config.postgres.status_interval,
-            stats=stats,
+            stats=state.stats,
+            source=source,
+            already_stored=state.known_stored,
         )
-        log.info("streaming", slot=slot.name, lsn=format_lsn(start), stream=config.nats.stream.name)
+        log.info(
+            "streaming",
+            slot=slot.name,
+            lsn=format_lsn(start),
+            stream=stream_name,
+            already_stored=len(tail.stored),
+        )
         on_streaming()
         watch_lost = asyncio.create_task(lost.wait())
         watch_lost.add_done_callback(
@@ -234,14 +294,46 @@ async def run_session(
         finally:
             watch_lost.cancel()
     finally:
+        if stream is not None:
+            await stream.close()
         if not nc.is_closed:
             await nc.close()
+
+
+def check_tail(tail: StreamTail, wal_head: int, stream_name: str) -> None:
+    if tail.newest is not None and tail.newest[0] > wal_head:
+        raise FatalError(
+            f"stream {stream_name} holds events from LSN {format_lsn(tail.newest[0])}, beyond "
+            f"the database's WAL head {format_lsn(wal_head)}: the database was restored or "
+            "replaced, and the stream cannot be reconciled with it automatically"
+        )
+    if not tail.complete:
+        log.warning(
+            "stream_tail_incomplete",
+            stream=stream_name,
+            error=f"read {tail.scanned} messages back without reaching the slot's position; "
+            "events stored before that may be published again if the duplicate window passed",
+        )
+
+
+def warn_about_duplicate_window(config: BridgeConfig, info: StreamInfo, state: BridgeState) -> None:
+    window = info.config.duplicate_window or 0.0
+    needed = config.postgres.status_interval + config.nats.ack_timeout
+    if window < needed and not state.warned_duplicate_window:
+        state.warned_duplicate_window = True
+        log.warning(
+            "duplicate_window_short",
+            stream=info.config.name,
+            error=f"the stream's duplicate_window ({window:g}s) is shorter than "
+            f"postgres.status_interval + nats.ack_timeout ({needed:g}s); replays are still "
+            "skipped by reading the stream's tail, but a wider window is a cheap safety net",
+        )
 
 
 async def run_bridge(config: BridgeConfig, stop: asyncio.Event) -> int:
     """Supervise sessions until stopped. Returns the process exit code."""
     router = Router(config)
-    stats = SessionStats()
+    state = BridgeState()
     backoff = Backoff()
     failures = FailureLog()
 
@@ -257,7 +349,7 @@ async def run_bridge(config: BridgeConfig, stop: asyncio.Event) -> int:
     )
     while not stop.is_set():
         try:
-            await run_session(config, router, stop, stats, streaming)
+            await run_session(config, router, stop, state, streaming)
             return 0
         except (FatalError, PoisonRowError) as exc:
             log.error("fatal", error=str(exc))

@@ -18,14 +18,18 @@ from typing import Any, Protocol
 import structlog
 
 from cdc_bridge.changes import Begin, Change, Commit, Insert, LogicalMessage
-from cdc_bridge.lsn import format_lsn
+from cdc_bridge.lsn import format_lsn, parse_lsn
 from cdc_bridge.protocol import Keepalive, XLogData, parse_copy_data
-from cdc_bridge.publisher import InFlight, JetStreamPublisher
+from cdc_bridge.publisher import DuplicateHandler, InFlight, JetStreamPublisher, Rejection
+from cdc_bridge.reconcile import Position
 from cdc_bridge.replication import ReplicationStream
 from cdc_bridge.routing import Outbound, Poison, Router
 from cdc_bridge.tracker import LsnTracker, Transaction
 
 log = structlog.get_logger("cdc_bridge.pipeline")
+
+# Seconds between confirmations while the confirmed position moves.
+_CONFIRM_AT_MOST_EVERY = 0.5
 
 
 class Decoder(Protocol):
@@ -40,8 +44,9 @@ class PoisonRowError(Exception):
 class SessionStats:
     """Counters that outlive a session (the daemon keeps one for the process)."""
 
-    rows: int = 0  # outbox rows seen; rows - dead_lettered went to their routes
+    rows: int = 0  # outbox rows seen
     dead_lettered: int = 0
+    skipped: int = 0  # replayed rows the stream already held
     transactions: int = 0
 
 
@@ -52,14 +57,13 @@ class Pipeline:
         stream: ReplicationStream,
         decoder: Decoder,
         router: Router,
-        publisher_factory: Callable[
-            [LsnTracker, Callable[[InFlight, str], tuple[str, bytes, dict[str, str]]]],
-            JetStreamPublisher,
-        ],
+        publisher_factory: Callable[[Rejection, DuplicateHandler], JetStreamPublisher],
         tracker: LsnTracker,
         tables: frozenset[str],
         status_interval: float,
         stats: SessionStats,
+        source: str,
+        already_stored: set[Position],
     ) -> None:
         self._stream = stream
         self._decoder = decoder
@@ -68,7 +72,12 @@ class Pipeline:
         self._tables = tables
         self._status_interval = status_interval
         self.stats = stats
-        self.publisher = publisher_factory(tracker, self._dead_letter_for_rejected)
+        self._source = source  # Cdc-Source: which database and slot an event came from
+        # Positions JetStream already holds (from the stream's tail, and duplicate acks):
+        # replays of these are skipped, so no event is stored twice even after the
+        # stream's duplicate window has passed.
+        self._already_stored = already_stored
+        self.publisher = publisher_factory(self._dead_letter_for_rejected, self._remember_duplicate)
         self._tx: Transaction | None = None
         self._tx_lsn = ""
         self._tx_index = 0
@@ -114,9 +123,23 @@ class Pipeline:
         log.info("stopped", lsn=format_lsn(tracker.confirmed))
 
     async def _send_status_periodically(self) -> None:
+        """Confirm progress soon after it happens, and at least every status interval.
+
+        Prompt confirmation keeps the window of stored-but-unconfirmed events small, so
+        a restart has little to replay; the interval keeps wal_sender_timeout at bay.
+        """
+        loop = asyncio.get_running_loop()
+        tracker = self._tracker
+        tick = min(self._status_interval, _CONFIRM_AT_MOST_EVERY)
+        sent_confirmed = -1
+        sent_at = 0.0
         while True:
-            self._stream.send_status(self._tracker.received, self._tracker.confirmed)
-            await asyncio.sleep(self._status_interval)
+            now = loop.time()
+            if tracker.confirmed != sent_confirmed or now - sent_at >= self._status_interval:
+                self._stream.send_status(tracker.received, tracker.confirmed)
+                sent_confirmed = tracker.confirmed
+                sent_at = now
+            await asyncio.sleep(tick)
 
     async def _read_forever(self) -> None:
         stream = self._stream
@@ -152,6 +175,14 @@ class Pipeline:
             log.debug("logical_message_ignored", prefix=change.prefix)
 
     async def _publish_row(self, tx: Transaction, insert: Insert) -> None:
+        index = self._tx_index
+        self._tx_index += 1
+        self.stats.rows += 1
+        if self._already_stored and (tx.final_lsn, index) in self._already_stored:
+            self._tracker.sent(tx)
+            self._tracker.acked(tx)
+            self.stats.skipped += 1
+            return
         outcome = self._router.route(insert.table, insert.row)
         if type(outcome) is Poison:
             raise PoisonRowError(
@@ -163,10 +194,9 @@ class Pipeline:
         headers = outcome.headers
         headers["Nats-Msg-Id"] = outcome.msg_id
         headers["Cdc-Lsn"] = self._tx_lsn
-        headers["Cdc-Index"] = str(self._tx_index)
+        headers["Cdc-Index"] = str(index)
         headers["Cdc-Table"] = insert.table
-        self._tx_index += 1
-        self.stats.rows += 1
+        headers["Cdc-Source"] = self._source
         if outcome.dead_letter_reason is not None:
             self._count_dead_letter(outcome.msg_id, outcome.dead_letter_reason)
         await self.publisher.publish(outcome.subject, outcome.data, headers, tx)
@@ -194,9 +224,15 @@ class Pipeline:
             raise PoisonRowError(f"the dead-letter subject itself cannot be stored: {reason}")
         self._count_dead_letter(msg_id, reason)
         headers = outcome.headers
-        for key in ("Nats-Msg-Id", "Cdc-Lsn", "Cdc-Index", "Cdc-Table"):
+        for key in ("Nats-Msg-Id", "Cdc-Lsn", "Cdc-Index", "Cdc-Table", "Cdc-Source"):
             headers[key] = entry.headers[key]
         return outcome.subject, outcome.data, headers
+
+    def _remember_duplicate(self, entry: InFlight) -> None:
+        """JetStream already had this event: never send it again in this process."""
+        headers = entry.headers
+        if headers.get("Cdc-Source") == self._source:
+            self._already_stored.add((parse_lsn(headers["Cdc-Lsn"]), int(headers["Cdc-Index"])))
 
     def _count_dead_letter(self, msg_id: str, reason: str) -> None:
         self.stats.dead_lettered += 1

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from cdc_bridge.ordering import OrderGuard
 from cdc_bridge.tracker import LsnTracker, Transaction
 
 # JetStream API error codes for a message that will fail the same way every time.
@@ -47,6 +48,8 @@ class InFlight:
 # Given a message that can never be stored and the reason, return its replacement
 # (subject, data, headers), or raise to stop the pipeline.
 Rejection = Callable[[InFlight, str], tuple[str, bytes, dict[str, str]]]
+# Told about a message JetStream already held (a duplicate ack).
+DuplicateHandler = Callable[[InFlight], None]
 
 
 class JetStreamPublisher:
@@ -58,12 +61,16 @@ class JetStreamPublisher:
         max_in_flight: int,
         ack_timeout: float,
         on_rejected: Rejection,
+        guard: OrderGuard | None = None,
+        on_duplicate: DuplicateHandler | None = None,
     ) -> None:
         self._nc = nc
         self._tracker = tracker
         self._max_in_flight = max_in_flight
         self._ack_timeout = ack_timeout
         self._on_rejected = on_rejected
+        self._guard = guard
+        self._on_duplicate = on_duplicate
         self._inbox = nc.new_inbox()
         self._prefix_len = len(self._inbox) + 1
         self._next_token = 0
@@ -104,6 +111,8 @@ class JetStreamPublisher:
     async def _send(
         self, subject: str, data: bytes, headers: dict[str, str], tx: Transaction
     ) -> None:
+        if self._guard is not None and self._guard.covers(subject):
+            self._guard.stamp(headers)  # here, at send time: the wire order is the chain
         token = str(self._next_token)
         self._next_token += 1
         self._in_flight[token] = InFlight(subject, data, headers, tx, time.monotonic())
@@ -137,8 +146,12 @@ class JetStreamPublisher:
         if entry is None:
             return  # an ack for a previous session's token, or after a timeout: ignore
         problem = _ack_problem(msg)
-        if problem is None:
+        if problem is None or problem is _DUPLICATE:
             self.acked_total += 1
+            if problem is _DUPLICATE:
+                self.duplicates_total += 1
+                if self._on_duplicate is not None:
+                    self._on_duplicate(entry)
             self._tracker.acked(entry.tx)
         elif problem == _NO_RESPONDERS:
             await self._settle_no_responders(entry)
@@ -208,6 +221,7 @@ class JetStreamPublisher:
 
 
 _NO_RESPONDERS = (False, "no responders")
+_DUPLICATE = (False, "duplicate")  # stored earlier: as good as an ack
 
 
 def _ack_problem(msg: Msg) -> tuple[bool, str] | None:
@@ -224,7 +238,7 @@ def _ack_problem(msg: Msg) -> tuple[bool, str] | None:
         return False, "unreadable pub ack"
     error = reply.get("error")
     if error is None:
-        return None
+        return _DUPLICATE if reply.get("duplicate") else None
     err_code = error.get("err_code")
     description = error.get("description", "unknown error")
     return err_code in PERMANENT_ERR_CODES, f"{description} (err_code {err_code})"

@@ -68,42 +68,48 @@ class ReplicationStream:
         self._readable = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._fd = self._pg.socket
-        self._loop.add_reader(self._fd, self._readable.set)
         self._closed = False
+        self.system_id = ""  # the server's system identifier, from IDENTIFY_SYSTEM
 
     @classmethod
+    async def connect(cls, dsn: str, *, connect_timeout: float = 10.0) -> ReplicationStream:
+        """Open a replication connection and identify the server (not streaming yet)."""
+        conn = await psycopg.AsyncConnection.connect(
+            connection_string(dsn, connect_timeout), replication="database", autocommit=True
+        )
+        try:
+            cur = await conn.execute("IDENTIFY_SYSTEM")
+            row = await cur.fetchone()
+        except psycopg.Error as exc:
+            await conn.close()
+            raise ReplicationError(_first_line(exc), exc.sqlstate) from None
+        stream = cls(conn)
+        stream.system_id = str(row[0]) if row else "unknown"
+        return stream
+
     async def start(
-        cls,
-        dsn: str,
-        *,
-        slot: str,
-        options: Sequence[tuple[str, str]],
-        start_lsn: int = 0,
-        connect_timeout: float = 10.0,
-    ) -> ReplicationStream:
-        """Connect and start streaming.
+        self, *, slot: str, options: Sequence[tuple[str, str]], start_lsn: int = 0
+    ) -> None:
+        """Start streaming.
 
         ``start_lsn`` 0 lets the server resume from the slot's ``confirmed_flush_lsn``:
         the only safe place to resume. Never pass the current WAL position.
         """
-        conn = await psycopg.AsyncConnection.connect(
-            connection_string(dsn, connect_timeout), replication="database", autocommit=True
-        )
         opts = ", ".join(f"{name} {quote_option(value)}" for name, value in options)
         command = f"START_REPLICATION SLOT {slot} LOGICAL {format_lsn(start_lsn)} ({opts})"
         try:
-            await conn.execute(command)
+            await self._conn.execute(command)
         except pg_errors.ObjectInUse as exc:
-            await conn.close()
+            await self.close()
             raise SlotInUse(_first_line(exc), exc.sqlstate) from None
         except psycopg.Error as exc:
-            await conn.close()
+            await self.close()
             raise ReplicationError(_first_line(exc), exc.sqlstate) from None
-        if conn.pgconn.status != pq.ConnStatus.OK:
-            await conn.close()
+        if self._pg.status != pq.ConnStatus.OK:
+            await self.close()
             raise ReplicationError("replication connection is not usable after START_REPLICATION")
-        conn.pgconn.nonblocking = 1
-        return cls(conn)
+        self._pg.nonblocking = 1
+        self._loop.add_reader(self._fd, self._readable.set)
 
     async def read_batch(self, max_messages: int = 2000) -> list[bytes]:
         """Wait for at least one CopyData message; return all that are already buffered."""

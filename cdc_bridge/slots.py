@@ -102,3 +102,10 @@ async def table_columns(conn: psycopg.AsyncConnection[TupleRow], table: str) -> 
 def _table_identifier(table: str) -> sql.Identifier:
     schema, _, name = table.partition(".")
     return sql.Identifier(schema, name)
+
+
+async def current_wal_lsn(conn: psycopg.AsyncConnection[TupleRow]) -> int:
+    cur = await conn.execute("SELECT pg_current_wal_lsn()::text")
+    row = await cur.fetchone()
+    assert row is not None
+    return parse_lsn(row[0])
