@@ -204,7 +204,7 @@ class BridgeState:
     """What outlives a session: counters, and positions known to be stored already."""
 
     stats: SessionStats = field(default_factory=SessionStats)
-    known_stored: set[Position] = field(default_factory=set)
+    known_duplicates: set[Position] = field(default_factory=set)
     warned_duplicate_window: bool = False
 
 
@@ -231,7 +231,7 @@ async def run_session(
         stream_name = config.nats.stream.name
 
         async def refuse_if_slot_was_dropped() -> None:
-            newest = (await read_stream_tail(js, stream_name, source, MAX_LSN)).newest
+            newest = (await read_stream_tail(js, stream_name, source, MAX_LSN, 1)).newest
             if newest is not None:
                 raise FatalError(
                     f"slot {config.postgres.slot} is missing, but stream {stream_name} holds "
@@ -244,9 +244,10 @@ async def run_session(
         if slot.active:
             raise SlotInUse(f"slot {slot.name} is in use by process {slot.active_pid}")
         start = slot.confirmed_flush_lsn or 0
-        tail = await read_stream_tail(js, stream_name, source, start)
+        lookback = config.nats.max_in_flight + 64
+        tail = await read_stream_tail(js, stream_name, source, start, lookback)
         check_tail(tail, wal_head, stream_name)
-        state.known_stored = {p for p in state.known_stored if p[0] >= start} | tail.stored
+        state.known_duplicates = {p for p in state.known_duplicates if p[0] >= start}
         guard = OrderGuard(tuple(stream_info.config.subjects or ()), tail.last_seq)
         tracker = LsnTracker(start)
         decoder, options = decoder_for(config)
@@ -275,14 +276,16 @@ async def run_session(
             status_interval=config.postgres.status_interval,
             stats=state.stats,
             source=source,
-            already_stored=state.known_stored,
+            stored_through=tail.newest if tail.newest and tail.newest[0] >= start else None,
+            known_duplicates=state.known_duplicates,
+            in_stream=guard.covers,
         )
         log.info(
             "streaming",
             slot=slot.name,
             lsn=format_lsn(start),
             stream=stream_name,
-            already_stored=len(tail.stored),
+            stored_through=format_position(tail.newest),
         )
         on_streaming()
         watch_lost = asyncio.create_task(lost.wait())
@@ -298,6 +301,10 @@ async def run_session(
             await stream.close()
         if not nc.is_closed:
             await nc.close()
+
+
+def format_position(position: Position | None) -> str | None:
+    return None if position is None else f"{format_lsn(position[0])}#{position[1]}"
 
 
 def check_tail(tail: StreamTail, wal_head: int, stream_name: str) -> None:

@@ -63,7 +63,9 @@ class Pipeline:
         status_interval: float,
         stats: SessionStats,
         source: str,
-        already_stored: set[Position],
+        stored_through: Position | None,
+        known_duplicates: set[Position],
+        in_stream: Callable[[str], bool],
     ) -> None:
         self._stream = stream
         self._decoder = decoder
@@ -73,10 +75,11 @@ class Pipeline:
         self._status_interval = status_interval
         self.stats = stats
         self._source = source  # Cdc-Source: which database and slot an event came from
-        # Positions JetStream already holds (from the stream's tail, and duplicate acks):
-        # replays of these are skipped, so no event is stored twice even after the
-        # stream's duplicate window has passed.
-        self._already_stored = already_stored
+        # What JetStream already holds (see reconcile.py): replays of it are skipped, so
+        # no event is stored twice even after the stream's duplicate window has passed.
+        self._stored_through = stored_through
+        self._known_duplicates = known_duplicates
+        self._in_stream = in_stream
         self.publisher = publisher_factory(self._dead_letter_for_rejected, self._remember_duplicate)
         self._tx: Transaction | None = None
         self._tx_lsn = ""
@@ -178,12 +181,13 @@ class Pipeline:
         index = self._tx_index
         self._tx_index += 1
         self.stats.rows += 1
-        if self._already_stored and (tx.final_lsn, index) in self._already_stored:
+        outcome = self._router.route(insert.table, insert.row)
+        replaying = self._stored_through is not None or self._known_duplicates
+        if replaying and self._already_stored((tx.final_lsn, index), outcome):
             self._tracker.sent(tx)
             self._tracker.acked(tx)
             self.stats.skipped += 1
             return
-        outcome = self._router.route(insert.table, insert.row)
         if type(outcome) is Poison:
             raise PoisonRowError(
                 f"row id={outcome.row_id} of {insert.table} at LSN {self._tx_lsn}: "
@@ -228,11 +232,26 @@ class Pipeline:
             headers[key] = entry.headers[key]
         return outcome.subject, outcome.data, headers
 
+    def _already_stored(self, position: Position, outcome: Outbound | Poison) -> bool:
+        if position in self._known_duplicates:
+            return True
+        stored_through = self._stored_through
+        if stored_through is None or position > stored_through:
+            self._stored_through = None  # past the replayed part: stop checking
+            return False
+        # Only the bridge's own stream is known gap-free; elsewhere dedup must do.
+        return type(outcome) is Outbound and self._in_stream(outcome.subject)
+
     def _remember_duplicate(self, entry: InFlight) -> None:
-        """JetStream already had this event: never send it again in this process."""
+        """JetStream already had this event (its id was seen): never send it again.
+
+        Without this, an event whose id repeats an older one would be refused as a
+        duplicate in every session, and its successor's order expectation with it.
+        """
         headers = entry.headers
         if headers.get("Cdc-Source") == self._source:
-            self._already_stored.add((parse_lsn(headers["Cdc-Lsn"]), int(headers["Cdc-Index"])))
+            position = (parse_lsn(headers["Cdc-Lsn"]), int(headers["Cdc-Index"]))
+            self._known_duplicates.add(position)
 
     def _count_dead_letter(self, msg_id: str, reason: str) -> None:
         self.stats.dead_lettered += 1

@@ -4,15 +4,19 @@ After a restart PostgreSQL replays everything after the slot's ``confirmed_flush
 Some of it JetStream may already have stored (acked, but the confirmation had not yet
 reached PostgreSQL). ``Nats-Msg-Id`` deduplication hides those replays only inside the
 stream's ``duplicate_window``; a restart after a longer outage would store them twice.
-So each session reads the stream's tail back to the confirmed position and collects
-the positions (commit LSN, index in transaction) of this bridge's stored events; the
-pipeline skips exactly those.
+
+The order guard (see ordering.py) means this bridge's messages in its stream are a
+gap-free prefix of what it sent, in send order. So a replayed event bound for the
+stream is stored exactly when its position (commit LSN, index in its transaction) is
+at or before the newest stored position. Finding that position needs only the last
+few of our messages: the highest can sit up to one in-flight window before the end,
+because a dead letter that replaces a refused message is sent late.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -21,53 +25,54 @@ from cdc_bridge.lsn import parse_lsn
 
 Position = tuple[int, int]  # (commit LSN, index of the event in its transaction)
 
-# Each read is one request; keep a bounded number in flight.
-_BATCH = 256
+_BATCH = 256  # reads in flight at once
 # A stream written mostly by others could make the walk long: give up (and say so) here.
 MAX_SCANNED = 200_000
 
 
-@dataclass
+@dataclass(frozen=True)
 class StreamTail:
     last_seq: int  # the stream's last sequence when the session started
-    stored: set[Position] = field(default_factory=set)  # our events at or after `since`
-    newest: Position | None = None  # our newest stored event, anywhere in the stream
-    scanned: int = 0
-    complete: bool = True  # False when MAX_SCANNED stopped the walk early
+    newest: Position | None  # our highest stored position, None when none was found
+    scanned: int
+    complete: bool  # False when MAX_SCANNED ended the walk early
 
 
 async def read_stream_tail(
-    js: JetStreamContext, stream: str, source: str, since_lsn: int
+    js: JetStreamContext, stream: str, source: str, since_lsn: int, lookback: int
 ) -> StreamTail:
-    """Walk back from the stream's end collecting our events with commit LSN >= since."""
+    """Our highest stored position among the last ``lookback`` of our messages.
+
+    The walk also ends at the first of our messages from before ``since_lsn``:
+    everything older is already confirmed in the slot and is never replayed.
+    """
     info = await js.stream_info(stream)
     state = info.state
-    tail = StreamTail(last_seq=state.last_seq)
+    newest: Position | None = None
+    ours = 0
+    scanned = 0
     seq = state.last_seq
     first = max(state.first_seq, 1)
     while seq >= first and state.messages:
         low = max(first, seq - _BATCH + 1)
-        results = await asyncio.gather(
-            *(_get(js, stream, s) for s in range(seq, low - 1, -1))
-        )
-        for headers in results:
-            tail.scanned += 1
+        batch = await asyncio.gather(*(_headers(js, stream, s) for s in range(seq, low - 1, -1)))
+        for headers in batch:
+            scanned += 1
             if headers is None or headers.get("Cdc-Source") != source:
                 continue
             position = (parse_lsn(headers["Cdc-Lsn"]), int(headers.get("Cdc-Index", "0")))
-            if tail.newest is None:
-                tail.newest = position
-            if position[0] < since_lsn:
-                return tail
-            tail.stored.add(position)
-        if tail.scanned >= MAX_SCANNED:
-            tail.complete = False
-            return tail
+            if newest is None or position > newest:
+                newest = position
+            ours += 1
+            if position[0] < since_lsn or ours >= lookback:
+                return StreamTail(state.last_seq, newest, scanned, complete=True)
+        if scanned >= MAX_SCANNED:
+            return StreamTail(state.last_seq, newest, scanned, complete=False)
         seq = low - 1
-    return tail
+    return StreamTail(state.last_seq, newest, scanned, complete=True)
 
 
-async def _get(js: JetStreamContext, stream: str, seq: int) -> dict[str, str] | None:
+async def _headers(js: JetStreamContext, stream: str, seq: int) -> dict[str, str] | None:
     try:
         msg = await js.get_msg(stream, seq=seq)
     except NotFoundError:
