@@ -1,0 +1,54 @@
+"""Scenario 1: the bridge is killed with SIGKILL at random moments under steady load."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+
+import pytest
+from support.bridge import BridgeProcess
+from support.chaos import Auditor, BridgeRunner, LoadGenerator, chaos_bridge_config
+
+DUPLICATE_WINDOW = 2.0
+
+
+@pytest.mark.parametrize(
+    ("kills", "past_window"),
+    [pytest.param(4, 2, id="short"), pytest.param(10, 2, id="long", marks=pytest.mark.slow)],
+)
+def test_bridge_killed_under_load(
+    chaos_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    make_bridge: Callable[..., BridgeProcess],
+    chaos_seed: int,
+    kills: int,
+    past_window: int,
+) -> None:
+    rng = random.Random(chaos_seed)
+    config = chaos_bridge_config(
+        dsn=chaos_dsn, nats_url=nats_url, name=unique_name,
+        duplicate_window=f"{DUPLICATE_WINDOW:g}s",
+    )
+    bridge = BridgeRunner(make_bridge, config)
+    bridge.start()  # creates the slot: rows committed from now on must all arrive
+    load = LoadGenerator(chaos_dsn, seed=chaos_seed)
+    load.start()
+    slow_restarts = set(rng.sample(range(kills), past_window))
+    try:
+        for kill in range(kills):
+            load.wait_for_rows(rng.randint(50, 600))
+            bridge.kill()
+            if kill in slow_restarts:
+                # The fault itself: stay dead until the stream forgot the ids of the last acks
+                time.sleep(DUPLICATE_WINDOW + 0.5)
+            bridge.start()
+        load.wait_for_rows(300)
+    finally:
+        report = load.stop()
+    result = Auditor(chaos_dsn, nats_url, unique_name.upper()).audit("1 bridge kill -9")
+    print(report.summary())
+    print(result.summary())
+    Auditor.assert_clean(result, bridge.notable_lines())
+    assert result.committed == report.rows_committed

@@ -1,0 +1,669 @@
+"""Fault-injection harness: steady outbox load, a bridge that can be killed and restarted,
+and an auditor that compares what PostgreSQL committed with what JetStream stored.
+
+The truth is the outbox table. Each generated transaction takes the transaction-level advisory
+lock 1 before it draws its number from the ``chaos_txn_no`` sequence, and holds the lock until
+its commit record is written; so the numbers increase in commit order, which is the order the
+WAL (and so the bridge) must deliver. A message's place in the expected order is therefore
+``(payload.txn, payload.idx)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+import psycopg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from psycopg.types.json import Jsonb
+
+from cdc_bridge.lsn import parse_lsn
+from support.bridge import BridgeProcess, log_event, parse_json_line
+
+AGGREGATE_TYPES = ("order", "ticket", "user")
+
+CHAOS_SCHEMA = """
+CREATE SEQUENCE IF NOT EXISTS chaos_txn_no;
+CREATE TABLE IF NOT EXISTS chaos_noise (id bigserial PRIMARY KEY, filler text NOT NULL);
+"""
+
+# Not the outbox: a table the publication leaves out, for WAL that carries no events.
+NOISE_TABLE = "chaos_noise"
+COMMIT_ORDER_LOCK = 1
+
+
+def install_chaos_schema(dsn: str) -> None:
+    """The sequence that numbers transactions, and a table for WAL that is not outbox."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(CHAOS_SCHEMA)
+
+
+# --- load -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """What the generator saw. The auditor does not trust it: it reads the table."""
+
+    transactions: int  # committed and acknowledged by the server
+    rows: int
+    rolled_back: int  # deliberately, to prove rolled-back rows never appear
+    uncertain_committed: int  # COMMIT outcome unknown, found committed afterwards
+    uncertain_lost: int  # COMMIT outcome unknown, found not committed
+    connection_failures: int
+    uncertain_rows_committed: int
+
+    @property
+    def rows_committed(self) -> int:
+        return self.rows + self.uncertain_rows_committed
+
+    def summary(self) -> str:
+        return (
+            f"load: {self.transactions} txs / {self.rows} rows committed, "
+            f"{self.rolled_back} rolled back, uncertain commits {self.uncertain_committed} "
+            f"committed / {self.uncertain_lost} not, {self.connection_failures} connection "
+            "failures"
+        )
+
+
+class LoadGenerator:
+    """Background threads inserting outbox rows, 1-5 per transaction, at a steady rate.
+
+    Survives PostgreSQL going away: failed connections are retried with backoff, and a
+    transaction whose COMMIT got no answer is looked up by its row ids after reconnecting.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        rows_per_second: float = 300.0,
+        max_rows_per_txn: int = 5,
+        rollback_ratio: float = 0.05,
+        writers: int = 2,
+        seed: int | None = None,
+    ) -> None:
+        self._dsn = dsn
+        self._rate_per_writer = rows_per_second / writers
+        self._max_rows = max_rows_per_txn
+        self._rollback_ratio = rollback_ratio
+        self._seed = seed if seed is not None else random.randrange(1 << 30)
+        self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self._threads = [
+            threading.Thread(target=self._run_writer, args=(n,), name=f"load-{n}", daemon=True)
+            for n in range(writers)
+        ]
+        self._uncertain: list[list[uuid.UUID]] = []  # guarded by _changed
+        self._anomalies: list[str] = []
+        self._failure: BaseException | None = None
+        self._counts: Counter[str] = Counter()
+
+    @property
+    def rows_committed(self) -> int:
+        with self._changed:
+            return self._counts["rows"] + self._counts["uncertain_rows_committed"]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 30.0) -> LoadReport:
+        """Stop writing, settle every uncertain commit; what happened."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+            if thread.is_alive():
+                raise AssertionError(f"load writer {thread.name} did not stop in {timeout:g}s")
+        self._resolve_uncertain_with_retries(timeout)
+        self._raise_if_failed()
+        if self._anomalies:
+            raise AssertionError("load generator anomalies: " + "; ".join(self._anomalies))
+        with self._changed:
+            c = self._counts
+            return LoadReport(
+                transactions=c["transactions"],
+                rows=c["rows"],
+                rolled_back=c["rolled_back"],
+                uncertain_committed=c["uncertain_committed"],
+                uncertain_lost=c["uncertain_lost"],
+                connection_failures=c["connection_failures"],
+                uncertain_rows_committed=c["uncertain_rows_committed"],
+            )
+
+    def wait_for_rows(self, more_rows: int, timeout: float = 30.0) -> None:
+        """Wait until ``more_rows`` more rows are committed than now (load is flowing)."""
+        target = self.rows_committed + more_rows
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self._counts["rows"] + self._counts["uncertain_rows_committed"] < target:
+                self._raise_if_failed()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"load: fewer than {more_rows} rows committed within {timeout:g}s "
+                        f"({self._counts['connection_failures']} connection failures)"
+                    )
+                self._changed.wait(min(remaining, 0.2))
+
+    # -- writer threads --
+
+    def _run_writer(self, writer_no: int) -> None:
+        rng = random.Random(self._seed + writer_no)
+        conn: psycopg.Connection[Any] | None = None
+        next_at = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if conn is None:
+                    conn = self._connect()
+                    if conn is None:
+                        return  # stopping
+                    self._resolve_uncertain(conn)
+                size = rng.randint(1, self._max_rows)
+                next_at = max(next_at + size / self._rate_per_writer, time.monotonic() - 1.0)
+                if self._stop.wait(max(0.0, next_at - time.monotonic())):
+                    return
+                try:
+                    self._one_transaction(conn, rng, size, writer_no)
+                except (psycopg.OperationalError, psycopg.InterfaceError):
+                    self._count("connection_failures")
+                    conn.close()
+                    conn = None
+                except psycopg.errors.QueryCanceled:
+                    conn.rollback()  # statement_timeout: a stuck lock wait, try again
+        except BaseException as exc:  # recorded and re-raised by stop() in the test thread
+            with self._changed:
+                self._failure = exc
+                self._changed.notify_all()
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _connect(self) -> psycopg.Connection[Any] | None:
+        delay = 0.05
+        while not self._stop.is_set():
+            try:
+                return psycopg.connect(
+                    self._dsn, connect_timeout=2, options="-c statement_timeout=10000"
+                )
+            except psycopg.OperationalError:
+                self._stop.wait(delay)
+                delay = min(delay * 2, 0.5)
+        return None
+
+    def _one_transaction(
+        self, conn: psycopg.Connection[Any], rng: random.Random, size: int, writer_no: int
+    ) -> None:
+        ids = [uuid.uuid4() for _ in range(size)]
+        row = conn.execute(
+            "SELECT nextval('chaos_txn_no') FROM (SELECT pg_advisory_xact_lock(%s)) AS held",
+            (COMMIT_ORDER_LOCK,),
+        ).fetchone()
+        assert row is not None
+        txn_no = int(row[0])
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO public.outbox (id, aggregate_type, aggregate_id, event_type, payload)"
+                " VALUES (%s, %s, %s, 'created', %s)",
+                [
+                    (
+                        row_id,
+                        AGGREGATE_TYPES[(txn_no + idx) % len(AGGREGATE_TYPES)],
+                        str(txn_no),
+                        Jsonb({"txn": txn_no, "idx": idx, "writer": writer_no}),
+                    )
+                    for idx, row_id in enumerate(ids)
+                ],
+            )
+        if rng.random() < self._rollback_ratio:
+            conn.rollback()
+            self._count("rolled_back")
+            return
+        try:
+            conn.commit()
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            with self._changed:
+                self._uncertain.append(ids)
+            raise
+        self._count("transactions")
+        self._count("rows", size)
+
+    def _resolve_uncertain(self, conn: psycopg.Connection[Any]) -> None:
+        """Look up transactions whose COMMIT got no answer: all rows exist or none do."""
+        with self._changed:
+            pending, self._uncertain = self._uncertain, []
+        try:
+            for ids in pending:
+                row = conn.execute(
+                    "SELECT count(*) FROM public.outbox WHERE id = ANY(%s)", (ids,)
+                ).fetchone()
+                found = int(row[0]) if row else 0
+                if found == len(ids):
+                    self._count("uncertain_committed")
+                    self._count("uncertain_rows_committed", found)
+                elif found == 0:
+                    self._count("uncertain_lost")
+                else:
+                    with self._changed:
+                        self._anomalies.append(f"{found} of {len(ids)} rows of one tx committed")
+                ids.clear()
+            conn.commit()
+        except BaseException:
+            with self._changed:  # keep what was not settled for the next try
+                self._uncertain.extend(ids for ids in pending if ids)
+            raise
+
+    def _resolve_uncertain_with_retries(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._changed:
+                if not self._uncertain:
+                    return
+            try:
+                with psycopg.connect(self._dsn, connect_timeout=2) as conn:
+                    self._resolve_uncertain(conn)
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)  # the server is still starting after a restart
+
+    def _count(self, key: str, amount: int = 1) -> None:
+        with self._changed:
+            self._counts[key] += amount
+            self._changed.notify_all()
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise AssertionError(f"load generator failed: {self._failure!r}") from self._failure
+
+
+def insert_one_big_transaction(dsn: str, rows: int) -> int:
+    """One transaction of ``rows`` outbox rows (idx 0..rows-1); its txn number."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT nextval('chaos_txn_no') FROM (SELECT pg_advisory_xact_lock(%s)) AS held",
+            (COMMIT_ORDER_LOCK,),
+        ).fetchone()
+        assert row is not None
+        txn_no = int(row[0])
+        conn.execute(
+            "INSERT INTO public.outbox (aggregate_type, aggregate_id, event_type, payload)"
+            " SELECT 'bulk', %(txn)s::text, 'created',"
+            "        jsonb_build_object('txn', %(txn)s::bigint, 'idx', g)"
+            " FROM generate_series(0, %(last)s) AS g",
+            {"txn": txn_no, "last": rows - 1},
+        )
+    return txn_no
+
+
+def write_noise(dsn: str, megabytes: float, *, chunk_kib: int = 256) -> None:
+    """Write roughly ``megabytes`` of WAL to a table that is not in the publication."""
+    filler = "x" * 1000
+    rows_per_chunk = chunk_kib
+    chunks = int(megabytes * 1024 / chunk_kib) + 1
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(chunks):
+            conn.execute(
+                f"INSERT INTO {NOISE_TABLE} (filler) SELECT %s FROM generate_series(1, %s)",
+                (filler, rows_per_chunk),
+            )
+
+
+# --- PostgreSQL positions -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SlotState:
+    confirmed_flush_lsn: int
+    active: bool
+    wal_status: str | None
+    behind_bytes: int  # pg_current_wal_lsn() - confirmed_flush_lsn
+
+
+def slot_state(dsn: str, slot: str) -> SlotState | None:
+    with psycopg.connect(dsn, connect_timeout=3, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT confirmed_flush_lsn::text, active, wal_status,"
+            "       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
+            " FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
+    if row is None:
+        return None
+    return SlotState(parse_lsn(row[0]), bool(row[1]), row[2], int(row[3]))
+
+
+# --- reading the stream ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    seq: int
+    msg_id: str
+    lsn: int  # the transaction's commit LSN, from the bridge's Cdc-Lsn header (0 if absent)
+
+
+async def read_stream(url: str, stream: str, timeout: float = 120.0) -> list[StoredMessage]:
+    """Every message the stream holds, in sequence order, through an ephemeral pull consumer.
+
+    Faster than one direct get per message (tens of thousands of messages in seconds), and a
+    consumer changes nothing in a limits-retention stream.
+    """
+    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
+    try:
+        async with asyncio.timeout(timeout):
+            js = nc.jetstream(timeout=10)
+            info = await js.stream_info(stream)
+            last_seq = info.state.last_seq
+            if not info.state.messages:
+                return []
+            subscription = await js.pull_subscribe(
+                ">",
+                stream=stream,
+                config=ConsumerConfig(
+                    ack_policy=AckPolicy.NONE,
+                    deliver_policy=DeliverPolicy.ALL,
+                    inactive_threshold=30.0,
+                    mem_storage=True,
+                ),
+            )
+            stored: list[StoredMessage] = []
+            seq = 0
+            while seq < last_seq:
+                for msg in await subscription.fetch(1000, timeout=5):
+                    seq = msg.metadata.sequence.stream
+                    if seq > last_seq:
+                        break
+                    headers = msg.headers or {}
+                    lsn_text = headers.get("Cdc-Lsn")
+                    stored.append(
+                        StoredMessage(
+                            seq=seq,
+                            msg_id=headers.get("Nats-Msg-Id", ""),
+                            lsn=parse_lsn(lsn_text) if lsn_text else 0,
+                        )
+                    )
+            await subscription.unsubscribe()
+            return stored
+    finally:
+        await nc.close()
+
+
+async def stream_message_count(url: str, stream: str) -> int:
+    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
+    try:
+        info = await nc.jetstream(timeout=5).stream_info(stream)
+        return int(info.state.messages)
+    finally:
+        await nc.close()
+
+
+# --- the auditor ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedRow:
+    id: str
+    txn: int
+    idx: int
+
+
+@dataclass(frozen=True, slots=True)
+class AuditResult:
+    scenario: str
+    committed: int
+    stored: int
+    lost: int
+    duplicated: int
+    reordered: int
+    extra: int
+    examples: tuple[str, ...]
+
+    @property
+    def clean(self) -> bool:
+        return not (self.lost or self.duplicated or self.reordered or self.extra)
+
+    def summary(self) -> str:
+        return (
+            f"scenario {self.scenario}: committed {self.committed}, lost {self.lost}, "
+            f"duplicated {self.duplicated}, reordered {self.reordered}, extra {self.extra} "
+            f"(stream holds {self.stored})"
+        )
+
+    def report(self) -> str:
+        return "\n".join([self.summary(), *(f"  {line}" for line in self.examples)])
+
+
+_EXAMPLES = 8
+
+
+def compare(
+    scenario: str, committed: list[CommittedRow], stored: list[StoredMessage]
+) -> AuditResult:
+    """Committed rows (in commit order) against the stream's messages (in stream order)."""
+    position = {row.id: index for index, row in enumerate(committed)}
+    by_id: dict[str, list[StoredMessage]] = {}
+    for message in stored:
+        by_id.setdefault(message.msg_id, []).append(message)
+    examples: list[str] = []
+
+    lost_rows = [row for row in committed if row.id not in by_id]
+    if lost_rows:
+        txns = sorted({row.txn for row in lost_rows})
+        examples.append(
+            f"lost {len(lost_rows)} rows of {len(txns)} txs, txn numbers {_ranges(txns)}"
+        )
+        examples += [f"lost id={r.id} txn={r.txn} idx={r.idx}" for r in lost_rows[:_EXAMPLES]]
+
+    repeated = {msg_id: copies for msg_id, copies in by_id.items() if len(copies) > 1}
+    duplicated = sum(len(copies) - 1 for copies in repeated.values())
+    if repeated:
+        seqs = sorted(copy.seq for copies in repeated.values() for copy in copies[1:])
+        examples.append(f"duplicate copies at stream seqs {_ranges(seqs)}")
+        for msg_id, copies in list(repeated.items())[:_EXAMPLES]:
+            row = committed[position[msg_id]] if msg_id in position else None
+            where = f"txn={row.txn} idx={row.idx}" if row else "not committed"
+            examples.append(
+                f"duplicate id={msg_id} {where} at seqs {[c.seq for c in copies]} "
+                f"lsn {[f'{c.lsn:X}' for c in copies]}"
+            )
+
+    extra = [m for m in stored if m.msg_id not in position]
+    if extra:
+        examples.append(f"extra (never committed) at seqs {_ranges([m.seq for m in extra])}")
+
+    reordered = 0
+    previous: StoredMessage | None = None
+    seen: set[str] = set()
+    for message in stored:
+        if message.msg_id not in position or message.msg_id in seen:
+            continue  # extras and later copies are counted above
+        seen.add(message.msg_id)
+        if previous is not None and position[message.msg_id] < position[previous.msg_id]:
+            reordered += 1
+            if reordered <= _EXAMPLES:
+                now = committed[position[message.msg_id]]
+                before = committed[position[previous.msg_id]]
+                examples.append(
+                    f"reordered: seq {message.seq} (txn {now.txn} idx {now.idx}) after seq "
+                    f"{previous.seq} (txn {before.txn} idx {before.idx})"
+                )
+        previous = message
+
+    return AuditResult(
+        scenario=scenario,
+        committed=len(committed),
+        stored=len(stored),
+        lost=len(lost_rows),
+        duplicated=duplicated,
+        reordered=reordered,
+        extra=len(extra),
+        examples=tuple(examples),
+    )
+
+
+def _ranges(numbers: list[int], limit: int = 12) -> str:
+    """[1,2,3,7,9,10] -> '1-3, 7, 9-10' (the first ``limit`` runs)."""
+    runs: list[tuple[int, int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], n)
+        else:
+            runs.append((n, n))
+    text = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs[:limit])
+    return text + (f", ... ({len(runs)} runs)" if len(runs) > limit else "")
+
+
+class Auditor:
+    """Compares the outbox table with the stream once the bridge has caught up."""
+
+    def __init__(self, dsn: str, nats_url: str, stream: str) -> None:
+        self.dsn = dsn
+        self.nats_url = nats_url
+        self.stream = stream
+
+    def committed_rows(self) -> list[CommittedRow]:
+        with psycopg.connect(self.dsn, connect_timeout=5) as conn:
+            rows = conn.execute(
+                "SELECT id::text, (payload->>'txn')::bigint, (payload->>'idx')::int"
+                " FROM public.outbox ORDER BY 2, 3"
+            ).fetchall()
+        return [CommittedRow(row[0], int(row[1]), int(row[2])) for row in rows]
+
+    def stored_messages(self) -> list[StoredMessage]:
+        return asyncio.run(read_stream(self.nats_url, self.stream))
+
+    def audit(self, scenario: str, *, timeout: float = 60.0) -> AuditResult:
+        """Wait (up to ``timeout``) until every committed row is in the stream, then compare.
+
+        Returns the comparison as it stands at the deadline if rows are still missing.
+        """
+        committed = self.committed_rows()
+        deadline = time.monotonic() + timeout
+        while True:
+            caught_up = asyncio.run(stream_message_count(self.nats_url, self.stream)) >= len(
+                committed
+            )
+            # The count alone can mislead: duplicates may fill it while rows are still missing
+            if caught_up or time.monotonic() >= deadline:
+                result = compare(scenario, committed, self.stored_messages())
+                if result.lost == 0 or time.monotonic() >= deadline:
+                    return result
+            time.sleep(0.25)
+
+    @staticmethod
+    def assert_clean(result: AuditResult, context: str = "") -> None:
+        if not result.clean:
+            raise AssertionError(result.report() + (f"\n{context}" if context else ""))
+
+
+# --- the bridge -----------------------------------------------------------------------------
+
+
+def chaos_bridge_config(
+    *,
+    dsn: str,
+    nats_url: str,
+    name: str,
+    status_interval: str = "200ms",
+    ack_timeout: str = "2s",
+    duplicate_window: str = "30s",
+    max_in_flight: int = 4096,
+) -> dict[str, Any]:
+    """Bridge config for slot/publication ``name`` and stream ``NAME`` on ``name.>``."""
+    return {
+        "postgres": {
+            "dsn": dsn,
+            "slot": name,
+            "publication": name,
+            "status_interval": status_interval,
+            "connect_timeout": "2s",
+        },
+        "nats": {
+            "servers": [nats_url],
+            "stream": {
+                "name": name.upper(),
+                "subjects": [f"{name}.>"],
+                "duplicate_window": duplicate_window,
+            },
+            "ack_timeout": ack_timeout,
+            "max_in_flight": max_in_flight,
+            "connect_timeout": "2s",
+        },
+        "outbox": {"table": "public.outbox"},
+        "routes": [{"subject": name + ".{aggregate_type}.{event_type}"}],
+        "logging": {"format": "json", "level": "info"},
+        "shutdown_timeout": "5s",
+    }
+
+
+NOTABLE_EVENTS = frozenset(
+    {"streaming", "session_failed", "recovered", "slot_created", "fatal", "stopped",
+     "shutdown_acks_missing", "dead_lettered"}
+)
+
+
+class BridgeRunner:
+    """One bridge config run again and again: every process is kept for its log."""
+
+    def __init__(
+        self, make_bridge: Callable[..., BridgeProcess], config: Mapping[str, Any]
+    ) -> None:
+        self._make_bridge = make_bridge
+        self.config = config
+        self.runs: list[BridgeProcess] = []
+
+    @property
+    def current(self) -> BridgeProcess:
+        if not self.runs:
+            raise RuntimeError("the bridge was never started")
+        return self.runs[-1]
+
+    def start(self, *, wait_streaming: bool = True, timeout: float = 30.0) -> BridgeProcess:
+        bridge = self._make_bridge(self.config)
+        self.runs.append(bridge)
+        if wait_streaming:
+            self.wait_streaming(timeout=timeout)
+        return bridge
+
+    def wait_streaming(self, *, since: int = 0, timeout: float = 30.0) -> None:
+        self.current.wait_for_log(log_event("streaming"), timeout=timeout, since=since)
+
+    def kill(self) -> None:
+        self.current.kill()
+
+    def terminate(self) -> int:
+        return self.current.terminate()
+
+    def peak_rss_kib(self) -> int:
+        """VmHWM of the running bridge: the most resident memory it ever had."""
+        status = Path(f"/proc/{self.current.pid}/status").read_text()
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+    def notable_lines(self, limit: int = 60) -> str:
+        """Warnings, errors and session events of every run, for a failure report."""
+        picked: list[str] = []
+        for number, bridge in enumerate(self.runs):
+            picked.append(f"--- run {number} (exit code {bridge.returncode})")
+            for line in bridge.lines:
+                record = parse_json_line(line)
+                if record is None:
+                    picked.append(line)  # tracebacks
+                elif record.get("event") in NOTABLE_EVENTS or record.get("level") in (
+                    "warning", "error", "critical"
+                ):
+                    picked.append(line)
+        return "\n".join(picked[-limit:])
