@@ -17,6 +17,7 @@ ColumnValue = str | bytes | None
 class Begin:
     xid: int
     final_lsn: int  # the commit record's LSN: known up front, so events can carry it
+    commit_time: int = 0  # microseconds since 2000-01-01 UTC; 0 when the plugin omits it
 
 
 @dataclass(frozen=True, slots=True)

@@ -184,8 +184,8 @@ class PgoutputDecoder:
 
 def _decode_begin(payload: bytes) -> Begin:
     _expect_end(payload, 1 + _BEGIN_BODY.size, "Begin")
-    final_lsn, _commit_ts, xid = _BEGIN_BODY.unpack_from(payload, 1)
-    return Begin(xid, final_lsn)
+    final_lsn, commit_ts, xid = _BEGIN_BODY.unpack_from(payload, 1)
+    return Begin(xid, final_lsn, commit_ts)
 
 
 def _decode_commit(payload: bytes) -> Commit:
