@@ -10,7 +10,15 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from cdc_bridge.durations import parse_duration
 from cdc_bridge.redaction import shown_value
@@ -76,6 +84,13 @@ def _unique_tables(tables: tuple[str, ...]) -> tuple[str, ...]:
     if duplicates:
         raise ValueError(f"{', '.join(duplicates)} listed more than once")
     return tables
+
+
+def _unique_prefixes(prefixes: tuple[str, ...]) -> tuple[str, ...]:
+    duplicates = sorted({p for p in prefixes if prefixes.count(p) > 1})
+    if duplicates:
+        raise ValueError(f"{', '.join(duplicates)} listed more than once")
+    return prefixes
 
 
 def _subject_template(value: str) -> str:
@@ -156,6 +171,11 @@ def _listen_address(value: str) -> str:
 
 
 _column = _matching(r"[A-Za-z_][A-Za-z0-9_]*", "expected a column name, got {value}")
+_message_prefix = _matching(
+    r"[A-Za-z0-9_.:/-]{1,100}",
+    "expected a message prefix of up to 100 characters A-Z, a-z, 0-9, '_', '.', ':', '/' "
+    "and '-', got {value}",
+)
 
 Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
 PositiveDuration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
@@ -226,15 +246,31 @@ class NatsSection(Section):
 
 
 class OutboxSection(Section):
+    # Before `table`: its check reads this one (pydantic validates in field order).
+    # Characters are limited to what wal2json's add-msg-prefixes list takes unescaped.
+    message_prefixes: Annotated[
+        tuple[Annotated[str, AfterValidator(_message_prefix)], ...],
+        BeforeValidator(_one_or_many),
+        AfterValidator(_unique_prefixes),
+    ] = ()
     table: Annotated[
         tuple[Annotated[str, AfterValidator(_table_name)], ...],
         BeforeValidator(_one_or_many),
-        Field(min_length=1),
         AfterValidator(_unique_tables),
     ] = ("public.outbox",)
     id_column: Column = "id"
     payload_column: Column = "payload"
     headers_column: Column | None = "headers"
+
+    @field_validator("table")
+    @classmethod
+    def _tables_or_messages(cls, tables: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if not tables and not info.data.get("message_prefixes"):
+            raise ValueError(
+                "must not be empty: list the outbox tables, or set outbox.message_prefixes "
+                "for an outbox of logical decoding messages only"
+            )
+        return tables
 
 
 class RouteSection(Section):
@@ -264,7 +300,7 @@ class LoggingSection(Section):
 class HttpSection(Section):
     listen: Annotated[
         Annotated[str, AfterValidator(_listen_address)] | None, BeforeValidator(_disabled_listen)
-    ] = None
+    ] = "127.0.0.1:8080"
 
 
 class ConfigFile(Section):
@@ -279,6 +315,7 @@ class ConfigFile(Section):
         default_factory=LoggingSection
     )
     shutdown_timeout: Duration = 10.0
+    stall_timeout: Duration = 60.0
     http: Annotated[HttpSection, BeforeValidator(_disabled_http)] = Field(
         default_factory=HttpSection
     )

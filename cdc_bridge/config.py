@@ -111,6 +111,9 @@ class OutboxConfig:
     id_column: str
     payload_column: str
     headers_column: str | None  # None: rows carry no headers
+    # Prefixes of transactional logical decoding messages that are events (messages.py);
+    # empty: messages are ignored. With prefixes, ``tables`` may be empty.
+    message_prefixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,7 @@ class BridgeConfig:
     dead_letter: DeadLetterConfig | None  # None: a poison row stops the bridge
     logging: LoggingConfig
     shutdown_timeout: float
+    stall_timeout: float  # events in flight but no ack for this long: not ready
     http: HttpConfig
 
     def template_columns(self) -> set[str]:
@@ -237,6 +241,7 @@ def _build(checked: ConfigFile) -> BridgeConfig:
             id_column=outbox.id_column,
             payload_column=outbox.payload_column,
             headers_column=outbox.headers_column,
+            message_prefixes=outbox.message_prefixes,
         ),
         routes=tuple(
             RouteConfig(
@@ -254,6 +259,7 @@ def _build(checked: ConfigFile) -> BridgeConfig:
         ),
         logging=LoggingConfig(format=checked.logging.format, level=checked.logging.level),
         shutdown_timeout=checked.shutdown_timeout,
+        stall_timeout=checked.stall_timeout,
         http=HttpConfig(listen=checked.http.listen),
     )
 

@@ -12,15 +12,20 @@ from dataclasses import dataclass, field
 import nats.errors
 import psycopg
 import structlog
+from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamInfo
 from psycopg.rows import TupleRow
 
 from cdc_bridge.config import BridgeConfig, redact_dsn
 from cdc_bridge.decoding.pgoutput import PgoutputDecoder
+from cdc_bridge.http import HttpEndpoint
+from cdc_bridge.leadership import Leadership
 from cdc_bridge.lsn import format_lsn
+from cdc_bridge.metrics import Metrics
 from cdc_bridge.nats_setup import connect_nats, ensure_stream
 from cdc_bridge.ordering import OrderGuard
 from cdc_bridge.pipeline import Decoder, Pipeline, PoisonRowError, SessionStats
+from cdc_bridge.preflight import check_stream_coverage
 from cdc_bridge.publisher import DuplicateHandler, JetStreamPublisher, PublishError, Rejection
 from cdc_bridge.reconcile import Position, StreamTail, read_stream_tail
 from cdc_bridge.replication import ReplicationError, ReplicationStream, SlotInUse, connection_string
@@ -33,11 +38,14 @@ from cdc_bridge.slots import (
     get_slot,
     publication_exists,
     publication_tables,
+    slot_lag,
     table_columns,
 )
-from cdc_bridge.tracker import LsnTracker
+from cdc_bridge.status import BridgeStatus
+from cdc_bridge.tracker import LsnTracker, Transaction
 
 MAX_LSN = (1 << 64) - 1
+STANDBY_POLL_SECONDS = 1.0  # a standby takes over within about this after the lock frees
 
 log = structlog.get_logger("cdc_bridge.daemon")
 
@@ -152,8 +160,8 @@ async def prepare_outbox(conn: psycopg.AsyncConnection[TupleRow], config: Bridge
 
 async def prepare_postgres(
     config: BridgeConfig, *, may_create_slot: Callable[[], Awaitable[None]] | None = None
-) -> tuple[SlotInfo, int]:
-    """Outbox, publication and slot ready; returns the slot and the server's WAL head.
+) -> tuple[SlotInfo, int, str]:
+    """Outbox, publication and slot ready: the slot, the server's WAL head, its version.
 
     ``may_create_slot`` runs before a missing slot is created and may refuse by raising.
     """
@@ -176,7 +184,12 @@ async def prepare_postgres(
                 error="new slot: only events committed from now on are streamed",
             )
         check_slot(config, slot, str(conn.info.dbname))
-        return slot, await current_wal_lsn(conn)
+        return slot, await current_wal_lsn(conn), server_version(conn.info.server_version)
+
+
+def server_version(number: int) -> str:
+    """libpq's 150004 -> "15.4"."""
+    return f"{number // 10000}.{number % 10000}"
 
 
 def check_slot(config: BridgeConfig, slot: SlotInfo, dbname: str) -> None:
@@ -201,11 +214,17 @@ def check_slot(config: BridgeConfig, slot: SlotInfo, dbname: str) -> None:
 
 @dataclass
 class BridgeState:
-    """What outlives a session: counters, and positions known to be stored already."""
+    """What outlives a session: status, metrics, counters, positions known stored."""
 
-    stats: SessionStats = field(default_factory=SessionStats)
+    status: BridgeStatus
+    metrics: Metrics
     known_duplicates: set[Position] = field(default_factory=set)
     warned_duplicate_window: bool = False
+    warned_uncovered_routes: bool = False
+
+    @property
+    def stats(self) -> SessionStats:
+        return self.status.stats
 
 
 async def run_session(
@@ -223,7 +242,9 @@ async def run_session(
         js = nc.jetstream()
         stream_info = await ensure_stream(nc, config.nats)
         warn_about_duplicate_window(config, stream_info, state)
+        await check_subjects_have_streams(nc, config, state)
         router.max_payload = nc.max_payload
+        state.status.nats_version = str(nc._server_info.get("version"))
         stream = await ReplicationStream.connect(
             config.postgres.dsn, connect_timeout=config.postgres.connect_timeout
         )
@@ -240,7 +261,9 @@ async def run_session(
                     f"then accept the loss with `cdc-bridge slots create {config.postgres.slot}`"
                 )
 
-        slot, wal_head = await prepare_postgres(config, may_create_slot=refuse_if_slot_was_dropped)
+        slot, wal_head, state.status.postgres_version = await prepare_postgres(
+            config, may_create_slot=refuse_if_slot_was_dropped
+        )
         if slot.active:
             raise SlotInUse(f"slot {slot.name} is in use by process {slot.active_pid}")
         start = slot.confirmed_flush_lsn or 0
@@ -264,6 +287,7 @@ async def run_session(
                 on_rejected=on_rejected,
                 guard=guard,
                 on_duplicate=on_duplicate,
+                observer=AckCounter(state),
             )
 
         pipeline = Pipeline(
@@ -279,7 +303,14 @@ async def run_session(
             stored_through=tail.newest if tail.newest and tail.newest[0] >= start else None,
             known_duplicates=state.known_duplicates,
             in_stream=guard.covers,
+            on_dead_letter=state.metrics.dead_lettered,
         )
+        publisher = pipeline.publisher
+        state.status.confirmed = lambda: tracker.confirmed
+        state.status.in_flight = lambda: publisher.in_flight
+        state.status.last_ack_at = lambda: publisher.last_ack_at
+        state.metrics.confirmed_lsn.set_function(lambda: tracker.confirmed)
+        state.metrics.in_flight.set_function(lambda: publisher.in_flight)
         log.info(
             "streaming",
             slot=slot.name,
@@ -303,6 +334,18 @@ async def run_session(
             await nc.close()
 
 
+class AckCounter:
+    """Counts acks for /status and the metrics (the publisher's AckObserver)."""
+
+    def __init__(self, state: BridgeState) -> None:
+        self._stats = state.stats
+        self._metrics = state.metrics
+
+    def acked(self, route: str, tx: Transaction) -> None:
+        self._stats.acked += 1
+        self._metrics.acked(route, tx)
+
+
 def format_position(position: Position | None) -> str | None:
     return None if position is None else f"{format_lsn(position[0])}#{position[1]}"
 
@@ -323,6 +366,22 @@ def check_tail(tail: StreamTail, wal_head: int, stream_name: str) -> None:
         )
 
 
+async def check_subjects_have_streams(
+    nc: NatsClient, config: BridgeConfig, state: BridgeState
+) -> None:
+    """A dead-letter subject no stream stores is fatal; a route's is worth a warning.
+
+    A route's rows still go somewhere safe (the publisher dead-letters what no stream
+    captures), but poison rows with nowhere to go would stop the bridge later anyway.
+    """
+    for problem in await check_stream_coverage(nc, config):
+        if problem.startswith("dead_letter."):
+            raise FatalError(problem)
+        if not state.warned_uncovered_routes:
+            log.warning("route_not_stored", error=problem)
+    state.warned_uncovered_routes = True
+
+
 def warn_about_duplicate_window(config: BridgeConfig, info: StreamInfo, state: BridgeState) -> None:
     window = info.config.duplicate_window or 0.0
     needed = config.postgres.status_interval + config.nats.ack_timeout
@@ -338,38 +397,183 @@ def warn_about_duplicate_window(config: BridgeConfig, info: StreamInfo, state: B
 
 
 async def run_bridge(config: BridgeConfig, stop: asyncio.Event) -> int:
-    """Supervise sessions until stopped. Returns the process exit code."""
+    """Serve HTTP, win leadership, supervise sessions until stopped. Returns the exit code."""
+    pg = config.postgres
+    status = BridgeStatus(slot=pg.slot, stream=config.nats.stream.name)
+    metrics = Metrics()
+    state = BridgeState(status=status, metrics=metrics)
+    log.info(
+        "starting",
+        slot=pg.slot,
+        dsn=redact_dsn(pg.dsn),
+        servers=[redact_dsn(s) for s in config.nats.servers],
+    )
+    http: HttpEndpoint | None = None
+    if config.http.host is not None and config.http.port is not None:
+        http = HttpEndpoint(
+            config.http.host, config.http.port, status, metrics, config.stall_timeout
+        )
+        try:
+            await http.start()
+        except OSError as exc:
+            log.error(
+                "fatal", error=f"http.listen: cannot listen on {config.http.listen}: {exc.strerror}"
+            )
+            return 1
+    leadership = Leadership(pg.dsn, pg.slot, pg.connect_timeout)
+    progress = asyncio.create_task(log_progress(state, config))
+    try:
+        while not stop.is_set():
+            if not await become_leader(leadership, stop, state):
+                return 0
+            code = await lead(config, leadership, stop, state)
+            metrics.is_leader.set(0)
+            if code is not None:
+                return code
+        return 0
+    finally:
+        progress.cancel()
+        status.role = "stopped"
+        await leadership.release()
+        if http is not None:
+            await http.close()
+
+
+async def become_leader(leadership: Leadership, stop: asyncio.Event, state: BridgeState) -> bool:
+    """Wait (as standby) until this process holds the slot's lock; False when stopped."""
+    backoff = Backoff(first=1.0, cap=10.0)
+    failures = FailureLog()
+    announced = False
+    while not stop.is_set():
+        try:
+            if await leadership.try_acquire():
+                failures.streaming()
+                state.metrics.is_leader.set(1)
+                log.info("leadership_acquired", slot=state.status.slot)
+                return True
+            delay = STANDBY_POLL_SECONDS
+            if not announced:
+                log.info(
+                    "standby",
+                    slot=state.status.slot,
+                    error="another bridge holds this slot's leadership lock; waiting",
+                )
+                announced = True
+            state.status.role = "standby"
+        except psycopg.Error as exc:
+            delay = backoff.next_delay()
+            failures.failed(describe(exc), delay)
+            state.status.failed(describe(exc))
+            state.status.role = "connecting"
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+    return False
+
+
+async def lead(
+    config: BridgeConfig, leadership: Leadership, stop: asyncio.Event, state: BridgeState
+) -> int | None:
+    """Run sessions while leader. An exit code ends the process; None: leadership lost."""
     router = Router(config)
-    state = BridgeState()
     backoff = Backoff()
     failures = FailureLog()
+    session_stop = asyncio.Event()
+    lost_leadership = asyncio.create_task(leadership.hold())
+    forward_stop = asyncio.create_task(stop.wait())
+
+    def end_sessions(_: object) -> None:
+        session_stop.set()
+
+    lost_leadership.add_done_callback(end_sessions)
+    forward_stop.add_done_callback(end_sessions)
 
     def streaming() -> None:
         backoff.reset()
         failures.streaming()
+        state.status.role = "streaming"
 
-    log.info(
-        "starting",
+    try:
+        while not session_stop.is_set():
+            state.status.role = "connecting"
+            try:
+                await run_session(config, router, session_stop, state, streaming)
+                break
+            except (FatalError, PoisonRowError) as exc:
+                state.status.failed(str(exc))
+                log.error("fatal", error=str(exc))
+                return 1
+            except SlotInUse as exc:
+                delay = backoff.next_delay()
+                failures.failed(f"{exc} (waiting for it to be released)", delay)
+            except TRANSIENT_ERRORS as exc:
+                delay = backoff.next_delay()
+                message = describe(exc)
+                failures.failed(message, delay)
+                state.status.failed(message)
+                state.metrics.reconnects.labels(failure_target(exc)).inc()
+            state.status.role = "reconnecting"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session_stop.wait(), delay)
+    finally:
+        lost_leadership.cancel()
+        forward_stop.cancel()
+    if stop.is_set():
+        return 0
+    log.warning(
+        "leadership_lost",
         slot=config.postgres.slot,
-        dsn=redact_dsn(config.postgres.dsn),
-        servers=[redact_url(s) for s in config.nats.servers],
+        error="the leadership lock session ended; standing by",
     )
-    while not stop.is_set():
-        try:
-            await run_session(config, router, stop, state, streaming)
-            return 0
-        except (FatalError, PoisonRowError) as exc:
-            log.error("fatal", error=str(exc))
-            return 1
-        except SlotInUse as exc:
-            delay = backoff.next_delay()
-            failures.failed(f"{exc} (waiting for it to be released)", delay)
-        except TRANSIENT_ERRORS as exc:
-            delay = backoff.next_delay()
-            failures.failed(describe(exc), delay)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-    return 0
+    await leadership.release()
+    return None
+
+
+def failure_target(exc: BaseException) -> str:
+    if isinstance(exc, psycopg.Error | ReplicationError):
+        return "postgres"
+    return "nats"
+
+
+async def log_progress(
+    state: BridgeState, config: BridgeConfig, every: float = 30.0, lag_every: float = 5.0
+) -> None:
+    """A periodic progress line instead of a line per event; refreshes slot lag often."""
+    stats = state.stats
+    last_rows, last_logged = stats.rows, time.monotonic()
+    while True:
+        await asyncio.sleep(lag_every)
+        status = state.status
+        if status.role == "standby":
+            continue
+        with contextlib.suppress(Exception):  # lag is a nicety: never let it stop the bridge
+            await refresh_slot_lag(config, state)
+        now = time.monotonic()
+        if now - last_logged < every:
+            continue
+        rate = (stats.rows - last_rows) / (now - last_logged)
+        last_rows, last_logged = stats.rows, now
+        log.info(
+            "progress",
+            role=status.role,
+            events_per_second=round(rate, 1),
+            events=stats.rows,
+            dead_lettered=stats.dead_lettered,
+            lsn=format_lsn(status.confirmed_lsn) if status.confirmed_lsn else None,
+            lag_bytes=status.lag_bytes,
+            in_flight=status.in_flight() if status.in_flight else 0,
+        )
+
+
+async def refresh_slot_lag(config: BridgeConfig, state: BridgeState) -> None:
+    pg = config.postgres
+    async with await psycopg.AsyncConnection.connect(
+        connection_string(pg.dsn, pg.connect_timeout), autocommit=True
+    ) as conn:
+        lag = await slot_lag(conn, pg.slot)
+    if lag is not None:
+        state.status.lag_bytes, state.status.retained_bytes = lag
+        state.metrics.lag_bytes.set(lag[0])
+        state.metrics.retained_bytes.set(lag[1])
 
 
 def describe(exc: BaseException) -> str:
@@ -380,13 +584,6 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, psycopg.OperationalError):
         return f"PostgreSQL: {detail}"
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-
-
-def redact_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
-    return url
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -45,6 +45,7 @@ class SessionStats:
     """Counters that outlive a session (the daemon keeps one for the process)."""
 
     rows: int = 0  # outbox rows seen
+    acked: int = 0  # messages JetStream acked (dead letters included)
     dead_lettered: int = 0
     skipped: int = 0  # replayed rows the stream already held
     transactions: int = 0
@@ -66,6 +67,7 @@ class Pipeline:
         stored_through: Position | None,
         known_duplicates: set[Position],
         in_stream: Callable[[str], bool],
+        on_dead_letter: Callable[[str], None] | None = None,
     ) -> None:
         self._stream = stream
         self._decoder = decoder
@@ -80,6 +82,7 @@ class Pipeline:
         self._stored_through = stored_through
         self._known_duplicates = known_duplicates
         self._in_stream = in_stream
+        self._on_dead_letter = on_dead_letter
         self.publisher = publisher_factory(self._dead_letter_for_rejected, self._remember_duplicate)
         self._tx: Transaction | None = None
         self._tx_lsn = ""
@@ -166,7 +169,7 @@ class Pipeline:
             if change.table in self._tables and self._tx is not None:
                 await self._publish_row(self._tx, change)
         elif type(change) is Begin:
-            self._tx = self._tracker.begin(change.final_lsn)
+            self._tx = self._tracker.begin(change.final_lsn, change.commit_time)
             self._tx_lsn = format_lsn(change.final_lsn)
             self._tx_index = 0
         elif type(change) is Commit:
@@ -203,7 +206,7 @@ class Pipeline:
         headers["Cdc-Source"] = self._source
         if outcome.dead_letter_reason is not None:
             self._count_dead_letter(outcome.msg_id, outcome.dead_letter_reason)
-        await self.publisher.publish(outcome.subject, outcome.data, headers, tx)
+        await self.publisher.publish(outcome.subject, outcome.data, headers, tx, outcome.route)
 
     def _dead_letter_for_rejected(
         self, entry: InFlight, reason: str
@@ -255,4 +258,6 @@ class Pipeline:
 
     def _count_dead_letter(self, msg_id: str, reason: str) -> None:
         self.stats.dead_lettered += 1
+        if self._on_dead_letter is not None:
+            self._on_dead_letter(reason)
         log.warning("dead_lettered", msg_id=msg_id, error=reason)

@@ -20,11 +20,13 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from cdc_bridge.ordering import OrderGuard
+from cdc_bridge.routing import DEAD_LETTER_ROUTE
 from cdc_bridge.tracker import LsnTracker, Transaction
 
 # JetStream API error codes for a message that will fail the same way every time.
@@ -43,11 +45,20 @@ class InFlight:
     headers: dict[str, str]
     tx: Transaction
     sent_at: float
+    route: str
 
 
 # Given a message that can never be stored and the reason, return its replacement
 # (subject, data, headers), or raise to stop the pipeline.
 Rejection = Callable[[InFlight, str], tuple[str, bytes, dict[str, str]]]
+
+
+class AckObserver(Protocol):
+    """Told about every successful ack (metrics)."""
+
+    def acked(self, route: str, tx: Transaction) -> None: ...
+
+
 # Told about a message JetStream already held (a duplicate ack).
 DuplicateHandler = Callable[[InFlight], None]
 
@@ -63,6 +74,7 @@ class JetStreamPublisher:
         on_rejected: Rejection,
         guard: OrderGuard | None = None,
         on_duplicate: DuplicateHandler | None = None,
+        observer: AckObserver | None = None,
     ) -> None:
         self._nc = nc
         self._tracker = tracker
@@ -71,6 +83,8 @@ class JetStreamPublisher:
         self._on_rejected = on_rejected
         self._guard = guard
         self._on_duplicate = on_duplicate
+        self._observer = observer
+        self.last_ack_at = time.monotonic()  # for stall detection
         self._inbox = nc.new_inbox()
         self._prefix_len = len(self._inbox) + 1
         self._next_token = 0
@@ -99,23 +113,23 @@ class JetStreamPublisher:
         return len(self._in_flight)
 
     async def publish(
-        self, subject: str, data: bytes, headers: dict[str, str], tx: Transaction
+        self, subject: str, data: bytes, headers: dict[str, str], tx: Transaction, route: str
     ) -> None:
         """Send one message; waits only while the in-flight window is full."""
         while len(self._in_flight) >= self._max_in_flight:
             self._space.clear()
             await self._wait_or_fail(self._space)
         self._tracker.sent(tx)
-        await self._send(subject, data, headers, tx)
+        await self._send(subject, data, headers, tx, route)
 
     async def _send(
-        self, subject: str, data: bytes, headers: dict[str, str], tx: Transaction
+        self, subject: str, data: bytes, headers: dict[str, str], tx: Transaction, route: str
     ) -> None:
         if self._guard is not None and self._guard.covers(subject):
             self._guard.stamp(headers)  # here, at send time: the wire order is the chain
         token = str(self._next_token)
         self._next_token += 1
-        self._in_flight[token] = InFlight(subject, data, headers, tx, time.monotonic())
+        self._in_flight[token] = InFlight(subject, data, headers, tx, time.monotonic(), route)
         self._empty.clear()
         await self._nc.publish(subject, data, reply=self._inbox + "." + token, headers=headers)
 
@@ -148,11 +162,15 @@ class JetStreamPublisher:
         problem = _ack_problem(msg)
         if problem is None or problem is _DUPLICATE:
             self.acked_total += 1
+            self.last_ack_at = time.monotonic()
             if problem is _DUPLICATE:
                 self.duplicates_total += 1
                 if self._on_duplicate is not None:
                     self._on_duplicate(entry)
-            self._tracker.acked(entry.tx)
+            tx = entry.tx
+            self._tracker.acked(tx)
+            if self._observer is not None:
+                self._observer.acked(entry.route, tx)
         elif problem == _NO_RESPONDERS:
             await self._settle_no_responders(entry)
         elif problem[0]:
@@ -177,7 +195,7 @@ class JetStreamPublisher:
         except Exception as exc:  # the rejection policy says stop (e.g. no dead letter)
             self.fail(exc)
             return
-        await self._send(subject, data, headers, entry.tx)
+        await self._send(subject, data, headers, entry.tx, DEAD_LETTER_ROUTE)
 
     async def _settle_no_responders(self, entry: InFlight) -> None:
         """No responders means permanent only when no stream captures the subject at all."""

@@ -33,6 +33,14 @@ _CONNECTION_DEFAULTS = {
     "tcp_user_timeout": "30000",
 }
 
+# Asked of the server for our sessions: it drops a vanished peer (machine loss, network
+# cut) in about 5 s, so its walsender frees the slot, and its lock session the
+# leadership, for a standby to take over. Any role may set these for its own session.
+SERVER_KEEPALIVES = (
+    "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3 "
+    "-c tcp_user_timeout=5000"
+)
+
 
 class ReplicationError(Exception):
     """The stream ended or failed; ``sqlstate`` says why when the server told us."""
@@ -46,12 +54,14 @@ class SlotInUse(ReplicationError):
     """Another process streams from the slot: wait and retry, do not crash."""
 
 
-def connection_string(dsn: str, connect_timeout: float) -> str:
+def connection_string(dsn: str, connect_timeout: float, *, options: str | None = None) -> str:
     """The user's DSN with our defaults added where it does not set them itself."""
     params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
     for key, value in _CONNECTION_DEFAULTS.items():
         params.setdefault(key, value)
     params.setdefault("connect_timeout", str(max(int(connect_timeout), 1)))
+    if options:
+        params["options"] = f"{params['options']} {options}" if params.get("options") else options
     return make_conninfo("", **params)
 
 
@@ -75,7 +85,9 @@ class ReplicationStream:
     async def connect(cls, dsn: str, *, connect_timeout: float = 10.0) -> ReplicationStream:
         """Open a replication connection and identify the server (not streaming yet)."""
         conn = await psycopg.AsyncConnection.connect(
-            connection_string(dsn, connect_timeout), replication="database", autocommit=True
+            connection_string(dsn, connect_timeout, options=SERVER_KEEPALIVES),
+            replication="database",
+            autocommit=True,
         )
         try:
             cur = await conn.execute("IDENTIFY_SYSTEM")

@@ -14,10 +14,11 @@ from collections import deque
 class Transaction:
     """One decoded transaction: how many of its events still wait for an ack."""
 
-    __slots__ = ("committed", "end_lsn", "final_lsn", "outstanding", "published")
+    __slots__ = ("commit_time", "committed", "end_lsn", "final_lsn", "outstanding", "published")
 
-    def __init__(self, final_lsn: int) -> None:
+    def __init__(self, final_lsn: int, commit_time: int = 0) -> None:
         self.final_lsn = final_lsn  # the commit record's LSN (known at Begin)
+        self.commit_time = commit_time  # microseconds since 2000-01-01; 0 = unknown
         self.end_lsn = 0  # set at Commit: the position that may be confirmed
         self.outstanding = 0  # events sent, not yet acked
         self.published = 0  # events sent in all (for logs and metrics)
@@ -43,10 +44,10 @@ class LsnTracker:
         if wal_position > self.received:
             self.received = wal_position
 
-    def begin(self, final_lsn: int) -> Transaction:
+    def begin(self, final_lsn: int, commit_time: int = 0) -> Transaction:
         if self._open is not None:
             raise RuntimeError("Begin while a transaction is open: the stream is out of step")
-        tx = Transaction(final_lsn)
+        tx = Transaction(final_lsn, commit_time)
         self._open = tx
         self._pending.append(tx)
         return tx

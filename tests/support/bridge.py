@@ -156,7 +156,11 @@ class BridgeProcess:
         if self._process is not None:
             raise RuntimeError("BridgeProcess.start() called twice")
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(dict(self.config), sort_keys=False))
+        config = dict(self.config)
+        # Several bridges may run at once (standby tests) and the machine's 8080 may be
+        # taken: unless a test chooses, each bridge's HTTP endpoint gets a free port.
+        config.setdefault("http", {"listen": "127.0.0.1:0"})
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         self._process = subprocess.Popen(
             self.command,
             stdin=subprocess.DEVNULL,

@@ -97,7 +97,8 @@ def test_contract_example_parses_with_defaults() -> None:
     assert config.dead_letter is not None and config.dead_letter.subject == "events.dlq"
     assert (config.logging.format, config.logging.level) == ("json", "info")
     assert config.shutdown_timeout == 10.0
-    assert config.http.listen is None
+    assert config.http.listen == "127.0.0.1:8080"  # the default
+    assert config.stall_timeout == 60.0
 
 
 def test_every_key_can_be_set() -> None:
@@ -232,7 +233,7 @@ def test_optional_sections_may_be_empty() -> None:
     text = CONTRACT.replace("outbox:\n  table: public.outbox\n", "outbox:\n")
     config = parse_config(text + "logging:\nhttp:\n", env={})
     assert config.logging.level == "info"
-    assert config.http.listen is None
+    assert config.http.listen is None  # an empty http section turns the endpoint off
 
 
 @pytest.mark.parametrize("disabled", ["null", "false", '""', "~"])
