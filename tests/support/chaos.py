@@ -23,7 +23,7 @@ from typing import Any
 
 import nats
 import psycopg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.aio.msg import Msg
 from psycopg.types.json import Jsonb
 
 from cdc_bridge.lsn import parse_lsn
@@ -354,46 +354,53 @@ class StoredMessage:
 
 
 async def read_stream(url: str, stream: str, timeout: float = 120.0) -> list[StoredMessage]:
-    """Every message the stream holds, in sequence order, through an ephemeral pull consumer.
+    """Every message the stream holds now, in sequence order.
 
-    Faster than one direct get per message (tens of thousands of messages in seconds), and a
-    consumer changes nothing in a limits-retention stream.
+    Through an ordered push consumer with a callback: about five times faster than pull
+    fetches or one direct get per message (nats-py makes a task per fetched message), and a
+    consumer changes nothing in a limits-retention stream. Messages published after the call
+    began are left out, so the result is a consistent snapshot.
     """
     nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
     try:
         async with asyncio.timeout(timeout):
             js = nc.jetstream(timeout=10)
-            info = await js.stream_info(stream)
-            last_seq = info.state.last_seq
-            if not info.state.messages:
+            state = (await js.stream_info(stream)).state
+            if not state.messages:
                 return []
-            subscription = await js.pull_subscribe(
+            last_seq = state.last_seq
+            stored: list[StoredMessage] = []
+            complete = asyncio.Event()
+
+            async def collect(msg: Msg) -> None:
+                seq = msg.metadata.sequence.stream
+                if seq > last_seq or complete.is_set():
+                    complete.set()
+                    return
+                headers = msg.headers or {}
+                lsn_text = headers.get("Cdc-Lsn")
+                stored.append(
+                    StoredMessage(
+                        seq=seq,
+                        msg_id=headers.get("Nats-Msg-Id", ""),
+                        lsn=parse_lsn(lsn_text) if lsn_text else 0,
+                    )
+                )
+                if seq == last_seq:
+                    complete.set()
+
+            subscription = await js.subscribe(
                 ">",
                 stream=stream,
-                config=ConsumerConfig(
-                    ack_policy=AckPolicy.NONE,
-                    deliver_policy=DeliverPolicy.ALL,
-                    inactive_threshold=30.0,
-                    mem_storage=True,
-                ),
+                cb=collect,
+                ordered_consumer=True,
+                pending_msgs_limit=-1,
+                pending_bytes_limit=-1,
             )
-            stored: list[StoredMessage] = []
-            seq = 0
-            while seq < last_seq:
-                for msg in await subscription.fetch(1000, timeout=5):
-                    seq = msg.metadata.sequence.stream
-                    if seq > last_seq:
-                        break
-                    headers = msg.headers or {}
-                    lsn_text = headers.get("Cdc-Lsn")
-                    stored.append(
-                        StoredMessage(
-                            seq=seq,
-                            msg_id=headers.get("Nats-Msg-Id", ""),
-                            lsn=parse_lsn(lsn_text) if lsn_text else 0,
-                        )
-                    )
-            await subscription.unsubscribe()
+            try:
+                await complete.wait()
+            finally:
+                await subscription.unsubscribe()
             return stored
     finally:
         await nc.close()
