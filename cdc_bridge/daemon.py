@@ -14,13 +14,16 @@ import psycopg
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamInfo
+from psycopg import sql
 from psycopg.rows import TupleRow
 
 from cdc_bridge.config import BridgeConfig, redact_dsn
+from cdc_bridge.decoding import wal2json
 from cdc_bridge.decoding.pgoutput import PgoutputDecoder
 from cdc_bridge.http import HttpEndpoint
 from cdc_bridge.leadership import Leadership
 from cdc_bridge.lsn import format_lsn
+from cdc_bridge.messages import EnvelopeColumns
 from cdc_bridge.metrics import Metrics
 from cdc_bridge.nats_setup import connect_nats, ensure_stream
 from cdc_bridge.ordering import OrderGuard
@@ -111,21 +114,41 @@ class FailureLog:
 
 
 def decoder_for(config: BridgeConfig) -> tuple[Decoder, list[tuple[str, str]]]:
-    if config.postgres.plugin != "pgoutput":
-        raise FatalError(
-            f"postgres.plugin: {config.postgres.plugin!r} is not supported yet (use pgoutput)"
-        )
+    """The plugin's decoder and its START_REPLICATION options."""
+    outbox = config.outbox
+    if config.postgres.plugin == "wal2json":
+        options = wal2json.wal2json_options(outbox.tables, outbox.message_prefixes)
+        return wal2json.Wal2jsonDecoder(), options
     options = [
         ("proto_version", "1"),
         ("publication_names", config.postgres.publication),
     ]
+    if outbox.message_prefixes:
+        options.append(("messages", "true"))  # of every prefix: the pipeline picks its own
     return PgoutputDecoder(), options
+
+
+def replication_dsn(config: BridgeConfig) -> str:
+    """The DSN of the replication connection, with the session settings the plugin's
+    output depends on (wal2json mangles bytea unless bytea_output is hex)."""
+    pg = config.postgres
+    if pg.plugin != "wal2json":
+        return pg.dsn
+    return connection_string(pg.dsn, pg.connect_timeout, options=wal2json.SESSION_OPTIONS)
+
+
+def envelope_columns(config: BridgeConfig) -> EnvelopeColumns:
+    outbox = config.outbox
+    return EnvelopeColumns(outbox.id_column, outbox.payload_column, outbox.headers_column)
 
 
 async def prepare_outbox(conn: psycopg.AsyncConnection[TupleRow], config: BridgeConfig) -> None:
     """Check the outbox tables and the routes' columns; create the publication if missing."""
     pg = config.postgres
-    known_columns: set[str] = set()
+    # Message events are rows of the envelope's columns (messages.py).
+    known_columns = (
+        set(envelope_columns(config).names()) if config.outbox.message_prefixes else set()
+    )
     for table in config.outbox.tables:
         columns = await table_columns(conn, table)
         if columns is None:
@@ -143,7 +166,12 @@ async def prepare_outbox(conn: psycopg.AsyncConnection[TupleRow], config: Bridge
     # The publication must exist before the slot: pgoutput looks it up as of each
     # change's position, and fails on changes from before it existed.
     if not await publication_exists(conn, pg.publication):
-        await create_publication(conn, pg.publication, config.outbox.tables)
+        if config.outbox.tables:
+            await create_publication(conn, pg.publication, config.outbox.tables)
+        else:  # messages only: pgoutput still needs a publication, one without tables
+            await conn.execute(
+                sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(pg.publication))
+            )
         log.info(
             "publication_created", publication=pg.publication, tables=list(config.outbox.tables)
         )
@@ -246,7 +274,7 @@ async def run_session(
         router.max_payload = nc.max_payload
         state.status.nats_version = str(nc._server_info.get("version"))
         stream = await ReplicationStream.connect(
-            config.postgres.dsn, connect_timeout=config.postgres.connect_timeout
+            replication_dsn(config), connect_timeout=config.postgres.connect_timeout
         )
         source = f"{stream.system_id}/{config.postgres.slot}"
         stream_name = config.nats.stream.name
@@ -304,6 +332,8 @@ async def run_session(
             known_duplicates=state.known_duplicates,
             in_stream=guard.covers,
             on_dead_letter=state.metrics.dead_lettered,
+            message_prefixes=frozenset(config.outbox.message_prefixes),
+            envelope_columns=envelope_columns(config),
         )
         publisher = pipeline.publisher
         state.status.confirmed = lambda: tracker.confirmed

@@ -19,6 +19,7 @@ import structlog
 
 from cdc_bridge.changes import Begin, Change, Commit, Insert, LogicalMessage
 from cdc_bridge.lsn import format_lsn, parse_lsn
+from cdc_bridge.messages import EnvelopeColumns, MessageEvent, default_message_id, message_event
 from cdc_bridge.protocol import Keepalive, XLogData, parse_copy_data
 from cdc_bridge.publisher import DuplicateHandler, InFlight, JetStreamPublisher, Rejection
 from cdc_bridge.reconcile import Position
@@ -68,12 +69,16 @@ class Pipeline:
         known_duplicates: set[Position],
         in_stream: Callable[[str], bool],
         on_dead_letter: Callable[[str], None] | None = None,
+        message_prefixes: frozenset[str] = frozenset(),
+        envelope_columns: EnvelopeColumns | None = None,
     ) -> None:
         self._stream = stream
         self._decoder = decoder
         self._router = router
         self._tracker = tracker
         self._tables = tables
+        self._message_prefixes = message_prefixes  # logical messages that are events
+        self._envelope_columns = envelope_columns or EnvelopeColumns()
         self._status_interval = status_interval
         self.stats = stats
         self._source = source  # Cdc-Source: which database and slot an event came from
@@ -167,7 +172,9 @@ class Pipeline:
     async def _apply(self, change: Change) -> None:
         if type(change) is Insert:
             if change.table in self._tables and self._tx is not None:
-                await self._publish_row(self._tx, change)
+                await self._publish(
+                    self._tx, change.table, self._router.route(change.table, change.row)
+                )
         elif type(change) is Begin:
             self._tx = self._tracker.begin(change.final_lsn, change.commit_time)
             self._tx_lsn = format_lsn(change.final_lsn)
@@ -178,13 +185,36 @@ class Pipeline:
                 self.stats.transactions += 1
             self._tx = None
         elif type(change) is LogicalMessage:
-            log.debug("logical_message_ignored", prefix=change.prefix)
+            if change.prefix not in self._message_prefixes:
+                log.debug("logical_message_ignored", prefix=change.prefix, reason="prefix")
+            elif not change.transactional or self._tx is None:
+                # Emitted outside any transaction's atomicity: not an outbox event.
+                log.debug("logical_message_ignored", prefix=change.prefix, reason="transactional")
+            else:
+                event = message_event(
+                    change.prefix,
+                    change.content,
+                    default_id=default_message_id(self._tx.final_lsn, self._tx_index),
+                    columns=self._envelope_columns,
+                )
+                await self._publish(self._tx, event.table, self._route_message(event))
 
-    async def _publish_row(self, tx: Transaction, insert: Insert) -> None:
+    def _route_message(self, event: MessageEvent) -> Outbound | Poison:
+        if event.problem is None:
+            return self._router.route(event.table, event.row)
+        # Not an envelope: the raw content goes to the dead letter, as a bad row would.
+        reason = f"invalid message envelope: {event.problem}"
+        unrouted = Outbound(subject="", data=event.content, headers={}, msg_id="", route="")
+        outcome = self._router.dead_letter(unrouted, reason, event.msg_id)
+        if type(outcome) is Outbound:
+            outcome.headers.pop("Cdc-Subject", None)  # it never had an intended subject
+        return outcome
+
+    async def _publish(self, tx: Transaction, table: str, outcome: Outbound | Poison) -> None:
+        """Publish one event (an outbox row or a message) as the next of its transaction."""
         index = self._tx_index
         self._tx_index += 1
         self.stats.rows += 1
-        outcome = self._router.route(insert.table, insert.row)
         replaying = self._stored_through is not None or self._known_duplicates
         if replaying and self._already_stored((tx.final_lsn, index), outcome):
             self._tracker.sent(tx)
@@ -193,7 +223,7 @@ class Pipeline:
             return
         if type(outcome) is Poison:
             raise PoisonRowError(
-                f"row id={outcome.row_id} of {insert.table} at LSN {self._tx_lsn}: "
+                f"row id={outcome.row_id} of {table} at LSN {self._tx_lsn}: "
                 f"{outcome.reason}; no dead_letter is configured, so the bridge stops "
                 "here without confirming past it"
             )
@@ -202,7 +232,7 @@ class Pipeline:
         headers["Nats-Msg-Id"] = outcome.msg_id
         headers["Cdc-Lsn"] = self._tx_lsn
         headers["Cdc-Index"] = str(index)
-        headers["Cdc-Table"] = insert.table
+        headers["Cdc-Table"] = table
         headers["Cdc-Source"] = self._source
         if outcome.dead_letter_reason is not None:
             self._count_dead_letter(outcome.msg_id, outcome.dead_letter_reason)
