@@ -138,6 +138,25 @@ class BridgeProcess:
                     )
                 self._changed.wait(min(remaining, 0.5))
 
+    def http_url(self, timeout: float = 30.0) -> str:
+        """``http://host:port`` of the bridge's HTTP endpoint, read from its JSON
+        ``http_listening`` line (the real port when the config asked for port 0).
+
+        A wildcard listen address (0.0.0.0, ::) is reached through loopback.
+        """
+        line = self.wait_for_log(log_event("http_listening"), timeout=timeout)
+        record = parse_json_line(line)
+        assert record is not None  # log_event matched it, so it parsed
+        host, _, port = str(record["address"]).rpartition(":")
+        host = host.strip("[]")
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"  # an IPv6 literal in a URL
+        return f"http://{host}:{port}"
+
     # -- lifecycle --
 
     @property
