@@ -206,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     routes_test.add_argument("--json", action="store_true", help="print one JSON object")
     routes_test.set_defaults(handler=cmd_routes_test)
+
+    # The operator's commands live in cdc_bridge/ops/ (one module per group); their
+    # parser sections import nothing heavy, so --help stays fast.
+    from cdc_bridge.ops import cli_args as ops_args
+
+    ops_args.add_slots_command(commands)
+    ops_args.add_check_command(commands)
+    ops_args.add_init_command(commands)
+    ops_args.add_status_command(commands)
     return parser
 
 

@@ -357,3 +357,8 @@ async def slot_lag(conn: psycopg.AsyncConnection[TupleRow], slot: str) -> tuple[
     if row is None or row[0] is None:
         return None
     return int(row[0]), int(row[1] or 0)
+
+
+async def publication_names(conn: AsyncConn) -> list[str]:
+    cur = await conn.execute("SELECT pubname FROM pg_publication ORDER BY pubname")
+    return [row[0] for row in await cur.fetchall()]

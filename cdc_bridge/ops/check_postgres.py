@@ -1,0 +1,266 @@
+"""The PostgreSQL half of ``cdc-bridge check``: read-only, one result per check."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import psycopg
+
+from cdc_bridge.config import BridgeConfig, redact_dsn
+from cdc_bridge.ops.check_results import CheckResult, fail, ok, skip, warn
+from cdc_bridge.ops.errors import OpsError, describe_postgres_error
+from cdc_bridge.ops.outbox_tables import outbox_problems
+from cdc_bridge.ops.render import human_bytes, lsn_text
+from cdc_bridge.ops.target import connect_postgres
+from cdc_bridge.slots import (
+    AsyncConn,
+    SlotInfo,
+    can_select,
+    current_database,
+    current_role,
+    get_slot,
+    in_recovery,
+    publication_info,
+    replication_slot_count,
+    server_version,
+    setting,
+    table_columns,
+    wal_head_lsn,
+    wal_sender_count,
+)
+
+POSTGRES_CHECKS = (
+    "postgres.server",
+    "postgres.wal_level",
+    "postgres.replication_slots",
+    "postgres.wal_senders",
+    "postgres.role",
+    "outbox.tables",
+    "outbox.read",
+    "postgres.publication",
+    "postgres.slot",
+)
+MIN_VERSION_NUM = 100000  # pgoutput and publications arrived in PostgreSQL 10
+RESTART = "then restart PostgreSQL (a reload is not enough)"
+
+
+async def postgres_checks(config: BridgeConfig, dsn: str) -> list[CheckResult]:
+    try:
+        conn = await connect_postgres(dsn, config.postgres.connect_timeout)
+    except (psycopg.Error, OpsError) as exc:
+        reason = describe_postgres_error(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        first = fail(
+            "postgres.server",
+            f"cannot connect to {redact_dsn(dsn)}: {reason}",
+            "check postgres.dsn, that the server runs, and that pg_hba.conf admits this "
+            "host and role",
+        )
+        return [first, *(skip(name, "no connection") for name in POSTGRES_CHECKS[1:])]
+    async with conn:
+        slot = await get_slot(conn, config.postgres.slot)
+        checks: list[tuple[str, Callable[[], Awaitable[CheckResult]]]] = [
+            ("postgres.server", lambda: _server(conn)),
+            ("postgres.wal_level", lambda: _wal_level(conn)),
+            ("postgres.replication_slots", lambda: _replication_slots(conn, slot)),
+            ("postgres.wal_senders", lambda: _wal_senders(conn, slot)),
+            ("postgres.role", lambda: _role(conn)),
+            ("outbox.tables", lambda: _outbox_tables(conn, config)),
+            ("outbox.read", lambda: _outbox_read(conn, config)),
+            ("postgres.publication", lambda: _publication(conn, config, slot)),
+            ("postgres.slot", lambda: _slot(conn, config, slot)),
+        ]
+        results = []
+        for name, check in checks:
+            try:
+                results.append(await check())
+            except psycopg.Error as exc:  # e.g. no permission to read a catalog view
+                results.append(fail(name, f"could not check: {describe_postgres_error(exc)}"))
+        return results
+
+
+async def _server(conn: AsyncConn) -> CheckResult:
+    version, number = await server_version(conn)
+    where = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname} as {conn.info.user}"
+    if number < MIN_VERSION_NUM:
+        return fail(
+            "postgres.server",
+            f"PostgreSQL {version} at {where} is too old",
+            "PostgreSQL 10 or newer",
+        )
+    if await in_recovery(conn):
+        return fail(
+            "postgres.server",
+            f"PostgreSQL {version} at {where} is a standby (in recovery)",
+            "point postgres.dsn at the primary: publications and the slot live there",
+        )
+    return ok("postgres.server", f"PostgreSQL {version} at {where}")
+
+
+async def _wal_level(conn: AsyncConn) -> CheckResult:
+    level = await setting(conn, "wal_level")
+    if level == "logical":
+        return ok("postgres.wal_level", "wal_level = logical")
+    return fail(
+        "postgres.wal_level",
+        f"wal_level = {level}, but logical decoding needs logical",
+        f"ALTER SYSTEM SET wal_level = logical; {RESTART}",
+    )
+
+
+async def _replication_slots(conn: AsyncConn, slot: SlotInfo | None) -> CheckResult:
+    limit = int(await setting(conn, "max_replication_slots"))
+    used = await replication_slot_count(conn)
+    detail = f"{used} of max_replication_slots {limit} in use"
+    if slot is not None:
+        return ok("postgres.replication_slots", f"{detail}, the bridge's slot among them")
+    if used >= limit:
+        return fail(
+            "postgres.replication_slots",
+            f"{detail}: none free for the bridge's slot",
+            f"drop unused slots (`cdc-bridge slots list`), or raise max_replication_slots; "
+            f"{RESTART}",
+        )
+    return ok("postgres.replication_slots", f"{detail}, {limit - used} free")
+
+
+async def _wal_senders(conn: AsyncConn, slot: SlotInfo | None) -> CheckResult:
+    limit = int(await setting(conn, "max_wal_senders"))
+    used = await wal_sender_count(conn)
+    detail = f"{used} of max_wal_senders {limit} in use"
+    if slot is not None and slot.active:
+        return ok("postgres.wal_senders", f"{detail}, the bridge's among them")
+    if used >= limit:
+        return fail(
+            "postgres.wal_senders",
+            f"{detail}: none free for the bridge",
+            f"raise max_wal_senders; {RESTART}",
+        )
+    return ok("postgres.wal_senders", f"{detail}, {limit - used} free")
+
+
+async def _role(conn: AsyncConn) -> CheckResult:
+    role = await current_role(conn)
+    if role.superuser:
+        return warn(
+            "postgres.role",
+            f"role {role.name} is a superuser",
+            "use a least-privilege role: CREATE ROLE cdc_bridge LOGIN REPLICATION, and "
+            "GRANT SELECT on the outbox to it",
+        )
+    if role.replication:
+        return ok("postgres.role", f"role {role.name} has REPLICATION")
+    return fail(
+        "postgres.role",
+        f"role {role.name} has neither REPLICATION nor superuser: it cannot stream",
+        f"ALTER ROLE {role.name} REPLICATION",
+    )
+
+
+async def _outbox_tables(conn: AsyncConn, config: BridgeConfig) -> CheckResult:
+    problems = await outbox_problems(conn, config)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return fail("outbox.tables", first.problem + more, first.fix)
+    tables = ", ".join(config.outbox.tables)
+    return ok("outbox.tables", f"{tables}: every column the routes use is there")
+
+
+async def _outbox_read(conn: AsyncConn, config: BridgeConfig) -> CheckResult:
+    unreadable = []
+    for table in config.outbox.tables:
+        if await table_columns(conn, table) is None:
+            return skip("outbox.read", f"table {table} does not exist")
+        if not await can_select(conn, table):
+            unreadable.append(table)
+    role = (await current_role(conn)).name
+    if unreadable:
+        # Streaming does not need it (the walsender reads the WAL, not the table), but
+        # looking at the rows while reconciling or debugging does.
+        return warn(
+            "outbox.read",
+            f"role {role} cannot SELECT from {', '.join(unreadable)}",
+            f"GRANT SELECT ON {', '.join(unreadable)} TO {role}",
+        )
+    return ok("outbox.read", f"role {role} can read {', '.join(config.outbox.tables)}")
+
+
+async def _publication(conn: AsyncConn, config: BridgeConfig, slot: SlotInfo | None) -> CheckResult:
+    name = config.postgres.publication
+    tables = config.outbox.tables
+    info = await publication_info(conn, name)
+    if info is None:
+        after = (
+            f" (slot {slot.name} already exists, so changes committed before the "
+            "publication is created cannot be decoded)"
+            if slot is not None
+            else ""
+        )
+        return fail(
+            "postgres.publication",
+            f"publication {name} does not exist{after}",
+            f"cdc-bridge init, or CREATE PUBLICATION {name} FOR TABLE {', '.join(tables)} "
+            "WITH (publish = 'insert')",
+        )
+    uncovered = [t for t in tables if t not in info.tables]
+    if uncovered:
+        return fail(
+            "postgres.publication",
+            f"publication {name} does not include {', '.join(uncovered)}: its events would "
+            "never arrive",
+            f"ALTER PUBLICATION {name} ADD TABLE {', '.join(uncovered)}",
+        )
+    if "insert" not in info.operations:
+        return fail(
+            "postgres.publication",
+            f"publication {name} does not publish inserts (only "
+            f"{', '.join(info.operations) or 'nothing'})",
+            f"ALTER PUBLICATION {name} SET (publish = 'insert')",
+        )
+    return ok("postgres.publication", f"{name} publishes inserts of {', '.join(tables)}")
+
+
+async def _slot(conn: AsyncConn, config: BridgeConfig, slot: SlotInfo | None) -> CheckResult:
+    name, plugin = config.postgres.slot, config.postgres.plugin
+    if slot is None:
+        return warn(
+            "postgres.slot",
+            f"slot {name} does not exist: the bridge creates it at its first start, and "
+            "only events committed after that are streamed",
+            "cdc-bridge init (creates it now)",
+        )
+    if slot.plugin != plugin:
+        return fail(
+            "postgres.slot",
+            f"slot {name} uses plugin {slot.plugin}, the config says {plugin}",
+            f"cdc-bridge slots drop {name}, then cdc-bridge init",
+        )
+    database = await current_database(conn)
+    if slot.database != database:
+        return fail(
+            "postgres.slot",
+            f"slot {name} belongs to database {slot.database}, the DSN connects to {database}",
+            "point postgres.dsn at that database, or use another slot name",
+        )
+    if slot.wal_status == "lost":
+        return fail(
+            "postgres.slot",
+            f"slot {name} is LOST (wal_status = lost): PostgreSQL removed WAL it needed, "
+            "events were lost",
+            f"cdc-bridge slots drop {name}, cdc-bridge init, then reconcile the outbox by hand "
+            "(docs/operating.md, 'slot lost')",
+        )
+    head = await wal_head_lsn(conn)
+    lag = max(head - (slot.confirmed_flush_lsn or head), 0)
+    state = f"in use by process {slot.active_pid}" if slot.active else "not in use"
+    detail = (
+        f"slot {name} ({plugin}) confirmed up to {lsn_text(slot.confirmed_flush_lsn)}, "
+        f"lag {human_bytes(lag)}, {state}"
+    )
+    if slot.wal_status == "unreserved":
+        return warn(
+            "postgres.slot",
+            f"{detail}; wal_status = unreserved: about to be lost",
+            "get the bridge streaming now (max_slot_wal_keep_size is nearly used up)",
+        )
+    return ok("postgres.slot", detail)

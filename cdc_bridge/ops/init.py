@@ -1,0 +1,307 @@
+"""``cdc-bridge init``: create what is missing (outbox table, publication, slot, stream).
+
+Idempotent: what exists is left exactly as it is, even when it differs from the config
+(that is reported as a problem, with the statement that would fix it, never run).
+Order matters: the publication before the slot, because pgoutput looks the
+publication up as of each change and cannot decode changes from before it existed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal
+
+import nats.errors
+import psycopg
+from nats.aio.client import Client as NatsClient
+from nats.js.errors import NotFoundError
+from psycopg import sql
+
+from cdc_bridge.config import BridgeConfig, NatsConfig
+from cdc_bridge.nats_setup import ensure_stream
+from cdc_bridge.ops.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    OpsError,
+    describe_error,
+    describe_postgres_error,
+)
+from cdc_bridge.ops.nats_client import API_TIMEOUT, connect_quietly
+from cdc_bridge.ops.outbox_tables import outbox_problems
+from cdc_bridge.ops.render import dumps, lsn_text, table
+from cdc_bridge.ops.target import connect_postgres
+from cdc_bridge.preflight import check_stream_coverage
+from cdc_bridge.slots import (
+    AsyncConn,
+    create_publication,
+    create_slot,
+    current_database,
+    get_slot,
+    publication_info,
+    table_columns,
+    table_identifier,
+)
+
+Action = Literal["created", "exists", "would create", "problem"]
+StepKind = Literal["table", "publication", "slot", "stream"]
+_DEFAULT_TABLE = "public.outbox"
+_CREATE_DEFAULT_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS public\.outbox\b")
+
+
+@dataclass(frozen=True, slots=True)
+class InitStep:
+    kind: StepKind
+    name: str
+    action: Action
+    detail: str
+    sql: str | None = None  # the statement run (or to run, or that would fix a problem)
+    stream_config: dict[str, object] | None = None
+
+    def document(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "action": self.action,
+            "detail": self.detail,
+            "sql": self.sql,
+            "stream_config": self.stream_config,
+        }
+
+
+def table_sql(table_name: str) -> str:
+    """sql/outbox.sql, creating ``table_name`` instead of public.outbox."""
+    text = resources.files("cdc_bridge").joinpath("sql/outbox.sql").read_text(encoding="utf-8")
+    if table_name == _DEFAULT_TABLE:
+        return text
+    identifier = table_identifier(table_name).as_string(None)
+    return _CREATE_DEFAULT_TABLE.sub(f"CREATE TABLE IF NOT EXISTS {identifier}", text)
+
+
+def publication_sql(name: str, tables: tuple[str, ...]) -> str:
+    table_list = sql.SQL(", ").join(table_identifier(t) for t in tables)
+    statement = sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert');")
+    return statement.format(sql.Identifier(name), table_list).as_string(None)
+
+
+def slot_sql(name: str, plugin: str) -> str:
+    statement = sql.SQL("SELECT pg_create_logical_replication_slot({}, {});")
+    return statement.format(sql.Literal(name), sql.Literal(plugin)).as_string(None)
+
+
+def stream_document(config: NatsConfig) -> dict[str, object]:
+    """The stream as ``ensure_stream`` would create it."""
+    stream = config.stream
+    return {
+        "name": stream.name,
+        "subjects": list(stream.subjects),
+        "storage": stream.storage,
+        "num_replicas": stream.replicas,
+        "duplicate_window_seconds": stream.duplicate_window,
+        "max_age_seconds": stream.max_age,
+    }
+
+
+async def init_command(config: BridgeConfig, dsn: str, *, dry_run: bool, as_json: bool) -> int:
+    steps = [*await _postgres_steps(config, dsn, dry_run), *await _stream_steps(config, dry_run)]
+    if as_json:
+        print(dumps([step.document() for step in steps]))
+    elif dry_run:
+        print("\n".join(_dry_run_lines(steps)))
+    else:
+        print("\n".join(_lines(steps)))
+    return EXIT_FAILED if any(step.action == "problem" for step in steps) else EXIT_OK
+
+
+def _lines(steps: list[InitStep]) -> list[str]:
+    rows = [[step.action, step.kind, step.name, step.detail] for step in steps]
+    lines = table(["action", "kind", "name", "detail"], rows)
+    lines += [f"  fix: {step.sql}" for step in steps if step.action == "problem" and step.sql]
+    if all(step.action == "exists" for step in steps):
+        lines.append("nothing to do: everything exists")
+    return lines
+
+
+def _dry_run_lines(steps: list[InitStep]) -> list[str]:
+    lines = ["-- cdc-bridge init --dry-run: nothing was changed"]
+    for step in steps:
+        lines.append(f"-- {step.kind} {step.name}: {step.action}; {step.detail}")
+        if step.action == "would create" and step.sql:
+            lines.append(step.sql.rstrip())
+        if step.action == "would create" and step.stream_config:
+            lines.append(dumps(step.stream_config))
+    return lines
+
+
+async def _postgres_steps(config: BridgeConfig, dsn: str, dry_run: bool) -> list[InitStep]:
+    try:
+        conn = await connect_postgres(dsn, config.postgres.connect_timeout)
+    except (psycopg.Error, OpsError) as exc:
+        if not dry_run:
+            raise
+        return _unknown_postgres_steps(config, describe_error(exc))
+    pg = config.postgres
+    plan: list[tuple[StepKind, str, Callable[[], Awaitable[list[InitStep]]]]] = [
+        ("table", ", ".join(config.outbox.tables), lambda: _table_steps(conn, config, dry_run)),
+        ("publication", pg.publication, lambda: _one(_publication_step(conn, config, dry_run))),
+        ("slot", pg.slot, lambda: _one(_slot_step(conn, config, dry_run))),
+    ]
+    steps: list[InitStep] = []
+    async with conn:
+        for kind, name, make in plan:
+            try:
+                steps += await make()
+            except psycopg.Error as exc:
+                reason = f"PostgreSQL: {describe_postgres_error(exc)}"
+                steps.append(InitStep(kind, name, "problem", reason))
+                break  # later objects depend on earlier ones: the slot on the publication
+    return steps
+
+
+async def _one(step: Awaitable[InitStep]) -> list[InitStep]:
+    return [await step]
+
+
+def _unknown_postgres_steps(config: BridgeConfig, why: str) -> list[InitStep]:
+    """A dry run that cannot look: everything, as it would be created."""
+    unknown = f"could not look ({why}): shown as if missing"
+    pg = config.postgres
+    steps = [
+        InitStep("table", t, "would create", unknown, table_sql(t)) for t in config.outbox.tables
+    ]
+    steps.append(
+        InitStep(
+            "publication",
+            pg.publication,
+            "would create",
+            unknown,
+            publication_sql(pg.publication, config.outbox.tables),
+        )
+    )
+    steps.append(InitStep("slot", pg.slot, "would create", unknown, slot_sql(pg.slot, pg.plugin)))
+    return steps
+
+
+async def _table_steps(conn: AsyncConn, config: BridgeConfig, dry_run: bool) -> list[InitStep]:
+    steps: list[InitStep] = []
+    for name in config.outbox.tables:
+        if await table_columns(conn, name) is not None:
+            steps.append(InitStep("table", name, "exists", "left as it is"))
+            continue
+        statement = table_sql(name)
+        if dry_run:
+            steps.append(InitStep("table", name, "would create", "from sql/outbox.sql", statement))
+            continue
+        await conn.execute(statement.encode())
+        steps.append(InitStep("table", name, "created", "from sql/outbox.sql", statement))
+    # Columns can only be checked once every table exists (in a dry run: already).
+    if not any(step.action == "would create" for step in steps):
+        for problem in await outbox_problems(conn, config):
+            steps.append(
+                InitStep(
+                    "table",
+                    ", ".join(config.outbox.tables),
+                    "problem",
+                    problem.problem,
+                    problem.fix,
+                )
+            )
+    return steps
+
+
+async def _publication_step(conn: AsyncConn, config: BridgeConfig, dry_run: bool) -> InitStep:
+    name, tables = config.postgres.publication, config.outbox.tables
+    info = await publication_info(conn, name)
+    if info is None:
+        statement = publication_sql(name, tables)
+        detail = f"for inserts into {', '.join(tables)}"
+        if dry_run:
+            return InitStep("publication", name, "would create", detail, statement)
+        await create_publication(conn, name, tables)
+        return InitStep("publication", name, "created", detail, statement)
+    uncovered = [t for t in tables if t not in info.tables]
+    if uncovered:
+        fix = f"ALTER PUBLICATION {name} ADD TABLE {', '.join(uncovered)};"
+        detail = f"exists but does not include {', '.join(uncovered)} (left unchanged)"
+        return InitStep("publication", name, "problem", detail, fix)
+    if "insert" not in info.operations:
+        fix = f"ALTER PUBLICATION {name} SET (publish = 'insert');"
+        return InitStep("publication", name, "problem", "exists but does not publish inserts", fix)
+    return InitStep("publication", name, "exists", f"publishes inserts of {', '.join(tables)}")
+
+
+async def _slot_step(conn: AsyncConn, config: BridgeConfig, dry_run: bool) -> InitStep:
+    name, plugin = config.postgres.slot, config.postgres.plugin
+    slot = await get_slot(conn, name)
+    if slot is None:
+        statement = slot_sql(name, plugin)
+        if dry_run:
+            return InitStep("slot", name, "would create", f"plugin {plugin}", statement)
+        await create_slot(conn, name, plugin)
+        created = await get_slot(conn, name)
+        start = lsn_text(created.confirmed_flush_lsn if created else None)
+        detail = f"{plugin} at {start}: events committed from now on are streamed"
+        return InitStep("slot", name, "created", detail, statement)
+    if slot.plugin != plugin:
+        detail = f"exists with plugin {slot.plugin}, the config says {plugin}"
+        return InitStep("slot", name, "problem", detail, f"cdc-bridge slots drop {name}")
+    database = await current_database(conn)
+    if slot.database != database:
+        detail = f"exists in database {slot.database}, the DSN connects to {database}"
+        return InitStep("slot", name, "problem", detail)
+    if slot.wal_status == "lost":
+        detail = "exists but is LOST (wal_status = lost): events were lost"
+        return InitStep("slot", name, "problem", detail, f"cdc-bridge slots drop {name}")
+    detail = f"{plugin}, confirmed up to {lsn_text(slot.confirmed_flush_lsn)}"
+    return InitStep("slot", name, "exists", detail)
+
+
+async def _stream_steps(config: BridgeConfig, dry_run: bool) -> list[InitStep]:
+    wanted = config.nats.stream
+    document = stream_document(config.nats)
+    try:
+        nc = await connect_quietly(config)
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        if not dry_run:
+            reason = f"cannot connect: {describe_error(exc)}"
+            return [InitStep("stream", wanted.name, "problem", reason)]
+        unknown = f"could not look ({describe_error(exc)}): shown as if missing"
+        return [InitStep("stream", wanted.name, "would create", unknown, None, document)]
+    try:
+        return await _stream_steps_connected(nc, config, dry_run)
+    except (nats.errors.Error, TimeoutError) as exc:
+        return [InitStep("stream", wanted.name, "problem", describe_error(exc))]
+    finally:
+        await nc.close()
+
+
+async def _stream_steps_connected(
+    nc: NatsClient, config: BridgeConfig, dry_run: bool
+) -> list[InitStep]:
+    wanted = config.nats.stream
+    try:
+        info = await nc.jsm(timeout=API_TIMEOUT).stream_info(wanted.name)
+    except NotFoundError:
+        info = None
+    if info is None:
+        detail = f"subjects {', '.join(wanted.subjects)}"
+        document = stream_document(config.nats)
+        if dry_run:
+            return [InitStep("stream", wanted.name, "would create", detail, None, document)]
+        await ensure_stream(nc, config.nats)
+        step = InitStep("stream", wanted.name, "created", detail, None, document)
+    else:
+        live = tuple(info.config.subjects or ())
+        detail = f"stores {', '.join(live)}"
+        if set(live) != set(wanted.subjects):
+            detail += f" (nats.stream.subjects says {', '.join(wanted.subjects)}; left as it is)"
+        step = InitStep("stream", wanted.name, "exists", detail)
+    return [step, *await _coverage_steps(nc, config)]
+
+
+async def _coverage_steps(nc: NatsClient, config: BridgeConfig) -> list[InitStep]:
+    problems = await check_stream_coverage(nc, config, timeout=API_TIMEOUT)
+    name = config.nats.stream.name
+    return [InitStep("stream", name, "problem", problem) for problem in problems]

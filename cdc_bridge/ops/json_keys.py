@@ -1,0 +1,40 @@
+"""The keys of every ``--json`` output: documented in ``--help`` and docs/operating.md,
+asserted by the tests. Scripts may rely on exactly these."""
+
+from __future__ import annotations
+
+# `slots list --json`: an array of objects with these keys.
+SLOT_KEYS = (
+    "slot_name", "plugin", "database", "active", "active_pid", "restart_lsn",
+    "confirmed_flush_lsn", "wal_status", "safe_wal_size", "lag_bytes", "retained_bytes",
+)  # fmt: skip
+# `slots show --json`: one object, SLOT_KEYS plus these two.
+SHOW_EXTRA_KEYS = ("walsender", "publication")
+WALSENDER_KEYS = (
+    "pid", "application_name", "client_addr", "state", "sent_lsn", "write_lsn",
+    "flush_lsn", "replay_lsn", "reply_time",
+)  # fmt: skip
+PUBLICATION_KEYS = ("name", "exists", "tables", "operations")
+# `slots create --json`
+CREATE_KEYS = ("slot_name", "plugin", "lsn")
+# `slots peek --json`: one object; "changes" holds objects with CHANGE_KEYS.
+PEEK_KEYS = (
+    "slot_name", "plugin", "publication", "confirmed_flush_lsn", "transactions", "rows",
+    "maybe_more", "changes",
+)  # fmt: skip
+CHANGE_KEYS = (
+    "xid", "lsn", "end_lsn", "table", "action", "id", "route", "subject", "note", "data",
+)  # fmt: skip
+# `slots advance --json`: one object; "changes" as in peek.
+ADVANCE_KEYS = (
+    "slot_name", "from_lsn", "to_lsn", "advanced", "skipped_transactions", "skipped_rows",
+    "maybe_more", "changes",
+)  # fmt: skip
+# `check --json`: an array of objects.
+CHECK_KEYS = ("check", "status", "detail", "fix")
+# `init --json`: an array of objects.
+STEP_KEYS = ("kind", "name", "action", "detail", "sql", "stream_config")
+
+
+def key_list(keys: tuple[str, ...]) -> str:
+    return ", ".join(keys)

@@ -1,0 +1,232 @@
+"""``cdc-bridge slots peek`` and ``slots advance``: see what is pending, skip it on purpose.
+
+Both read the slot with PostgreSQL's peek functions, which never move it; only
+``advance --yes`` moves confirmed_flush_lsn, and never backwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+
+from cdc_bridge.lsn import format_lsn
+from cdc_bridge.ops.errors import EXIT_FAILED, EXIT_OK, OpsError
+from cdc_bridge.ops.pending import (
+    Pending,
+    PendingRow,
+    PendingTransaction,
+    check_decodable,
+    choose_publication,
+    read_pending,
+)
+from cdc_bridge.ops.render import dumps, lsn_text, table
+from cdc_bridge.ops.target import Target, connect_postgres
+from cdc_bridge.slots import (
+    AsyncConn,
+    SlotInfo,
+    advance_slot,
+    current_database,
+    get_slot,
+    wal_head_lsn,
+)
+
+XID_MODULUS = 1 << 32  # an xid8 (epoch << 32 | xid) names the same transaction as its xid
+
+
+def change_document(tx: PendingTransaction, row: PendingRow) -> dict[str, object]:
+    return {
+        "xid": row.xid,
+        "lsn": format_lsn(row.lsn),
+        "end_lsn": lsn_text(tx.end_lsn),
+        "table": row.table,
+        "action": row.action,
+        "id": row.row_id,
+        "route": row.route,
+        "subject": row.subject,
+        "note": row.note,
+        "data": row.data,
+    }
+
+
+def change_documents(transactions: Sequence[PendingTransaction]) -> list[dict[str, object]]:
+    return [change_document(tx, row) for tx in transactions for row in tx.rows]
+
+
+def changes_table(transactions: Sequence[PendingTransaction]) -> list[str]:
+    raw = any(row.action == "raw" for tx in transactions for row in tx.rows)
+    if raw:
+        headers = ["xid", "end_lsn", "lsn", "data"]
+        rows: list[list[object]] = [
+            [row.xid, lsn_text(tx.end_lsn), format_lsn(row.lsn), row.data]
+            for tx in transactions
+            for row in tx.rows
+        ]
+    else:
+        headers = ["xid", "end_lsn", "lsn", "table", "action", "id", "route", "subject", "note"]
+        rows = [
+            [
+                row.xid, lsn_text(tx.end_lsn), format_lsn(row.lsn), row.table, row.action,
+                row.row_id, row.route, row.subject, row.note,
+            ]
+            for tx in transactions
+            for row in tx.rows
+        ]  # fmt: skip
+    return table(headers, rows)
+
+
+async def _decodable_slot(conn: AsyncConn, name: str) -> SlotInfo:
+    slot = await get_slot(conn, name)
+    if slot is None:
+        raise OpsError(f"no logical replication slot named {name} (see `cdc-bridge slots list`)")
+    check_decodable(slot, await current_database(conn))
+    return slot
+
+
+def _in_use(name: str) -> OpsError:
+    return OpsError(
+        f"slot {name} is in use (a bridge started streaming from it): PostgreSQL lets one "
+        "process at a time decode a slot. Stop the bridge and try again"
+    )
+
+
+async def peek_command(
+    target: Target, name: str, *, limit: int, publication: str | None, as_json: bool
+) -> int:
+    async with await connect_postgres(target.dsn, target.connect_timeout) as conn:
+        slot = await _decodable_slot(conn, name)
+        publication = await choose_publication(conn, slot, publication or target.publication)
+        try:
+            pending = await read_pending(
+                conn, slot, config=target.config, publication=publication, limit=limit
+            )
+        except psycopg.errors.ObjectInUse:
+            raise _in_use(name) from None
+    if as_json:
+        document = {
+            "slot_name": slot.name,
+            "plugin": slot.plugin,
+            "publication": publication,
+            "confirmed_flush_lsn": lsn_text(slot.confirmed_flush_lsn),
+            "transactions": len(pending.transactions),
+            "rows": pending.row_count,
+            "maybe_more": pending.maybe_more,
+            "changes": change_documents(pending.transactions),
+        }
+        print(dumps(document))
+        return EXIT_OK
+    print("\n".join(_peek_lines(slot, publication, pending, limit)))
+    return EXIT_OK
+
+
+def _peek_lines(slot: SlotInfo, publication: str | None, pending: Pending, limit: int) -> list[str]:
+    via = f", publication {publication}" if publication else ""
+    after = lsn_text(slot.confirmed_flush_lsn)
+    if not pending.transactions:
+        return [f"slot {slot.name} ({slot.plugin}{via}): nothing pending after {after}"]
+    lines = [
+        f"slot {slot.name} ({slot.plugin}{via}): {len(pending.transactions)} transactions, "
+        f"{pending.row_count} rows pending after {after} (peeked: nothing was consumed)",
+        *changes_table(pending.transactions),
+    ]
+    if pending.maybe_more:
+        lines.append(f"more may be pending: only about {limit} changes were read (--limit)")
+    return lines
+
+
+async def advance_command(
+    target: Target,
+    name: str,
+    *,
+    to_lsn: int | None,
+    past_xid: int | None,
+    yes: bool,
+    publication: str | None,
+    scan_limit: int,
+    as_json: bool,
+) -> int:
+    """Move the slot past a position or a transaction, after showing what is skipped."""
+    async with await connect_postgres(target.dsn, target.connect_timeout) as conn:
+        slot = await _decodable_slot(conn, name)
+        confirmed = slot.confirmed_flush_lsn or 0
+        head = await wal_head_lsn(conn)
+        publication = await choose_publication(conn, slot, publication or target.publication)
+        try:
+            if past_xid is not None:
+                pending = await read_pending(
+                    conn, slot, config=target.config, publication=publication, limit=scan_limit
+                )
+                skipped, destination, notes = _through_xid(pending, past_xid % XID_MODULUS)
+            else:
+                assert to_lsn is not None
+                _check_destination(name, to_lsn, confirmed, head)
+                pending = await read_pending(
+                    conn,
+                    slot,
+                    config=target.config,
+                    publication=publication,
+                    limit=scan_limit,
+                    upto_lsn=to_lsn,
+                )
+                skipped = [tx for tx in pending.transactions if (tx.end_lsn or 0) <= to_lsn]
+                destination, notes = to_lsn, []
+            reached = await advance_slot(conn, name, destination) if yes else None
+        except psycopg.errors.ObjectInUse:
+            raise _in_use(name) from None
+    maybe_more = pending.maybe_more and len(skipped) == len(pending.transactions)
+    rows = sum(len(tx.rows) for tx in skipped)
+    if as_json:
+        document = {
+            "slot_name": name,
+            "from_lsn": format_lsn(confirmed),
+            "to_lsn": format_lsn(reached if reached is not None else destination),
+            "advanced": reached is not None,
+            "skipped_transactions": len(skipped),
+            "skipped_rows": rows,
+            "maybe_more": maybe_more,
+            "changes": change_documents(skipped),
+        }
+        print(dumps(document))
+    else:
+        at_least = "at least " if maybe_more else ""
+        print(
+            f"slot {name}: {format_lsn(confirmed)} -> {format_lsn(destination)} skips "
+            f"{at_least}{len(skipped)} transactions ({rows} rows); they will never be published"
+        )
+        if skipped:
+            print("\n".join(changes_table(skipped)))
+        for note in notes:
+            print(f"WARNING: {note}")
+        if reached is None:
+            print("not advanced: add --yes to skip them for good")
+        else:
+            print(f"advanced: confirmed_flush_lsn is now {format_lsn(reached)}")
+    return EXIT_OK if reached is not None else EXIT_FAILED
+
+
+def _through_xid(pending: Pending, xid: int) -> tuple[list[PendingTransaction], int, list[str]]:
+    """The transactions up to and including ``xid``'s, its end LSN, and warnings."""
+    for index, tx in enumerate(pending.transactions):
+        if tx.xid == xid and tx.end_lsn is not None:
+            notes = []
+            if index:
+                notes.append(
+                    f"{index} earlier pending transactions come before {xid} and are skipped "
+                    "with it (a slot can only skip a prefix of what it holds)"
+                )
+            return list(pending.transactions[: index + 1]), tx.end_lsn, notes
+    further = "; more is pending than was read (--scan-limit)" if pending.maybe_more else ""
+    raise OpsError(
+        f"transaction {xid} is not among the {len(pending.transactions)} transactions pending "
+        f"on the slot{further}. It may be confirmed already: see `cdc-bridge slots peek`"
+    )
+
+
+def _check_destination(name: str, to_lsn: int, confirmed: int, head: int) -> None:
+    if to_lsn <= confirmed:
+        raise OpsError(
+            f"slot {name} is already confirmed up to {format_lsn(confirmed)}; a slot never "
+            f"moves back, so {format_lsn(to_lsn)} is not a place to advance to"
+        )
+    if to_lsn > head:
+        raise OpsError(f"{format_lsn(to_lsn)} is beyond the end of the WAL ({format_lsn(head)})")

@@ -1,0 +1,103 @@
+"""``cdc-bridge status``: ask a running bridge's HTTP endpoint what it is doing.
+
+The bridge serves its state as JSON at ``http://<http.listen>/status``; this is a
+plain urllib client of it. ``--json`` prints the bridge's object unchanged, so its
+keys are the bridge's (role, slot, confirmed_lsn, lag_bytes, in_flight,
+events_published, dead_lettered, last_error, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+
+from cdc_bridge.ops.errors import EXIT_OK, OpsError, UsageError
+from cdc_bridge.ops.render import dumps, human_bytes, key_values
+
+STATUS_PATH = "/status"
+# Shown first, in this order, with friendlier names; anything else follows as is.
+_KNOWN = (
+    ("role", "role"),
+    ("slot", "slot"),
+    ("stream", "stream"),
+    ("confirmed_lsn", "confirmed LSN"),
+    ("lag_bytes", "lag"),
+    ("retained_bytes", "retained WAL"),
+    ("in_flight", "in flight"),
+    ("events_published", "events published"),
+    ("dead_lettered", "dead-lettered"),
+    ("skipped", "replays skipped"),
+    ("transactions", "transactions"),
+    ("last_error", "last error"),
+)
+_SIZES = {"lag_bytes", "retained_bytes"}
+
+
+def status_url(listen: str) -> str:
+    """``http.listen`` -> the URL to ask. A wildcard address means "this machine"."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit():
+        raise UsageError(f"http.listen {listen!r} is not host:port; pass --url")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}{STATUS_PATH}"
+
+
+def fetch_status(url: str, timeout: float) -> dict[str, object]:
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        raise OpsError(
+            f"{url} answered HTTP {exc.code}: is that the bridge's http.listen address?"
+        ) from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason.strerror if isinstance(exc.reason, OSError) else exc.reason
+        raise OpsError(
+            f"cannot reach the bridge at {url}: {reason or exc.reason} (is it running, "
+            "with http.listen set?)"
+        ) from None
+    except TimeoutError:
+        raise OpsError(f"the bridge at {url} did not answer within {timeout:g}s") from None
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise OpsError(f"{url} did not answer with JSON: is it the bridge?") from None
+    if not isinstance(document, dict):
+        raise OpsError(f"{url} answered with JSON that is not an object: is it the bridge?")
+    return document
+
+
+def status_lines(document: dict[str, object]) -> list[str]:
+    pairs: list[tuple[str, object]] = []
+    for key, label in _KNOWN:
+        if key in document:
+            pairs.append((label, _shown(key, document[key])))
+    known = {key for key, _ in _KNOWN}
+    for key, value in document.items():
+        if key not in known:
+            pairs.append((key.replace("_", " "), _shown(key, value)))
+    return key_values(pairs)
+
+
+def _shown(key: str, value: object) -> object:
+    if key in _SIZES and isinstance(value, int):
+        return f"{human_bytes(value)} ({value} bytes)"
+    if key == "last_error" and value is None:
+        return "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_shown(k, v) if v is not None else '-'}" for k, v in value.items())
+    return value
+
+
+async def status_command(url: str, *, timeout: float, as_json: bool) -> int:
+    document = await asyncio.to_thread(fetch_status, url, timeout)
+    print(dumps(document) if as_json else "\n".join(status_lines(document)))
+    return EXIT_OK

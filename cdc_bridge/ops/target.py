@@ -1,0 +1,68 @@
+"""What a command works on: a config file, or just a DSN where only PostgreSQL matters."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import TupleRow
+
+from cdc_bridge.config import BridgeConfig, load_config
+from cdc_bridge.ops.errors import OpsError, UsageError, describe_postgres_error
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+# A URL's userinfo password, or a keyword DSN's password value.
+_PASSWORD_LIKE = re.compile(r"://[^:/?#@\s]*:([^\s]*)@|password\s*=\s*'?([^\s']*)")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    dsn: str = field(repr=False)  # may hold a password
+    config: BridgeConfig | None  # None: only --dsn was given
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+    @property
+    def publication(self) -> str | None:
+        return self.config.postgres.publication if self.config is not None else None
+
+
+def resolve_target(config_path: str | None, dsn: str | None) -> Target:
+    """``--config FILE`` (its postgres.dsn, unless ``--dsn`` overrides it) or ``--dsn``."""
+    if config_path is None and dsn is None:
+        raise UsageError("give --config FILE or --dsn DSN")
+    config = load_config(config_path) if config_path is not None else None
+    if config is None:
+        assert dsn is not None
+        return Target(dsn=dsn, config=None)
+    return Target(
+        dsn=dsn if dsn is not None else config.postgres.dsn,
+        config=config,
+        connect_timeout=config.postgres.connect_timeout,
+    )
+
+
+def require_config(config_path: str | None) -> BridgeConfig:
+    if config_path is None:
+        raise UsageError("this command needs --config FILE (it checks NATS as well)")
+    return load_config(config_path)
+
+
+async def connect_postgres(
+    dsn: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+) -> psycopg.AsyncConnection[TupleRow]:
+    """An autocommit connection named ``cdc-bridge-ops`` in pg_stat_activity."""
+    try:
+        params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
+    except psycopg.Error as exc:
+        # libpq's parse errors quote pieces of the DSN: cut out anything password-like.
+        message = describe_postgres_error(exc)
+        for groups in _PASSWORD_LIKE.findall(dsn):
+            for secret in groups:
+                if secret:
+                    message = message.replace(secret, "***")
+        raise OpsError(f"invalid PostgreSQL DSN: {message}") from None
+    params.setdefault("application_name", "cdc-bridge-ops")
+    params.setdefault("connect_timeout", str(max(int(connect_timeout), 1)))
+    return await psycopg.AsyncConnection.connect(make_conninfo("", **params), autocommit=True)
