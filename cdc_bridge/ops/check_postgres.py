@@ -162,11 +162,15 @@ async def _outbox_tables(conn: AsyncConn, config: BridgeConfig) -> CheckResult:
         first = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         return fail("outbox.tables", first.problem + more, first.fix)
+    if not config.outbox.tables:
+        return ok("outbox.tables", "no outbox tables: message events only")
     tables = ", ".join(config.outbox.tables)
     return ok("outbox.tables", f"{tables}: every column the routes use is there")
 
 
 async def _outbox_read(conn: AsyncConn, config: BridgeConfig) -> CheckResult:
+    if not config.outbox.tables:
+        return skip("outbox.read", "no outbox tables: message events only")
     unreadable = []
     for table in config.outbox.tables:
         if await table_columns(conn, table) is None:
@@ -190,6 +194,11 @@ async def _publication(conn: AsyncConn, config: BridgeConfig, slot: SlotInfo | N
     tables = config.outbox.tables
     info = await publication_info(conn, name)
     if info is None:
+        create = (
+            f"CREATE PUBLICATION {name} FOR TABLE {', '.join(tables)} WITH (publish = 'insert')"
+            if tables
+            else f"CREATE PUBLICATION {name}"
+        )
         after = (
             f" (slot {slot.name} already exists, so changes committed before the "
             "publication is created cannot be decoded)"
@@ -199,8 +208,7 @@ async def _publication(conn: AsyncConn, config: BridgeConfig, slot: SlotInfo | N
         return fail(
             "postgres.publication",
             f"publication {name} does not exist{after}",
-            f"cdc-bridge init, or CREATE PUBLICATION {name} FOR TABLE {', '.join(tables)} "
-            "WITH (publish = 'insert')",
+            f"cdc-bridge init, or {create}",
         )
     uncovered = [t for t in tables if t not in info.tables]
     if uncovered:
@@ -210,6 +218,8 @@ async def _publication(conn: AsyncConn, config: BridgeConfig, slot: SlotInfo | N
             "never arrive",
             f"ALTER PUBLICATION {name} ADD TABLE {', '.join(uncovered)}",
         )
+    if not tables:
+        return ok("postgres.publication", f"{name} exists (message events only)")
     if "insert" not in info.operations:
         return fail(
             "postgres.publication",

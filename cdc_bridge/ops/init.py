@@ -36,7 +36,6 @@ from cdc_bridge.ops.target import connect_postgres
 from cdc_bridge.preflight import check_stream_coverage
 from cdc_bridge.slots import (
     AsyncConn,
-    create_publication,
     create_slot,
     current_database,
     get_slot,
@@ -81,6 +80,8 @@ def table_sql(table_name: str) -> str:
 
 
 def publication_sql(name: str, tables: tuple[str, ...]) -> str:
+    if not tables:  # message events only: pgoutput still needs a publication
+        return sql.SQL("CREATE PUBLICATION {};").format(sql.Identifier(name)).as_string(None)
     table_list = sql.SQL(", ").join(table_identifier(t) for t in tables)
     statement = sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert');")
     return statement.format(sql.Identifier(name), table_list).as_string(None)
@@ -216,20 +217,21 @@ async def _publication_step(conn: AsyncConn, config: BridgeConfig, dry_run: bool
     info = await publication_info(conn, name)
     if info is None:
         statement = publication_sql(name, tables)
-        detail = f"for inserts into {', '.join(tables)}"
+        detail = f"for inserts into {', '.join(tables)}" if tables else "for messages only"
         if dry_run:
             return InitStep("publication", name, "would create", detail, statement)
-        await create_publication(conn, name, tables)
+        await conn.execute(statement.encode())
         return InitStep("publication", name, "created", detail, statement)
     uncovered = [t for t in tables if t not in info.tables]
     if uncovered:
         fix = f"ALTER PUBLICATION {name} ADD TABLE {', '.join(uncovered)};"
         detail = f"exists but does not include {', '.join(uncovered)} (left unchanged)"
         return InitStep("publication", name, "problem", detail, fix)
-    if "insert" not in info.operations:
+    if tables and "insert" not in info.operations:
         fix = f"ALTER PUBLICATION {name} SET (publish = 'insert');"
         return InitStep("publication", name, "problem", "exists but does not publish inserts", fix)
-    return InitStep("publication", name, "exists", f"publishes inserts of {', '.join(tables)}")
+    detail = f"publishes inserts of {', '.join(tables)}" if tables else "for messages only"
+    return InitStep("publication", name, "exists", detail)
 
 
 async def _slot_step(conn: AsyncConn, config: BridgeConfig, dry_run: bool) -> InitStep:

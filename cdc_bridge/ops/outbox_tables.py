@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cdc_bridge.config import BridgeConfig
+from cdc_bridge.messages import EnvelopeColumns
 from cdc_bridge.slots import AsyncConn, table_columns
 
 
@@ -21,7 +22,13 @@ class OutboxProblem:
 async def outbox_problems(conn: AsyncConn, config: BridgeConfig) -> list[OutboxProblem]:
     """Missing tables, and columns the routes or the outbox section need but no table has."""
     problems: list[OutboxProblem] = []
-    known_columns: set[str] = set()
+    outbox = config.outbox
+    # Message events are rows of the envelope's columns (messages.py), as in the daemon.
+    known_columns: set[str] = (
+        set(EnvelopeColumns(outbox.id_column, outbox.payload_column, outbox.headers_column).names())
+        if outbox.message_prefixes
+        else set()
+    )
     for table in config.outbox.tables:
         columns = await table_columns(conn, table)
         if columns is None:
@@ -35,10 +42,10 @@ async def outbox_problems(conn: AsyncConn, config: BridgeConfig) -> list[OutboxP
             known_columns.update(columns)
     if problems:
         return problems
-    needed = config.template_columns() | {config.outbox.id_column}
-    if config.outbox.headers_column is not None:
-        needed.add(config.outbox.headers_column)
-    tables = ", ".join(config.outbox.tables)
+    needed = config.template_columns()
+    if outbox.headers_column is not None and outbox.tables:
+        needed.add(outbox.headers_column)
+    tables = ", ".join(outbox.tables) or "the message envelope"
     for column in sorted(needed - known_columns - {"table"}):
         problems.append(
             OutboxProblem(

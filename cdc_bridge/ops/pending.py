@@ -4,40 +4,44 @@ Read with ``pg_logical_slot_peek_*_changes``: PostgreSQL decodes the slot's WAL 
 its confirmed_flush_lsn as a walsender would, but the slot does not move. Only one
 process can decode a slot at a time, so this is impossible while a bridge streams.
 
-pgoutput output is decoded by the daemon's own decoder and routed by its own Router,
-so the route and subject shown are the ones the bridge would use. wal2json output is
-shown raw, one JSON line per change.
+pgoutput and wal2json output is decoded by the daemon's own decoders and routed by its
+own Router, so the route and subject shown are the ones the bridge would use. Output
+of any other plugin is shown raw, one line per change.
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psycopg
 from psycopg.rows import TupleRow
 
-from cdc_bridge.changes import Begin, ColumnValue, Commit, Insert, LogicalMessage
+from cdc_bridge.changes import Begin, Change, ColumnValue, Commit, Insert, LogicalMessage
 from cdc_bridge.config import BridgeConfig
-from cdc_bridge.decoding.pgoutput import DecodeError, PgoutputDecoder
+from cdc_bridge.decoding import pgoutput, wal2json
 from cdc_bridge.lsn import format_lsn
+from cdc_bridge.messages import EnvelopeColumns, default_message_id, message_event
 from cdc_bridge.ops.errors import OpsError, UsageError
-from cdc_bridge.routing import DEAD_LETTER_ROUTE, Outbound, Router
+from cdc_bridge.pipeline import Decoder
+from cdc_bridge.routing import DEAD_LETTER_ROUTE, Outbound, Poison, Router
 from cdc_bridge.slots import RawChange, SlotInfo, peek_changes, publication_names
 
 DEFAULT_ID_COLUMN = "id"  # the outbox.sql column, when no config says otherwise
+ALL_TABLES = "*.*"  # wal2json's add-tables pattern for every table
 
 
 @dataclass(frozen=True, slots=True)
 class PendingRow:
     xid: int
     lsn: int  # the change's own position
-    table: str | None  # "schema.table"; None for a logical message or raw output
+    table: str | None  # "schema.table", or "message:<prefix>"; None for raw output
     action: str  # "insert" | "message" | "raw"
-    row_id: str | None  # the outbox id column's value
+    row_id: str | None  # the outbox id (a message envelope's id)
     route: str | None  # the route's name, "dead_letter", or None (no config, poison, ignored)
     subject: str | None
-    note: str | None  # why it is not simply routed: dead letter, poison, not an outbox table
+    note: str | None  # why it is not simply routed: dead letter, poison, ignored
     data: str | None = None  # the plugin's raw output, when it is not decoded
 
 
@@ -59,29 +63,77 @@ class Pending:
 
 
 class RowDescriber:
-    """An outbox row -> its id, route and subject, as the bridge's Router sees it."""
+    """An outbox row or message -> what the bridge would do with it (pure).
+
+    Without a config there is no routing: rows are shown with their ``id`` column.
+    """
 
     def __init__(self, config: BridgeConfig | None) -> None:
+        self._config = config
         self._router = Router(config) if config is not None else None
         self._tables = frozenset(config.outbox.tables) if config is not None else None
         self._id_column = config.outbox.id_column if config is not None else DEFAULT_ID_COLUMN
+        self._prefixes = frozenset(config.outbox.message_prefixes) if config else frozenset()
 
-    def describe(self, xid: int, lsn: int, table: str, row: dict[str, ColumnValue]) -> PendingRow:
+    def insert(self, xid: int, lsn: int, table: str, row: dict[str, ColumnValue]) -> PendingRow:
         row_id = _text(row.get(self._id_column))
         if self._router is None or self._tables is None:
             return PendingRow(xid, lsn, table, "insert", row_id, None, None, None)
         if table not in self._tables:
             ignored = "not an outbox table: the bridge ignores it"
             return PendingRow(xid, lsn, table, "insert", row_id, None, None, ignored)
-        outcome = self._router.route(table, row)
+        return self._routed(xid, lsn, table, "insert", row_id, self._router.route(table, row))
+
+    def is_outbox_table(self, table: str) -> bool:
+        return self._tables is not None and table in self._tables
+
+    def is_event(self, message: LogicalMessage) -> bool:
+        return message.transactional and message.prefix in self._prefixes
+
+    def message(
+        self, xid: int, lsn: int, message: LogicalMessage, commit_lsn: int, index: int
+    ) -> PendingRow:
+        """A logical message; ``index`` is its place among the transaction's events,
+        which gives an envelope without an id the id the bridge would give it."""
+        config = self._config
+        if config is None or self._router is None or not self.is_event(message):
+            why = (
+                "not an outbox event (prefix not in outbox.message_prefixes, or not transactional)"
+            )
+            note = why if config is not None else f"prefix {message.prefix!r}"
+            return PendingRow(xid, lsn, None, "message", None, None, None, note)
+        outbox = config.outbox
+        columns = EnvelopeColumns(outbox.id_column, outbox.payload_column, outbox.headers_column)
+        event = message_event(
+            message.prefix,
+            message.content,
+            default_id=default_message_id(commit_lsn, index),
+            columns=columns,
+        )
+        if event.problem is not None:
+            route = DEAD_LETTER_ROUTE if config.dead_letter is not None else None
+            subject = config.dead_letter.subject if config.dead_letter is not None else None
+            note = f"invalid message envelope: {event.problem}"
+            return PendingRow(xid, lsn, event.table, "message", event.msg_id, route, subject, note)
+        outcome = self._router.route(event.table, event.row)
+        return self._routed(xid, lsn, event.table, "message", event.msg_id, outcome)
+
+    @staticmethod
+    def _routed(
+        xid: int,
+        lsn: int,
+        table: str,
+        action: str,
+        row_id: str | None,
+        outcome: Outbound | Poison,
+    ) -> PendingRow:
         if isinstance(outcome, Outbound):
             note = None
             if outcome.route == DEAD_LETTER_ROUTE:
                 note = f"dead letter: {outcome.dead_letter_reason}"
-            route, subject = outcome.route, outcome.subject
-            return PendingRow(xid, lsn, table, "insert", row_id, route, subject, note)
-        poison = f"poison: {outcome.reason} (no dead_letter: the bridge stops at this row)"
-        return PendingRow(xid, lsn, table, "insert", row_id, None, None, poison)
+            return PendingRow(xid, lsn, table, action, row_id, outcome.route, outcome.subject, note)
+        poison = f"poison: {outcome.reason} (no dead_letter: the bridge stops here)"
+        return PendingRow(xid, lsn, table, action, row_id, None, None, poison)
 
 
 def _text(value: ColumnValue) -> str | None:
@@ -90,41 +142,47 @@ def _text(value: ColumnValue) -> str | None:
     return value
 
 
-def decode_pgoutput(
-    changes: Sequence[RawChange], describer: RowDescriber
+def decode_transactions(
+    changes: Sequence[RawChange], decoder: Decoder, describer: RowDescriber
 ) -> list[PendingTransaction]:
-    """pgoutput messages -> transactions with their outbox rows (pure)."""
-    decoder = PgoutputDecoder()
+    """A plugin's messages -> transactions with their rows (pure)."""
     transactions: list[PendingTransaction] = []
     rows: list[PendingRow] = []
-    xid: int | None = None
+    begin: Begin | None = None
+    events = 0  # the transaction's events so far: a message's default id needs its index
     for change in changes:
-        try:
-            event = decoder.decode(change.data)
-        except DecodeError as exc:
-            raise OpsError(f"cannot decode the change at {format_lsn(change.lsn)}: {exc}") from None
+        event = _decode(decoder, change)
         if isinstance(event, Begin):
-            xid, rows = event.xid, []
+            begin, rows, events = event, [], 0
         elif isinstance(event, Insert):
-            rows.append(describer.describe(change.xid, change.lsn, event.table, event.row))
+            rows.append(describer.insert(change.xid, change.lsn, event.table, event.row))
+            events += describer.is_outbox_table(event.table)
         elif isinstance(event, LogicalMessage):
-            note = f"prefix {event.prefix!r}, {len(event.content)} bytes"
-            message = PendingRow(change.xid, change.lsn, None, "message", None, None, None, note)
+            commit_lsn = begin.final_lsn if begin is not None else change.lsn
+            row = describer.message(change.xid, change.lsn, event, commit_lsn, events)
+            events += describer.is_event(event)
             if event.transactional:
-                rows.append(message)
+                rows.append(row)
             else:  # outside any transaction: it stands alone
-                transactions.append(PendingTransaction(change.xid, None, (message,)))
+                transactions.append(PendingTransaction(change.xid, None, (row,)))
         elif isinstance(event, Commit):
-            own_xid = xid if xid is not None else change.xid
-            transactions.append(PendingTransaction(own_xid, event.end_lsn, tuple(rows)))
-            xid, rows = None, []
+            xid = begin.xid if begin is not None else change.xid
+            transactions.append(PendingTransaction(xid, event.end_lsn, tuple(rows)))
+            begin, rows = None, []
     return transactions
+
+
+def _decode(decoder: Decoder, change: RawChange) -> Change | None:
+    try:
+        return decoder.decode(change.data)
+    except (pgoutput.DecodeError, wal2json.DecodeError) as exc:
+        raise OpsError(f"cannot decode the change at {format_lsn(change.lsn)}: {exc}") from None
 
 
 def group_raw(changes: Sequence[RawChange]) -> list[PendingTransaction]:
     """A text plugin's output, undecoded: one row per output line, grouped by xid.
 
-    The last line of a transaction (wal2json's commit) sits at its end LSN.
+    A transaction's last line (its commit, for the usual plugins) sits at its end LSN.
     """
     transactions: list[PendingTransaction] = []
     rows: list[PendingRow] = []
@@ -179,15 +237,48 @@ async def choose_publication(
     )
 
 
-def pgoutput_options(publication: str) -> list[tuple[str, str]]:
-    return [("proto_version", "1"), ("publication_names", publication)]
+def pgoutput_options(publication: str, config: BridgeConfig | None) -> list[tuple[str, str]]:
+    """The options the bridge streams with (daemon.decoder_for), for this publication."""
+    options = [("proto_version", "1"), ("publication_names", publication)]
+    if config is not None and config.outbox.message_prefixes:
+        options.append(("messages", "true"))
+    return options
 
 
 def wal2json_options(config: BridgeConfig | None) -> list[tuple[str, str]]:
-    options = [("format-version", "2"), ("include-xids", "1")]
-    if config is not None:
-        options.append(("add-tables", ",".join(config.outbox.tables)))
-    return options
+    if config is None:
+        return wal2json.wal2json_options((ALL_TABLES,), ())
+    return wal2json.wal2json_options(config.outbox.tables, config.outbox.message_prefixes)
+
+
+async def _apply_session_options(conn: psycopg.AsyncConnection[TupleRow], options: str) -> None:
+    """``-c name=value`` options (as a replication DSN carries them) for this session:
+    decoding runs in our backend, so the plugin sees our settings."""
+    words = shlex.split(options)
+    for flag, assignment in zip(words[::2], words[1::2], strict=True):
+        if flag == "-c":
+            name, _, value = assignment.partition("=")
+            await conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+
+async def _reader_for(
+    conn: psycopg.AsyncConnection[TupleRow],
+    slot: SlotInfo,
+    config: BridgeConfig | None,
+    publication: str | None,
+) -> tuple[bool, list[tuple[str, str]], Decoder | None]:
+    """(binary output?, plugin options, decoder or None for raw output) for the slot."""
+    if slot.plugin == "pgoutput":
+        if publication is None:
+            raise UsageError(
+                f"slot {slot.name} uses pgoutput, which decodes through a publication: "
+                "pass --publication NAME or --config FILE"
+            )
+        return True, pgoutput_options(publication, config), pgoutput.PgoutputDecoder()
+    if slot.plugin == "wal2json":
+        await _apply_session_options(conn, wal2json.SESSION_OPTIONS)
+        return False, wal2json_options(config), wal2json.Wal2jsonDecoder()
+    return False, [], None
 
 
 async def read_pending(
@@ -203,31 +294,13 @@ async def read_pending(
 
     Raises psycopg.errors.ObjectInUse when a bridge started streaming meanwhile.
     """
-    if slot.plugin == "pgoutput":
-        if publication is None:
-            raise UsageError(
-                f"slot {slot.name} uses pgoutput, which decodes through a publication: "
-                "pass --publication NAME or --config FILE"
-            )
-        changes = await peek_changes(
-            conn,
-            slot.name,
-            binary=True,
-            options=pgoutput_options(publication),
-            upto_lsn=upto_lsn,
-            upto_nchanges=limit,
-        )
-        transactions = decode_pgoutput(changes, RowDescriber(config))
-    else:
-        options = wal2json_options(config) if slot.plugin == "wal2json" else []
-        changes = await peek_changes(
-            conn,
-            slot.name,
-            binary=False,
-            options=options,
-            upto_lsn=upto_lsn,
-            upto_nchanges=limit,
-        )
+    binary, options, decoder = await _reader_for(conn, slot, config, publication)
+    changes = await peek_changes(
+        conn, slot.name, binary=binary, options=options, upto_lsn=upto_lsn, upto_nchanges=limit
+    )
+    if decoder is None:
         transactions = group_raw(changes)
+    else:
+        transactions = decode_transactions(changes, decoder, RowDescriber(config))
     maybe_more = limit is not None and len(changes) >= limit
     return Pending(tuple(transactions), maybe_more)
