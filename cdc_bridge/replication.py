@@ -65,6 +65,10 @@ def connection_string(dsn: str, connect_timeout: float, *, options: str | None =
     return make_conninfo("", **params)
 
 
+def quote_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def quote_option(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -107,7 +111,9 @@ class ReplicationStream:
         ``start_lsn`` 0 lets the server resume from the slot's ``confirmed_flush_lsn``:
         the only safe place to resume. Never pass the current WAL position.
         """
-        opts = ", ".join(f"{name} {quote_option(value)}" for name, value in options)
+        # Names as quoted identifiers: wal2json's (format-version ...) contain hyphens,
+        # which the replication command grammar refuses unquoted.
+        opts = ", ".join(f"{quote_name(name)} {quote_option(value)}" for name, value in options)
         command = f"START_REPLICATION SLOT {slot} LOGICAL {format_lsn(start_lsn)} ({opts})"
         try:
             await self._conn.execute(command)
