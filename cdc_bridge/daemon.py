@@ -49,6 +49,7 @@ from cdc_bridge.tracker import LsnTracker, Transaction
 
 MAX_LSN = (1 << 64) - 1
 STANDBY_POLL_SECONDS = 1.0  # a standby takes over within about this after the lock frees
+HEALTHY_AFTER_SECONDS = 10.0  # a session up this long resets the reconnect backoff
 
 log = structlog.get_logger("cdc_bridge.daemon")
 
@@ -517,14 +518,24 @@ async def lead(
     lost_leadership.add_done_callback(end_sessions)
     forward_stop.add_done_callback(end_sessions)
 
-    def streaming() -> None:
+    healthy: asyncio.TimerHandle | None = None
+
+    def recovered() -> None:
         backoff.reset()
         failures.streaming()
+
+    def streaming() -> None:
+        # Count it as recovered only once the session has held up for a while: one that
+        # fails right after starting (a poisoned message, say) keeps backing off.
+        nonlocal healthy
         state.status.role = "streaming"
+        healthy = asyncio.get_running_loop().call_later(HEALTHY_AFTER_SECONDS, recovered)
 
     try:
         while not session_stop.is_set():
             state.status.role = "connecting"
+            if healthy is not None:
+                healthy.cancel()
             try:
                 await run_session(config, router, session_stop, state, streaming)
                 break
@@ -545,6 +556,8 @@ async def lead(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(session_stop.wait(), delay)
     finally:
+        if healthy is not None:
+            healthy.cancel()
         lost_leadership.cancel()
         forward_stop.cancel()
     if stop.is_set():

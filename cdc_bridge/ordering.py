@@ -39,6 +39,12 @@ class OrderGuard:
             self._covers[subject] = known
         return known
 
+    def stamp_size(self) -> int:
+        """Bytes that ``stamp`` adds to the header block (it counts against max_payload)."""
+        if self._last_msg_id is None:
+            return len("Nats-Expected-Last-Sequence: \r\n") + len(str(self._last_seq))
+        return len("Nats-Expected-Last-Msg-Id: \r\n") + len(self._last_msg_id.encode())
+
     def stamp(self, headers: dict[str, str]) -> None:
         """Add the expectation for a message about to be sent; it becomes the predecessor."""
         if self._last_msg_id is None:

@@ -125,8 +125,21 @@ class JetStreamPublisher:
     async def _send(
         self, subject: str, data: bytes, headers: dict[str, str], tx: Transaction, route: str
     ) -> None:
-        if self._guard is not None and self._guard.covers(subject):
-            self._guard.stamp(headers)  # here, at send time: the wire order is the chain
+        guard = self._guard if self._guard is not None and self._guard.covers(subject) else None
+        size = message_size(data, headers) + (guard.stamp_size() if guard else 0)
+        if size > self._nc.max_payload and route != DEAD_LETTER_ROUTE:
+            # The router checked the row, but our own headers came on top: the server
+            # would close the connection on it, on every replay. Dead-letter it instead
+            # (before stamping: it must not become the next message's predecessor).
+            entry = InFlight(subject, data, headers, tx, time.monotonic(), route)
+            reason = (
+                f"message of {size} bytes with headers exceeds the server's max_payload "
+                f"{self._nc.max_payload}"
+            )
+            await self._replace(entry, reason)
+            return
+        if guard is not None:
+            guard.stamp(headers)  # here, at send time: the wire order is the chain
         token = str(self._next_token)
         self._next_token += 1
         self._in_flight[token] = InFlight(subject, data, headers, tx, time.monotonic(), route)
@@ -236,6 +249,14 @@ class JetStreamPublisher:
                         f"{self._ack_timeout:g}s"
                     )
                 )
+
+
+def message_size(data: bytes, headers: dict[str, str]) -> int:
+    """Bytes the server counts against max_payload: the header block plus the body."""
+    header_block = len(b"NATS/1.0\r\n\r\n")
+    for name, value in headers.items():
+        header_block += len(name) + len(value.encode()) + 4  # "name: value\r\n"
+    return header_block + len(data)
 
 
 _NO_RESPONDERS = (False, "no responders")

@@ -124,5 +124,9 @@ def make_bridge(tmp_path: Path) -> Iterator[Callable[..., BridgeProcess]]:
         return bridge
 
     yield make
-    for bridge in made:
+    for index, bridge in enumerate(made):
         bridge.close()
+        # Shown by pytest only when the test failed: the bridge's side of the story.
+        print(f"--- bridge{index} log (last 80 lines) ---")
+        for line in bridge.lines[-80:]:
+            print(line)

@@ -250,15 +250,6 @@ def test_without_dead_letter_the_bridge_stops_at_the_row_and_resumes_from_it(
     wait_for_slot_past(outbox_dsn, u, parse_lsn(last.headers["Cdc-Lsn"]), timeout=10)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: Router.route (routing.py:162) measures data + its own headers + "
-    "Nats-Msg-Id, but the pipeline then adds Cdc-Lsn/Cdc-Index/Cdc-Table/Cdc-Source "
-    "(pipeline.py:199-203) and the publisher an expectation header (publisher.py:115). "
-    "nats-py checks only the data against max_payload, so the server gets an oversized "
-    "HPUB, closes the connection, and every replay does the same: the bridge loops on "
-    "'NATS connection lost' and nothing after the row is ever published",
-)
 def test_a_row_just_under_the_limit_whose_headers_push_it_over_is_dead_lettered(
     outbox_dsn: str, small_nats: NatsServer, unique_name: str, make_bridge: MakeBridge
 ) -> None:
