@@ -32,6 +32,7 @@ class HttpEndpoint:
         self._metrics = metrics
         self._stall_timeout = stall_timeout
         self._server: asyncio.Server | None = None
+        metrics.ready.set_function(lambda: 0.0 if status.readiness(stall_timeout) else 1.0)
 
     @property
     def port(self) -> int:

@@ -78,6 +78,13 @@ class Metrics:
         self.is_leader = Gauge(
             "cdc_bridge_is_leader", "1 while this process streams, 0 while standby.", registry=r
         )
+        # Readiness as a series, so alerts need no probe: set by the HTTP endpoint, which
+        # answers /readyz with the same verdict (without HTTP there is no /metrics anyway).
+        self.ready = Gauge(
+            "cdc_bridge_ready",
+            "1 while /readyz answers 200 (streaming, connected, acks progressing), else 0.",
+            registry=r,
+        )
         self.skipped = Counter(
             "cdc_bridge_events_skipped", "Replayed events the stream already held.", registry=r
         )

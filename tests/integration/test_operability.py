@@ -49,6 +49,7 @@ ISSUE_METRICS = (
     "cdc_bridge_in_flight",
     "cdc_bridge_reconnects_total",
     "cdc_bridge_is_leader",
+    "cdc_bridge_ready",  # /readyz as a series, for the "not ready" alert
 )
 STATUS_KEYS = (
     "role", "slot", "stream", "confirmed_lsn", "lag_bytes", "in_flight",
@@ -215,6 +216,7 @@ def test_probes_status_and_metrics_while_streaming(
     samples = metric_samples(text)
     assert samples[("cdc_bridge_dead_letter_total", (("reason", "no_route"),))] == dead
     assert samples[("cdc_bridge_is_leader", ())] == 1
+    assert samples[("cdc_bridge_ready", ())] == 1
     assert samples[("cdc_bridge_in_flight", ())] == 0
     # Commit-to-ack latency: one observation per transaction whose acks completed after its
     # commit was read, so at least one and at most one per transaction.
@@ -277,6 +279,7 @@ def test_readyz_follows_nats(
     assert body["status"] == "not ready"
     assert isinstance(body["reason"], str) and body["reason"]
     assert http_request(f"{base}/healthz").status == 200  # alive, only not ready
+    assert metric(base, "cdc_bridge_ready") == 0
     wait_until(
         lambda: http_request(f"{base}/status").json()["last_error"] is not None,
         message="/status never showed the NATS failure as last_error",
@@ -290,6 +293,7 @@ def test_readyz_follows_nats(
         message="/readyz not 200 again after NATS came back",
     )
     bridge.wait_for_log(log_event("streaming"), since=since)
+    assert metric(base, "cdc_bridge_ready") == 1
     reconnects = metric(base, "cdc_bridge_reconnects_total", target="nats")
     assert reconnects is not None and reconnects >= 1
 
@@ -332,6 +336,8 @@ def assert_one_streams(roles: Roles) -> None:
     assert role(roles.standby_url) == "standby"
     assert metric(roles.leader_url, "cdc_bridge_is_leader") == 1
     assert metric(roles.standby_url, "cdc_bridge_is_leader") == 0
+    assert metric(roles.leader_url, "cdc_bridge_ready") == 1
+    assert metric(roles.standby_url, "cdc_bridge_ready") == 0
     assert readyz_status(roles.leader_url) == 200
     not_ready = http_request(f"{roles.standby_url}/readyz")
     assert not_ready.status == 503
