@@ -55,3 +55,16 @@ async def print_events(url: str, subject: str = "events.>") -> None:
         await asyncio.Event().wait()
     finally:
         await nc.close()
+
+
+if __name__ == "__main__":
+    # `python -m cdc_bridge.demo`: the docker-compose demo producer. Settings come from the
+    # environment, like the bridge's own DSN (${CDC_BRIDGE_DSN} in its config).
+    import os
+
+    dsn = os.environ.get("CDC_BRIDGE_DSN")
+    if not dsn:
+        sys.exit("cdc_bridge.demo: set CDC_BRIDGE_DSN to the outbox database's DSN")
+    interval = float(os.environ.get("CDC_BRIDGE_DEMO_INTERVAL", "1"))
+    print(f"cdc_bridge.demo: one ticket transaction every {interval:g}s", flush=True)
+    asyncio.run(produce_tickets(dsn, interval))
