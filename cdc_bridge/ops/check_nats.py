@@ -9,7 +9,7 @@ from nats.js.errors import NotFoundError
 
 from cdc_bridge.config import BridgeConfig
 from cdc_bridge.ops.check_results import CheckResult, fail, ok, skip, warn
-from cdc_bridge.ops.errors import describe_error
+from cdc_bridge.ops.errors import OpsError, describe_error
 from cdc_bridge.ops.nats_client import API_TIMEOUT, connect_quietly
 from cdc_bridge.ops.render import human_bytes
 from cdc_bridge.preflight import check_stream_coverage, route_subject_filter
@@ -28,10 +28,10 @@ NATS_CHECKS = (
 async def nats_checks(config: BridgeConfig) -> list[CheckResult]:
     try:
         nc = await connect_quietly(config)
-    except (nats.errors.Error, OSError, TimeoutError) as exc:
+    except OpsError as exc:
         first = fail(
             "nats.server",
-            f"cannot connect to {len(config.nats.servers)} server(s): {describe_error(exc)}",
+            str(exc),
             "check nats.servers and that nats-server runs and admits this client",
         )
         return [first, *(skip(name, "no connection") for name in NATS_CHECKS[1:])]

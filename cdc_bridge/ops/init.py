@@ -265,11 +265,10 @@ async def _stream_steps(config: BridgeConfig, dry_run: bool) -> list[InitStep]:
     document = stream_document(config.nats)
     try:
         nc = await connect_quietly(config)
-    except (nats.errors.Error, OSError, TimeoutError) as exc:
+    except OpsError as exc:
         if not dry_run:
-            reason = f"cannot connect: {describe_error(exc)}"
-            return [InitStep("stream", wanted.name, "problem", reason)]
-        unknown = f"could not look ({describe_error(exc)}): shown as if missing"
+            return [InitStep("stream", wanted.name, "problem", str(exc))]
+        unknown = f"could not look ({exc}): shown as if missing"
         return [InitStep("stream", wanted.name, "would create", unknown, None, document)]
     try:
         return await _stream_steps_connected(nc, config, dry_run)

@@ -2,26 +2,48 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import nats
+import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from cdc_bridge.config import BridgeConfig
+from cdc_bridge.config import BridgeConfig, redact_dsn
+from cdc_bridge.ops.errors import OpsError
 
 API_TIMEOUT = 5.0  # seconds for each JetStream API request
+_RETRY_WAIT = 0.2  # seconds between tries of one server
 
 
 async def connect_quietly(config: BridgeConfig) -> NatsClient:
-    """Connect to ``nats.servers``; nats-py's own error logging is silenced, because
-    the caller reports a failure in one line of its own."""
+    """Connect to ``nats.servers``, giving up within seconds when none answers.
 
-    async def ignore(_: Exception) -> None:
-        pass
+    nats-py keeps cycling through the servers on its first connect until each has
+    failed ``max_reconnect_attempts`` times (0 means forever), sleeping
+    ``reconnect_time_wait`` in between: 1 and a short wait make that two quick tries
+    per server. Failing, raises OpsError with the last reason, in one line.
+    """
 
-    return await nats.connect(
-        servers=list(config.nats.servers),
-        name="cdc-bridge-ops",
-        allow_reconnect=False,
-        max_reconnect_attempts=0,
-        connect_timeout=max(int(config.nats.connect_timeout), 1),
-        error_cb=ignore,
-    )
+    errors: list[Exception] = []
+
+    async def remember(error: Exception) -> None:
+        errors.append(error)
+
+    connect_timeout = max(int(config.nats.connect_timeout), 1)
+    deadline = len(config.nats.servers) * 2 * (connect_timeout + _RETRY_WAIT) + 1
+    try:
+        async with asyncio.timeout(deadline):
+            return await nats.connect(
+                servers=list(config.nats.servers),
+                name="cdc-bridge-ops",
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=_RETRY_WAIT,
+                connect_timeout=connect_timeout,
+                error_cb=remember,
+            )
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        servers = ", ".join(redact_dsn(server) for server in config.nats.servers)
+        last = errors[-1] if errors else exc
+        reason = str(last).strip() or type(last).__name__
+        raise OpsError(f"cannot connect to NATS at {servers}: {reason}") from None

@@ -33,6 +33,8 @@ _KNOWN = (
     ("last_error", "last error"),
 )
 _SIZES = {"lag_bytes", "retained_bytes"}
+# Straight to the bridge: an http_proxy in the environment must not reroute the request.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def status_url(listen: str) -> str:
@@ -52,7 +54,7 @@ def status_url(listen: str) -> str:
 def fetch_status(url: str, timeout: float) -> dict[str, object]:
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with _OPENER.open(request, timeout=timeout) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
         raise OpsError(

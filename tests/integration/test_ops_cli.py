@@ -1,0 +1,563 @@
+"""The ops CLI (`slots`, `check`, `init`, `status`) against real PostgreSQL and NATS.
+
+Commands run in-process through ``cli.main`` (fast, output captured by capsys), except
+where the process boundary itself is the point: exit codes and what reaches the
+terminal when a server is unreachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from support.bridge import REPO_ROOT, BridgeProcess, log_event
+from support.nats_helpers import fetch_stream_messages
+from support.plugins import wal2json_postgres
+from support.waiting import wait_until
+
+from cdc_bridge.cli import main
+from cdc_bridge.devstack import PostgresServer, free_port
+from cdc_bridge.lsn import parse_lsn
+from cdc_bridge.ops import json_keys
+from cdc_bridge.ops.check_nats import NATS_CHECKS
+from cdc_bridge.ops.check_postgres import POSTGRES_CHECKS
+
+MakeBridge = Callable[..., BridgeProcess]
+STARTUP_TIMEOUT = 30.0  # a cold Python start plus both connections on a busy 2-core box
+INSERT = (
+    "INSERT INTO public.outbox (aggregate_type, aggregate_id, event_type, payload)"
+    " VALUES (%s, %s, %s, '{}') RETURNING id::text"
+)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> Run:
+    capsys.readouterr()  # drop anything printed before
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return Run(code, out, err)
+
+
+def bridge_config(dsn: str, nats_url: str, name: str) -> dict[str, Any]:
+    """A config of this test's own: slot, publication and stream named after ``name``."""
+    return {
+        "postgres": {
+            "dsn": dsn,
+            "slot": name,
+            "publication": name,
+            "status_interval": "200ms",
+            "connect_timeout": "5s",
+        },
+        "nats": {
+            "servers": [nats_url],
+            "ack_timeout": "2s",
+            "stream": {"name": name.upper(), "subjects": [f"{name}.>"]},
+        },
+        "outbox": {"table": "public.outbox"},
+        "routes": [{"name": "events", "subject": f"{name}.{{aggregate_type}}.{{event_type}}"}],
+        "logging": {"format": "json", "level": "info"},
+        "http": {"listen": "127.0.0.1:0"},
+    }
+
+
+def write_config(folder: Path, config: dict[str, Any]) -> str:
+    path = folder / "ops.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(path)
+
+
+def insert_transaction(dsn: str, events: Sequence[tuple[str, str]]) -> tuple[int, list[str]]:
+    """Commit one transaction of (aggregate_type, event_type) rows: its xid8 and the ids."""
+    with psycopg.connect(dsn) as conn:
+        xid_row = conn.execute("SELECT pg_current_xact_id()::text").fetchone()
+        assert xid_row is not None
+        ids = []
+        for aggregate_type, event_type in events:
+            row = conn.execute(INSERT, (aggregate_type, "A-1", event_type)).fetchone()
+            assert row is not None
+            ids.append(row[0])
+    return int(xid_row[0]), ids
+
+
+def confirmed_flush_lsn(dsn: str, slot: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
+    assert row is not None and row[0] is not None
+    return parse_lsn(row[0])
+
+
+def slot_exists(dsn: str, slot: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+        return row.fetchone() is not None
+
+
+def stream_ids(nats_url: str, stream: str) -> list[str]:
+    messages = asyncio.run(fetch_stream_messages(nats_url, stream))
+    return [message.headers.get("Nats-Msg-Id", "") for message in messages]
+
+
+def slot_entry(capsys: pytest.CaptureFixture[str], config: str, slot: str) -> dict[str, Any]:
+    run = cli(capsys, "slots", "list", "--config", config, "--json")
+    assert run.code == 0, run.err
+    [entry] = [item for item in run.json() if item["slot_name"] == slot]
+    assert isinstance(entry, dict)
+    return entry
+
+
+def start_bridge(make_bridge: MakeBridge, config: dict[str, Any]) -> BridgeProcess:
+    bridge = make_bridge(config)
+    bridge.wait_for_log(log_event("streaming"), timeout=STARTUP_TIMEOUT)
+    return bridge
+
+
+@pytest.fixture
+def config_path(pg_dsn: str, nats_url: str, unique_name: str, tmp_path: Path) -> str:
+    """A config for the test's database, initialised (publication, slot, stream)."""
+    path = write_config(tmp_path, bridge_config(pg_dsn, nats_url, unique_name))
+    assert main(["init", "--config", path]) == 0
+    return path
+
+
+# --- init --------------------------------------------------------------------------------------
+
+
+def test_init_creates_what_is_missing_and_the_second_run_is_a_no_op(
+    pg_server: PostgresServer,
+    nats_url: str,
+    unique_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    database = f"bare_{unique_name}"
+    dsn = pg_server.create_database(database, outbox_schema=False)
+    try:
+        config = write_config(tmp_path, bridge_config(dsn, nats_url, unique_name))
+
+        dry = cli(capsys, "init", "--config", config, "--dry-run")
+        assert dry.code == 0, dry.err
+        assert "CREATE TABLE IF NOT EXISTS public.outbox" in dry.out
+        assert f'CREATE PUBLICATION "{unique_name}" FOR TABLE "public"."outbox"' in dry.out
+        assert f"pg_create_logical_replication_slot('{unique_name}', 'pgoutput')" in dry.out
+        assert f'"name": "{unique_name.upper()}"' in dry.out
+        assert not slot_exists(dsn, unique_name)  # a dry run changes nothing
+
+        first = cli(capsys, "init", "--config", config, "--json")
+        assert first.code == 0, first.err
+        steps = first.json()
+        assert all(tuple(step) == json_keys.STEP_KEYS for step in steps)
+        assert [(s["kind"], s["action"]) for s in steps] == [
+            ("table", "created"),
+            ("publication", "created"),
+            ("slot", "created"),
+            ("stream", "created"),
+        ]
+        assert slot_exists(dsn, unique_name)
+
+        second = cli(capsys, "init", "--config", config, "--json")
+        assert second.code == 0, second.err
+        assert [(s["kind"], s["action"]) for s in second.json()] == [
+            ("table", "exists"),
+            ("publication", "exists"),
+            ("slot", "exists"),
+            ("stream", "exists"),
+        ]
+        human = cli(capsys, "init", "--config", config)
+        assert human.code == 0 and "nothing to do: everything exists" in human.out
+    finally:
+        pg_server.drop_database(database)
+
+
+# --- slots list / show -------------------------------------------------------------------------
+
+
+def test_list_and_show_reflect_lag_that_grows_while_stopped_and_shrinks_after_a_bridge_ran(
+    pg_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    config_path: str,
+    make_bridge: MakeBridge,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    insert_transaction(pg_dsn, [("ticket", "created")])
+    first = slot_entry(capsys, config_path, unique_name)
+    assert tuple(first) == json_keys.SLOT_KEYS
+    assert (first["plugin"], first["active"], first["wal_status"]) == (
+        "pgoutput",
+        False,
+        "reserved",
+    )
+    insert_transaction(pg_dsn, [("ticket", "updated"), ("ticket", "closed")])
+    grown = slot_entry(capsys, config_path, unique_name)
+    assert grown["lag_bytes"] > first["lag_bytes"] > 0
+    assert grown["retained_bytes"] >= grown["lag_bytes"]
+
+    table = cli(capsys, "slots", "list", "--config", config_path)
+    assert table.code == 0
+    assert table.out.splitlines()[0].split()[:3] == ["SLOT", "PLUGIN", "DATABASE"]
+    assert any(line.startswith(unique_name) for line in table.out.splitlines())
+
+    bridge = start_bridge(make_bridge, bridge_config(pg_dsn, nats_url, unique_name))
+    shown = wait_until(
+        lambda: (
+            run.json()
+            if (
+                run := cli(capsys, "slots", "show", unique_name, "--config", config_path, "--json")
+            ).json()["walsender"]
+            else None
+        ),
+        timeout=STARTUP_TIMEOUT,
+        message="show never reported the bridge's walsender",
+    )
+    assert tuple(shown) == json_keys.SLOT_KEYS + json_keys.SHOW_EXTRA_KEYS
+    assert tuple(shown["walsender"]) == json_keys.WALSENDER_KEYS
+    assert shown["active"] is True and shown["walsender"]["pid"] == shown["active_pid"]
+    assert shown["publication"] == {
+        "name": unique_name,
+        "exists": True,
+        "tables": ["public.outbox"],
+        "operations": ["insert"],
+    }
+    wait_until(
+        lambda: slot_entry(capsys, config_path, unique_name)["lag_bytes"] < first["lag_bytes"],
+        timeout=20,
+        message="the lag never shrank while the bridge ran",
+    )
+    assert bridge.terminate() == 0
+    assert slot_entry(capsys, config_path, unique_name)["lag_bytes"] < grown["lag_bytes"]
+
+    human = cli(capsys, "slots", "show", unique_name, "--config", config_path)
+    assert human.code == 0
+    assert f"publication          {unique_name}: public.outbox (insert)" in human.out
+
+
+def test_show_of_a_missing_slot_is_one_line_and_exit_1(
+    pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = cli(capsys, "slots", "show", "no_such_slot", "--dsn", pg_dsn)
+    assert run.code == 1 and run.out == ""
+    assert run.err == (
+        "cdc-bridge: no logical replication slot named no_such_slot (see `cdc-bridge slots list`)\n"
+    )
+
+
+# --- slots peek --------------------------------------------------------------------------------
+
+
+def test_peek_shows_the_pending_outbox_ids_and_consumes_nothing(
+    pg_dsn: str, unique_name: str, config_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = confirmed_flush_lsn(pg_dsn, unique_name)
+    _, first_ids = insert_transaction(pg_dsn, [("ticket", "created"), ("user", "invited")])
+    _, second_ids = insert_transaction(pg_dsn, [("ticket", "closed")])
+
+    run = cli(capsys, "slots", "peek", unique_name, "--config", config_path, "--json")
+    assert run.code == 0, run.err
+    peek = run.json()
+    assert tuple(peek) == json_keys.PEEK_KEYS
+    assert (peek["transactions"], peek["rows"], peek["maybe_more"]) == (2, 3, False)
+    changes = peek["changes"]
+    assert all(tuple(change) == json_keys.CHANGE_KEYS for change in changes)
+    assert [c["id"] for c in changes] == first_ids + second_ids
+    assert [c["subject"] for c in changes] == [
+        f"{unique_name}.ticket.created",
+        f"{unique_name}.user.invited",
+        f"{unique_name}.ticket.closed",
+    ]
+    assert {c["route"] for c in changes} == {"events"}
+    assert changes[0]["end_lsn"] == changes[1]["end_lsn"] != changes[2]["end_lsn"]
+    assert confirmed_flush_lsn(pg_dsn, unique_name) == before
+
+    again = cli(capsys, "slots", "peek", unique_name, "--dsn", pg_dsn)  # no config: no routes
+    assert again.code == 0
+    assert "3 rows pending" in again.out and "nothing was consumed" in again.out
+    assert all(row_id in again.out for row_id in first_ids + second_ids)
+    assert confirmed_flush_lsn(pg_dsn, unique_name) == before
+
+
+def test_peek_decodes_a_wal2json_slot(
+    devstack_tmp: Path, unique_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with wal2json_postgres(devstack_tmp / "postgres") as server:
+        dsn = server.create_database("w2j")
+        created = cli(
+            capsys, "slots", "create", unique_name, "--dsn", dsn, "--plugin", "wal2json", "--json"
+        )
+        assert created.code == 0, created.err
+        assert tuple(created.json()) == json_keys.CREATE_KEYS
+        _, ids = insert_transaction(dsn, [("ticket", "created")])
+        run = cli(capsys, "slots", "peek", unique_name, "--dsn", dsn, "--json")
+        assert run.code == 0, run.err
+        assert [(c["table"], c["action"], c["id"]) for c in run.json()["changes"]] == [
+            ("public.outbox", "insert", ids[0])
+        ]
+
+
+# --- an active slot ----------------------------------------------------------------------------
+
+
+def test_peek_drop_and_advance_refuse_a_slot_a_bridge_streams_from(
+    pg_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    config_path: str,
+    make_bridge: MakeBridge,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bridge = start_bridge(make_bridge, bridge_config(pg_dsn, nats_url, unique_name))
+    peek = cli(capsys, "slots", "peek", unique_name, "--config", config_path)
+    assert peek.code == 1
+    assert f"slot {unique_name} is in use by process" in peek.err
+    assert "peeked at or advanced while it streams" in peek.err
+
+    drop = cli(capsys, "slots", "drop", unique_name, "--config", config_path, "--yes")
+    assert drop.code == 1
+    assert f"refusing to drop slot {unique_name}: it is in use" in drop.err
+    assert slot_exists(pg_dsn, unique_name)
+
+    advance = cli(capsys, "slots", "advance", unique_name, "--config", config_path, "--to", "0/1")
+    assert advance.code == 1 and "in use" in advance.err
+    assert bridge.running
+    assert bridge.terminate() == 0
+
+
+# --- slots drop / create -----------------------------------------------------------------------
+
+
+def test_drop_says_what_is_lost_and_needs_yes_or_a_confirmation(
+    pg_dsn: str,
+    unique_name: str,
+    config_path: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    insert_transaction(pg_dsn, [("ticket", "created"), ("ticket", "closed")])
+
+    refused = cli(capsys, "slots", "drop", unique_name, "--config", config_path)
+    assert refused.code == 1
+    assert "2 pending rows in 1 transactions" in refused.out
+    assert "pass --yes" in refused.err and "no terminal" in refused.err
+    assert slot_exists(pg_dsn, unique_name)
+
+    # On a terminal it asks for the slot's name; anything else keeps the slot.
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr("builtins.input", lambda prompt: "yes")
+    declined = cli(capsys, "slots", "drop", unique_name, "--config", config_path)
+    assert declined.code == 1 and "not dropped" in declined.out
+    assert slot_exists(pg_dsn, unique_name)
+    monkeypatch.setattr("builtins.input", lambda prompt: unique_name)
+    confirmed = cli(capsys, "slots", "drop", unique_name, "--config", config_path)
+    assert confirmed.code == 0 and f"dropped slot {unique_name}" in confirmed.out
+    assert not slot_exists(pg_dsn, unique_name)
+
+    recreated = cli(capsys, "slots", "create", unique_name, "--config", config_path)
+    assert recreated.code == 0 and "changes committed from now on" in recreated.out
+    again = cli(capsys, "slots", "create", unique_name, "--config", config_path)
+    assert again.code == 1 and "already exists" in again.err
+    dropped = cli(capsys, "slots", "drop", unique_name, "--dsn", pg_dsn, "--yes")
+    assert dropped.code == 0
+    assert not slot_exists(pg_dsn, unique_name)
+
+
+# --- slots advance -----------------------------------------------------------------------------
+
+
+def test_advance_past_xid_skips_exactly_that_transaction(
+    pg_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    config_path: str,
+    make_bridge: MakeBridge,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    before = confirmed_flush_lsn(pg_dsn, unique_name)
+    poison_xid, poison_ids = insert_transaction(pg_dsn, [("ticket", "bad"), ("ticket", "worse")])
+    _, good_ids = insert_transaction(pg_dsn, [("ticket", "good")])
+    xid = str(poison_xid)  # an xid8, as pg_current_xact_id() gives it: accepted as well
+
+    backwards = cli(capsys, "slots", "advance", unique_name, "--config", config_path, "--to", "0/1")
+    assert backwards.code == 1 and "never moves back" in backwards.err
+
+    preview = cli(
+        capsys,
+        "slots",
+        "advance",
+        unique_name,
+        "--config",
+        config_path,
+        "--past-xid",
+        xid,
+        "--json",
+    )
+    assert preview.code == 1  # shown, not done: --yes is required
+    shown = preview.json()
+    assert tuple(shown) == json_keys.ADVANCE_KEYS
+    assert (shown["advanced"], shown["skipped_transactions"], shown["skipped_rows"]) == (
+        False, 1, 2,
+    )  # fmt: skip
+    assert [c["id"] for c in shown["changes"]] == poison_ids
+    assert confirmed_flush_lsn(pg_dsn, unique_name) == before
+
+    done = cli(
+        capsys, "slots", "advance", unique_name, "--config", config_path, "--past-xid", xid, "--yes"
+    )
+    assert done.code == 0, done.err
+    assert "skips 1 transactions (2 rows)" in done.out and "advanced:" in done.out
+    assert confirmed_flush_lsn(pg_dsn, unique_name) == parse_lsn(shown["to_lsn"]) > before
+
+    peek = cli(capsys, "slots", "peek", unique_name, "--config", config_path, "--json")
+    assert [c["id"] for c in peek.json()["changes"]] == good_ids
+
+    # The bridge resumes after the skipped transaction: only the good one is published.
+    bridge = start_bridge(make_bridge, bridge_config(pg_dsn, nats_url, unique_name))
+    stream = unique_name.upper()
+    wait_until(lambda: stream_ids(nats_url, stream) == good_ids, timeout=20,
+               message="the stream never held exactly the good transaction")  # fmt: skip
+    assert bridge.terminate() == 0
+
+    gone = cli(capsys, "slots", "advance", unique_name, "--config", config_path, "--past-xid", xid)
+    assert gone.code == 1 and "not among the 0 transactions pending" in gone.err
+
+
+# --- check -------------------------------------------------------------------------------------
+
+
+def test_check_passes_once_everything_is_in_place(
+    config_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = cli(capsys, "check", "--config", config_path, "--json")
+    results = run.json()
+    assert all(tuple(result) == json_keys.CHECK_KEYS for result in results)
+    assert [r["check"] for r in results] == [*POSTGRES_CHECKS, *NATS_CHECKS]
+    assert [r for r in results if r["status"] == "FAIL"] == []
+    assert run.code == 0
+    role = next(r for r in results if r["check"] == "postgres.role")
+    assert role["status"] == "warn" and "least-privilege" in role["fix"]  # tests run as postgres
+
+
+def test_check_fails_with_a_clear_line_on_a_missing_publication(
+    pg_dsn: str, nats_url: str, unique_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, bridge_config(pg_dsn, nats_url, unique_name))
+    run = cli(capsys, "check", "--config", config)
+    assert run.code == 1
+    [line] = [line for line in run.out.splitlines() if "postgres.publication" in line]
+    assert line.startswith("FAIL  postgres.publication")
+    assert f"publication {unique_name} does not exist -- fix: cdc-bridge init" in line
+    assert run.out.splitlines()[-1].startswith("1 FAIL")
+
+
+def test_check_fails_with_a_clear_line_when_wal_level_is_replica(
+    devstack_tmp: Path,
+    nats_url: str,
+    unique_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with PostgresServer(devstack_tmp / "postgres", settings={"wal_level": "replica"}) as server:
+        dsn = server.create_database("replica_only")
+        config = write_config(tmp_path, bridge_config(dsn, nats_url, unique_name))
+        run = cli(capsys, "check", "--config", config)
+    assert run.code == 1
+    [line] = [line for line in run.out.splitlines() if "postgres.wal_level" in line]
+    assert line.startswith("FAIL  postgres.wal_level")
+    assert "wal_level = replica, but logical decoding needs logical" in line
+    assert "ALTER SYSTEM SET wal_level = logical" in line
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+def test_status_of_a_running_bridge(
+    pg_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    config_path: str,
+    make_bridge: MakeBridge,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bridge = start_bridge(make_bridge, bridge_config(pg_dsn, nats_url, unique_name))
+    url = f"{bridge.http_url()}/status"
+    status = wait_until(
+        lambda: (
+            (run := cli(capsys, "status", "--url", url, "--json")).code == 0
+            and run.json()["role"] == "streaming"
+            and run.json()
+        ),
+        timeout=STARTUP_TIMEOUT,
+        message="status never said streaming",
+    )
+    assert status["slot"] == unique_name
+    human = cli(capsys, "status", "--url", url)
+    assert human.code == 0 and human.out.splitlines()[0].split() == ["role", "streaming"]
+    assert bridge.terminate() == 0
+
+
+# --- the process boundary: exit codes, one line, no password -----------------------------------
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "cdc_bridge", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_unreachable_servers_give_one_line_without_the_password(tmp_path: Path) -> None:
+    secret = "s3cr3t-pw"
+    dsn = f"postgresql://app:{secret}@127.0.0.1:{free_port()}/app"
+    listed = run_cli("slots", "list", "--dsn", dsn)
+    assert listed.returncode == 1 and listed.stdout == ""
+    assert listed.stderr.count("\n") == 1 and listed.stderr.startswith("cdc-bridge: PostgreSQL:")
+    assert secret not in listed.stderr and "Traceback" not in listed.stderr
+
+    nats_url = f"nats://127.0.0.1:{free_port()}"
+    config = write_config(tmp_path, bridge_config(dsn, nats_url, "unreachable"))
+    checked = run_cli("check", "--config", config)
+    assert checked.returncode == 1
+    assert secret not in checked.stdout + checked.stderr
+    assert "Traceback" not in checked.stdout + checked.stderr
+    statuses = {line.split()[1]: line.split()[0] for line in checked.stdout.splitlines()[:-1]}
+    assert statuses["postgres.server"] == "FAIL" and statuses["nats.server"] == "FAIL"
+    assert statuses["postgres.wal_level"] == "skip" and statuses["nats.stream"] == "skip"
+
+    bad_dsn = run_cli("slots", "list", "--dsn", f"host=127.0.0.1 password={secret} dbname")
+    assert bad_dsn.returncode == 1 and secret not in bad_dsn.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    missing_target = run_cli("slots", "list")
+    assert missing_target.returncode == 2
+    assert missing_target.stderr == "cdc-bridge: give --config FILE or --dsn DSN\n"
+    bad_lsn = run_cli("slots", "advance", "s", "--dsn", "x", "--to", "nonsense")
+    assert bad_lsn.returncode == 2 and "not an LSN" in bad_lsn.stderr
