@@ -376,6 +376,9 @@ class AckCounter:
         self._stats.acked += 1
         self._metrics.acked(route, tx)
 
+    def transaction_acked(self, tx: Transaction) -> None:
+        self._metrics.transaction_acked(tx)
+
 
 def format_position(position: Position | None) -> str | None:
     return None if position is None else f"{format_lsn(position[0])}#{position[1]}"

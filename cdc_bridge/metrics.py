@@ -92,12 +92,15 @@ class Metrics:
         self._route_counters: dict[str, Any] = {}
 
     def acked(self, route: str, tx: Transaction) -> None:
-        """Per ack (hot path): count it; when its transaction is complete, its latency."""
+        """Per ack (hot path): count it."""
         counter = self._route_counters.get(route)
         if counter is None:
             counter = self._route_counters[route] = self.events_published.labels(route)
         counter.inc()
-        if tx.outstanding == 0 and tx.committed and tx.commit_time:
+
+    def transaction_acked(self, tx: Transaction) -> None:
+        """Its last event is acked and its commit seen: COMMIT-to-ack latency."""
+        if tx.commit_time:
             committed_at = (tx.commit_time + PG_EPOCH_OFFSET_US) / 1_000_000
             self.publish_latency.observe(max(time.time() - committed_at, 0.0))
 

@@ -182,6 +182,7 @@ class Pipeline:
         elif type(change) is Commit:
             if self._tx is not None:
                 self._tracker.commit(self._tx, change.end_lsn)
+                self.publisher.committed(self._tx)
                 self.stats.transactions += 1
             self._tx = None
         elif type(change) is LogicalMessage:

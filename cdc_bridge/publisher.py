@@ -58,6 +58,8 @@ class AckObserver(Protocol):
 
     def acked(self, route: str, tx: Transaction) -> None: ...
 
+    def transaction_acked(self, tx: Transaction) -> None: ...
+
 
 # Told about a message JetStream already held (a duplicate ack).
 DuplicateHandler = Callable[[InFlight], None]
@@ -119,8 +121,16 @@ class JetStreamPublisher:
         while len(self._in_flight) >= self._max_in_flight:
             self._space.clear()
             await self._wait_or_fail(self._space)
+        if not self._in_flight:
+            # Idle until now: stall detection measures from here, not from the last ack.
+            self.last_ack_at = time.monotonic()
         self._tracker.sent(tx)
         await self._send(subject, data, headers, tx, route)
+
+    def committed(self, tx: Transaction) -> None:
+        """The pipeline saw the commit; if every event was acked already, it is done."""
+        if tx.outstanding == 0 and tx.published and self._observer is not None:
+            self._observer.transaction_acked(tx)
 
     async def _send(
         self, subject: str, data: bytes, headers: dict[str, str], tx: Transaction, route: str
@@ -184,6 +194,8 @@ class JetStreamPublisher:
             self._tracker.acked(tx)
             if self._observer is not None:
                 self._observer.acked(entry.route, tx)
+                if tx.outstanding == 0 and tx.committed:
+                    self._observer.transaction_acked(tx)
         elif problem == _NO_RESPONDERS:
             await self._settle_no_responders(entry)
         elif problem[0]:
