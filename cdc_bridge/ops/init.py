@@ -21,19 +21,21 @@ from nats.js.errors import NotFoundError
 from psycopg import sql
 
 from cdc_bridge.config import BridgeConfig, NatsConfig
+from cdc_bridge.lsn import format_lsn
 from cdc_bridge.nats_setup import ensure_stream
 from cdc_bridge.ops.errors import (
     EXIT_FAILED,
     EXIT_OK,
     OpsError,
     describe_error,
-    describe_postgres_error,
 )
 from cdc_bridge.ops.nats_client import API_TIMEOUT, connect_quietly
 from cdc_bridge.ops.outbox_tables import outbox_problems
 from cdc_bridge.ops.render import dumps, lsn_text, table
 from cdc_bridge.ops.target import connect_postgres
 from cdc_bridge.preflight import check_stream_coverage
+from cdc_bridge.reconcile import read_stream_tail
+from cdc_bridge.replication import ReplicationError, ReplicationStream
 from cdc_bridge.slots import (
     AsyncConn,
     create_slot,
@@ -47,6 +49,7 @@ from cdc_bridge.slots import (
 Action = Literal["created", "exists", "would create", "problem"]
 StepKind = Literal["table", "publication", "slot", "stream"]
 _DEFAULT_TABLE = "public.outbox"
+_MAX_LSN = (1 << 64) - 1
 _CREATE_DEFAULT_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS public\.outbox\b")
 
 
@@ -106,7 +109,22 @@ def stream_document(config: NatsConfig) -> dict[str, object]:
 
 
 async def init_command(config: BridgeConfig, dsn: str, *, dry_run: bool, as_json: bool) -> int:
-    steps = [*await _postgres_steps(config, dsn, dry_run), *await _stream_steps(config, dry_run)]
+    # NATS first: a missing slot is only created once the stream is known to hold
+    # nothing from an earlier slot of that name (see _dropped_slot_guard).
+    try:
+        nc: NatsClient | None = await connect_quietly(config)
+        nats_problem = None
+    except OpsError as exc:
+        nc, nats_problem = None, str(exc)
+    try:
+        guard = _dropped_slot_guard(nc, config, dsn)
+        steps = [
+            *await _postgres_steps(config, dsn, dry_run, guard),
+            *await _stream_steps(nc, nats_problem, config, dry_run),
+        ]
+    finally:
+        if nc is not None:
+            await nc.close()
     if as_json:
         print(dumps([step.document() for step in steps]))
     elif dry_run:
@@ -136,7 +154,48 @@ def _dry_run_lines(steps: list[InitStep]) -> list[str]:
     return lines
 
 
-async def _postgres_steps(config: BridgeConfig, dsn: str, dry_run: bool) -> list[InitStep]:
+# Why a missing slot must not be created now, or None.
+SlotGuard = Callable[[], Awaitable[str | None]]
+
+
+def _dropped_slot_guard(nc: NatsClient | None, config: BridgeConfig, dsn: str) -> SlotGuard:
+    """The daemon's own rule: a missing slot whose events the stream already holds was
+    dropped or lost, and recreating it silently would hide the gap. Creating it is then
+    an explicit decision (`cdc-bridge slots create`)."""
+
+    async def reason() -> str | None:
+        if nc is None:
+            return None  # NATS unreachable: nothing to compare with (reported separately)
+        stream, slot = config.nats.stream.name, config.postgres.slot
+        try:
+            info = await nc.jsm(timeout=API_TIMEOUT).stream_info(stream)
+        except NotFoundError:
+            return None
+        if info.state is None or not info.state.messages:
+            return None
+        replication = await ReplicationStream.connect(
+            dsn, connect_timeout=config.postgres.connect_timeout
+        )
+        try:
+            source = f"{replication.system_id}/{slot}"  # the Cdc-Source header of its events
+        finally:
+            await replication.close()
+        tail = await read_stream_tail(nc.jetstream(), stream, source, _MAX_LSN, 1)
+        if tail.newest is None:
+            return None
+        return (
+            f"missing, but stream {stream} holds its events up to LSN "
+            f"{format_lsn(tail.newest[0])}: the slot was dropped or lost, and events "
+            "committed since may never have been published. Reconcile, then accept the "
+            f"loss with `cdc-bridge slots create {slot}` (docs/operating.md, 'slot lost')"
+        )
+
+    return reason
+
+
+async def _postgres_steps(
+    config: BridgeConfig, dsn: str, dry_run: bool, guard: SlotGuard
+) -> list[InitStep]:
     try:
         conn = await connect_postgres(dsn, config.postgres.connect_timeout)
     except (psycopg.Error, OpsError) as exc:
@@ -147,16 +206,15 @@ async def _postgres_steps(config: BridgeConfig, dsn: str, dry_run: bool) -> list
     plan: list[tuple[StepKind, str, Callable[[], Awaitable[list[InitStep]]]]] = [
         ("table", ", ".join(config.outbox.tables), lambda: _table_steps(conn, config, dry_run)),
         ("publication", pg.publication, lambda: _one(_publication_step(conn, config, dry_run))),
-        ("slot", pg.slot, lambda: _one(_slot_step(conn, config, dry_run))),
+        ("slot", pg.slot, lambda: _one(_slot_step(conn, config, dry_run, guard))),
     ]
     steps: list[InitStep] = []
     async with conn:
         for kind, name, make in plan:
             try:
                 steps += await make()
-            except psycopg.Error as exc:
-                reason = f"PostgreSQL: {describe_postgres_error(exc)}"
-                steps.append(InitStep(kind, name, "problem", reason))
+            except (psycopg.Error, ReplicationError, nats.errors.Error, TimeoutError) as exc:
+                steps.append(InitStep(kind, name, "problem", describe_error(exc)))
                 break  # later objects depend on earlier ones: the slot on the publication
     return steps
 
@@ -234,10 +292,15 @@ async def _publication_step(conn: AsyncConn, config: BridgeConfig, dry_run: bool
     return InitStep("publication", name, "exists", detail)
 
 
-async def _slot_step(conn: AsyncConn, config: BridgeConfig, dry_run: bool) -> InitStep:
+async def _slot_step(
+    conn: AsyncConn, config: BridgeConfig, dry_run: bool, guard: SlotGuard
+) -> InitStep:
     name, plugin = config.postgres.slot, config.postgres.plugin
     slot = await get_slot(conn, name)
     if slot is None:
+        refusal = await guard()
+        if refusal is not None:
+            return InitStep("slot", name, "problem", refusal, f"cdc-bridge slots create {name}")
         statement = slot_sql(name, plugin)
         if dry_run:
             return InitStep("slot", name, "would create", f"plugin {plugin}", statement)
@@ -260,22 +323,20 @@ async def _slot_step(conn: AsyncConn, config: BridgeConfig, dry_run: bool) -> In
     return InitStep("slot", name, "exists", detail)
 
 
-async def _stream_steps(config: BridgeConfig, dry_run: bool) -> list[InitStep]:
+async def _stream_steps(
+    nc: NatsClient | None, nats_problem: str | None, config: BridgeConfig, dry_run: bool
+) -> list[InitStep]:
     wanted = config.nats.stream
-    document = stream_document(config.nats)
-    try:
-        nc = await connect_quietly(config)
-    except OpsError as exc:
+    if nc is None:
         if not dry_run:
-            return [InitStep("stream", wanted.name, "problem", str(exc))]
-        unknown = f"could not look ({exc}): shown as if missing"
+            return [InitStep("stream", wanted.name, "problem", nats_problem or "no NATS")]
+        unknown = f"could not look ({nats_problem}): shown as if missing"
+        document = stream_document(config.nats)
         return [InitStep("stream", wanted.name, "would create", unknown, None, document)]
     try:
         return await _stream_steps_connected(nc, config, dry_run)
     except (nats.errors.Error, TimeoutError) as exc:
         return [InitStep("stream", wanted.name, "problem", describe_error(exc))]
-    finally:
-        await nc.close()
 
 
 async def _stream_steps_connected(

@@ -193,6 +193,33 @@ def test_init_creates_what_is_missing_and_the_second_run_is_a_no_op(
         pg_server.drop_database(database)
 
 
+def test_init_does_not_recreate_a_dropped_slot_whose_events_the_stream_holds(
+    pg_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    config_path: str,
+    make_bridge: MakeBridge,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bridge = start_bridge(make_bridge, bridge_config(pg_dsn, nats_url, unique_name))
+    _, ids = insert_transaction(pg_dsn, [("ticket", "created")])
+    wait_until(lambda: stream_ids(nats_url, unique_name.upper()) == ids, timeout=20,
+               message="the event never arrived")  # fmt: skip
+    assert bridge.terminate() == 0
+    assert cli(capsys, "slots", "drop", unique_name, "--config", config_path, "--yes").code == 0
+
+    refused = cli(capsys, "init", "--config", config_path, "--json")
+    assert refused.code == 1
+    [slot_step] = [step for step in refused.json() if step["kind"] == "slot"]
+    assert slot_step["action"] == "problem"
+    assert f"stream {unique_name.upper()} holds its events" in slot_step["detail"]
+    assert not slot_exists(pg_dsn, unique_name)
+
+    # Accepting the loss is explicit; then init is content again.
+    assert cli(capsys, "slots", "create", unique_name, "--config", config_path).code == 0
+    assert cli(capsys, "init", "--config", config_path).code == 0
+
+
 # --- slots list / show -------------------------------------------------------------------------
 
 
