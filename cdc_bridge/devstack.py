@@ -281,6 +281,25 @@ def _kill_group(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT)
         time.sleep(_POLL_INTERVAL)
 
 
+def _output_plugin_allowlist(bindir: Path) -> str | None:
+    """The default of the ``output_plugin_libraries`` setting, on builds that have it."""
+    try:
+        described = subprocess.run(
+            [str(bindir / "postgres"), "--describe-config"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        ).stdout
+    except OSError:
+        return None
+    for line in described.splitlines():
+        fields = line.split("\t")
+        if fields[0] == "output_plugin_libraries" and len(fields) > 4:
+            return fields[4] or "pgoutput"
+    return None
+
+
 def _server_environment() -> dict[str, str]:
     # PG* variables of the caller (PGPORT, PGDATA, ...) must not steer our throwaway server
     return {key: value for key, value in os.environ.items() if not key.startswith("PG")}
@@ -327,6 +346,11 @@ class PostgresServer:
         self._log_file: IO[bytes] | None = None
         self._account = _postgres_account()
         self._bindir = find_pg_bindir()
+        allowed_plugins = _output_plugin_allowlist(self._bindir)
+        if allowed_plugins is not None and "output_plugin_libraries" not in self.settings:
+            # Some PostgreSQL builds (this machine's among them) only load the output
+            # plugins listed here; the bridge's other plugin, wal2json, must be one.
+            self.settings["output_plugin_libraries"] = f"{allowed_plugins}, wal2json"
 
     @property
     def running(self) -> bool:
@@ -370,8 +394,11 @@ class PostgresServer:
         )
         try:
             _wait_for(
-                self._accepts_connections, self._process, timeout=START_TIMEOUT,
-                what=f"PostgreSQL on port {self.port}", log_path=self.log_path,
+                self._accepts_connections,
+                self._process,
+                timeout=START_TIMEOUT,
+                what=f"PostgreSQL on port {self.port}",
+                log_path=self.log_path,
             )
             self._check_it_is_ours()
         except BaseException:
@@ -461,8 +488,9 @@ class PostgresServer:
                     if active_pid is not None:
                         admin.execute("SELECT pg_terminate_backend(%s)", (active_pid,))
                     else:
-                        with contextlib.suppress(psycopg.errors.ObjectInUse,
-                                                 psycopg.errors.UndefinedObject):
+                        with contextlib.suppress(
+                            psycopg.errors.ObjectInUse, psycopg.errors.UndefinedObject
+                        ):
                             admin.execute("SELECT pg_drop_replication_slot(%s)", (slot_name,))
                 if time.monotonic() >= deadline:
                     raise DevstackError(f"could not drop the replication slots of {name}")
@@ -495,7 +523,8 @@ class PostgresServer:
             result = subprocess.run(
                 [
                     str(self._bindir / "initdb"),
-                    "-D", str(self.data_dir),
+                    "-D",
+                    str(self.data_dir),
                     "--username=postgres",
                     "--auth=trust",
                     "--encoding=UTF8",
@@ -520,8 +549,10 @@ class PostgresServer:
             )
         (self.data_dir / "pg_hba.conf").write_text(PG_HBA, encoding="utf-8")
         with (self.data_dir / "postgresql.conf").open("a", encoding="utf-8") as conf:
-            conf.write(f"\n# cdc_bridge.devstack settings (rewritten on every start)\n"
-                       f"include '{_SETTINGS_FILE}'\n")
+            conf.write(
+                f"\n# cdc_bridge.devstack settings (rewritten on every start)\n"
+                f"include '{_SETTINGS_FILE}'\n"
+            )
 
     def _write_settings(self) -> None:
         def quoted(value: str) -> str:
@@ -611,8 +642,15 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self._log_file = self.log_path.open("ab")
         command = [
-            str(self._binary), "-js", "-a", "127.0.0.1", "-p", str(self.port),
-            "-sd", str(self.store_dir), *self.extra_args,
+            str(self._binary),
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-sd",
+            str(self.store_dir),
+            *self.extra_args,
         ]
         self._process = subprocess.Popen(
             command,
@@ -624,8 +662,11 @@ class NatsServer:
         )
         try:
             _wait_for(
-                lambda: _nats_answers(self.port), self._process, timeout=START_TIMEOUT,
-                what=f"nats-server on port {self.port}", log_path=self.log_path,
+                lambda: _nats_answers(self.port),
+                self._process,
+                timeout=START_TIMEOUT,
+                what=f"nats-server on port {self.port}",
+                log_path=self.log_path,
             )
         except BaseException:
             self.kill()
