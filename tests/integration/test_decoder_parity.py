@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
-import pytest
 from support.bridge import BridgeProcess, log_event
 from support.nats_helpers import StreamMessage
 from support.outbox import (
@@ -36,9 +34,9 @@ from support.outbox import (
     raw_stored_headers,
     wait_for_ids,
 )
-from support.plugins import fresh_database, run_statements, wal2json_postgres
+from support.plugins import run_statements
 
-from cdc_bridge.devstack import NatsServer, PostgresServer
+from cdc_bridge.devstack import NatsServer
 
 MakeBridge = Callable[..., BridgeProcess]
 STARTUP_TIMEOUT = 30.0
@@ -57,12 +55,6 @@ ENVELOPE = {
     "event_type": "placed",
     "payload": {"total": 12.50, "items": ["é", "🎫"], "note": "multi\nline"},
 }
-
-
-@pytest.fixture(scope="module")
-def wal2json_pg(devstack_root: Path) -> Iterator[PostgresServer]:
-    with wal2json_postgres(devstack_root / "parity-postgres") as server:
-        yield server
 
 
 def parity_config(dsn: str, nats_url: str, name: str, plugin: str) -> dict[str, Any]:
@@ -196,13 +188,13 @@ def comparable(nats_url: str, stream: str, message: StreamMessage) -> tuple[str,
 
 
 def test_both_plugins_publish_identical_messages(
-    wal2json_pg: PostgresServer,
+    pg_dsn: str,
     nats_url: str,
     isolated_nats_server: NatsServer,
     unique_name: str,
     make_bridge: MakeBridge,
 ) -> None:
-    dsn = fresh_database(wal2json_pg, unique_name)
+    dsn = pg_dsn
     run_statements(dsn, TABLES, f"ALTER DATABASE db_{unique_name} SET bytea_output = 'escape'")
     servers = {"pgoutput": nats_url, "wal2json": isolated_nats_server.url}
     bridges = {

@@ -1,16 +1,15 @@
 """The main pipeline scenarios with ``postgres.plugin: wal2json``, and an outbox of logical
 decoding messages only (``outbox.table: []``) on both plugins.
 
-Same checks as tests/integration/test_pipeline.py's first scenarios, on a PostgreSQL that
-allows wal2json (support.plugins). A transaction's events arrive in commit order, so once
-the last committed transaction's events are stored, nothing else is still coming.
+Same checks as tests/integration/test_pipeline.py's first scenarios. A transaction's
+events arrive in commit order, so once the last committed transaction's events are
+stored, nothing else is still coming.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -27,25 +26,12 @@ from support.outbox import (
     wait_for_ids,
     wait_for_slot_past,
 )
-from support.plugins import PLUGINS, fresh_database, run_statements, wal2json_postgres
+from support.plugins import PLUGINS, run_statements
 
-from cdc_bridge.devstack import PostgresServer
 from cdc_bridge.lsn import parse_lsn
 
 MakeBridge = Callable[..., BridgeProcess]
 STARTUP_TIMEOUT = 30.0
-
-
-@pytest.fixture(scope="module")
-def wal2json_pg(devstack_root: Path) -> Iterator[PostgresServer]:
-    with wal2json_postgres(devstack_root / "wal2json-postgres") as server:
-        yield server
-
-
-@pytest.fixture
-def dsn(wal2json_pg: PostgresServer, unique_name: str) -> Iterator[str]:
-    yield fresh_database(wal2json_pg, unique_name)
-    wal2json_pg.drop_database(f"db_{unique_name}")
 
 
 def wal2json_config(dsn: str, nats_url: str, name: str, **overrides: Any) -> dict[str, Any]:
@@ -67,21 +53,21 @@ class _Abort(Exception):
 
 
 def test_only_committed_transactions_arrive(
-    dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
+    pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
 ) -> None:
-    start_bridge(make_bridge, wal2json_config(dsn, nats_url, unique_name))
-    committed = insert_events(dsn, [Event(event_type="created"), Event(event_type="updated")])
-    with psycopg.connect(dsn) as conn:  # rolled back explicitly
+    start_bridge(make_bridge, wal2json_config(pg_dsn, nats_url, unique_name))
+    committed = insert_events(pg_dsn, [Event(event_type="created"), Event(event_type="updated")])
+    with psycopg.connect(pg_dsn) as conn:  # rolled back explicitly
         insert_event(conn, Event(event_type="rolled_back"))
         conn.rollback()
     with (
-        psycopg.connect(dsn, autocommit=True) as conn,
+        psycopg.connect(pg_dsn, autocommit=True) as conn,
         pytest.raises(_Abort),
         conn.transaction(),
     ):  # rolled back by an error
         insert_event(conn, Event(event_type="rolled_back"))
         raise _Abort
-    with psycopg.connect(dsn) as conn:  # a savepoint rolled back inside a committed one
+    with psycopg.connect(pg_dsn) as conn:  # a savepoint rolled back inside a committed one
         committed.append(insert_event(conn, Event(event_type="before_savepoint")))
         with conn.transaction(force_rollback=True):
             insert_event(conn, Event(event_type="rolled_back"))
@@ -100,11 +86,11 @@ def test_only_committed_transactions_arrive(
 
 
 def test_interleaved_transactions_arrive_in_commit_order_and_the_slot_follows(
-    dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
+    pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
 ) -> None:
-    run_statements(dsn, "CREATE TABLE public.tickets (id serial PRIMARY KEY, title text)")
-    start_bridge(make_bridge, wal2json_config(dsn, nats_url, unique_name))
-    writers = [psycopg.connect(dsn) for _ in range(3)]
+    run_statements(pg_dsn, "CREATE TABLE public.tickets (id serial PRIMARY KEY, title text)")
+    start_bridge(make_bridge, wal2json_config(pg_dsn, nats_url, unique_name))
+    writers = [psycopg.connect(pg_dsn) for _ in range(3)]
     rows: dict[int, list[Event]] = {k: [] for k in range(len(writers))}
     try:
         for round_no in range(3):  # the writers take turns: their WAL records interleave
@@ -123,7 +109,7 @@ def test_interleaved_transactions_arrive_in_commit_order_and_the_slot_follows(
     finally:
         for conn in writers:
             conn.close()
-    with psycopg.connect(dsn, autocommit=True) as conn:  # other tables only: no events
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # other tables only: no events
         conn.execute("UPDATE tickets SET title = 'changed'")
         conn.execute("DELETE FROM tickets")
 
@@ -136,20 +122,20 @@ def test_interleaved_transactions_arrive_in_commit_order_and_the_slot_follows(
     lsns = [commit_lsn(messages[n]) for n in (0, 3, 6)]
     assert lsns == sorted(lsns) and len(set(lsns)) == 3
     assert {m.headers["Cdc-Lsn"] for m in messages[:3]} == {messages[0].headers["Cdc-Lsn"]}
-    wait_for_slot_past(dsn, unique_name, commit_lsn(messages[-1]))
+    wait_for_slot_past(pg_dsn, unique_name, commit_lsn(messages[-1]))
 
 
 def test_a_restart_resumes_without_losing_or_repeating_events(
-    dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
+    pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
 ) -> None:
-    config = wal2json_config(dsn, nats_url, unique_name)
+    config = wal2json_config(pg_dsn, nats_url, unique_name)
     bridge = start_bridge(make_bridge, config)
-    first = insert_events(dsn, [Event(aggregate_id=f"A-{n}") for n in range(3)])
+    first = insert_events(pg_dsn, [Event(aggregate_id=f"A-{n}") for n in range(3)])
     wait_for_ids(nats_url, unique_name.upper(), first)
     bridge.kill()  # no shutdown work: whatever was unconfirmed is sent again
-    while_down = insert_events(dsn, [Event(aggregate_id=f"B-{n}") for n in range(3)])
+    while_down = insert_events(pg_dsn, [Event(aggregate_id=f"B-{n}") for n in range(3)])
     start_bridge(make_bridge, config)
-    after = insert_events(dsn, [Event(aggregate_id="C")])
+    after = insert_events(pg_dsn, [Event(aggregate_id="C")])
     messages = wait_for_ids(nats_url, unique_name.upper(), after)
     assert duplicated_ids(messages) == {}
     assert message_ids(messages) == first + while_down + after
@@ -160,10 +146,10 @@ def test_a_restart_resumes_without_losing_or_repeating_events(
 
 @pytest.mark.parametrize("plugin", PLUGINS)
 def test_an_outbox_of_messages_only(
-    dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge, plugin: str
+    pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge, plugin: str
 ) -> None:
     config = bridge_config(
-        dsn,
+        pg_dsn,
         nats_url,
         unique_name,
         postgres={"plugin": plugin},
@@ -174,7 +160,7 @@ def test_an_outbox_of_messages_only(
     bridge = start_bridge(make_bridge, config)
     bridge.wait_for_log(log_event("publication_created", tables=[]))
     envelope = {"aggregate_type": "order", "aggregate_id": "O-1", "event_type": "placed"}
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(pg_dsn) as conn:
         insert_event(conn, Event())  # the outbox table is not read at all now
         for n in range(2):
             conn.execute(
@@ -183,12 +169,12 @@ def test_an_outbox_of_messages_only(
             )
         conn.execute("SELECT pg_logical_emit_message(true, 'orders', 'oops')")
         commit_position = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(pg_dsn) as conn:
         conn.execute(
             "SELECT pg_logical_emit_message(true, 'orders', %s)",
             (json.dumps({**envelope, "id": "last", "event_type": "shipped", "payload": None}),),
         )
-    with psycopg.connect(dsn) as conn:  # rolled back: never an event
+    with psycopg.connect(pg_dsn) as conn:  # rolled back: never an event
         conn.execute(
             "SELECT pg_logical_emit_message(true, 'orders', %s)",
             (json.dumps({**envelope, "payload": "rolled back"}),),
@@ -207,4 +193,4 @@ def test_an_outbox_of_messages_only(
     ]
     assert {m.headers["Cdc-Table"] for m in messages} == {"message:orders"}
     assert "invalid message envelope" in messages[2].headers["Cdc-Error"]
-    wait_for_slot_past(dsn, unique_name, commit_lsn(messages[-1]))
+    wait_for_slot_past(pg_dsn, unique_name, commit_lsn(messages[-1]))
