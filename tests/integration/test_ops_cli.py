@@ -22,7 +22,6 @@ import pytest
 import yaml
 from support.bridge import REPO_ROOT, BridgeProcess, log_event
 from support.nats_helpers import fetch_stream_messages
-from support.plugins import wal2json_postgres
 from support.waiting import wait_until
 
 from cdc_bridge.cli import main
@@ -293,6 +292,47 @@ def test_show_of_a_missing_slot_is_one_line_and_exit_1(
     )
 
 
+def test_a_lost_slot_is_reported_loudly_everywhere(
+    devstack_tmp: Path,
+    nats_url: str,
+    unique_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A server that invalidates a slot as soon as it holds back more than 1 MB of WAL.
+    settings = {"max_slot_wal_keep_size": "1MB"}
+    with PostgresServer(devstack_tmp / "postgres", settings=settings) as server:
+        dsn = server.create_database("lossy")
+        config = write_config(tmp_path, bridge_config(dsn, nats_url, unique_name))
+        assert cli(capsys, "init", "--config", config).code == 0
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for _ in range(3):  # WAL segments past the limit, then a checkpoint removes them
+                conn.execute("SELECT pg_switch_wal()")
+                insert_transaction(dsn, [("ticket", "created")])
+            conn.execute("CHECKPOINT")
+
+        entry = slot_entry(capsys, config, unique_name)
+        assert (entry["wal_status"], entry["restart_lsn"], entry["retained_bytes"]) == (
+            "lost", None, None,
+        )  # fmt: skip
+        listed = cli(capsys, "slots", "list", "--config", config)
+        assert f"WARNING: slot {unique_name} is LOST" in listed.out
+
+        checked = cli(capsys, "check", "--config", config)
+        assert checked.code == 1
+        [line] = [line for line in checked.out.splitlines() if "postgres.slot" in line]
+        assert line.startswith("FAIL") and "is LOST" in line
+
+        peek = cli(capsys, "slots", "peek", unique_name, "--config", config)
+        assert peek.code == 1 and "is lost (wal_status = lost)" in peek.err
+        init = cli(capsys, "init", "--config", config)
+        assert init.code == 1 and "LOST" in init.out
+
+        dropped = cli(capsys, "slots", "drop", unique_name, "--config", config, "--yes")
+        assert dropped.code == 0 and "pending rows not counted" in dropped.out
+        assert cli(capsys, "init", "--config", config).code == 0  # the stream is still empty
+
+
 # --- slots peek --------------------------------------------------------------------------------
 
 
@@ -328,9 +368,19 @@ def test_peek_shows_the_pending_outbox_ids_and_consumes_nothing(
 
 
 def test_peek_decodes_a_wal2json_slot(
-    devstack_tmp: Path, unique_name: str, capsys: pytest.CaptureFixture[str]
+    pg_server: PostgresServer,
+    devstack_tmp: Path,
+    unique_name: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with wal2json_postgres(devstack_tmp / "postgres") as server:
+    # This PostgreSQL build may only let listed libraries be output plugins
+    # (output_plugin_libraries): then a server of our own that lists wal2json too.
+    with psycopg.connect(pg_server.dsn(), autocommit=True) as conn:
+        allow_list = conn.execute(
+            "SELECT 1 FROM pg_settings WHERE name = 'output_plugin_libraries'"
+        ).fetchone()
+    settings = {"output_plugin_libraries": "pgoutput, wal2json"} if allow_list else {}
+    with PostgresServer(devstack_tmp / "postgres", settings=settings) as server:
         dsn = server.create_database("w2j")
         created = cli(
             capsys, "slots", "create", unique_name, "--dsn", dsn, "--plugin", "wal2json", "--json"
@@ -469,6 +519,25 @@ def test_advance_past_xid_skips_exactly_that_transaction(
 
     gone = cli(capsys, "slots", "advance", unique_name, "--config", config_path, "--past-xid", xid)
     assert gone.code == 1 and "not among the 0 transactions pending" in gone.err
+
+
+def test_advance_to_an_end_lsn_skips_what_commits_before_it_and_the_lag_shrinks(
+    pg_dsn: str, unique_name: str, config_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, skipped_ids = insert_transaction(pg_dsn, [("ticket", "created")])
+    _, kept_ids = insert_transaction(pg_dsn, [("ticket", "closed")])
+    changes = cli(capsys, "slots", "peek", unique_name, "--config", config_path, "--json")
+    first_end = changes.json()["changes"][0]["end_lsn"]
+    lag_before = slot_entry(capsys, config_path, unique_name)["lag_bytes"]
+
+    run = cli(
+        capsys, "slots", "advance", unique_name, "--config", config_path, "--to", first_end, "--yes"
+    )
+    assert run.code == 0, run.err
+    assert "skips 1 transactions (1 rows)" in run.out and skipped_ids[0] in run.out
+    assert slot_entry(capsys, config_path, unique_name)["lag_bytes"] < lag_before
+    after = cli(capsys, "slots", "peek", unique_name, "--config", config_path, "--json")
+    assert [c["id"] for c in after.json()["changes"]] == kept_ids
 
 
 # --- check -------------------------------------------------------------------------------------
