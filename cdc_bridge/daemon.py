@@ -27,8 +27,9 @@ from cdc_bridge.messages import EnvelopeColumns
 from cdc_bridge.metrics import Metrics
 from cdc_bridge.nats_setup import connect_nats, ensure_stream
 from cdc_bridge.ordering import OrderGuard
-from cdc_bridge.pipeline import Decoder, Pipeline, PoisonRowError, SessionStats
+from cdc_bridge.pipeline import Decoder, Pipeline, PoisonRowError, SessionStats, UndecodableChange
 from cdc_bridge.preflight import check_stream_coverage
+from cdc_bridge.protocol import ProtocolError
 from cdc_bridge.publisher import DuplicateHandler, JetStreamPublisher, PublishError, Rejection
 from cdc_bridge.reconcile import Position, StreamTail, read_stream_tail
 from cdc_bridge.replication import ReplicationError, ReplicationStream, SlotInUse, connection_string
@@ -542,7 +543,7 @@ async def lead(
             try:
                 await run_session(config, router, session_stop, state, streaming)
                 break
-            except (FatalError, PoisonRowError) as exc:
+            except (FatalError, PoisonRowError, UndecodableChange, ProtocolError) as exc:
                 state.status.failed(str(exc))
                 log.error("fatal", error=str(exc))
                 return 1

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import structlog
 
 from cdc_bridge.changes import Begin, Change, Commit, Insert, LogicalMessage
+from cdc_bridge.decoding import DecodeError
 from cdc_bridge.lsn import format_lsn, parse_lsn
 from cdc_bridge.messages import EnvelopeColumns, MessageEvent, default_message_id, message_event
 from cdc_bridge.protocol import Keepalive, XLogData, parse_copy_data
@@ -35,6 +36,10 @@ _CONFIRM_AT_MOST_EVERY = 0.5
 
 class Decoder(Protocol):
     def decode(self, payload: bytes) -> Change | None: ...
+
+
+class UndecodableChange(Exception):
+    """The plugin sent something we cannot read: retrying would read it again."""
 
 
 class PoisonRowError(Exception):
@@ -160,7 +165,14 @@ class Pipeline:
             for message in await stream.read_batch():
                 parsed = parse_copy_data(message)
                 if type(parsed) is XLogData:
-                    change = decode(parsed.payload)
+                    try:
+                        change = decode(parsed.payload)
+                    except DecodeError as exc:
+                        raise UndecodableChange(
+                            f"cannot decode the change at LSN {format_lsn(parsed.data_start)}: "
+                            f"{exc}. Inspect it with `cdc-bridge slots peek`; skip its "
+                            "transaction deliberately with `cdc-bridge slots advance`"
+                        ) from None
                     if change is not None:
                         await self._apply(change)
                     tracker.saw(parsed.wal_end)

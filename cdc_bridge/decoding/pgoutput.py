@@ -20,6 +20,7 @@ import struct
 from dataclasses import dataclass
 
 from cdc_bridge.changes import Begin, Change, ColumnValue, Commit, Insert, LogicalMessage
+from cdc_bridge.decoding import DecodeError
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -50,10 +51,6 @@ _COL_UNCHANGED_TOAST = ord("u")
 _COL_BINARY = ord("b")
 
 _MESSAGE_TRANSACTIONAL = 1
-
-
-class DecodeError(Exception):
-    """A pgoutput payload that is malformed, truncated or not understood."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cdc_bridge.changes import Begin, Change, ColumnValue, Commit, Insert, LogicalMessage
+from cdc_bridge.decoding import DecodeError
 from cdc_bridge.lsn import parse_lsn
 
 # Options of the walsender session that wal2json's output depends on (see the docstring).
@@ -57,10 +58,6 @@ _MICROSECOND = timedelta(microseconds=1)
 
 # parse_int/parse_float: keep every JSON number as its literal text (see the docstring).
 _decoder = json.JSONDecoder(parse_int=str, parse_float=str)
-
-
-class DecodeError(Exception):
-    """A wal2json payload that is malformed, truncated or not understood."""
 
 
 def wal2json_options(
