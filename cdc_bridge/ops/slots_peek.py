@@ -7,6 +7,7 @@ Both read the slot with PostgreSQL's peek functions, which never move it; only
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import psycopg
 
@@ -134,6 +135,21 @@ def _peek_lines(slot: SlotInfo, publication: str | None, pending: Pending, limit
     return lines
 
 
+@dataclass(frozen=True, slots=True)
+class AdvancePlan:
+    """Where the slot would move, and what it would skip on the way."""
+
+    confirmed: int  # where the slot is now
+    destination: int
+    skipped: tuple[PendingTransaction, ...]
+    maybe_more: bool  # the read hit --scan-limit before the destination
+    warnings: tuple[str, ...]
+
+    @property
+    def rows(self) -> int:
+        return sum(len(tx.rows) for tx in self.skipped)
+
+
 async def advance_command(
     target: Target,
     name: str,
@@ -145,63 +161,84 @@ async def advance_command(
     scan_limit: int,
     as_json: bool,
 ) -> int:
-    """Move the slot past a position or a transaction, after showing what is skipped."""
+    """Move the slot past a position or a transaction, after showing what is skipped;
+    only with ``yes`` does it move. Exit 1 when it did not."""
     async with await connect_postgres(target.dsn, target.connect_timeout) as conn:
         slot = await _decodable_slot(conn, name)
-        confirmed = slot.confirmed_flush_lsn or 0
-        head = await wal_head_lsn(conn)
         publication = await choose_publication(conn, slot, publication or target.publication)
         try:
-            if past_xid is not None:
-                pending = await read_pending(
-                    conn, slot, config=target.config, publication=publication, limit=scan_limit
-                )
-                skipped, destination, notes = _through_xid(pending, past_xid % XID_MODULUS)
-            else:
-                assert to_lsn is not None
-                _check_destination(name, to_lsn, confirmed, head)
-                pending = await read_pending(
-                    conn,
-                    slot,
-                    config=target.config,
-                    publication=publication,
-                    limit=scan_limit,
-                    upto_lsn=to_lsn,
-                )
-                skipped = [tx for tx in pending.transactions if (tx.end_lsn or 0) <= to_lsn]
-                destination, notes = to_lsn, []
-            reached = await advance_slot(conn, name, destination) if yes else None
+            plan = await _plan_advance(
+                conn, slot, target, publication, to_lsn, past_xid, scan_limit
+            )
+            reached = await advance_slot(conn, name, plan.destination) if yes else None
         except psycopg.errors.ObjectInUse:
             raise _in_use(name) from None
-    maybe_more = pending.maybe_more and len(skipped) == len(pending.transactions)
-    rows = sum(len(tx.rows) for tx in skipped)
     if as_json:
         document = {
             "slot_name": name,
-            "from_lsn": format_lsn(confirmed),
-            "to_lsn": format_lsn(reached if reached is not None else destination),
+            "from_lsn": format_lsn(plan.confirmed),
+            "to_lsn": format_lsn(reached if reached is not None else plan.destination),
             "advanced": reached is not None,
-            "skipped_transactions": len(skipped),
-            "skipped_rows": rows,
-            "maybe_more": maybe_more,
-            "changes": change_documents(skipped),
+            "skipped_transactions": len(plan.skipped),
+            "skipped_rows": plan.rows,
+            "maybe_more": plan.maybe_more,
+            "changes": change_documents(plan.skipped),
         }
         print(dumps(document))
     else:
-        at_least = "at least " if maybe_more else ""
-        print(
-            f"slot {name}: {format_lsn(confirmed)} -> {format_lsn(destination)} skips "
-            f"{at_least}{len(skipped)} transactions ({rows} rows); they will never be published"
-        )
-        if skipped:
-            print("\n".join(changes_table(skipped)))
-        for note in notes:
-            print(f"WARNING: {note}")
-        if reached is None:
-            print("not advanced: add --yes to skip them for good")
-        else:
-            print(f"advanced: confirmed_flush_lsn is now {format_lsn(reached)}")
+        print("\n".join(_advance_lines(name, plan, reached)))
     return EXIT_OK if reached is not None else EXIT_FAILED
+
+
+async def _plan_advance(
+    conn: AsyncConn,
+    slot: SlotInfo,
+    target: Target,
+    publication: str | None,
+    to_lsn: int | None,
+    past_xid: int | None,
+    scan_limit: int,
+) -> AdvancePlan:
+    confirmed = slot.confirmed_flush_lsn or 0
+    if past_xid is not None:
+        pending = await read_pending(
+            conn, slot, config=target.config, publication=publication, limit=scan_limit
+        )
+        skipped, destination, warnings = _through_xid(pending, past_xid % XID_MODULUS)
+    else:
+        assert to_lsn is not None
+        _check_destination(slot.name, to_lsn, confirmed, await wal_head_lsn(conn))
+        pending = await read_pending(
+            conn,
+            slot,
+            config=target.config,
+            publication=publication,
+            limit=scan_limit,
+            upto_lsn=to_lsn,
+        )
+        skipped = [tx for tx in pending.transactions if (tx.end_lsn or 0) <= to_lsn]
+        destination, warnings = to_lsn, []
+    # Everything read is skipped and the read was cut short: more may lie before the
+    # destination than was seen.
+    maybe_more = pending.maybe_more and len(skipped) == len(pending.transactions)
+    return AdvancePlan(confirmed, destination, tuple(skipped), maybe_more, tuple(warnings))
+
+
+def _advance_lines(name: str, plan: AdvancePlan, reached: int | None) -> list[str]:
+    at_least = "at least " if plan.maybe_more else ""
+    lines = [
+        f"slot {name}: {format_lsn(plan.confirmed)} -> {format_lsn(plan.destination)} skips "
+        f"{at_least}{len(plan.skipped)} transactions ({plan.rows} rows); they will never be "
+        "published"
+    ]
+    if plan.skipped:
+        lines += changes_table(plan.skipped)
+    lines += [f"WARNING: {warning}" for warning in plan.warnings]
+    if reached is None:
+        lines.append("not advanced: add --yes to skip them for good")
+    else:
+        lines.append(f"advanced: confirmed_flush_lsn is now {format_lsn(reached)}")
+    return lines
 
 
 def _through_xid(pending: Pending, xid: int) -> tuple[list[PendingTransaction], int, list[str]]:
