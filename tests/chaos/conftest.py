@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable, Iterator
 
 import pytest
 from support.chaos import install_chaos_schema
+from support.tcp_proxy import TcpProxy
 
 
 @pytest.fixture
@@ -22,3 +24,20 @@ def chaos_seed() -> int:
     seed = int(os.environ.get("CHAOS_SEED", random.randrange(1 << 30)))
     print(f"CHAOS_SEED={seed}")
     return seed
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[Callable[[int], TcpProxy]]:
+    """``tcp_proxy(port)`` -> a started TcpProxy to 127.0.0.1:port, closed after the test
+    (after the audit too: the bridge must reach the servers until the very end)."""
+    made: list[TcpProxy] = []
+
+    def make(upstream_port: int) -> TcpProxy:
+        proxy = TcpProxy(upstream_port)
+        made.append(proxy)
+        proxy.start()
+        return proxy
+
+    yield make
+    for proxy in made:
+        proxy.close()

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from support.bridge import BridgeProcess, log_event
+from support.bridge import BridgeProcess
 from support.chaos import (
     Auditor,
     BridgeRunner,
@@ -30,40 +30,39 @@ def test_nats_killed_under_load(
     isolated_nats_server: NatsServer,
     unique_name: str,
     make_bridge: Callable[..., BridgeProcess],
+    tcp_proxy: Callable[[int], TcpProxy],
     chaos_seed: int,
 ) -> None:
     nats_server = isolated_nats_server
     stream = unique_name.upper()
     # The bridge reaches NATS through a proxy so that, once the server is back, the test can
     # read what survived the kill before the bridge gets to publish anything new.
-    with TcpProxy(nats_server.port) as proxy:
-        config = chaos_bridge_config(
-            dsn=chaos_dsn, nats_url=f"nats://127.0.0.1:{proxy.port}", name=unique_name
-        )
-        bridge = BridgeRunner(make_bridge, config)
-        bridge.start()
-        load = LoadGenerator(chaos_dsn, seed=chaos_seed)
-        load.start()
-        try:
-            load.wait_for_rows(500)
-            mark = bridge.current.mark()
-            nats_server.kill()
-            bridge.current.wait_for_log(log_event("session_failed"), since=mark)
-            # The failed session's last status update is the last word: wait for its walsender
-            wait_until(
-                lambda: not _slot(chaos_dsn, unique_name).active, message="slot still active"
-            )
-            confirmed_at_kill = _slot(chaos_dsn, unique_name).confirmed_flush_lsn
-            samples = _sample_confirmed(chaos_dsn, unique_name, OUTAGE)
-            proxy.block()
-            nats_server.start()  # same port, same store
-            survivors = asyncio.run(read_stream(nats_server.url, stream))
-            proxy.unblock()
-            bridge.wait_streaming(since=mark, timeout=60)
-            load.wait_for_rows(500)
-        finally:
-            report = load.stop()
-        result = Auditor(chaos_dsn, nats_server.url, stream).audit("2 nats-server kill -9")
+    proxy = tcp_proxy(nats_server.port)
+    config = chaos_bridge_config(
+        dsn=chaos_dsn, nats_url=f"nats://127.0.0.1:{proxy.port}", name=unique_name
+    )
+    bridge = BridgeRunner(make_bridge, config)
+    bridge.start()
+    load = LoadGenerator(chaos_dsn, seed=chaos_seed)
+    load.start()
+    try:
+        load.wait_for_rows(500)
+        mark = bridge.current.mark()
+        nats_server.kill()
+        # The failed session's last status update is its last word: wait for its walsender
+        # to go, then the slot must not move until NATS is back
+        wait_until(lambda: not _slot(chaos_dsn, unique_name).active, message="slot still active")
+        confirmed_at_kill = _slot(chaos_dsn, unique_name).confirmed_flush_lsn
+        samples = _sample_confirmed(chaos_dsn, unique_name, OUTAGE)
+        proxy.block()
+        nats_server.start()  # same port, same store
+        survivors = asyncio.run(read_stream(nats_server.url, stream))
+        proxy.unblock()
+        bridge.wait_streaming(since=mark, timeout=60)
+        load.wait_for_rows(500)
+    finally:
+        report = load.stop()
+    result = Auditor(chaos_dsn, nats_server.url, stream).audit("2 nats-server kill -9")
     print(report.summary())
     print(result.summary())
     print(

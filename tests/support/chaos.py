@@ -660,8 +660,9 @@ class BridgeRunner:
                 return int(line.split()[1])
         raise AssertionError("no VmHWM in /proc/<pid>/status")
 
-    def notable_lines(self, limit: int = 60) -> str:
-        """Warnings, errors and session events of every run, for a failure report."""
+    def notable_lines(self, limit: int = 60, tail: int = 15) -> str:
+        """Warnings, errors and session events of every run, then the last lines of the
+        current run whatever they are, for a failure report."""
         picked: list[str] = []
         for number, bridge in enumerate(self.runs):
             picked.append(f"--- run {number} (exit code {bridge.returncode})")
@@ -673,4 +674,5 @@ class BridgeRunner:
                     "warning", "error", "critical"
                 ):
                     picked.append(line)
-        return "\n".join(picked[-limit:])
+        last = self.runs[-1].lines[-tail:] if self.runs else []
+        return "\n".join([*picked[-limit:], f"--- last {len(last)} lines of the last run", *last])
