@@ -20,7 +20,7 @@ from psycopg.rows import TupleRow
 
 from cdc_bridge.changes import Begin, Change, ColumnValue, Commit, Insert, LogicalMessage
 from cdc_bridge.config import BridgeConfig
-from cdc_bridge.decoding import pgoutput, wal2json
+from cdc_bridge.decoding import DecodeError, pgoutput, wal2json
 from cdc_bridge.lsn import format_lsn
 from cdc_bridge.messages import EnvelopeColumns, default_message_id, message_event
 from cdc_bridge.ops.errors import OpsError, UsageError
@@ -175,7 +175,7 @@ def decode_transactions(
 def _decode(decoder: Decoder, change: RawChange) -> Change | None:
     try:
         return decoder.decode(change.data)
-    except (pgoutput.DecodeError, wal2json.DecodeError) as exc:
+    except DecodeError as exc:  # either plugin's (cdc_bridge.decoding.DecodeError)
         raise OpsError(f"cannot decode the change at {format_lsn(change.lsn)}: {exc}") from None
 
 
