@@ -34,6 +34,10 @@ async def connect_nats(config: NatsConfig, on_lost: Callable[[], None]) -> NatsC
         servers=list(config.servers),
         name="cdc-bridge",
         allow_reconnect=False,
+        # nats-py retries even the first connect, 60 times 2 s apart by default: try
+        # each server twice, quickly, and let the session backoff do the waiting.
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0.5,
         connect_timeout=max(int(config.connect_timeout), 1),
         ping_interval=10,
         max_outstanding_pings=3,
