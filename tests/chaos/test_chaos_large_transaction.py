@@ -55,3 +55,45 @@ def test_one_large_transaction(
     )
     Auditor.assert_clean(result, bridge.notable_lines())
     assert result.committed == rows
+
+
+DUPLICATE_WINDOW = 2.0
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [pytest.param(30_000, id="short"), pytest.param(300_000, id="long", marks=pytest.mark.slow)],
+)
+def test_bridge_killed_in_the_middle_of_a_large_transaction(
+    chaos_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    make_bridge: Callable[..., BridgeProcess],
+    rows: int,
+) -> None:
+    """Half of the transaction is stored, none of it confirmed: after a restart past the
+    duplicate window the stored half must not be published again, the rest must follow."""
+    config = chaos_bridge_config(
+        dsn=chaos_dsn, nats_url=nats_url, name=unique_name,
+        duplicate_window=f"{DUPLICATE_WINDOW:g}s",
+    )
+    bridge = BridgeRunner(make_bridge, config)
+    bridge.start()
+    stream = unique_name.upper()
+    insert_one_big_transaction(chaos_dsn, rows)
+    stored_at_kill = wait_until(
+        lambda: (count := asyncio.run(stream_message_count(nats_url, stream))) >= rows // 3
+        and count,
+        timeout=60 + rows / 1000,
+        interval=0.1,
+        message=f"the stream did not reach {rows // 3} messages",
+    )
+    bridge.kill()
+    time.sleep(DUPLICATE_WINDOW + 0.5)  # the fault: down until the stream forgot the ids
+    bridge.start()
+    result = Auditor(chaos_dsn, nats_url, stream).audit(
+        f"6b kill -9 in a transaction of {rows} rows (after ~{stored_at_kill} stored)",
+        timeout=60 + rows / 1000,
+    )
+    print(result.summary())
+    Auditor.assert_clean(result, bridge.notable_lines())

@@ -586,6 +586,8 @@ def chaos_bridge_config(
     ack_timeout: str = "2s",
     duplicate_window: str = "30s",
     max_in_flight: int = 4096,
+    replicas: int = 1,
+    extra_servers: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Bridge config for slot/publication ``name`` and stream ``NAME`` on ``name.>``."""
     return {
@@ -597,11 +599,12 @@ def chaos_bridge_config(
             "connect_timeout": "2s",
         },
         "nats": {
-            "servers": [nats_url],
+            "servers": [nats_url, *extra_servers],
             "stream": {
                 "name": name.upper(),
                 "subjects": [f"{name}.>"],
                 "duplicate_window": duplicate_window,
+                "replicas": replicas,
             },
             "ack_timeout": ack_timeout,
             "max_in_flight": max_in_flight,
