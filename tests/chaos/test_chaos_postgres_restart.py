@@ -1,4 +1,5 @@
-"""Scenario 3: PostgreSQL restarts (immediate = crash recovery, fast = clean) under load."""
+"""Scenario 3: PostgreSQL restarts under load: immediate (crash recovery), fast (clean), and
+SIGKILL to the postmaster and its backends (a crash without even the immediate shutdown)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from cdc_bridge.devstack import PostgresServer
 @pytest.mark.parametrize(
     "modes",
     [
-        pytest.param(("immediate", "fast", "immediate"), id="short"),
-        pytest.param(("immediate", "fast") * 4, id="long", marks=pytest.mark.slow),
+        pytest.param(("immediate", "fast", "kill"), id="short"),
+        pytest.param(("immediate", "fast", "kill") * 3, id="long", marks=pytest.mark.slow),
     ],
 )
 def test_postgres_restarted_under_load(
@@ -45,7 +46,11 @@ def test_postgres_restarted_under_load(
         for mode in modes:
             load.wait_for_rows(400)
             mark = bridge.current.mark()
-            server.restart(mode)
+            if mode == "kill":
+                server.kill()  # SIGKILL to the postmaster and every backend: a crash
+                server.start()
+            else:
+                server.restart(mode)
             bridge.wait_streaming(since=mark, timeout=60)
         load.wait_for_rows(400)
     finally:

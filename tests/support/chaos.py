@@ -109,6 +109,12 @@ class LoadGenerator:
         self._counts: Counter[str] = Counter()
 
     @property
+    def uncertain_seen(self) -> int:
+        """COMMITs that got no answer so far (settled or not yet)."""
+        with self._changed:
+            return self._counts["uncertain"]
+
+    @property
     def rows_committed(self) -> int:
         with self._changed:
             return self._counts["rows"] + self._counts["uncertain_rows_committed"]
@@ -233,6 +239,7 @@ class LoadGenerator:
         except (psycopg.OperationalError, psycopg.InterfaceError):
             with self._changed:
                 self._uncertain.append(ids)
+                self._counts["uncertain"] += 1
             raise
         self._count("transactions")
         self._count("rows", size)
