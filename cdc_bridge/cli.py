@@ -132,6 +132,39 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
     return 0 if preview.outcome == "routed" else 1
 
 
+def cmd_outbox_prune(args: argparse.Namespace) -> int:
+    from cdc_bridge.config import load_config
+    from cdc_bridge.ops.errors import run_command
+    from cdc_bridge.ops.prune import prune_command
+
+    async def main() -> int:
+        config = load_config(args.config)
+        return await prune_command(
+            config,
+            args.dsn or config.postgres.dsn,
+            older_than=args.older_than,
+            batch_size=args.batch_size,
+            dry_run=args.dry_run,
+        )
+
+    return run_command(main)
+
+
+def _age(text: str) -> float:
+    from cdc_bridge.ops.prune import parse_age
+
+    try:
+        return parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _batch_size(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdc-bridge",
@@ -215,6 +248,35 @@ def build_parser() -> argparse.ArgumentParser:
     ops_args.add_check_command(commands)
     ops_args.add_init_command(commands)
     ops_args.add_status_command(commands)
+
+    outbox = commands.add_parser("outbox", help="housekeeping of the outbox tables")
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True, metavar="COMMAND")
+    prune = outbox_commands.add_parser(
+        "prune",
+        help="delete outbox rows older than an age, in batches",
+        description="Delete rows of the config's outbox tables whose created_at is older\n"
+        "than --older-than, --batch-size rows per transaction, and print how many.\n"
+        "Safe while the bridge runs: it reads events from the WAL, and deletes are\n"
+        "not events.\n\nExit codes: 0 ok, 1 failed, 2 usage error.",
+        epilog="examples:\n  cdc-bridge outbox prune --config config.yaml --older-than 7d "
+        "--dry-run\n  cdc-bridge outbox prune --config config.yaml --older-than 36h "
+        "--batch-size 5000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prune.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
+    prune.add_argument("--dsn", metavar="DSN", help="override the config's postgres.dsn")
+    prune.add_argument(
+        "--older-than", required=True, type=_age, metavar="AGE", help="e.g. 7d, 12h, 1d12h"
+    )
+    prune.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=10_000,
+        metavar="N",
+        help="rows deleted per transaction (default 10000)",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only count what would go")
+    prune.set_defaults(handler=cmd_outbox_prune)
     return parser
 
 

@@ -1,0 +1,148 @@
+"""``cdc-bridge outbox prune``: delete outbox rows older than an age, in batches.
+
+Safe while the bridge runs: the bridge reads events from the WAL, never from the table,
+and its publication carries inserts only, so these deletes are not events. A row that
+the bridge has not published yet (it is down, or behind) is still safe to delete: its
+insert stays in the WAL the slot holds until the bridge has confirmed it.
+
+Each batch is its own short transaction (the connection is in autocommit mode), so
+locks, WAL bursts and the work lost to an interruption stay small; running it again
+carries on. The cutoff is taken once, from the server's clock, at the start: rows
+written while the job runs are never its business, so it always ends.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from psycopg import sql
+
+from cdc_bridge.config import BridgeConfig
+from cdc_bridge.durations import DurationError, parse_duration
+from cdc_bridge.ops.errors import EXIT_OK, OpsError
+from cdc_bridge.ops.target import connect_postgres
+from cdc_bridge.slots import AsyncConn, table_columns, table_identifier
+
+AGE_COLUMN = "created_at"  # sql/outbox.sql's; the age of a row is its insert time
+DEFAULT_BATCH_SIZE = 10_000
+_DAYS = re.compile(r"(\d+(?:\.\d+)?|\.\d+)d")
+_SECONDS_PER_DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    table: str
+    rows: int  # deleted, or that would be deleted (dry run)
+    batches: int  # DELETE statements run; 0 in a dry run
+
+
+def parse_age(text: str) -> float:
+    """``7d`` -> 604800.0; also ``12h``, ``30m``, ``1d12h``. A unit is required: a bare
+    ``7`` would be seven seconds, and deleting all but the last seconds is not a typo
+    this command should act on."""
+    stripped = text.strip()
+    days = _DAYS.match(stripped)
+    rest = stripped[days.end() :] if days else stripped
+    if not stripped or re.fullmatch(r"[\d.]+", rest):
+        raise ValueError(f"not an age: {text!r} (give a unit: 7d, 12h, 30m, 1d12h)")
+    try:
+        seconds = parse_duration(rest) if rest else 0.0
+    except DurationError:
+        raise ValueError(f"not an age: {text!r} (give a unit: 7d, 12h, 30m, 1d12h)") from None
+    return (float(days.group(1)) * _SECONDS_PER_DAY if days else 0.0) + seconds
+
+
+async def prune_command(
+    config: BridgeConfig,
+    dsn: str,
+    *,
+    older_than: float,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    dry_run: bool = False,
+    out: Callable[[str], None] = print,
+) -> int:
+    """Prune every table of ``config.outbox.tables``; print one line per table."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    tables = config.outbox.tables
+    if not tables:
+        out("nothing to prune: the config names no outbox table (messages store no rows)")
+        return EXIT_OK
+    conn = await connect_postgres(dsn, config.postgres.connect_timeout)
+    async with conn:
+        for table in tables:  # all of them checked before anything is deleted
+            await _check_table(conn, table)
+        cutoff = await _cutoff(conn, older_than)
+        results: list[PruneResult] = []
+        for table in tables:
+            if dry_run:
+                result = PruneResult(table, await _count_older(conn, table, cutoff), 0)
+            else:
+                result = await prune_table(conn, table, cutoff, batch_size)
+            results.append(result)
+            verb = "would delete" if dry_run else "deleted"
+            batches = "" if dry_run else f" in {_plural(result.batches, 'batch', 'batches')}"
+            out(
+                f"{table}: {verb} {_plural(result.rows, 'row', 'rows')} created before "
+                f"{cutoff.isoformat()}{batches}"
+            )
+    if len(results) > 1:
+        verb = "would delete" if dry_run else "deleted"
+        out(f"total: {verb} {_plural(sum(r.rows for r in results), 'row', 'rows')}")
+    return EXIT_OK
+
+
+async def prune_table(
+    conn: AsyncConn, table: str, cutoff: datetime, batch_size: int
+) -> PruneResult:
+    """Delete the table's rows created before ``cutoff``, ``batch_size`` per statement."""
+    # By ctid, so a table without a primary key works too; SKIP LOCKED, so a row some
+    # other session holds (nothing of ours ever does) is left for the next run rather
+    # than stalling the job.
+    delete = sql.SQL(
+        "DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+        "SELECT ctid FROM {table} WHERE {age} < %(cutoff)s LIMIT %(limit)s"
+        " FOR UPDATE SKIP LOCKED))"
+    ).format(table=table_identifier(table), age=sql.Identifier(AGE_COLUMN))
+    deleted = batches = 0
+    while True:
+        cursor = await conn.execute(delete, {"cutoff": cutoff, "limit": batch_size})
+        batches += 1
+        deleted += cursor.rowcount
+        if cursor.rowcount < batch_size:
+            return PruneResult(table, deleted, batches)
+
+
+async def _check_table(conn: AsyncConn, table: str) -> None:
+    columns = await table_columns(conn, table)
+    if columns is None:
+        raise OpsError(f"table {table} does not exist (outbox.table in the config)")
+    if AGE_COLUMN not in columns:
+        raise OpsError(
+            f"table {table} has no {AGE_COLUMN} column: prune deletes by it "
+            f"(add `{AGE_COLUMN} timestamptz NOT NULL DEFAULT now()`, as in sql/outbox.sql)"
+        )
+
+
+async def _cutoff(conn: AsyncConn, older_than: float) -> datetime:
+    cursor = await conn.execute("SELECT now() - make_interval(secs => %s)", (older_than,))
+    row = await cursor.fetchone()
+    assert row is not None and isinstance(row[0], datetime)
+    return row[0]
+
+
+async def _count_older(conn: AsyncConn, table: str, cutoff: datetime) -> int:
+    query = sql.SQL("SELECT count(*) FROM {} WHERE {} < %s").format(
+        table_identifier(table), sql.Identifier(AGE_COLUMN)
+    )
+    cursor = await conn.execute(query, (cutoff,))
+    row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
