@@ -214,6 +214,9 @@ class PostgresSection(Section):
     plugin: Literal["pgoutput", "wal2json"] = "pgoutput"
     status_interval: PositiveDuration = 10.0
     connect_timeout: PositiveDuration = 10.0
+    # Read at start-up and passed to libpq as its own `password` parameter, so the
+    # secret is never part of a DSN string (see _config_secrets).
+    password_file: NonEmpty | None = None
 
 
 class StreamSection(Section):
@@ -237,12 +240,28 @@ class StreamSection(Section):
     max_age: Duration = 0.0
 
 
+class NatsTlsSection(Section):
+    ca_file: NonEmpty | None = None  # None: the system's CAs verify the server
+    cert_file: NonEmpty | None = None  # a client certificate, for servers that verify clients
+    key_file: NonEmpty | None = None
+
+
 class NatsSection(Section):
     servers: Annotated[tuple[NonEmpty, ...], BeforeValidator(_server_list), Field(min_length=1)]
     stream: StreamSection
     ack_timeout: PositiveDuration = 5.0
     max_in_flight: Annotated[int, Field(ge=1)] = 4096
     connect_timeout: PositiveDuration = 5.0
+    tls: NatsTlsSection | None = None
+    # One way to authenticate, at most; which combinations work is checked, and the
+    # files read, in _config_secrets.
+    user: NonEmpty | None = None
+    password: NonEmpty | None = None
+    password_file: NonEmpty | None = None
+    token: NonEmpty | None = None
+    token_file: NonEmpty | None = None
+    nkey_seed_file: NonEmpty | None = None
+    creds_file: NonEmpty | None = None
 
 
 class OutboxSection(Section):

@@ -25,6 +25,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from cdc_bridge._config_schema import ROW_PAYLOAD, ConfigFile, RouteSection
+from cdc_bridge._config_secrets import SecretValues, credentials_seed, load_secrets
 from cdc_bridge._validation_errors import add_validation_problems
 from cdc_bridge._yaml_source import (
     ConfigError,
@@ -34,7 +35,7 @@ from cdc_bridge._yaml_source import (
     format_key_path,
     read_yaml,
 )
-from cdc_bridge.redaction import redact_dsn, shown_value
+from cdc_bridge.redaction import Redactor, redact_dsn, secrets_in, shown_value
 from cdc_bridge.templates import (
     TABLE_PSEUDO_COLUMN,
     Template,
@@ -55,7 +56,9 @@ __all__ = [
     "HttpConfig",
     "KeyPath",
     "LoggingConfig",
+    "NatsAuthConfig",
     "NatsConfig",
+    "NatsTlsConfig",
     "OutboxConfig",
     "PostgresConfig",
     "RouteConfig",
@@ -82,6 +85,9 @@ class PostgresConfig:
     plugin: str  # "pgoutput" | "wal2json"
     status_interval: float  # seconds
     connect_timeout: float
+    # From postgres.password_file: given to libpq as its `password` parameter, never
+    # written into the DSN (which is logged, redacted, and shown by the ops commands).
+    password: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +103,56 @@ class StreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class NatsTlsConfig:
+    """TLS towards NATS: the server is always verified (ca_file, or the system's CAs)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None  # a client certificate, for servers that verify clients
+    key_file: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NatsAuthConfig:
+    """How the bridge authenticates to NATS: at most one method is set (checked on load).
+
+    The ``*_file`` keys were read at start-up: these hold the secrets themselves.
+    """
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    nkey_seed: str | None = field(default=None, repr=False)  # from nats.nkey_seed_file
+    credentials: str | None = field(default=None, repr=False)  # creds_file's text (JWT + seed)
+
+    @property
+    def method(self) -> str:
+        """``user/password``, ``token``, ``nkey``, ``creds`` or ``none``: for log lines."""
+        if self.credentials is not None:
+            return "creds"
+        if self.nkey_seed is not None:
+            return "nkey"
+        if self.token is not None:
+            return "token"
+        return "user/password" if self.user is not None else "none"
+
+    def secrets(self) -> set[str]:
+        found = {s for s in (self.password, self.token, self.nkey_seed) if s is not None}
+        if self.credentials is not None:
+            seed = credentials_seed(self.credentials)
+            if seed is not None:
+                found.add(seed)
+        return found
+
+
+@dataclass(frozen=True, slots=True)
 class NatsConfig:
     servers: tuple[str, ...]
     stream: StreamConfig
     ack_timeout: float
     max_in_flight: int
     connect_timeout: float
+    tls: NatsTlsConfig | None = None  # None: plain TCP, unless a tls:// server URL says TLS
+    auth: NatsAuthConfig = NatsAuthConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +212,20 @@ class BridgeConfig:
     stall_timeout: float  # events in flight but no ack for this long: not ready
     http: HttpConfig
 
+    def secrets(self) -> frozenset[str]:
+        """Every secret this config holds or names, as literals for ``redaction.redact``:
+        the DSN's password, NATS URLs' passwords and tokens, the ``*_file`` contents."""
+        found = secrets_in(self.postgres.dsn) | self.nats.auth.secrets()
+        if self.postgres.password is not None:
+            found.add(self.postgres.password)
+        for server in self.nats.servers:
+            found |= secrets_in(server)
+        return frozenset(found)
+
+    def redactor(self) -> Redactor:
+        """``redact`` with this config's secrets: for the boundaries (logs, /status)."""
+        return Redactor(self.secrets())
+
     def template_columns(self) -> set[str]:
         """Every real column the routes read, for checking against the live tables."""
         columns: set[str] = set()
@@ -210,9 +274,10 @@ def _check_routes(routes: object, problems: Problems) -> None:
         seen_names.setdefault(name, index)
 
 
-def _build(checked: ConfigFile) -> BridgeConfig:
+def _build(checked: ConfigFile, secrets: SecretValues) -> BridgeConfig:
     pg, nats, outbox = checked.postgres, checked.nats, checked.outbox
     stream = nats.stream
+    tls = nats.tls
     return BridgeConfig(
         postgres=PostgresConfig(
             dsn=pg.dsn,
@@ -221,6 +286,7 @@ def _build(checked: ConfigFile) -> BridgeConfig:
             plugin=pg.plugin,
             status_interval=pg.status_interval,
             connect_timeout=pg.connect_timeout,
+            password=secrets.postgres_password,
         ),
         nats=NatsConfig(
             servers=nats.servers,
@@ -235,6 +301,18 @@ def _build(checked: ConfigFile) -> BridgeConfig:
             ack_timeout=nats.ack_timeout,
             max_in_flight=nats.max_in_flight,
             connect_timeout=nats.connect_timeout,
+            tls=(
+                NatsTlsConfig(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file)
+                if tls is not None
+                else None
+            ),
+            auth=NatsAuthConfig(
+                user=nats.user,
+                password=secrets.nats_password,
+                token=secrets.nats_token,
+                nkey_seed=secrets.nats_nkey_seed,
+                credentials=secrets.nats_credentials,
+            ),
         ),
         outbox=OutboxConfig(
             tables=outbox.table,
@@ -286,7 +364,9 @@ def parse_config(
         problems.raise_if_any()
         raise AssertionError("validation failed without problems") from exc
     problems.raise_if_any()
-    return _build(checked)
+    secrets = load_secrets(checked, problems)
+    problems.raise_if_any()
+    return _build(checked, secrets)
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> BridgeConfig:
