@@ -37,7 +37,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _print_error(f"cannot read {args.config}: {exc.strerror}")
     configure_logging(
-        args.log_format or config.logging.format, args.log_level or config.logging.level
+        args.log_format or config.logging.format,
+        args.log_level or config.logging.level,
+        redactor=config.redactor(),  # masks the secrets it holds wherever they appear
     )
 
     async def main() -> int:

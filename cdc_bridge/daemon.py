@@ -25,13 +25,14 @@ from cdc_bridge.leadership import Leadership
 from cdc_bridge.lsn import format_lsn
 from cdc_bridge.messages import EnvelopeColumns
 from cdc_bridge.metrics import Metrics
-from cdc_bridge.nats_setup import connect_nats, ensure_stream
+from cdc_bridge.nats_setup import NatsPermissionError, connect_nats, ensure_stream
 from cdc_bridge.ordering import OrderGuard
 from cdc_bridge.pipeline import Decoder, Pipeline, PoisonRowError, SessionStats, UndecodableChange
 from cdc_bridge.preflight import check_stream_coverage
 from cdc_bridge.protocol import ProtocolError
 from cdc_bridge.publisher import DuplicateHandler, JetStreamPublisher, PublishError, Rejection
 from cdc_bridge.reconcile import Position, StreamTail, read_stream_tail
+from cdc_bridge.redaction import redact
 from cdc_bridge.replication import ReplicationError, ReplicationStream, SlotInUse, connection_string
 from cdc_bridge.routing import Router
 from cdc_bridge.slots import (
@@ -197,7 +198,7 @@ async def prepare_postgres(
     """
     pg = config.postgres
     async with await psycopg.AsyncConnection.connect(
-        connection_string(pg.dsn, pg.connect_timeout), autocommit=True
+        connection_string(pg.dsn, pg.connect_timeout), autocommit=True, password=pg.password
     ) as conn:
         await prepare_outbox(conn, config)
         slot = await get_slot(conn, pg.slot)
@@ -266,7 +267,15 @@ async def run_session(
 ) -> None:
     """Connect both sides and stream until stop (returns) or a failure (raises)."""
     lost = asyncio.Event()
-    nc = await connect_nats(config.nats, lost.set)
+    denials: list[NatsPermissionError] = []
+
+    def denied(error: NatsPermissionError) -> None:
+        # End the session: a refused publish never gets its ack, a refused inbox
+        # subscription none at all. Waiting would only end in timeouts saying less.
+        denials.append(error)
+        lost.set()
+
+    nc = await connect_nats(config.nats, lost.set, on_denied=denied)
     stream: ReplicationStream | None = None
     try:
         js = nc.jetstream()
@@ -276,7 +285,9 @@ async def run_session(
         router.max_payload = nc.max_payload
         state.status.nats_version = str(nc._server_info.get("version"))
         stream = await ReplicationStream.connect(
-            replication_dsn(config), connect_timeout=config.postgres.connect_timeout
+            replication_dsn(config),
+            connect_timeout=config.postgres.connect_timeout,
+            password=config.postgres.password,
         )
         source = f"{stream.system_id}/{config.postgres.slot}"
         stream_name = config.nats.stream.name
@@ -359,6 +370,10 @@ async def run_session(
             await pipeline.run(stop, shutdown_timeout=config.shutdown_timeout)
         finally:
             watch_lost.cancel()
+    except TRANSIENT_ERRORS as exc:
+        if denials:  # the timeout or lost connection it caused says less than it does
+            raise denials[0] from exc
+        raise
     finally:
         if stream is not None:
             await stream.close()
@@ -434,7 +449,7 @@ def warn_about_duplicate_window(config: BridgeConfig, info: StreamInfo, state: B
 async def run_bridge(config: BridgeConfig, stop: asyncio.Event) -> int:
     """Serve HTTP, win leadership, supervise sessions until stopped. Returns the exit code."""
     pg = config.postgres
-    status = BridgeStatus(slot=pg.slot, stream=config.nats.stream.name)
+    status = BridgeStatus(slot=pg.slot, stream=config.nats.stream.name, redactor=config.redactor())
     metrics = Metrics()
     state = BridgeState(status=status, metrics=metrics)
     log.info(
@@ -455,7 +470,7 @@ async def run_bridge(config: BridgeConfig, stop: asyncio.Event) -> int:
                 "fatal", error=f"http.listen: cannot listen on {config.http.listen}: {exc.strerror}"
             )
             return 1
-    leadership = Leadership(pg.dsn, pg.slot, pg.connect_timeout)
+    leadership = Leadership(pg.dsn, pg.slot, pg.connect_timeout, password=pg.password)
     progress = asyncio.create_task(log_progress(state, config))
     try:
         while not stop.is_set():
@@ -614,7 +629,7 @@ async def log_progress(
 async def refresh_slot_lag(config: BridgeConfig, state: BridgeState) -> None:
     pg = config.postgres
     async with await psycopg.AsyncConnection.connect(
-        connection_string(pg.dsn, pg.connect_timeout), autocommit=True
+        connection_string(pg.dsn, pg.connect_timeout), autocommit=True, password=pg.password
     ) as conn:
         lag = await slot_lag(conn, pg.slot)
     if lag is not None:
@@ -624,12 +639,16 @@ async def refresh_slot_lag(config: BridgeConfig, state: BridgeState) -> None:
 
 
 def describe(exc: BaseException) -> str:
+    """One line for a failure. Drivers' messages may quote a DSN or URL: redacted here
+    (and the literal secrets are masked again where the line is logged or served)."""
     text = str(exc).strip().splitlines()
-    detail = text[0] if text else ""
+    detail = redact(text[0]) if text else ""
     if isinstance(exc, nats.errors.NoServersError):
         return "cannot connect to any NATS server"
     if isinstance(exc, psycopg.OperationalError):
         return f"PostgreSQL: {detail}"
+    if isinstance(exc, NatsPermissionError):
+        return detail  # already says what it is: "NATS permissions: ..."
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 

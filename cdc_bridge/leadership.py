@@ -31,8 +31,11 @@ class LeadershipLost(Exception):
 
 
 class Leadership:
-    def __init__(self, dsn: str, slot: str, connect_timeout: float) -> None:
+    def __init__(
+        self, dsn: str, slot: str, connect_timeout: float, *, password: str | None = None
+    ) -> None:
         self._dsn = dsn
+        self._password = password  # postgres.password_file's: a libpq parameter of its own
         self._key = lock_key(slot)
         self._connect_timeout = connect_timeout
         self._conn: psycopg.AsyncConnection[TupleRow] | None = None
@@ -43,6 +46,7 @@ class Leadership:
             self._conn = await psycopg.AsyncConnection.connect(
                 connection_string(self._dsn, self._connect_timeout, options=SERVER_KEEPALIVES),
                 autocommit=True,
+                password=self._password,
             )
         cur = await self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,))
         row = await cur.fetchone()

@@ -4,11 +4,36 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable, MutableMapping
+from typing import Any
 
 import structlog
 
+from cdc_bridge.redaction import redact
 
-def configure_logging(fmt: str = "json", level: str = "info") -> None:
+
+def redacting(redactor: Callable[[str], str]) -> structlog.typing.Processor:
+    """A processor that passes every text value of a log line through ``redactor``:
+    the one boundary every log line crosses, whatever module or driver error it quotes."""
+
+    def processor(
+        logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in event.items():
+            if isinstance(value, str):
+                event[key] = redactor(value)
+            elif isinstance(value, list | tuple):
+                event[key] = [redactor(v) if isinstance(v, str) else v for v in value]
+        return event
+
+    return processor
+
+
+def configure_logging(
+    fmt: str = "json", level: str = "info", redactor: Callable[[str], str] = redact
+) -> None:
+    """``redactor``: the config's (``BridgeConfig.redactor()``) once it is loaded, so the
+    secrets it holds are masked even where they appear bare."""
     numeric_level = logging.getLevelName(level.upper())
     if not isinstance(numeric_level, int):
         numeric_level = logging.INFO
@@ -22,6 +47,7 @@ def configure_logging(fmt: str = "json", level: str = "info") -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redacting(redactor),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),

@@ -55,7 +55,11 @@ class SlotInUse(ReplicationError):
 
 
 def connection_string(dsn: str, connect_timeout: float, *, options: str | None = None) -> str:
-    """The user's DSN with our defaults added where it does not set them itself."""
+    """The user's DSN with our defaults added where it does not set them itself.
+
+    Every other parameter is kept as the user wrote it: the TLS ones (sslmode,
+    sslrootcert, sslcert, sslkey, sslpassword ...) work through the DSN alone.
+    """
     params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
     for key, value in _CONNECTION_DEFAULTS.items():
         params.setdefault(key, value)
@@ -86,12 +90,19 @@ class ReplicationStream:
         self.system_id = ""  # the server's system identifier, from IDENTIFY_SYSTEM
 
     @classmethod
-    async def connect(cls, dsn: str, *, connect_timeout: float = 10.0) -> ReplicationStream:
-        """Open a replication connection and identify the server (not streaming yet)."""
+    async def connect(
+        cls, dsn: str, *, connect_timeout: float = 10.0, password: str | None = None
+    ) -> ReplicationStream:
+        """Open a replication connection and identify the server (not streaming yet).
+
+        ``password`` (from postgres.password_file) goes to libpq as a parameter of its
+        own, never into a DSN string.
+        """
         conn = await psycopg.AsyncConnection.connect(
             connection_string(dsn, connect_timeout, options=SERVER_KEEPALIVES),
             replication="database",
             autocommit=True,
+            password=password,  # None: left out (psycopg drops None parameters)
         )
         try:
             cur = await conn.execute("IDENTIFY_SYSTEM")

@@ -11,6 +11,7 @@ from typing import Any
 from cdc_bridge import __version__
 from cdc_bridge.lsn import format_lsn
 from cdc_bridge.pipeline import SessionStats
+from cdc_bridge.redaction import redact
 
 
 @dataclass
@@ -31,9 +32,12 @@ class BridgeStatus:
     confirmed: Callable[[], int] | None = None
     in_flight: Callable[[], int] | None = None
     last_ack_at: Callable[[], float] | None = None  # monotonic time of the newest ack
+    # /status is served to anyone who can reach the port: errors lose their secrets on
+    # the way in. The daemon passes its config's redactor, which knows the literals too.
+    redactor: Callable[[str], str] = field(default=redact, repr=False)
 
     def failed(self, message: str) -> None:
-        self.last_error = message
+        self.last_error = self.redactor(message)
         self.last_error_at = time.time()
 
     def readiness(self, stall_timeout: float) -> str | None:

@@ -11,7 +11,7 @@ from cdc_bridge.ops.check_results import CheckResult, fail, ok, skip, warn
 from cdc_bridge.ops.errors import OpsError, describe_postgres_error
 from cdc_bridge.ops.outbox_tables import outbox_problems
 from cdc_bridge.ops.render import human_bytes, lsn_text
-from cdc_bridge.ops.target import connect_postgres
+from cdc_bridge.ops.target import connect_postgres, password_for
 from cdc_bridge.slots import (
     AsyncConn,
     SlotInfo,
@@ -46,7 +46,9 @@ RESTART = "then restart PostgreSQL (a reload is not enough)"
 
 async def postgres_checks(config: BridgeConfig, dsn: str) -> list[CheckResult]:
     try:
-        conn = await connect_postgres(dsn, config.postgres.connect_timeout)
+        conn = await connect_postgres(
+            dsn, config.postgres.connect_timeout, password=password_for(config, dsn)
+        )
     except (psycopg.Error, OpsError) as exc:
         reason = describe_postgres_error(exc) if isinstance(exc, psycopg.Error) else str(exc)
         first = fail(

@@ -32,7 +32,7 @@ from cdc_bridge.ops.errors import (
 from cdc_bridge.ops.nats_client import API_TIMEOUT, connect_quietly
 from cdc_bridge.ops.outbox_tables import outbox_problems
 from cdc_bridge.ops.render import dumps, lsn_text, table
-from cdc_bridge.ops.target import connect_postgres
+from cdc_bridge.ops.target import connect_postgres, password_for
 from cdc_bridge.preflight import check_stream_coverage
 from cdc_bridge.reconcile import read_stream_tail
 from cdc_bridge.replication import ReplicationError, ReplicationStream
@@ -174,7 +174,9 @@ def _dropped_slot_guard(nc: NatsClient | None, config: BridgeConfig, dsn: str) -
         if info.state is None or not info.state.messages:
             return None
         replication = await ReplicationStream.connect(
-            dsn, connect_timeout=config.postgres.connect_timeout
+            dsn,
+            connect_timeout=config.postgres.connect_timeout,
+            password=password_for(config, dsn),
         )
         try:
             source = f"{replication.system_id}/{slot}"  # the Cdc-Source header of its events
@@ -197,7 +199,9 @@ async def _postgres_steps(
     config: BridgeConfig, dsn: str, dry_run: bool, guard: SlotGuard
 ) -> list[InitStep]:
     try:
-        conn = await connect_postgres(dsn, config.postgres.connect_timeout)
+        conn = await connect_postgres(
+            dsn, config.postgres.connect_timeout, password=password_for(config, dsn)
+        )
     except (psycopg.Error, OpsError) as exc:
         if not dry_run:
             raise

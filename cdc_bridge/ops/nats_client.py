@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
-import nats
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from cdc_bridge.config import BridgeConfig, redact_dsn
+from cdc_bridge.config import BridgeConfig
+from cdc_bridge.nats_auth import connect_options, require_tls
 from cdc_bridge.ops.errors import OpsError
 
 API_TIMEOUT = 5.0  # seconds for each JetStream API request
@@ -31,19 +32,26 @@ async def connect_quietly(config: BridgeConfig) -> NatsClient:
 
     connect_timeout = max(int(config.nats.connect_timeout), 1)
     deadline = len(config.nats.servers) * 2 * (connect_timeout + _RETRY_WAIT) + 1
+    client = NatsClient()
     try:
         async with asyncio.timeout(deadline):
-            return await nats.connect(
+            await client.connect(
                 servers=list(config.nats.servers),
                 name="cdc-bridge-ops",
                 allow_reconnect=False,
                 max_reconnect_attempts=1,
-                reconnect_time_wait=_RETRY_WAIT,
+                reconnect_time_wait=_RETRY_WAIT,  # type: ignore[arg-type]  # float works
                 connect_timeout=connect_timeout,
                 error_cb=remember,
+                **connect_options(config.nats, client),
             )
+            require_tls(config.nats, client)
+            return client
     except (nats.errors.Error, OSError, TimeoutError) as exc:
-        servers = ", ".join(redact_dsn(server) for server in config.nats.servers)
+        with contextlib.suppress(Exception):
+            await client.close()  # a failed first connect may leave its socket open
+        redacted = config.redactor()
+        servers = ", ".join(redacted(server) for server in config.nats.servers)
         last = errors[-1] if errors else exc
         reason = str(last).strip() or type(last).__name__
-        raise OpsError(f"cannot connect to NATS at {servers}: {reason}") from None
+        raise OpsError(redacted(f"cannot connect to NATS at {servers}: {reason}")) from None

@@ -79,7 +79,9 @@ def slot_warnings(slot: SlotInfo) -> list[str]:
 
 
 async def list_command(target: Target, *, as_json: bool) -> int:
-    async with await connect_postgres(target.dsn, target.connect_timeout) as conn:
+    async with await connect_postgres(
+        target.dsn, target.connect_timeout, password=target.password
+    ) as conn:
         slots = await list_slots(conn)
         head = await wal_head_lsn(conn)
     documents = [slot_document(slot, head) for slot in slots]
@@ -114,7 +116,9 @@ def _size(value: object) -> str | None:
 
 async def show_command(target: Target, name: str, *, publication: str | None, as_json: bool) -> int:
     publication = publication or target.publication
-    async with await connect_postgres(target.dsn, target.connect_timeout) as conn:
+    async with await connect_postgres(
+        target.dsn, target.connect_timeout, password=target.password
+    ) as conn:
         slot = await _require_slot(conn, name)
         head = await wal_head_lsn(conn)
         sender = await wal_sender(conn, slot.active_pid) if slot.active_pid else None
@@ -206,7 +210,9 @@ async def _require_slot(conn: AsyncConn, name: str) -> SlotInfo:
 async def create_command(target: Target, name: str, *, plugin: str | None, as_json: bool) -> int:
     config = target.config
     plugin = plugin or (config.postgres.plugin if config is not None else "pgoutput")
-    async with await connect_postgres(target.dsn, target.connect_timeout) as conn:
+    async with await connect_postgres(
+        target.dsn, target.connect_timeout, password=target.password
+    ) as conn:
         existing = await get_slot(conn, name)
         if existing is not None:
             raise OpsError(
@@ -255,7 +261,9 @@ async def drop_command(
 
     ``confirm`` asks a person (a terminal); None when there is nobody to ask.
     """
-    async with await connect_postgres(target.dsn, target.connect_timeout) as conn:
+    async with await connect_postgres(
+        target.dsn, target.connect_timeout, password=target.password
+    ) as conn:
         slot = await _require_slot(conn, name)
         if slot.active:
             raise OpsError(

@@ -94,7 +94,9 @@ def _in_use(name: str) -> OpsError:
 async def peek_command(
     target: Target, name: str, *, limit: int, publication: str | None, as_json: bool
 ) -> int:
-    async with await connect_postgres(target.dsn, target.connect_timeout) as conn:
+    async with await connect_postgres(
+        target.dsn, target.connect_timeout, password=target.password
+    ) as conn:
         slot = await _decodable_slot(conn, name)
         publication = await choose_publication(conn, slot, publication or target.publication)
         try:
@@ -163,7 +165,9 @@ async def advance_command(
 ) -> int:
     """Move the slot past a position or a transaction, after showing what is skipped;
     only with ``yes`` does it move. Exit 1 when it did not."""
-    async with await connect_postgres(target.dsn, target.connect_timeout) as conn:
+    async with await connect_postgres(
+        target.dsn, target.connect_timeout, password=target.password
+    ) as conn:
         slot = await _decodable_slot(conn, name)
         publication = await choose_publication(conn, slot, publication or target.publication)
         try:

@@ -27,6 +27,18 @@ class Target:
     def publication(self) -> str | None:
         return self.config.postgres.publication if self.config is not None else None
 
+    @property
+    def password(self) -> str | None:
+        return password_for(self.config, self.dsn)
+
+
+def password_for(config: BridgeConfig | None, dsn: str) -> str | None:
+    """postgres.password_file's password, for the config's own DSN only: a ``--dsn``
+    given instead names another target, with its own way to authenticate."""
+    if config is None or dsn != config.postgres.dsn:
+        return None
+    return config.postgres.password
+
 
 def resolve_target(config_path: str | None, dsn: str | None) -> Target:
     """``--config FILE`` (its postgres.dsn, unless ``--dsn`` overrides it) or ``--dsn``."""
@@ -50,9 +62,12 @@ def require_config(config_path: str | None) -> BridgeConfig:
 
 
 async def connect_postgres(
-    dsn: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    dsn: str, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, *, password: str | None = None
 ) -> psycopg.AsyncConnection[TupleRow]:
-    """An autocommit connection named ``cdc-bridge-ops`` in pg_stat_activity."""
+    """An autocommit connection named ``cdc-bridge-ops`` in pg_stat_activity.
+
+    ``password`` (see ``password_for``) is a libpq parameter of its own, not DSN text.
+    """
     try:
         params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
     except psycopg.Error as exc:
@@ -65,4 +80,6 @@ async def connect_postgres(
         raise OpsError(f"invalid PostgreSQL DSN: {message}") from None
     params.setdefault("application_name", "cdc-bridge-ops")
     params.setdefault("connect_timeout", str(max(int(connect_timeout), 1)))
-    return await psycopg.AsyncConnection.connect(make_conninfo("", **params), autocommit=True)
+    return await psycopg.AsyncConnection.connect(
+        make_conninfo("", **params), autocommit=True, password=password
+    )

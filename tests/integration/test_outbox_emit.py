@@ -404,6 +404,10 @@ def test_message_mode_emits_a_transactional_envelope_and_no_row(
     with psycopg.connect(pg_dsn) as conn:
         emit_ticket(conn, via="message", prefix="tickets", event_type="rolled_back")
         conn.rollback()
+    with psycopg.connect(pg_dsn) as conn, conn.transaction():  # committed, but not its savepoint
+        with conn.transaction(force_rollback=True):
+            emit_ticket(conn, via="message", prefix="tickets", event_type="rolled_back")
+        conn.execute("SELECT 1")
 
     assert outbox_rows(pg_dsn) == []
     messages = peek_messages(pg_dsn, unique_name)
