@@ -23,7 +23,7 @@ from psycopg import sql
 from cdc_bridge.config import BridgeConfig
 from cdc_bridge.durations import DurationError, parse_duration
 from cdc_bridge.ops.errors import EXIT_OK, OpsError
-from cdc_bridge.ops.target import connect_postgres
+from cdc_bridge.ops.target import connect_postgres, password_for
 from cdc_bridge.slots import AsyncConn, table_columns, table_identifier
 
 AGE_COLUMN = "created_at"  # sql/outbox.sql's; the age of a row is its insert time
@@ -71,7 +71,9 @@ async def prune_command(
     if not tables:
         out("nothing to prune: the config names no outbox table (messages store no rows)")
         return EXIT_OK
-    conn = await connect_postgres(dsn, config.postgres.connect_timeout)
+    conn = await connect_postgres(
+        dsn, config.postgres.connect_timeout, password=password_for(config, dsn)
+    )
     async with conn:
         for table in tables:  # all of them checked before anything is deleted
             await _check_table(conn, table)
