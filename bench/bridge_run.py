@@ -1,0 +1,118 @@
+"""The bridge under test: ``cdc-bridge run`` as a child process with a config of our own.
+
+Its routes match the baselines' ``workload.subject_for``; everything else is the
+documented default (max_in_flight 4096, file storage, 2 min dedupe window), except that
+HTTP is off (no port to find) and logs are warnings only (a log line per event would
+be a bug, and the progress lines are not what we measure).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from bench.children import REPO_ROOT, ChildFailed, child_environment, log_tail
+from bench.cpu import CpuUse, cpu_use
+from bench.workload import OUTBOX_TABLE
+
+STREAM = "BENCH"
+SUBJECT_PREFIX = "bench"
+_STOP_TIMEOUT = 30.0
+
+
+def bridge_config(*, dsn: str, nats_url: str, slot: str, publication: str) -> dict[str, Any]:
+    return {
+        "postgres": {"dsn": dsn, "slot": slot, "publication": publication, "plugin": "pgoutput"},
+        "nats": {
+            "servers": [nats_url],
+            "stream": {"name": STREAM, "subjects": [f"{SUBJECT_PREFIX}.>"]},
+        },
+        "outbox": {"table": OUTBOX_TABLE},
+        "routes": [
+            {
+                "name": "tickets",
+                "when": {"aggregate_type": "ticket"},
+                "subject": f"{SUBJECT_PREFIX}.ticket.{{event_type}}",
+            },
+            {"name": "other", "subject": f"{SUBJECT_PREFIX}.other.{{aggregate_type}}"},
+        ],
+        "dead_letter": {"subject": f"{SUBJECT_PREFIX}.dlq"},
+        "logging": {"format": "json", "level": "warning"},
+        "http": {"listen": None},
+    }
+
+
+def proc_status_kib(pid: int, field: str) -> int:
+    """A ``kB`` field of /proc/<pid>/status (VmHWM = peak resident set, VmRSS = now)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise LookupError(f"/proc/{pid}/status has no {field}")
+
+
+class BridgeUnderTest:
+    """``python -m cdc_bridge run --config FILE`` (what the ``cdc-bridge`` script runs)."""
+
+    def __init__(self, config: dict[str, Any], work_dir: Path) -> None:
+        self.config_path = work_dir / "bridge.yaml"
+        self.log_path = work_dir / "bridge.log"
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        self.spawned_at = 0.0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "not started"
+        return self._process.pid
+
+    def start(self) -> None:
+        self._log = self.log_path.open("wb")
+        self.spawned_at = time.time()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "cdc_bridge", "run", "--config", str(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env=child_environment(),
+        )
+
+    def check_alive(self) -> None:
+        assert self._process is not None, "not started"
+        code = self._process.poll()
+        if code is not None:
+            raise ChildFailed(f"the bridge exited with code {code}: {log_tail(self.log_path)}")
+
+    def peak_rss_kib(self) -> int:
+        """The bridge's peak resident set so far (VmHWM): read it while it still runs."""
+        self.check_alive()
+        return proc_status_kib(self.pid, "VmHWM")
+
+    def cpu_use(self) -> CpuUse | None:
+        """CPU the bridge has had since it started, and time it waited for one."""
+        self.check_alive()
+        return cpu_use(self.pid)
+
+    def stop(self) -> int:
+        """SIGTERM (a clean shutdown: acks awaited, slot confirmed); its exit code."""
+        process = self._process
+        if process is None:
+            return 0
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return process.returncode

@@ -1,0 +1,77 @@
+"""``python -m bench``: run every stage once, print the table, save the JSON."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from bench.report import render_table, save_json
+from bench.scenario import Settings, run_bench
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+QUICK_EVENTS = 10_000
+QUICK_LATENCY_SECONDS = 2.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="cdc-bridge against pg_recvlogical, a plain publish_async relay and a "
+        "polling relay, on throwaway PostgreSQL and nats-server (see bench/README.md).",
+    )
+    parser.add_argument("--events", type=int, default=100_000, help="backlog size (100000)")
+    parser.add_argument("--tx-size", type=int, default=100, help="events per transaction (100)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke test: {QUICK_EVENTS} events, {QUICK_LATENCY_SECONDS:g} s latency runs; "
+        "not saved under bench/results/ (unless --json says where)",
+    )
+    parser.add_argument(
+        "--latency-rate", type=float, default=1000.0, help="events/s of the latency runs (1000)"
+    )
+    parser.add_argument(
+        "--latency-seconds", type=float, default=10.0, help="length of each latency run (10)"
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="PATH",
+        help="write the result here instead of bench/results/<UTC timestamp>.json",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample the bridge with py-spy during the drain; collapsed stacks go to DIR "
+        "(skews the figures: not for the history table)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the servers' folder (data, logs) afterwards"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    events = QUICK_EVENTS if args.quick else args.events
+    if events < 1 or args.tx_size < 1:
+        raise SystemExit("bench: --events and --tx-size must be at least 1")
+    settings = Settings(
+        events=events,
+        tx_size=args.tx_size,
+        latency_rate=args.latency_rate,
+        latency_seconds=QUICK_LATENCY_SECONDS if args.quick else args.latency_seconds,
+        profile_dir=args.profile,
+        keep=args.keep,
+    )
+    result = asyncio.run(run_bench(settings))
+    print(render_table(result))
+    target: Path | None = args.json
+    if target is None and not args.quick:
+        target = RESULTS_DIR / f"{result.timestamp.replace(':', '')}.json"
+    if target is not None:
+        save_json(result, target)
+        print(f"\nsaved {target}")
+    return 0

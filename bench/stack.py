@@ -1,0 +1,119 @@
+"""The benchmark's own PostgreSQL and nats-server (cdc_bridge.devstack), and catalog helpers.
+
+Settings beyond the devstack's: checkpoints pushed out of the way (a checkpoint in the
+middle of a stage would show up as WAL and I/O that no relay caused), and a less starved
+shared_buffers. Autovacuum is off for the two outbox tables, so "dead tuples" and "WAL
+bytes" count what each relay itself caused; with autovacuum on, a real server also pays
+to clean up after the polling relay.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import psycopg
+from psycopg import sql
+
+from bench.workload import OUTBOX_TABLE, POLLING_TABLE, POLLING_TABLE_SQL, table_identifier
+from cdc_bridge.devstack import NatsServer, PostgresServer, outbox_schema_sql
+
+DATABASE = "bench"
+PUBLICATION = "bench"
+
+BENCH_PG_SETTINGS = {
+    "shared_buffers": "128MB",
+    "max_wal_size": "4GB",
+    "checkpoint_timeout": "30min",
+}
+
+
+class BenchStack:
+    """PostgreSQL (database ``bench``: both outbox tables, a publication) and nats-server."""
+
+    def __init__(self, keep: bool = False) -> None:
+        self.keep = keep  # leave the folder (logs, data) behind for a post-mortem
+        # Not a pytest-style 0700 folder: PostgreSQL runs as the postgres account when we
+        # are root, and must reach its data folder.
+        self.root = Path(tempfile.mkdtemp(prefix="cdcb-bench-"))
+        self.root.chmod(0o755)
+        self.postgres = PostgresServer(self.root / "postgres", settings=dict(BENCH_PG_SETTINGS))
+        self.nats = NatsServer(self.root / "nats")
+        self.dsn = ""
+
+    def start(self) -> None:
+        self.postgres.start()
+        self.nats.start()
+        self.dsn = self.postgres.create_database(DATABASE, outbox_schema=False)
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(outbox_schema_sql().encode())
+            conn.execute(POLLING_TABLE_SQL.encode())
+            for table in (OUTBOX_TABLE, POLLING_TABLE):
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = false)").format(
+                        table_identifier(table)
+                    )
+                )
+            # What the bridge would create itself; made here so every slot sees it.
+            conn.execute(
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')").format(
+                    sql.Identifier(PUBLICATION), table_identifier(OUTBOX_TABLE)
+                )
+            )
+
+    def close(self) -> None:
+        try:
+            self.nats.close()
+        finally:
+            self.postgres.close()
+            if not self.keep:
+                shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def work_dir(self, name: str) -> Path:
+        folder = self.root / name
+        folder.mkdir(exist_ok=True)
+        return folder
+
+
+def create_slot(dsn: str, name: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
+
+
+def drop_slot(dsn: str, name: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+
+
+def wal_lsn(dsn: str) -> int:
+    """The server's current WAL insert position, as an integer."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def server_version(dsn: str) -> str:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    assert row is not None
+    return str(row[0])

@@ -1,0 +1,42 @@
+"""`python -m bench --quick` runs end to end and writes a complete result.
+
+A smoke test only: it checks that every stage ran and every event arrived, never how
+fast (figures from a shared test machine mean nothing). About 25 s.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+QUICK_EVENTS = 10_000
+
+
+def test_quick_bench_runs_every_stage(tmp_path: Path) -> None:
+    result_path = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", str(result_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Backlog drain" in run.stdout
+
+    result = json.loads(result_path.read_text())
+    for stage in ("pg_recvlogical", "plain_relay", "bridge", "polling_relay"):
+        assert result["throughput"][stage]["events"] == QUICK_EVENTS
+        assert result["throughput"][stage]["events_per_second"] > 0
+    for relay in ("bridge", "polling_relay"):
+        latency = result["latency_ms"][relay]
+        assert latency["events"] > 0
+        assert latency["received"] == latency["events"]  # nothing lost on the way
+    assert result["database_load"]["bridge"]["rows_updated"] == 0
+    assert result["database_load"]["polling_relay"]["rows_updated"] == QUICK_EVENTS
+    assert result["bridge_peak_rss_mib"] > 0
+    assert result["machine"]["nproc"] >= 1
