@@ -38,6 +38,7 @@ lazily, at emit time, and only if it is installed.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import uuid
@@ -322,9 +323,10 @@ def _trace_headers(traceparent: str | None) -> dict[str, str]:
 
 def _opentelemetry_headers() -> dict[str, str]:
     """traceparent (and tracestate) of the current OpenTelemetry context, if any."""
+    # Looked up at run time, not imported at the top: OpenTelemetry is the application's
+    # choice, never a dependency of this package (or of the bridge's image).
     try:
-        # Optional: typed when installed (the dev extras have it), absent in most apps.
-        from opentelemetry import propagate  # type: ignore[import-not-found, unused-ignore]
+        propagate = importlib.import_module("opentelemetry.propagate")
     except ImportError:
         return {}
     carrier: dict[str, str] = {}

@@ -8,6 +8,7 @@ slot with ``pg_logical_slot_peek_binary_changes`` and the bridge's own decoder.
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 from typing import Any
 
@@ -31,6 +32,12 @@ from cdc_bridge.outbox import (
 )
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+SPAN = SpanContext(  # the span TRACEPARENT describes
+    trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736,
+    span_id=0x00F067AA0BA902B7,
+    is_remote=False,
+    trace_flags=TraceFlags(TraceFlags.SAMPLED),
+)
 
 
 def outbox_rows(dsn: str, table: str = "public.outbox") -> list[dict[str, Any]]:
@@ -334,13 +341,7 @@ def test_a_malformed_traceparent_is_refused(pg_dsn: str, bad: str) -> None:
 
 
 def test_the_current_opentelemetry_span_is_propagated(pg_dsn: str) -> None:
-    span = SpanContext(
-        trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736,
-        span_id=0x00F067AA0BA902B7,
-        is_remote=False,
-        trace_flags=TraceFlags(TraceFlags.SAMPLED),
-    )
-    token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(span)))
+    token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(SPAN)))
     try:
         with psycopg.connect(pg_dsn) as conn:
             emit_ticket(conn)
@@ -354,6 +355,20 @@ def test_the_current_opentelemetry_span_is_propagated(pg_dsn: str) -> None:
         {"traceparent": TRACEPARENT, "A": "b"},
         None,
     ]
+
+
+def test_without_opentelemetry_installed_no_trace_header_is_added(
+    pg_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(SPAN)))
+    monkeypatch.setitem(sys.modules, "opentelemetry.propagate", None)  # its import fails
+    try:
+        with psycopg.connect(pg_dsn) as conn:
+            emit_ticket(conn)  # a span is active, but there is no propagator to ask
+            emit_ticket(conn, traceparent=TRACEPARENT)  # the argument needs no OpenTelemetry
+    finally:
+        otel_context.detach(token)
+    assert [row["headers"] for row in outbox_rows(pg_dsn)] == [None, {"traceparent": TRACEPARENT}]
 
 
 # --- message mode ---------------------------------------------------------------------------
