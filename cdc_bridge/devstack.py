@@ -323,9 +323,14 @@ class PostgresServer:
         *,
         port: int | None = None,
         settings: dict[str, str] | None = None,
+        hba: str | None = None,
     ) -> None:
+        """``hba``: pg_hba.conf's text instead of trust-for-everyone (written on every
+        start). It must still let ``postgres`` in over 127.0.0.1 without a password:
+        ``dsn()`` and the server's own start-up checks connect that way."""
         self.base_dir = Path(base_dir).absolute()
         self.port = port if port is not None else free_port()
+        self.hba = hba if hba is not None else PG_HBA
         self.data_dir = self.base_dir / "data"
         self.socket_dir = self.base_dir / "socket"
         self._own_socket_dir = False
@@ -379,6 +384,7 @@ class PostgresServer:
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
         self._write_settings()
+        (self.data_dir / "pg_hba.conf").write_text(self.hba, encoding="utf-8")
         self._log_file = self.log_path.open("ab")
         self._process = subprocess.Popen(
             [str(self._bindir / "postgres"), "-D", str(self.data_dir)],
@@ -547,7 +553,6 @@ class PostgresServer:
                 f"initdb failed with code {result.returncode}; log {self.log_path}: "
                 f"{_log_tail(self.log_path)}"
             )
-        (self.data_dir / "pg_hba.conf").write_text(PG_HBA, encoding="utf-8")
         with (self.data_dir / "postgresql.conf").open("a", encoding="utf-8") as conf:
             conf.write(
                 f"\n# cdc_bridge.devstack settings (rewritten on every start)\n"

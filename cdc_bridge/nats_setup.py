@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 
@@ -90,12 +91,18 @@ async def connect_nats(
         )
         require_tls(config, client)
     except BaseException:
-        # A failed connect can leave the socket open (nats-py raises without closing
-        # it when reconnects are off): nothing may outlive the attempt.
-        with contextlib.suppress(Exception):
-            await client.close()
+        await close_failed_client(client)
         raise
     return client
+
+
+async def close_failed_client(client: NatsClient, timeout: float = 1.0) -> None:
+    """Close a client whose connect failed: nats-py raises without closing the socket
+    when reconnects are off. Bounded, because closing after a failed TLS handshake can
+    wait forever for a transport that will never report closed."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            await client.close()
 
 
 async def ensure_stream(nc: NatsClient, config: NatsConfig) -> StreamInfo:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from cdc_bridge.config import BridgeConfig
 from cdc_bridge.nats_auth import connect_options, require_tls
+from cdc_bridge.nats_setup import close_failed_client
 from cdc_bridge.ops.errors import OpsError
 
 API_TIMEOUT = 5.0  # seconds for each JetStream API request
@@ -48,8 +48,7 @@ async def connect_quietly(config: BridgeConfig) -> NatsClient:
             require_tls(config.nats, client)
             return client
     except (nats.errors.Error, OSError, TimeoutError) as exc:
-        with contextlib.suppress(Exception):
-            await client.close()  # a failed first connect may leave its socket open
+        await close_failed_client(client)
         redacted = config.redactor()
         servers = ", ".join(redacted(server) for server in config.nats.servers)
         last = errors[-1] if errors else exc
