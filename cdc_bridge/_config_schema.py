@@ -31,6 +31,7 @@ from cdc_bridge.templates import (
 )
 
 ROW_PAYLOAD = "row"  # `payload: row` publishes the whole row as a JSON object
+CHANGE_PAYLOAD = "change"  # `payload: change` publishes a change table's wal2json-shaped change
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # printable ASCII except ':'
 
 
@@ -135,7 +136,7 @@ def _non_empty_when(when: dict[str, tuple[str, ...]] | None) -> dict[str, tuple[
 def _payload_column(value: str) -> str:
     if value == TABLE_PSEUDO_COLUMN:
         raise ValueError("`table` is not a column; use a column name or `row`")
-    return value if value == ROW_PAYLOAD else _column(value)
+    return value if value in (ROW_PAYLOAD, CHANGE_PAYLOAD) else _column(value)
 
 
 def _id_column(value: str) -> str:
@@ -272,6 +273,13 @@ class OutboxSection(Section):
         BeforeValidator(_one_or_many),
         AfterValidator(_unique_prefixes),
     ] = ()
+    # Ordinary tables whose inserts, updates and deletes become change events
+    # (change_events.py). Before `table` too, for the same reason.
+    change_tables: Annotated[
+        tuple[Annotated[str, AfterValidator(_table_name)], ...],
+        BeforeValidator(_one_or_many),
+        AfterValidator(_unique_tables),
+    ] = ()
     table: Annotated[
         tuple[Annotated[str, AfterValidator(_table_name)], ...],
         BeforeValidator(_one_or_many),
@@ -284,10 +292,18 @@ class OutboxSection(Section):
     @field_validator("table")
     @classmethod
     def _tables_or_messages(cls, tables: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
-        if not tables and not info.data.get("message_prefixes"):
+        change_tables = info.data.get("change_tables") or ()
+        if not tables and not info.data.get("message_prefixes") and not change_tables:
             raise ValueError(
                 "must not be empty: list the outbox tables, or set outbox.message_prefixes "
-                "for an outbox of logical decoding messages only"
+                "for an outbox of logical decoding messages only (or outbox.change_tables "
+                "for change events only)"
+            )
+        both = sorted(set(tables) & set(change_tables))
+        if both:
+            raise ValueError(
+                f"{both[0]} is also in outbox.change_tables: a table is either an outbox "
+                "table (its rows are events) or a change table (its changes are events)"
             )
         return tables
 

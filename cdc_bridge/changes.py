@@ -4,6 +4,10 @@ pgoutput and wal2json both decode into these, so everything downstream (outbox
 filtering, routing, publishing, confirmation) cannot tell the plugins apart.
 Column values are ``str`` (PostgreSQL's text form), ``bytes`` (bytea only) or
 ``None`` (SQL NULL).
+
+Outbox tables and logical messages need only Insert and LogicalMessage. Tables listed in
+``outbox.change_tables`` come as RowChange instead: inserts, updates and deletes with the
+column types and the old key, which is what a wal2json-shaped change event needs.
 """
 
 from __future__ import annotations
@@ -42,4 +46,36 @@ class Commit:
     end_lsn: int  # the position to confirm once everything in this transaction is acked
 
 
-Change = Begin | Insert | LogicalMessage | Commit
+@dataclass(frozen=True, slots=True)
+class ChangeColumn:
+    """One column of a RowChange, described the way wal2json format-version 2 does."""
+
+    name: str
+    type: str  # the type as format_type() prints it: "character varying(20)", "app.mood"
+    type_oid: int  # decides how the value is written in JSON (numbers, booleans, bytea)
+    value: ColumnValue  # as wal2json reports it: NaN and +-Infinity in number columns are None
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """An insert, update or delete of a change table (``outbox.change_tables``).
+
+    ``columns`` is the new row (I and U) in table order, without the columns of an update
+    whose TOASTed value did not change: the server does not send those, and wal2json
+    leaves them out too. ``identity`` is the old row's replica identity (U and D): the
+    key columns, or every column under REPLICA IDENTITY FULL.
+    """
+
+    action: str  # "I", "U" or "D", as wal2json writes it
+    schema: str
+    name: str
+    columns: tuple[ChangeColumn, ...]
+    identity: tuple[ChangeColumn, ...]
+
+    @property
+    def table(self) -> str:
+        """The table as "schema.table", unquoted, as Insert.table and the routes name it."""
+        return f"{self.schema}.{self.name}"
+
+
+Change = Begin | Insert | LogicalMessage | Commit | RowChange

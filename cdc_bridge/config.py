@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cdc_bridge._config_schema import ROW_PAYLOAD, ConfigFile, RouteSection
+from cdc_bridge._config_schema import CHANGE_PAYLOAD, ROW_PAYLOAD, ConfigFile, RouteSection
 from cdc_bridge._config_secrets import SecretValues, credentials_seed, load_secrets
 from cdc_bridge._validation_errors import add_validation_problems
 from cdc_bridge._yaml_source import (
@@ -35,6 +35,7 @@ from cdc_bridge._yaml_source import (
     format_key_path,
     read_yaml,
 )
+from cdc_bridge.change_events import ACTION_PSEUDO_COLUMN
 from cdc_bridge.redaction import Redactor, redact_dsn, secrets_in, shown_value
 from cdc_bridge.templates import (
     TABLE_PSEUDO_COLUMN,
@@ -48,6 +49,8 @@ _ConfigFile = ConfigFile
 _RouteSection = RouteSection
 
 __all__ = [
+    "ACTION_PSEUDO_COLUMN",
+    "CHANGE_PAYLOAD",
     "ROW_PAYLOAD",
     "TABLE_PSEUDO_COLUMN",
     "BridgeConfig",
@@ -164,6 +167,9 @@ class OutboxConfig:
     # Prefixes of transactional logical decoding messages that are events (messages.py);
     # empty: messages are ignored. With prefixes, ``tables`` may be empty.
     message_prefixes: tuple[str, ...] = ()
+    # "schema.table": ordinary tables whose inserts, updates and deletes are change
+    # events (change_events.py); never also in ``tables``.
+    change_tables: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,8 +178,12 @@ class RouteConfig:
     when: tuple[tuple[str, tuple[str, ...]], ...]  # (column, alternatives); empty = every row
     subject: str  # template
     headers: tuple[tuple[str, str], ...]  # (header name, template)
-    payload: str  # a column, or ROW_PAYLOAD; outbox.payload_column when not given
+    payload: str  # a column, ROW_PAYLOAD or CHANGE_PAYLOAD; outbox.payload_column when not given
     id: str  # column for Nats-Msg-Id; outbox.id_column when not given
+    # Whether the route names its `id` column itself. Change events use it only then:
+    # otherwise they get "<commit LSN>-<index>", since the default id column of a
+    # changed table (its key, say) repeats on every change of the same row.
+    id_given: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,10 +244,13 @@ class BridgeConfig:
             columns.update(parse_template(route.subject).columns)
             for _, template in route.headers:
                 columns.update(parse_template(template).columns)
-            if route.payload != ROW_PAYLOAD:
+            if route.payload not in (ROW_PAYLOAD, CHANGE_PAYLOAD):
                 columns.add(route.payload)
-            columns.add(route.id)
+            if route.id_given or route.payload != CHANGE_PAYLOAD:
+                columns.add(route.id)
         columns.discard(TABLE_PSEUDO_COLUMN)
+        if self.outbox.change_tables:
+            columns.discard(ACTION_PSEUDO_COLUMN)  # a change's action, not a column
         return columns
 
 
@@ -272,6 +285,18 @@ def _check_routes(routes: object, problems: Problems) -> None:
                 f"{name!r} is also the name of routes[{seen_names[name]}]",
             )
         seen_names.setdefault(name, index)
+
+
+def _check_change_routes(checked: ConfigFile, problems: Problems) -> None:
+    """`payload: change` publishes change tables' changes: without any it can only fail."""
+    if checked.outbox.change_tables:
+        return
+    for index, route in enumerate(checked.routes):
+        if route.payload == CHANGE_PAYLOAD:
+            problems.add(
+                ("routes", index, "payload"),
+                "`change` publishes changes of outbox.change_tables, and none are listed",
+            )
 
 
 def _build(checked: ConfigFile, secrets: SecretValues) -> BridgeConfig:
@@ -320,6 +345,7 @@ def _build(checked: ConfigFile, secrets: SecretValues) -> BridgeConfig:
             payload_column=outbox.payload_column,
             headers_column=outbox.headers_column,
             message_prefixes=outbox.message_prefixes,
+            change_tables=outbox.change_tables,
         ),
         routes=tuple(
             RouteConfig(
@@ -329,6 +355,7 @@ def _build(checked: ConfigFile, secrets: SecretValues) -> BridgeConfig:
                 headers=tuple(route.headers.items()),
                 payload=route.payload or outbox.payload_column,
                 id=route.id or outbox.id_column,
+                id_given=route.id is not None,
             )
             for index, route in enumerate(checked.routes)
         ),
@@ -363,6 +390,7 @@ def parse_config(
         add_validation_problems(exc, data, problems, failed)
         problems.raise_if_any()
         raise AssertionError("validation failed without problems") from exc
+    _check_change_routes(checked, problems)
     problems.raise_if_any()
     secrets = load_secrets(checked, problems)
     problems.raise_if_any()

@@ -17,6 +17,7 @@ from nats.js.api import StreamInfo
 from psycopg import sql
 from psycopg.rows import TupleRow
 
+from cdc_bridge.change_events import ACTION_PSEUDO_COLUMN, TypeNames
 from cdc_bridge.config import BridgeConfig, redact_dsn
 from cdc_bridge.decoding import wal2json
 from cdc_bridge.decoding.pgoutput import PgoutputDecoder
@@ -37,12 +38,15 @@ from cdc_bridge.replication import ReplicationError, ReplicationStream, SlotInUs
 from cdc_bridge.routing import Router
 from cdc_bridge.slots import (
     SlotInfo,
+    column_type_names,
     create_publication,
     create_slot,
     current_wal_lsn,
     get_slot,
     publication_exists,
+    publication_info,
     publication_tables,
+    replica_identity,
     slot_lag,
     table_columns,
 )
@@ -116,19 +120,27 @@ class FailureLog:
         self._repeats = 0
 
 
-def decoder_for(config: BridgeConfig) -> tuple[Decoder, list[tuple[str, str]]]:
-    """The plugin's decoder and its START_REPLICATION options."""
+def decoder_for(
+    config: BridgeConfig, type_names: TypeNames | None = None
+) -> tuple[Decoder, list[tuple[str, str]]]:
+    """The plugin's decoder and its START_REPLICATION options. ``type_names`` names the
+    change tables' column types for pgoutput (see prepare_postgres)."""
     outbox = config.outbox
+    change_tables = frozenset(outbox.change_tables)
     if config.postgres.plugin == "wal2json":
-        options = wal2json.wal2json_options(outbox.tables, outbox.message_prefixes)
-        return wal2json.Wal2jsonDecoder(), options
+        options = wal2json.wal2json_options(
+            outbox.tables, outbox.message_prefixes, outbox.change_tables
+        )
+        return wal2json.Wal2jsonDecoder(change_tables), options
     options = [
         ("proto_version", "1"),
         ("publication_names", config.postgres.publication),
     ]
     if outbox.message_prefixes:
         options.append(("messages", "true"))  # of every prefix: the pipeline picks its own
-    return PgoutputDecoder(), options
+    if type_names is None:
+        return PgoutputDecoder(change_tables), options
+    return PgoutputDecoder(change_tables, type_names), options
 
 
 def replication_dsn(config: BridgeConfig) -> str:
@@ -160,39 +172,106 @@ async def prepare_outbox(conn: psycopg.AsyncConnection[TupleRow], config: Bridge
                 "sql/outbox.sql, or run `cdc-bridge init`)"
             )
         known_columns.update(columns)
+    known_columns.update(await check_change_tables(conn, config))
     missing = sorted(config.template_columns() - known_columns - {"table"})
     if missing:
+        described = ", ".join((*config.outbox.tables, *config.outbox.change_tables))
         raise FatalError(
             f"routes: column {missing[0]!r} is used by a route but is not a column of "
-            f"{', '.join(config.outbox.tables)} (columns: {', '.join(sorted(known_columns))})"
+            f"{described} (columns: {', '.join(sorted(known_columns))})"
         )
+    tables, operations = publication_plan(config)
     # The publication must exist before the slot: pgoutput looks it up as of each
     # change's position, and fails on changes from before it existed.
     if not await publication_exists(conn, pg.publication):
-        if config.outbox.tables:
-            await create_publication(conn, pg.publication, config.outbox.tables)
+        if tables:
+            await create_publication(conn, pg.publication, tables, operations)
         else:  # messages only: pgoutput still needs a publication, one without tables
             await conn.execute(
                 sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(pg.publication))
             )
-        log.info(
-            "publication_created", publication=pg.publication, tables=list(config.outbox.tables)
-        )
+        log.info("publication_created", publication=pg.publication, tables=list(tables))
         return
     covered = await publication_tables(conn, pg.publication)
-    uncovered = [t for t in config.outbox.tables if t not in covered]
+    uncovered = [t for t in tables if t not in covered]
     if uncovered:
         raise FatalError(
             f"postgres.publication: publication {pg.publication} does not include "
             f"{uncovered[0]}; its events would never arrive (fix: ALTER PUBLICATION "
             f"{pg.publication} ADD TABLE {uncovered[0]})"
         )
+    info = await publication_info(conn, pg.publication)
+    if info is not None and not set(operations) <= set(info.operations):
+        raise FatalError(
+            f"postgres.publication: publication {pg.publication} publishes only "
+            f"{', '.join(info.operations) or 'nothing'}; change events need updates and "
+            f"deletes (fix: ALTER PUBLICATION {pg.publication} SET (publish = "
+            f"'{', '.join(operations)}'))"
+        )
+
+
+def publication_plan(config: BridgeConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The tables the publication must include, and the operations it must publish.
+
+    Change tables are published in the bridge's one publication, with updates and
+    deletes for all of its tables: a second publication would be safe only if it existed
+    before the slot's position (pgoutput fails on any change from before a publication
+    in publication_names was created), which adding change tables to a running bridge
+    cannot ensure. The outbox tables' updates and deletes then arrive too; the decoder
+    skips them. wal2json reads no publication: its tables are in add-tables instead.
+    """
+    outbox = config.outbox
+    if config.postgres.plugin == "pgoutput" and outbox.change_tables:
+        return (*outbox.tables, *outbox.change_tables), ("insert", "update", "delete")
+    return outbox.tables, ("insert",)
+
+
+async def check_change_tables(
+    conn: psycopg.AsyncConnection[TupleRow], config: BridgeConfig
+) -> set[str]:
+    """Check that the change tables exist and can identify updated and deleted rows;
+    their columns (and ``action``), for checking the routes."""
+    outbox = config.outbox
+    if not outbox.change_tables:
+        return set()
+    known_columns = {ACTION_PSEUDO_COLUMN}
+    pgoutput = config.postgres.plugin == "pgoutput"
+    # With pgoutput the outbox tables' updates and deletes are published too (see
+    # publication_plan): PostgreSQL then refuses them on a table without an identity.
+    checked = [*outbox.change_tables, *(outbox.tables if pgoutput else ())]
+    for table in checked:
+        identity = await replica_identity(conn, table)
+        if identity is None:
+            key = "change_tables" if table in outbox.change_tables else "table"
+            raise FatalError(f"outbox.{key}: table {table} does not exist")
+        if table in outbox.change_tables:
+            known_columns.update(await table_columns(conn, table) or ())
+        if identity.identifies_rows:
+            continue
+        how = f"REPLICA IDENTITY {identity.setting.upper()}" + (
+            " without a primary key" if identity.setting == "default" else ""
+        )
+        fix = f"add a primary key, or ALTER TABLE {table} REPLICA IDENTITY FULL"
+        if pgoutput:
+            raise FatalError(
+                f"outbox.change_tables: {table} has no replica identity ({how}): once the "
+                "publication publishes updates and deletes, PostgreSQL refuses UPDATE and "
+                f"DELETE on it (fix: {fix})"
+            )
+        log.warning(
+            "change_table_without_identity",
+            table=table,
+            error=f"{how}: wal2json skips its updates and deletes, only inserts become "
+            f"change events (fix: {fix})",
+        )
+    return known_columns
 
 
 async def prepare_postgres(
     config: BridgeConfig, *, may_create_slot: Callable[[], Awaitable[None]] | None = None
-) -> tuple[SlotInfo, int, str]:
-    """Outbox, publication and slot ready: the slot, the server's WAL head, its version.
+) -> tuple[SlotInfo, int, str, TypeNames | None]:
+    """Outbox, publication and slot ready: the slot, the server's WAL head, its version,
+    and for pgoutput the names of the change tables' column types (None without any).
 
     ``may_create_slot`` runs before a missing slot is created and may refuse by raising.
     """
@@ -215,7 +294,11 @@ async def prepare_postgres(
                 error="new slot: only events committed from now on are streamed",
             )
         check_slot(config, slot, str(conn.info.dbname))
-        return slot, await current_wal_lsn(conn), server_version(conn.info.server_version)
+        names = None
+        if pg.plugin == "pgoutput" and config.outbox.change_tables:
+            names = TypeNames(await column_type_names(conn, config.outbox.change_tables))
+        wal_head = await current_wal_lsn(conn)
+        return slot, wal_head, server_version(conn.info.server_version), names
 
 
 def server_version(number: int) -> str:
@@ -302,7 +385,7 @@ async def run_session(
                     f"then accept the loss with `cdc-bridge slots create {config.postgres.slot}`"
                 )
 
-        slot, wal_head, state.status.postgres_version = await prepare_postgres(
+        slot, wal_head, state.status.postgres_version, names = await prepare_postgres(
             config, may_create_slot=refuse_if_slot_was_dropped
         )
         if slot.active:
@@ -314,7 +397,7 @@ async def run_session(
         state.known_duplicates = {p for p in state.known_duplicates if p[0] >= start}
         guard = OrderGuard(tuple(stream_info.config.subjects or ()), tail.last_seq)
         tracker = LsnTracker(start)
-        decoder, options = decoder_for(config)
+        decoder, options = decoder_for(config, names)
         await stream.start(slot=config.postgres.slot, options=options)
 
         def make_publisher(

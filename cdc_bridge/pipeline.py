@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from cdc_bridge.changes import Begin, Change, Commit, Insert, LogicalMessage
+from cdc_bridge.changes import Begin, Change, Commit, Insert, LogicalMessage, RowChange
 from cdc_bridge.decoding import DecodeError
 from cdc_bridge.lsn import format_lsn, parse_lsn
 from cdc_bridge.messages import EnvelopeColumns, MessageEvent, default_message_id, message_event
@@ -211,6 +211,12 @@ class Pipeline:
                     columns=self._envelope_columns,
                 )
                 await self._publish(self._tx, event.table, self._route_message(event))
+        elif type(change) is RowChange and self._tx is not None:
+            # The decoder makes these for outbox.change_tables only. Like a message
+            # without an id, a change's id is its place in the transaction.
+            default_id = default_message_id(self._tx.final_lsn, self._tx_index)
+            outcome = self._router.route_change(change, default_id)
+            await self._publish(self._tx, change.table, outcome)
 
     def _route_message(self, event: MessageEvent) -> Outbound | Poison:
         if event.problem is None:
@@ -224,7 +230,8 @@ class Pipeline:
         return outcome
 
     async def _publish(self, tx: Transaction, table: str, outcome: Outbound | Poison) -> None:
-        """Publish one event (an outbox row or a message) as the next of its transaction."""
+        """Publish one event (an outbox row, a message or a change) as the next of its
+        transaction."""
         index = self._tx_index
         self._tx_index += 1
         self.stats.rows += 1

@@ -8,6 +8,11 @@ A row that cannot be published as configured (no route, NULL id, a value that wo
 change the subject's shape, a payload over the server's limit...) goes to the dead
 letter subject with the reason in a ``Cdc-Error`` header, or, without a dead letter
 subject, comes back as ``Poison`` for the caller to stop on.
+
+Changes of ``outbox.change_tables`` go through ``route_change``: the same rules, on the
+change's row plus ``action`` (change_events.routing_row); ``payload: change`` publishes
+the wal2json-shaped change, and the message id is ``<commit LSN>-<index>`` unless the
+route names its ``id`` column.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from cdc_bridge.changes import ColumnValue
+from cdc_bridge.change_events import change_json, routing_row
+from cdc_bridge.changes import ColumnValue, RowChange
 from cdc_bridge.config import (
+    CHANGE_PAYLOAD,
     ROW_PAYLOAD,
     TABLE_PSEUDO_COLUMN,
     BridgeConfig,
@@ -126,8 +133,10 @@ class _CompiledRoute:
     conditions: tuple[_Condition, ...]
     subject: _CompiledTemplate
     headers: tuple[tuple[str, _CompiledTemplate], ...]
-    payload_column: str | None  # None: the whole row as JSON
+    payload_column: str | None  # None: the whole row as JSON (or the change)
     id_column: str
+    publishes_change: bool  # payload: change
+    id_given: bool  # the route names its id column (change events use it only then)
 
 
 class Router:
@@ -150,6 +159,13 @@ class Router:
         if compiled is None:
             data = _safe_data(self._default_payload_column, row)
             return self._reject(table, row, self._default_id_column, "no route matches", data)
+        if compiled.publishes_change:
+            data = _safe_data(self._default_payload_column, row)
+            reason = (
+                f"route {compiled.name!r} publishes change events (payload: change), and "
+                f"{table} is not in outbox.change_tables"
+            )
+            return self._reject(table, row, compiled.id_column, reason, data)
         data = b""
         subject: str | None = None
         try:
@@ -164,6 +180,44 @@ class Router:
             reason = f"payload of {size} bytes exceeds the server's max_payload {self.max_payload}"
             return self._reject(table, row, compiled.id_column, reason, b"", subject)
         return Outbound(subject, data, headers, msg_id, compiled.name)
+
+    def route_change(self, change: RowChange, default_id: str) -> Outbound | Poison:
+        """The message for a change of a change table, its dead letter, or Poison.
+
+        ``default_id`` is the id without a route ``id``: ``<commit LSN>-<index>``. Rows
+        of a changed table carry no message headers: only the route's headers apply.
+        """
+        table = change.table
+        row = routing_row(change)
+        compiled = self._match(table, row)
+        if compiled is None:
+            return self._reject_change(default_id, "no route matches", change_json(change))
+        msg_id = default_id
+        data = b""
+        subject: str | None = None
+        try:
+            if compiled.publishes_change:
+                data = change_json(change)
+            else:
+                data = _payload_data(compiled.payload_column, row)
+            if compiled.id_given:
+                msg_id = _id_text(compiled.id_column, row)
+            subject = compiled.subject.render(table, row)
+            headers = {name: template.render(table, row) for name, template in compiled.headers}
+        except _Rejected as rejected:
+            return self._reject_change(msg_id, rejected.reason, data, subject)
+        size = len(data) + _headers_size(headers, msg_id)
+        if size > self.max_payload:
+            reason = f"payload of {size} bytes exceeds the server's max_payload {self.max_payload}"
+            return self._reject_change(msg_id, reason, b"", subject)
+        return Outbound(subject, data, headers, msg_id, compiled.name)
+
+    def _reject_change(
+        self, msg_id: str, reason: str, data: bytes, subject: str | None = None
+    ) -> Outbound | Poison:
+        if self._dead_letter_subject is None:
+            return Poison(msg_id, reason)
+        return self._dead_letter_message(reason, msg_id, data, subject)
 
     def dead_letter(self, original: Outbound, reason: str, row_id: str) -> Outbound | Poison:
         """Redirect a message the server refused for good (e.g. no stream for its subject)."""
@@ -238,8 +292,10 @@ def _compile_route(route: RouteConfig) -> _CompiledRoute:
             (name, _compile_template(parse_template(text), subject=False, where=f"header {name!r}"))
             for name, text in route.headers
         ),
-        payload_column=None if route.payload == ROW_PAYLOAD else route.payload,
+        payload_column=None if route.payload in (ROW_PAYLOAD, CHANGE_PAYLOAD) else route.payload,
         id_column=route.id,
+        publishes_change=route.payload == CHANGE_PAYLOAD,
+        id_given=route.id_given,
     )
 
 

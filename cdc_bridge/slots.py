@@ -87,14 +87,80 @@ async def publication_tables(conn: psycopg.AsyncConnection[TupleRow], name: str)
 
 
 async def create_publication(
-    conn: psycopg.AsyncConnection[TupleRow], name: str, tables: tuple[str, ...]
+    conn: psycopg.AsyncConnection[TupleRow],
+    name: str,
+    tables: tuple[str, ...],
+    operations: tuple[str, ...] = ("insert",),
 ) -> None:
+    """``operations`` are publish actions (insert, update, delete), trusted: not user text."""
     table_list = sql.SQL(", ").join(_table_identifier(table) for table in tables)
     await conn.execute(
-        sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert')").format(
-            sql.Identifier(name), table_list
+        sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {})").format(
+            sql.Identifier(name), table_list, sql.Literal(", ".join(operations))
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaIdentity:
+    """A table's REPLICA IDENTITY: what the WAL keeps of an updated or deleted row."""
+
+    setting: str  # "default", "full", "index" or "nothing"
+    has_index: bool  # default: a primary key exists; index: the chosen index exists
+
+    @property
+    def identifies_rows(self) -> bool:
+        """Whether updates and deletes carry an identity (PostgreSQL refuses them on a
+        table without one that a publication publishes them for)."""
+        return self.setting == "full" or (self.setting != "nothing" and self.has_index)
+
+
+_REPLICA_IDENTITY_SETTINGS = {"d": "default", "f": "full", "i": "index", "n": "nothing"}
+
+
+async def replica_identity(conn: AsyncConn, table: str) -> ReplicaIdentity | None:
+    """``schema.table``'s replica identity; None when there is no such table."""
+    schema, _, name = table.partition(".")
+    cur = await conn.execute(
+        """
+        SELECT c.relreplident::text, EXISTS (
+            SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid
+            AND CASE c.relreplident WHEN 'd' THEN i.indisprimary
+                                    WHEN 'i' THEN i.indisreplident ELSE false END)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname = %s
+        """,
+        (schema, name),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    setting = str(row[0])
+    return ReplicaIdentity(_REPLICA_IDENTITY_SETTINGS.get(setting, setting), bool(row[1]))
+
+
+async def column_type_names(conn: AsyncConn, tables: Sequence[str]) -> dict[tuple[int, int], str]:
+    """(type oid, typmod) -> format_type(oid, typmod) for the columns of ``tables`` and
+    for every built-in type without a typmod: the names wal2json writes, for pgoutput.
+
+    format_type() qualifies a type whose schema is not on the search path, as it does
+    inside wal2json, so the DSN should not change search_path.
+    """
+    cur = await conn.execute(
+        """
+        SELECT a.atttypid::int8, a.atttypmod, format_type(a.atttypid, a.atttypmod)
+        FROM pg_attribute a
+        WHERE a.attrelid IN (
+            SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname || '.' || c.relname = ANY(%s))
+          AND a.attnum > 0 AND NOT a.attisdropped
+        UNION
+        SELECT t.oid::int8, -1, format_type(t.oid, -1) FROM pg_type t
+        WHERE t.oid < 16384 -- FirstNormalObjectId: the built-in types
+        """,
+        (list(tables),),
+    )
+    return {(int(row[0]), int(row[1])): str(row[2]) for row in await cur.fetchall()}
 
 
 async def table_columns(conn: psycopg.AsyncConnection[TupleRow], table: str) -> list[str] | None:

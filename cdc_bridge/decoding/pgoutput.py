@@ -2,8 +2,11 @@
 
 Reference: PostgreSQL docs, "Logical Replication Message Formats". Each XLogData payload is
 one message whose first byte is its kind. The outbox only needs Begin, Commit, Relation,
-Insert and (with ``messages 'true'``) Message; Update, Delete, Truncate, Type and Origin are
-checked for a sane header and skipped.
+Insert and (with ``messages 'true'``) Message. Tables in ``change_tables`` also need Update
+and Delete: their changes become RowChange events, with type names from a resolver (the
+daemon's ``format_type()`` lookups) and the replica identity from the Relation's key flags.
+Update and Delete of other tables, Truncate, Type and Origin are checked for a sane header
+and skipped.
 
 Text values arrive in the connection's client encoding; the replication connection uses
 UTF-8, so ``t`` columns are decoded as UTF-8.
@@ -17,10 +20,24 @@ checking to one comparison at the end: a slice past the end silently comes back 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from cdc_bridge.changes import Begin, Change, ColumnValue, Commit, Insert, LogicalMessage
+from cdc_bridge.change_events import UNKNOWN_TYPE, wal2json_type_name, wal2json_value
+from cdc_bridge.changes import (
+    Begin,
+    Change,
+    ChangeColumn,
+    ColumnValue,
+    Commit,
+    Insert,
+    LogicalMessage,
+    RowChange,
+)
 from cdc_bridge.decoding import DecodeError
+
+# (type oid, typmod) -> the type's name as wal2json prints it.
+TypeNameResolver = Callable[[int, int], str]
 
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -51,6 +68,21 @@ _COL_UNCHANGED_TOAST = ord("u")
 _COL_BINARY = ord("b")
 
 _MESSAGE_TRANSACTIONAL = 1
+_KEY_COLUMN = 1  # Relation column flag: part of the replica identity
+
+# Stands for a column whose TOASTed value an update left unchanged: the server does not send it.
+_UNCHANGED = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _ChangeTable:
+    """What a change table's Relation message adds for RowChange events."""
+
+    schema: str
+    name: str
+    type_names: tuple[str, ...]
+    type_oids: tuple[int, ...]
+    key_columns: tuple[int, ...]  # indexes of the replica identity's columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +90,11 @@ class _Relation:
     table: str  # "schema.table", unquoted
     column_names: tuple[str, ...]
     bytea_columns: tuple[int, ...]  # indexes of bytea columns: text form is hex, we want bytes
+    change_table: _ChangeTable | None = None  # set when its changes become RowChange events
+
+
+def _unknown_type(_type_oid: int, _typmod: int) -> str:
+    return UNKNOWN_TYPE
 
 
 class PgoutputDecoder:
@@ -66,10 +103,19 @@ class PgoutputDecoder:
     Holds the relation cache: pgoutput sends a Relation message before the first change
     to a table in a session (and again after its schema changes), and Inserts refer to it
     by relation id only. Use one decoder per replication connection.
+
+    ``change_tables`` ("schema.table") decode into RowChange events, inserts included;
+    ``type_name`` names their column types (once per Relation message).
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        change_tables: frozenset[str] = frozenset(),
+        type_name: TypeNameResolver = _unknown_type,
+    ) -> None:
         self._relations: dict[int, _Relation] = {}
+        self._change_tables = change_tables
+        self._type_name = type_name
 
     def decode(self, payload: bytes) -> Change | None:
         """Decode one pgoutput message; None for messages the outbox does not need.
@@ -92,6 +138,10 @@ class PgoutputDecoder:
                 return None
             if kind == _MESSAGE:
                 return _decode_message(payload)
+            if kind in (_UPDATE, _DELETE) and self._change_tables:
+                change = self._decode_update_or_delete(kind, payload)
+                if change is not None:
+                    return change
             if kind in _SKIPPED_KINDS:
                 _check_skipped(kind, payload)
                 return None
@@ -109,25 +159,42 @@ class PgoutputDecoder:
         (rel_id,) = _U32.unpack_from(payload, 1)
         namespace, pos = _read_cstring(payload, 5)
         name, pos = _read_cstring(payload, pos)
-        pos += 1  # replica identity setting: irrelevant for inserts
+        pos += 1  # replica identity setting: the key flags below say what we need
         (ncols,) = _U16.unpack_from(payload, pos)
         pos += 2
         column_names: list[str] = []
         bytea_columns: list[int] = []
+        types: list[tuple[int, int]] = []
+        key_columns: list[int] = []
         for index in range(ncols):
-            pos += 1  # flags: 1 = part of the key
-            column_name, pos = _read_cstring(payload, pos)
-            type_oid, _typmod = _COLUMN_TAIL.unpack_from(payload, pos)
+            flags = payload[pos]
+            column_name, pos = _read_cstring(payload, pos + 1)
+            type_oid, typmod = _COLUMN_TAIL.unpack_from(payload, pos)
             pos += _COLUMN_TAIL.size
             column_names.append(column_name)
+            types.append((type_oid, typmod))
+            if flags & _KEY_COLUMN:
+                key_columns.append(index)
             if type_oid == _BYTEA_OID:
                 bytea_columns.append(index)
         _expect_end(payload, pos, "Relation")
         # The docs: an empty namespace means pg_catalog.
-        table = f"{namespace or 'pg_catalog'}.{name}"
-        self._relations[rel_id] = _Relation(table, tuple(column_names), tuple(bytea_columns))
+        schema = namespace or "pg_catalog"
+        table = f"{schema}.{name}"
+        change_table = None
+        if table in self._change_tables:
+            change_table = _ChangeTable(
+                schema,
+                name,
+                tuple(wal2json_type_name(self._type_name(oid, typmod)) for oid, typmod in types),
+                tuple(oid for oid, _ in types),
+                tuple(key_columns),
+            )
+        self._relations[rel_id] = _Relation(
+            table, tuple(column_names), tuple(bytea_columns), change_table
+        )
 
-    def _decode_insert(self, payload: bytes) -> Insert:
+    def _decode_insert(self, payload: bytes) -> Insert | RowChange:
         (rel_id,) = _U32.unpack_from(payload, 1)
         relation = self._relations.get(rel_id)
         if relation is None:
@@ -137,6 +204,10 @@ class PgoutputDecoder:
             )
         if payload[5] != _NEW_TUPLE:
             raise DecodeError(f"Insert without a new tuple: got {payload[5:6]!r}, expected b'N'")
+        if relation.change_table is not None:
+            new, pos = _read_tuple(payload, 6, relation, "Insert")
+            _expect_end(payload, pos, "Insert")
+            return _row_change("I", relation.change_table, relation, new, None)
         names = relation.column_names
         (ncols,) = _U16.unpack_from(payload, 6)
         if ncols != len(names):
@@ -177,6 +248,103 @@ class PgoutputDecoder:
             if isinstance(value, str):
                 row[names[index]] = _bytea_from_text(value)
         return Insert(relation.table, row)
+
+    def _decode_update_or_delete(self, kind: int, payload: bytes) -> RowChange | None:
+        """An Update or Delete of a change table; None for any other table (skipped)."""
+        (rel_id,) = _U32.unpack_from(payload, 1)
+        relation = self._relations.get(rel_id)
+        if relation is None or relation.change_table is None:
+            return None
+        what = "Update" if kind == _UPDATE else "Delete"
+        old: list[object] | None = None
+        pos = 5
+        if payload[pos] in (_KEY_TUPLE, _OLD_TUPLE):
+            old, pos = _read_tuple(payload, pos + 1, relation, what)
+        new: list[object] | None = None
+        if kind == _UPDATE:
+            if payload[pos] != _NEW_TUPLE:
+                raise DecodeError(f"Update without a new tuple: got {payload[pos : pos + 1]!r}")
+            new, pos = _read_tuple(payload, pos + 1, relation, what)
+        elif old is None:
+            raise DecodeError(f"Delete without an old tuple: got {payload[5:6]!r}")
+        _expect_end(payload, pos, what)
+        action = "U" if kind == _UPDATE else "D"
+        return _row_change(action, relation.change_table, relation, new, old)
+
+
+def _read_tuple(
+    payload: bytes, pos: int, relation: _Relation, what: str
+) -> tuple[list[object], int]:
+    """TupleData at ``pos`` -> (one value per column, position after it).
+
+    Values are ColumnValue, or _UNCHANGED for an unchanged TOASTed value. The change
+    tables' path: unlike the outbox Insert path it favours plainness over speed.
+    """
+    (ncols,) = _U16.unpack_from(payload, pos)
+    pos += 2
+    if ncols != len(relation.column_names):
+        raise DecodeError(
+            f"{what} of {relation.table} has {ncols} columns, "
+            f"its Relation message described {len(relation.column_names)}"
+        )
+    values: list[object] = []
+    for name in relation.column_names:
+        col_kind = payload[pos]
+        if col_kind in (_COL_TEXT, _COL_BINARY):
+            (length,) = _U32.unpack_from(payload, pos + 1)
+            start = pos + 5
+            pos = start + length
+            if pos > len(payload):
+                raise DecodeError(f"pgoutput {what} message truncated ({len(payload)} bytes)")
+            raw = payload[start:pos]
+            values.append(raw.decode() if col_kind == _COL_TEXT else bytes(raw))
+        elif col_kind == _COL_NULL:
+            values.append(None)
+            pos += 1
+        elif col_kind == _COL_UNCHANGED_TOAST:
+            values.append(_UNCHANGED)
+            pos += 1
+        else:
+            raise DecodeError(
+                f"{what} of {relation.table}: unknown column kind "
+                f"{bytes([col_kind])!r} for column {name!r}"
+            )
+    for index in relation.bytea_columns:
+        value = values[index]
+        if isinstance(value, str):
+            values[index] = _bytea_from_text(value)
+    return values, pos
+
+
+def _row_change(
+    action: str,
+    change_table: _ChangeTable,
+    relation: _Relation,
+    new: list[object] | None,
+    old: list[object] | None,
+) -> RowChange:
+    """The RowChange, with what wal2json would print: unchanged TOAST values left out, and
+    the identity from the old tuple, or from the new one when the key did not change."""
+    names = relation.column_names
+    types = change_table.type_names
+    oids = change_table.type_oids
+
+    def column(index: int, value: object) -> ChangeColumn:
+        assert value is None or isinstance(value, str | bytes)
+        oid = oids[index]
+        return ChangeColumn(names[index], types[index], oid, wal2json_value(oid, value))
+
+    columns: tuple[ChangeColumn, ...] = ()
+    if new is not None:
+        columns = tuple(column(i, v) for i, v in enumerate(new) if v is not _UNCHANGED)
+    identity: tuple[ChangeColumn, ...] = ()
+    if action != "I":
+        source = old if old is not None else new
+        assert source is not None
+        identity = tuple(
+            column(i, source[i]) for i in change_table.key_columns if source[i] is not _UNCHANGED
+        )
+    return RowChange(action, change_table.schema, change_table.name, columns, identity)
 
 
 def _decode_begin(payload: bytes) -> Begin:

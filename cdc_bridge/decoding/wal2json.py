@@ -36,6 +36,11 @@ Known differences from pgoutput, where wal2json 2.5 itself loses the information
 - Message content is cut at its first NUL byte (pgoutput passes any bytes). A JSON
   envelope never contains a raw NUL, so only invalid envelopes can be affected.
 - Text is sent in the database's encoding: the bridge needs a UTF-8 database.
+
+Tables in ``change_tables`` (``outbox.change_tables``) decode into RowChange events:
+inserts, updates and deletes with wal2json's own type names and ``identity``. The options
+then ask for ``actions 'insert,update,delete'`` for every table in ``add-tables``, so
+updates and deletes of the outbox tables arrive too and are skipped here.
 """
 
 from __future__ import annotations
@@ -45,7 +50,16 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cdc_bridge.changes import Begin, Change, ColumnValue, Commit, Insert, LogicalMessage
+from cdc_bridge.changes import (
+    Begin,
+    Change,
+    ChangeColumn,
+    ColumnValue,
+    Commit,
+    Insert,
+    LogicalMessage,
+    RowChange,
+)
 from cdc_bridge.decoding import DecodeError
 from cdc_bridge.lsn import parse_lsn
 
@@ -61,10 +75,13 @@ _decoder = json.JSONDecoder(parse_int=str, parse_float=str)
 
 
 def wal2json_options(
-    tables: Sequence[str], message_prefixes: Sequence[str]
+    tables: Sequence[str],
+    message_prefixes: Sequence[str],
+    change_tables: Sequence[str] = (),
 ) -> list[tuple[str, str]]:
-    """START_REPLICATION options for wal2json: inserts into ``tables`` and, when
-    ``message_prefixes`` is not empty, the logical decoding messages with those prefixes.
+    """START_REPLICATION options for wal2json: inserts into ``tables``, inserts, updates
+    and deletes of ``change_tables`` and, when ``message_prefixes`` is not empty, the
+    logical decoding messages with those prefixes.
 
     Table and prefix names need no escaping: the config allows no characters that are
     special in these lists (space, quote, comma, backslash, '*'; '.' only between schema
@@ -77,10 +94,15 @@ def wal2json_options(
         ("include-transaction", "1"),
         ("include-timestamp", "1"),
         ("include-type-oids", "1"),
-        ("actions", "insert"),
+        # wal2json's actions apply to every table it sends: with change tables the outbox
+        # tables' updates and deletes come too, and the decoder skips them.
+        ("actions", "insert,update,delete" if change_tables else "insert"),
     ]
+    every_table = [*tables, *change_tables]
     # Without add-tables wal2json sends every table; '*.*' filters them all out.
-    options.append(("add-tables", ",".join(tables)) if tables else ("filter-tables", "*.*"))
+    options.append(
+        ("add-tables", ",".join(every_table)) if every_table else ("filter-tables", "*.*")
+    )
     if message_prefixes:
         options.append(("add-msg-prefixes", ",".join(message_prefixes)))
     return options
@@ -90,8 +112,12 @@ class Wal2jsonDecoder:
     """Decodes wal2json format-version 2 payloads, one at a time.
 
     Stateless: every payload describes itself (table, column names, types), so unlike
-    pgoutput there is no relation cache to keep in step with the stream.
+    pgoutput there is no relation cache to keep in step with the stream. Changes of
+    ``change_tables`` ("schema.table") become RowChange events, inserts included.
     """
+
+    def __init__(self, change_tables: frozenset[str] = frozenset()) -> None:
+        self._change_tables = change_tables
 
     def decode(self, payload: bytes) -> Change | None:
         """Decode one wal2json message; None for actions the outbox does not need.
@@ -113,6 +139,8 @@ class Wal2jsonDecoder:
             if action == "I":
                 if not utf8:
                     raise DecodeError(_NOT_UTF8)
+                if self._change_tables and _table(document) in self._change_tables:
+                    return _decode_row_change(document)
                 return _decode_insert(document)
             if action == "B":
                 return _decode_begin(document)
@@ -120,8 +148,16 @@ class Wal2jsonDecoder:
                 return _decode_commit(document)
             if action == "M":
                 return _decode_message(document)
-            if action in ("U", "D", "T"):
-                return None  # not asked for (actions 'insert'); harmless if they come
+            if action in ("U", "D"):
+                # Only change tables' updates and deletes are events; without change
+                # tables they are not asked for (actions 'insert'), harmless if they come.
+                if not self._change_tables or _table(document) not in self._change_tables:
+                    return None
+                if not utf8:
+                    raise DecodeError(_NOT_UTF8)
+                return _decode_row_change(document)
+            if action == "T":
+                return None  # not asked for; a truncate is not a row change
         except (KeyError, TypeError, ValueError) as exc:
             raise DecodeError(
                 f"malformed wal2json {action!r} message: {type(exc).__name__}: {exc} "
@@ -176,26 +212,67 @@ def _decode_message(document: dict[str, Any]) -> LogicalMessage:
     )
 
 
+def _table(document: dict[str, Any]) -> str:
+    return f"{_string(document, 'schema')}.{_string(document, 'table')}"
+
+
 def _decode_insert(document: dict[str, Any]) -> Insert:
-    table = f"{_string(document, 'schema')}.{_string(document, 'table')}"
-    columns = document["columns"]
-    if not isinstance(columns, list):
-        raise TypeError(f"'columns' is a JSON {type(columns).__name__}, not an array")
+    table = _table(document)
+    columns = _array(document, "columns")
     row: dict[str, ColumnValue] = {}
     for column in columns:
         name = column["name"]
-        value = column["value"]
-        if type(value) is str:  # the common case first: text, uuid, json, timestamps, numbers
-            row[name] = _bytea_from_hex(value) if _is_bytea(column) else value
-        elif value is None:
-            row[name] = None
-        elif value is True:
-            row[name] = "t"
-        elif value is False:
-            row[name] = "f"
-        else:
-            raise TypeError(f"column {name!r} of {table} has a JSON {type(value).__name__} value")
+        row[name] = _column_value(column, table)
     return Insert(table, row)
+
+
+def _column_value(column: dict[str, Any], table: str) -> ColumnValue:
+    """A column's JSON value -> PostgreSQL's text form (bytes for bytea)."""
+    value = column["value"]
+    if type(value) is str:  # the common case first: text, uuid, json, timestamps, numbers
+        return _bytea_from_hex(value) if _is_bytea(column) else value
+    if value is None:
+        return None
+    if value is True:
+        return "t"
+    if value is False:
+        return "f"
+    raise TypeError(f"column {column['name']!r} of {table} has a JSON {type(value).__name__} value")
+
+
+def _decode_row_change(document: dict[str, Any]) -> RowChange:
+    action = document["action"]
+    schema, name = _string(document, "schema"), _string(document, "table")
+    table = f"{schema}.{name}"
+    columns = _array(document, "columns") if action != "D" else []
+    identity = _array(document, "identity") if action != "I" and "identity" in document else []
+    return RowChange(
+        action,
+        schema,
+        name,
+        tuple(_change_column(column, table) for column in columns),
+        tuple(_change_column(column, table) for column in identity),
+    )
+
+
+def _change_column(column: dict[str, Any], table: str) -> ChangeColumn:
+    name = column["name"]
+    if not isinstance(name, str):
+        raise TypeError(f"a column name of {table} is {name!r}, not a string")
+    type_oid = column.get("typeoid")  # include-type-oids: a number, kept as its text
+    return ChangeColumn(
+        name,
+        _string(column, "type"),
+        int(type_oid) if type_oid is not None else 0,
+        _column_value(column, table),
+    )
+
+
+def _array(document: dict[str, Any], key: str) -> list[Any]:
+    value = document[key]
+    if not isinstance(value, list):
+        raise TypeError(f"{key!r} is a JSON {type(value).__name__}, not an array")
+    return value
 
 
 def _is_bytea(column: dict[str, Any]) -> bool:
