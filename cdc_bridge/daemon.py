@@ -184,12 +184,21 @@ async def prepare_outbox(conn: psycopg.AsyncConnection[TupleRow], config: Bridge
     # The publication must exist before the slot: pgoutput looks it up as of each
     # change's position, and fails on changes from before it existed.
     if not await publication_exists(conn, pg.publication):
-        if tables:
-            await create_publication(conn, pg.publication, tables, operations)
-        else:  # messages only: pgoutput still needs a publication, one without tables
-            await conn.execute(
-                sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(pg.publication))
-            )
+        try:
+            if tables:
+                await create_publication(conn, pg.publication, tables, operations)
+            else:  # messages only: pgoutput still needs a publication, one without tables
+                await conn.execute(
+                    sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(pg.publication))
+                )
+        except psycopg.errors.InsufficientPrivilege as exc:
+            # The least-privilege role (sql/role.sql) may not: an admin makes it once.
+            raise FatalError(
+                f"postgres.publication: publication {pg.publication} does not exist, and "
+                f"role {conn.info.user} may not create it ({exc.diag.message_primary}); "
+                "an administrator creates it once: cdc-bridge init --config <this file> "
+                "--dsn <an admin's DSN>"
+            ) from None
         log.info("publication_created", publication=pg.publication, tables=list(tables))
         return
     covered = await publication_tables(conn, pg.publication)

@@ -278,6 +278,32 @@ def test_least_privilege_role_over_verified_tls_on_both_sides(
         server.close()
 
 
+def test_the_role_alone_cannot_create_the_publication_and_says_who_can(
+    tls_pg_server: PostgresServer,
+    tls_database: tuple[str, str],
+    ca: ThrowawayCA,
+    nats_url: str,
+    tmp_path: Path,
+    unique_name: str,
+    make_bridge: MakeBridge,
+) -> None:
+    database, password = tls_database
+    config = bridge_config(
+        bridge_role_dsn(tls_pg_server, database, ca.ca), nats_url, unique_name,
+        postgres={"password_file": secret_file(tmp_path, "pg-password", password)},
+    )
+    bridge = make_bridge(config)
+    assert bridge.wait_for_exit(STARTUP_TIMEOUT) == 1
+    fatal = parse_json_line(bridge.wait_for_log(log_event("fatal")))
+    assert fatal is not None
+    assert str(fatal["error"]).startswith(
+        f"postgres.publication: publication {unique_name} does not exist, and role "
+        f"{BRIDGE_ROLE} may not create it"
+    )
+    assert "cdc-bridge init" in str(fatal["error"])
+    assert not any("Traceback" in line for line in bridge.lines)
+
+
 def test_a_wrong_postgres_ca_fails_with_one_clear_line(
     tls_pg_server: PostgresServer,
     tls_database: tuple[str, str],
