@@ -3,7 +3,8 @@
 - PostgreSQL with ``ssl=on`` and ``hostssl`` + SCRAM in pg_hba.conf, and the role from
   sql/role.sql: the bridge connects with ``sslmode=verify-full`` and streams;
 - nats-server with TLS (client certificates verified) and user/password, with exactly
-  the permissions docs/security.md documents; and with an NKey;
+  the permissions docs/security.md documents; with an NKey; and with a credentials file
+  (operator-mode JWTs made here) carrying those same permissions;
 - one clear line for a wrong CA on either side, and for a NATS permission missing;
 - a known password, driven through every output path, never appears.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import ssl
 import urllib.request
 import uuid
@@ -25,9 +27,11 @@ import nkeys  # type: ignore[import-untyped]
 import psycopg
 import pytest
 import yaml
+from nats.aio.client import RawCredentials
 from psycopg import sql
 from support.bridge import REPO_ROOT, BridgeProcess, log_event, parse_json_line
 from support.certs import ThrowawayCA, make_ca
+from support.nats_jwt import Operator
 from support.outbox import Event, bridge_config, insert_events, wait_for_ids
 from support.waiting import wait_until
 
@@ -121,6 +125,16 @@ def documented_authorization(password: str) -> str:
     return block.replace(
         "users = [\n", 'users = [\n    { user: admin, password: "admin-pw" }\n', 1
     )
+
+
+def documented_permissions() -> tuple[list[str], list[str]]:
+    """The publish and subscribe allow lists of that block."""
+    block = documented_authorization("unused")
+    lists = []
+    for direction in ("publish:", "subscribe:"):
+        allowed = block.split(direction, 1)[1].split("allow:", 1)[1].split("]", 1)[0]
+        lists.append(re.findall(r'"([^"]+)"', allowed))
+    return lists[0], lists[1]
 
 
 def start_nats(folder: Path, config: str) -> NatsServer:
@@ -392,6 +406,35 @@ def test_nkey_authentication(
         ids = insert_events(pg_dsn, [Event()])
         wait_for_ids(server.url.replace("nats://", "nats://admin:admin-pw@"),
                      unique_name.upper(), ids)
+        assert all(seed not in line for line in bridge.lines)
+    finally:
+        server.close()
+
+
+def test_credentials_file_with_the_documented_permissions(
+    pg_dsn: str, devstack_tmp: Path, tmp_path: Path, unique_name: str, make_bridge: MakeBridge
+) -> None:
+    operator = Operator.new()  # decentralized auth: JWTs, as nsc would make them
+    server = start_nats(devstack_tmp / "nats", operator.server_config())
+    try:
+        publish, subscribe = documented_permissions()
+        creds = operator.user_credentials("cdc_bridge", publish=publish, subscribe=subscribe)
+        config = bridge_config(
+            pg_dsn, server.url, unique_name,
+            nats={"creds_file": secret_file(tmp_path, "bridge.creds", creds),
+                  "stream": {"name": "OUTBOX", "subjects": ["events.>"]}},
+            routes=[{"subject": "events.{aggregate_type}.{event_type}"}],
+            dead_letter={"subject": "events.dead"},
+        )
+        bridge = make_bridge(config)
+        bridge.wait_for_log(log_event("streaming"), timeout=STARTUP_TIMEOUT)
+        ids = insert_events(pg_dsn, [Event(event_type="created"), Event(event_type="closed")])
+        admin = {"user_credentials": RawCredentials(operator.user_credentials("admin"))}
+        wait_until(
+            lambda: set(ids) <= set(stream_ids(server.url, "OUTBOX", **admin)),
+            timeout=20, interval=0.2, message="events never arrived with creds auth",
+        )
+        seed = creds.split("-----BEGIN USER NKEY SEED-----\n", 1)[1].split("\n", 1)[0]
         assert all(seed not in line for line in bridge.lines)
     finally:
         server.close()
