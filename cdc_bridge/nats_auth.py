@@ -2,8 +2,9 @@
 
 One guard nats-py lacks: it upgrades to TLS only when the server's INFO line asks for
 it, and otherwise goes on in plain text, with the password or token in its CONNECT.
-So with ``nats.tls`` configured, the secret is handed over only once the connection
-really is TLS, and a connection that is not is refused (``require_tls``).
+So with ``nats.tls`` configured (or a ``tls://`` server URL), the secret is handed over
+only once the connection really is TLS, and a connection that is not is refused
+(``require_tls``).
 """
 
 from __future__ import annotations
@@ -45,14 +46,21 @@ def connect_options(config: NatsConfig, client: NatsClient) -> dict[str, Any]:
 
 def require_tls(config: NatsConfig, client: NatsClient) -> None:
     """Raise NatsTlsRequired when TLS is configured but the connection is plain TCP."""
-    if config.tls is not None and not _server_required_tls(client):
+    if tls_expected(config) and not _server_required_tls(client):
         raise NatsTlsRequired(_PLAIN_TEXT)
+
+
+def tls_expected(config: NatsConfig) -> bool:
+    """``nats.tls`` is set, or a server URL says ``tls://``."""
+    return config.tls is not None or any(
+        server.strip().lower().startswith("tls://") for server in config.servers
+    )
 
 
 def _only_over_tls(config: NatsConfig, client: NatsClient, secret: str) -> str | Callable[[], str]:
     """The secret, or with TLS configured a callback nats-py calls while writing its
     CONNECT line: by then the TLS upgrade has happened, if the server asked for one."""
-    if config.tls is None:
+    if not tls_expected(config):
         return secret
 
     def secret_if_encrypted() -> str:
@@ -71,6 +79,7 @@ def _server_required_tls(client: NatsClient) -> bool:
 
 
 _PLAIN_TEXT = (
-    "nats.tls is configured, but the NATS server does not require TLS, so the "
-    "connection would be plain text: enable TLS on the server (tls {...} in its config)"
+    "nats.tls is configured (or a tls:// server URL), but the NATS server does not "
+    "require TLS, so the connection would be plain text: enable TLS on the server "
+    "(tls {...} in its config)"
 )

@@ -284,3 +284,17 @@ def test_log_lines_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
         configure_logging("json", "info")
     assert record["error"] == "auth *** failed"
     assert record["servers"] == ["nats://u:***@h"]
+
+
+def test_a_tls_url_also_requires_tls() -> None:
+    nats = parse(
+        with_keys(nats="  token: t0ken-1234\n").replace("nats://127.0.0.1", "tls://127.0.0.1")
+    ).nats
+    client = NatsClient()
+    token = connect_options(nats, client)["token"]
+    client._server_info = {"tls_required": False}
+    with pytest.raises(NatsTlsRequired):
+        token()
+    with pytest.raises(NatsTlsRequired):
+        require_tls(nats, client)
+    require_tls(parse(BASE).nats, client)  # plain nats:// without nats.tls: as asked
