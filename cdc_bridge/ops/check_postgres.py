@@ -146,8 +146,8 @@ async def _role(conn: AsyncConn) -> CheckResult:
         return warn(
             "postgres.role",
             f"role {role.name} is a superuser",
-            "use a least-privilege role: CREATE ROLE cdc_bridge LOGIN REPLICATION, and "
-            "GRANT SELECT on the outbox to it",
+            "use a least-privilege role: sql/role.sql makes one (LOGIN REPLICATION, SELECT "
+            "on the outbox); an admin runs cdc-bridge init once (docs/security.md)",
         )
     if role.replication:
         return ok("postgres.role", f"role {role.name} has REPLICATION")
