@@ -173,12 +173,12 @@ class LoadGenerator:
                     conn = self._connect()
                     if conn is None:
                         return  # stopping
-                    self._resolve_uncertain(conn)
                 size = rng.randint(1, self._max_rows)
                 next_at = max(next_at + size / self._rate_per_writer, time.monotonic() - 1.0)
                 if self._stop.wait(max(0.0, next_at - time.monotonic())):
                     return
                 try:
+                    self._resolve_uncertain(conn)  # after a reconnect: what did we lose?
                     self._one_transaction(conn, rng, size, writer_no)
                 except (psycopg.OperationalError, psycopg.InterfaceError):
                     self._count("connection_failures")
@@ -248,7 +248,12 @@ class LoadGenerator:
         """Look up transactions whose COMMIT got no answer: all rows exist or none do."""
         with self._changed:
             pending, self._uncertain = self._uncertain, []
+        if not pending:
+            return
         try:
+            # Each of those transactions held the lock from its start to its end: once we
+            # hold it, none is still committing (a backend may outlive its cut connection)
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (COMMIT_ORDER_LOCK,))
             for ids in pending:
                 row = conn.execute(
                     "SELECT count(*) FROM public.outbox WHERE id = ANY(%s)", (ids,)
