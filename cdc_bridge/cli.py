@@ -52,10 +52,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from cdc_bridge.config import ConfigError, load_config
-    from cdc_bridge.daemon import install_signal_handlers, prepare_postgres, run_bridge
+    from cdc_bridge.daemon import install_signal_handlers, run_bridge
     from cdc_bridge.demo import print_events, produce_tickets
     from cdc_bridge.devstack import DevStack, DevstackError, outbox_schema_sql
     from cdc_bridge.logs import configure_logging
+    from cdc_bridge.postgres_setup import prepare_postgres
 
     configure_logging(args.log_format or "console", args.log_level or "info")
     stack = DevStack(Path(args.dir))

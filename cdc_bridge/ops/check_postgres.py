@@ -9,9 +9,9 @@ import psycopg
 from cdc_bridge.config import BridgeConfig, redact_dsn
 from cdc_bridge.ops.check_results import CheckResult, fail, ok, skip, warn
 from cdc_bridge.ops.errors import OpsError, describe_postgres_error
-from cdc_bridge.ops.outbox_tables import outbox_problems
 from cdc_bridge.ops.render import human_bytes, lsn_text
 from cdc_bridge.ops.target import connect_postgres, password_for
+from cdc_bridge.postgres_setup import outbox_problems
 from cdc_bridge.slots import (
     AsyncConn,
     SlotInfo,

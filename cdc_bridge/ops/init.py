@@ -30,9 +30,9 @@ from cdc_bridge.ops.errors import (
     describe_error,
 )
 from cdc_bridge.ops.nats_client import API_TIMEOUT, connect_quietly
-from cdc_bridge.ops.outbox_tables import outbox_problems
 from cdc_bridge.ops.render import dumps, lsn_text, table
 from cdc_bridge.ops.target import connect_postgres, password_for
+from cdc_bridge.postgres_setup import outbox_problems, publication_plan
 from cdc_bridge.preflight import check_stream_coverage
 from cdc_bridge.reconcile import read_stream_tail
 from cdc_bridge.replication import ReplicationError, ReplicationStream
@@ -82,12 +82,14 @@ def table_sql(table_name: str) -> str:
     return _CREATE_DEFAULT_TABLE.sub(f"CREATE TABLE IF NOT EXISTS {identifier}", text)
 
 
-def publication_sql(name: str, tables: tuple[str, ...]) -> str:
+def publication_sql(name: str, tables: tuple[str, ...], operations: tuple[str, ...]) -> str:
     if not tables:  # message events only: pgoutput still needs a publication
         return sql.SQL("CREATE PUBLICATION {};").format(sql.Identifier(name)).as_string(None)
     table_list = sql.SQL(", ").join(table_identifier(t) for t in tables)
-    statement = sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert');")
-    return statement.format(sql.Identifier(name), table_list).as_string(None)
+    statement = sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {});")
+    return statement.format(
+        sql.Identifier(name), table_list, sql.Literal(", ".join(operations))
+    ).as_string(None)
 
 
 def slot_sql(name: str, plugin: str) -> str:
@@ -240,7 +242,7 @@ def _unknown_postgres_steps(config: BridgeConfig, why: str) -> list[InitStep]:
             pg.publication,
             "would create",
             unknown,
-            publication_sql(pg.publication, config.outbox.tables),
+            publication_sql(pg.publication, *publication_plan(config)),
         )
     )
     steps.append(InitStep("slot", pg.slot, "would create", unknown, slot_sql(pg.slot, pg.plugin)))
@@ -275,11 +277,13 @@ async def _table_steps(conn: AsyncConn, config: BridgeConfig, dry_run: bool) -> 
 
 
 async def _publication_step(conn: AsyncConn, config: BridgeConfig, dry_run: bool) -> InitStep:
-    name, tables = config.postgres.publication, config.outbox.tables
+    name = config.postgres.publication
+    tables, operations = publication_plan(config)  # what the daemon needs (change tables too)
+    publishes = ", ".join(operations)
     info = await publication_info(conn, name)
     if info is None:
-        statement = publication_sql(name, tables)
-        detail = f"for inserts into {', '.join(tables)}" if tables else "for messages only"
+        statement = publication_sql(name, tables, operations)
+        detail = f"for {publishes} of {', '.join(tables)}" if tables else "for messages only"
         if dry_run:
             return InitStep("publication", name, "would create", detail, statement)
         await conn.execute(statement.encode())
@@ -289,10 +293,11 @@ async def _publication_step(conn: AsyncConn, config: BridgeConfig, dry_run: bool
         fix = f"ALTER PUBLICATION {name} ADD TABLE {', '.join(uncovered)};"
         detail = f"exists but does not include {', '.join(uncovered)} (left unchanged)"
         return InitStep("publication", name, "problem", detail, fix)
-    if tables and "insert" not in info.operations:
-        fix = f"ALTER PUBLICATION {name} SET (publish = 'insert');"
-        return InitStep("publication", name, "problem", "exists but does not publish inserts", fix)
-    detail = f"publishes inserts of {', '.join(tables)}" if tables else "for messages only"
+    if tables and not set(operations) <= set(info.operations):
+        fix = f"ALTER PUBLICATION {name} SET (publish = '{publishes}');"
+        detail = f"exists but does not publish {publishes}"
+        return InitStep("publication", name, "problem", detail, fix)
+    detail = f"publishes {publishes} of {', '.join(tables)}" if tables else "for messages only"
     return InitStep("publication", name, "exists", detail)
 
 

@@ -25,6 +25,7 @@ from cdc_bridge.lsn import format_lsn
 from cdc_bridge.messages import EnvelopeColumns, default_message_id, message_event
 from cdc_bridge.ops.errors import OpsError, UsageError
 from cdc_bridge.pipeline import Decoder
+from cdc_bridge.plugins import decoder_for
 from cdc_bridge.routing import DEAD_LETTER_ROUTE, Outbound, Poison, Router
 from cdc_bridge.slots import RawChange, SlotInfo, peek_changes, publication_names
 
@@ -237,18 +238,11 @@ async def choose_publication(
     )
 
 
-def pgoutput_options(publication: str, config: BridgeConfig | None) -> list[tuple[str, str]]:
-    """The options the bridge streams with (daemon.decoder_for), for this publication."""
-    options = [("proto_version", "1"), ("publication_names", publication)]
-    if config is not None and config.outbox.message_prefixes:
-        options.append(("messages", "true"))
-    return options
-
-
-def wal2json_options(config: BridgeConfig | None) -> list[tuple[str, str]]:
-    if config is None:
-        return wal2json.wal2json_options((ALL_TABLES,), ())
-    return wal2json.wal2json_options(config.outbox.tables, config.outbox.message_prefixes)
+def _options_without_config(slot: SlotInfo, publication: str | None) -> list[tuple[str, str]]:
+    """Options for a slot no config describes: every table, no messages."""
+    if slot.plugin == "pgoutput":
+        return [("proto_version", "1"), ("publication_names", publication or "")]
+    return wal2json.wal2json_options((ALL_TABLES,), ())
 
 
 async def _apply_session_options(conn: psycopg.AsyncConnection[TupleRow], options: str) -> None:
@@ -268,17 +262,27 @@ async def _reader_for(
     publication: str | None,
 ) -> tuple[bool, list[tuple[str, str]], Decoder | None]:
     """(binary output?, plugin options, decoder or None for raw output) for the slot."""
-    if slot.plugin == "pgoutput":
-        if publication is None:
-            raise UsageError(
-                f"slot {slot.name} uses pgoutput, which decodes through a publication: "
-                "pass --publication NAME or --config FILE"
-            )
-        return True, pgoutput_options(publication, config), pgoutput.PgoutputDecoder()
+    if slot.plugin not in ("pgoutput", "wal2json"):
+        return False, [], None
+    if slot.plugin == "pgoutput" and publication is None:
+        raise UsageError(
+            f"slot {slot.name} uses pgoutput, which decodes through a publication: "
+            "pass --publication NAME or --config FILE"
+        )
     if slot.plugin == "wal2json":
         await _apply_session_options(conn, wal2json.SESSION_OPTIONS)
-        return False, wal2json_options(config), wal2json.Wal2jsonDecoder()
-    return False, [], None
+    same_setup = (
+        config is not None
+        and config.postgres.plugin == slot.plugin
+        and (slot.plugin != "pgoutput" or publication == config.postgres.publication)
+    )
+    if same_setup:
+        assert config is not None
+        decoder, options = decoder_for(config)  # exactly what the bridge streams with
+        return slot.plugin == "pgoutput", options, decoder
+    if slot.plugin == "pgoutput":
+        return True, _options_without_config(slot, publication), pgoutput.PgoutputDecoder()
+    return False, _options_without_config(slot, publication), wal2json.Wal2jsonDecoder()
 
 
 async def read_pending(
