@@ -208,6 +208,8 @@ async def lead(
             state.status.role = "reconnecting"
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(session_stop.wait(), delay)
+            if not session_stop.is_set() and not await leadership.still_held():
+                break  # e.g. PostgreSQL restarted: win the lock again before streaming
     finally:
         if healthy is not None:
             healthy.cancel()

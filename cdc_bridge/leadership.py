@@ -65,6 +65,19 @@ class Leadership:
             except (psycopg.Error, TimeoutError) as exc:
                 raise LeadershipLost(f"the leadership lock session ended: {exc}") from None
 
+    async def still_held(self, timeout: float = 2.0) -> bool:
+        """Is the lock session alive? Asked before retrying a failed session: after a
+        PostgreSQL restart the lock is gone, and streaming again would race a standby."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return False
+        try:
+            async with asyncio.timeout(timeout):
+                await conn.execute("SELECT 1")
+        except (psycopg.Error, TimeoutError):
+            return False
+        return True
+
     async def release(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(psycopg.Error):
