@@ -92,6 +92,11 @@ def _stored(events: int, spawned_at: float, state: StreamState, cpu: CpuUse | No
     return Throughput(events, state.last_ts - spawned_at, state.last_ts - state.first_ts, cpu)
 
 
+def _version_text(nc: NatsClient) -> str:
+    version = nc.connected_server_version
+    return f"{version.major}.{version.minor}.{version.patch}"
+
+
 def _child_cpu(result: dict[str, Any]) -> CpuUse | None:
     cpu = result.get("cpu")
     return None if cpu is None else CpuUse(**cpu)
@@ -107,7 +112,7 @@ async def run_bench(settings: Settings) -> BenchResult:
         try:
             machine = describe_machine(
                 postgres_version=server_version(dsn),
-                nats_version=str(nc.connected_server_version),
+                nats_version=_version_text(nc),
             )
             for slot in (SLOT_CEILING, SLOT_PLAIN, SLOT_BRIDGE):
                 create_slot(dsn, slot)
