@@ -755,3 +755,28 @@ def test_parse_template() -> None:
     assert template.literals == ("a.", ".b{c}.", "")
     assert template.columns == ("x", "y")
     assert parse_template("plain").literals == ("plain",)
+
+
+def test_routing_example_config_parses_and_routes_each_feature() -> None:
+    from cdc_bridge.routing import Outbound, Router
+
+    config = load_config(REPO / "config" / "routing.yaml", env={})
+    router = Router(config)
+    row = {
+        "id": "1",
+        "aggregate_type": "ticket",
+        "aggregate_id": "T-1",
+        "event_type": "created",
+        "payload": "{}",
+        "headers": None,
+        "created_at": "x",
+    }
+    ticket = router.route("public.outbox", row)
+    assert isinstance(ticket, Outbound) and ticket.subject == "events.ticket.created"
+    assert ticket.headers["Source-Table"] == "public.outbox"
+    billing = router.route("billing.outbox", row)
+    assert isinstance(billing, Outbound) and billing.subject == "billing.ticket.created"
+    case = router.route("public.outbox", {**row, "aggregate_type": "case-escalation"})
+    assert isinstance(case, Outbound) and case.msg_id == "T-1"
+    unsafe = router.route("public.outbox", {**row, "aggregate_type": "x.>"})
+    assert isinstance(unsafe, Outbound) and unsafe.subject == "events.dlq"
