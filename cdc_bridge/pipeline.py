@@ -22,7 +22,13 @@ from cdc_bridge.decoding import DecodeError
 from cdc_bridge.lsn import format_lsn, parse_lsn
 from cdc_bridge.messages import EnvelopeColumns, MessageEvent, default_message_id, message_event
 from cdc_bridge.protocol import Keepalive, XLogData, parse_copy_data
-from cdc_bridge.publisher import DuplicateHandler, InFlight, JetStreamPublisher, Rejection
+from cdc_bridge.publisher import (
+    DuplicateHandler,
+    InFlight,
+    JetStreamPublisher,
+    PublishError,
+    Rejection,
+)
 from cdc_bridge.reconcile import Position
 from cdc_bridge.replication import ReplicationStream
 from cdc_bridge.routing import Outbound, Poison, Router
@@ -126,6 +132,8 @@ class Pipeline:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
+        with contextlib.suppress(PublishError):
+            await self.publisher.flush()  # what the reader queued before it stopped
         drained = await self.publisher.wait_empty(timeout)
         if not drained:
             log.warning(
@@ -161,6 +169,7 @@ class Pipeline:
         stream = self._stream
         tracker = self._tracker
         decode = self._decoder.decode
+        publisher = self.publisher
         while True:
             for message in await stream.read_batch():
                 parsed = parse_copy_data(message)
@@ -180,6 +189,7 @@ class Pipeline:
                     tracker.keepalive(parsed.wal_end)
                     if parsed.reply_requested:
                         stream.send_status(tracker.received, tracker.confirmed)
+            await publisher.flush()  # one write for the whole batch read
 
     async def _apply(self, change: Change) -> None:
         if type(change) is Insert:

@@ -16,6 +16,7 @@ instead, which publishes a dead letter in its place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -88,6 +89,8 @@ class JetStreamPublisher:
         self._observer = observer
         self.last_ack_at = time.monotonic()  # for stall detection
         self._inbox = nc.new_inbox()
+        self._inbox_bytes = self._inbox.encode()
+        self._frames: list[bytes] = []  # queued, not yet handed to nats-py (see flush)
         self._prefix_len = len(self._inbox) + 1
         self._next_token = 0
         self._in_flight: dict[str, InFlight] = {}  # insertion order = publish order
@@ -117,26 +120,53 @@ class JetStreamPublisher:
     async def publish(
         self, subject: str, data: bytes, headers: dict[str, str], tx: Transaction, route: str
     ) -> None:
-        """Send one message; waits only while the in-flight window is full."""
-        while len(self._in_flight) >= self._max_in_flight:
-            self._space.clear()
-            await self._wait_or_fail(self._space)
+        """Queue one message; waits only while the in-flight window is full.
+
+        Messages go out in batches: call ``flush`` after a batch of events (the
+        pipeline does, after each read), or they wait for the next flush.
+        """
+        if len(self._in_flight) >= self._max_in_flight:
+            await self.flush()
+            while len(self._in_flight) >= self._max_in_flight:
+                self._space.clear()
+                await self._wait_or_fail(self._space)
         if not self._in_flight:
             # Idle until now: stall detection measures from here, not from the last ack.
             self.last_ack_at = time.monotonic()
         self._tracker.sent(tx)
-        await self._send(subject, data, headers, tx, route)
+        self._queue(subject, data, headers, tx, route)
 
     def committed(self, tx: Transaction) -> None:
         """The pipeline saw the commit; if every event was acked already, it is done."""
         if tx.outstanding == 0 and tx.published and self._observer is not None:
             self._observer.transaction_acked(tx)
 
-    async def _send(
+    async def flush(self) -> None:
+        """Hand the queued frames to nats-py as one write.
+
+        nats-py's own ``publish`` costs more per message than everything else the
+        bridge does (header checks and encoding, a flusher wake-up per call). The
+        frames here are built once, in order, and given to the client's pending
+        buffer in one piece, so they stay ordered with its own commands (SUB, PING).
+        ``_send_command``/``_flush_pending`` are private: nats-py is pinned to a minor
+        version range in pyproject.toml for that reason.
+        """
+        if not self._frames:
+            return
+        if self._nc.is_closed:
+            self.fail(PublishError("NATS connection lost"))
+            raise PublishError("NATS connection lost")
+        batch = b"".join(self._frames)
+        self._frames.clear()
+        await self._nc._send_command(batch)
+        await self._nc._flush_pending()
+
+    def _queue(
         self, subject: str, data: bytes, headers: dict[str, str], tx: Transaction, route: str
     ) -> None:
         guard = self._guard if self._guard is not None and self._guard.covers(subject) else None
-        size = message_size(data, headers) + (guard.stamp_size() if guard else 0)
+        header_block = encode_headers(headers)
+        size = len(header_block) + len(data) + (guard.stamp_size() if guard else 0)
         if size > self._nc.max_payload and route != DEAD_LETTER_ROUTE:
             # The router checked the row, but our own headers came on top: the server
             # would close the connection on it, on every replay. Dead-letter it instead
@@ -146,15 +176,27 @@ class JetStreamPublisher:
                 f"message of {size} bytes with headers exceeds the server's max_payload "
                 f"{self._nc.max_payload}"
             )
-            await self._replace(entry, reason)
+            self._replace(entry, reason)
             return
         if guard is not None:
-            guard.stamp(headers)  # here, at send time: the wire order is the chain
+            guard.stamp(headers)  # here, at queue time: the wire order is the chain
+            header_block = encode_headers(headers)
         token = str(self._next_token)
         self._next_token += 1
         self._in_flight[token] = InFlight(subject, data, headers, tx, time.monotonic(), route)
         self._empty.clear()
-        await self._nc.publish(subject, data, reply=self._inbox + "." + token, headers=headers)
+        self._frames.append(
+            b"HPUB %s %s.%s %d %d\r\n%s%s\r\n"
+            % (
+                subject.encode(),
+                self._inbox_bytes,
+                token.encode(),
+                len(header_block),
+                len(header_block) + len(data),
+                header_block,
+                data,
+            )
+        )
 
     async def wait_empty(self, timeout: float) -> bool:
         """Wait until every message is acked; False when the timeout ran out first."""
@@ -199,7 +241,8 @@ class JetStreamPublisher:
         elif problem == _NO_RESPONDERS:
             await self._settle_no_responders(entry)
         elif problem[0]:
-            await self._replace(entry, problem[1])
+            self._replace(entry, problem[1])
+            await self._flush_or_fail()
         else:
             self.fail(PublishError(f"JetStream refused a message on {entry.subject}: {problem[1]}"))
             return
@@ -208,19 +251,24 @@ class JetStreamPublisher:
         if not self._in_flight:
             self._empty.set()
 
-    async def _replace(self, entry: InFlight, reason: str) -> None:
+    async def _flush_or_fail(self) -> None:
+        with contextlib.suppress(PublishError):  # flush has failed the pipeline already
+            await self.flush()
+
+    def _replace(self, entry: InFlight, reason: str) -> None:
         """Swap a message that can never be stored for its dead letter.
 
         The transaction keeps waiting (its outstanding count is unchanged) until the
-        replacement is acked. The replacement skips the window: this runs inside the
-        ack callback, and waiting there for acks would wait forever.
+        replacement is acked. The replacement skips the window: this may run inside
+        the ack callback, and waiting there for acks would wait forever. It goes out
+        with the next flush, which the caller makes.
         """
         try:
             subject, data, headers = self._on_rejected(entry, reason)
         except Exception as exc:  # the rejection policy says stop (e.g. no dead letter)
             self.fail(exc)
             return
-        await self._send(subject, data, headers, entry.tx, DEAD_LETTER_ROUTE)
+        self._queue(subject, data, headers, entry.tx, DEAD_LETTER_ROUTE)
 
     async def _settle_no_responders(self, entry: InFlight) -> None:
         """No responders means permanent only when no stream captures the subject at all."""
@@ -244,7 +292,8 @@ class JetStreamPublisher:
                 PublishError(f"stream {streams[0]} did not answer for {entry.subject} (no leader?)")
             )
         else:
-            await self._replace(entry, f"no stream captures subject {entry.subject}")
+            self._replace(entry, f"no stream captures subject {entry.subject}")
+            await self._flush_or_fail()
 
     async def _watch_ack_timeouts(self) -> None:
         interval = max(self._ack_timeout / 4, 0.05)
@@ -263,12 +312,12 @@ class JetStreamPublisher:
                 )
 
 
-def message_size(data: bytes, headers: dict[str, str]) -> int:
-    """Bytes the server counts against max_payload: the header block plus the body."""
-    header_block = len(b"NATS/1.0\r\n\r\n")
-    for name, value in headers.items():
-        header_block += len(name) + len(value.encode()) + 4  # "name: value\r\n"
-    return header_block + len(data)
+def encode_headers(headers: dict[str, str]) -> bytes:
+    """The NATS/1.0 header block. Names and values were checked where they were made
+    (config, router); none holds CR or LF, so nothing needs escaping here."""
+    return (
+        "NATS/1.0\r\n" + "".join([f"{k}: {v}\r\n" for k, v in headers.items()]) + "\r\n"
+    ).encode()
 
 
 _NO_RESPONDERS = (False, "no responders")

@@ -1,5 +1,9 @@
 from cdc_bridge.ordering import OrderGuard
-from cdc_bridge.publisher import message_size
+from cdc_bridge.publisher import encode_headers
+
+
+def message_size(data: bytes, headers: dict[str, str]) -> int:
+    return len(encode_headers(headers)) + len(data)
 
 
 def test_first_message_expects_the_stream_sequence_then_each_names_its_predecessor() -> None:
