@@ -1,9 +1,18 @@
 """Pipelined JetStream publishing with acks matched through one inbox subscription.
 
-Each message is published with a reply subject ``<inbox>.<token>``; JetStream answers
-there with a pub ack. One wildcard subscription receives every ack and a plain dict
-maps the token back to the transaction it belongs to. That costs far less per message
-than a Future per publish, and keeps the in-flight window explicit.
+A message that wants an ack is published with a reply subject ``<inbox>.<token>``;
+JetStream answers there. One wildcard subscription receives every ack and a plain
+dict maps the token back to its message. That costs far less per message than a
+Future per publish, and keeps the in-flight window explicit.
+
+Messages to the bridge's own stream form a chain (ordering.py): each names its
+predecessor, so JetStream stores one only if every earlier one is stored. An ack for
+one of them therefore acks all the chained messages sent before it, and most of them
+are sent without a reply subject at all: one ack per ``ACK_EVERY`` chained messages
+(and for the last of each flush) instead of one each. A duplicate ack proves nothing
+about its predecessors (deduplication is checked before the expectation), so it
+fails the session; every session starts by asking an ack of each message for a
+while, which is when replays and their duplicates happen.
 
 Failure model: any ack that is not a success (or that does not come within
 ``ack_timeout``) fails the whole pipeline. The session then starts over from the
@@ -19,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -39,6 +49,10 @@ class PublishError(Exception):
     """The pipeline cannot go on: restart the session and replay from the slot."""
 
 
+# Chained messages per requested ack once a session is past its careful start.
+ACK_EVERY = 64
+
+
 @dataclass(slots=True)
 class InFlight:
     subject: str
@@ -47,6 +61,8 @@ class InFlight:
     tx: Transaction
     sent_at: float
     route: str
+    token: int = 0
+    chained: bool = False  # in the bridge's own stream, stamped with its predecessor
 
 
 # Given a message that can never be stored and the reason, return its replacement
@@ -93,7 +109,12 @@ class JetStreamPublisher:
         self._frames: list[bytes] = []  # queued, not yet handed to nats-py (see flush)
         self._prefix_len = len(self._inbox) + 1
         self._next_token = 0
-        self._in_flight: dict[str, InFlight] = {}  # insertion order = publish order
+        self._count = 0  # messages sent and not yet acked
+        self._awaiting: dict[int, InFlight] = {}  # sent with a reply subject, by token
+        self._chain: deque[InFlight] = deque()  # chained messages not yet acked, in order
+        self._unreplied_tail: tuple[int, InFlight, bytes] | None = None  # see flush
+        self._since_reply = 0
+        self._careful = 2 * max_in_flight  # chained messages that each get an ack first
         self._space = asyncio.Event()
         self._space.set()
         self._empty = asyncio.Event()
@@ -115,7 +136,7 @@ class JetStreamPublisher:
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        return self._count
 
     async def publish(
         self, subject: str, data: bytes, headers: dict[str, str], tx: Transaction, route: str
@@ -125,12 +146,12 @@ class JetStreamPublisher:
         Messages go out in batches: call ``flush`` after a batch of events (the
         pipeline does, after each read), or they wait for the next flush.
         """
-        if len(self._in_flight) >= self._max_in_flight:
+        if self._count >= self._max_in_flight:
             await self.flush()
-            while len(self._in_flight) >= self._max_in_flight:
+            while self._count >= self._max_in_flight:
                 self._space.clear()
                 await self._wait_or_fail(self._space)
-        if not self._in_flight:
+        if not self._count:
             # Idle until now: stall detection measures from here, not from the last ack.
             self.last_ack_at = time.monotonic()
         self._tracker.sent(tx)
@@ -153,6 +174,15 @@ class JetStreamPublisher:
         """
         if not self._frames:
             return
+        tail = self._unreplied_tail
+        if tail is not None:
+            # Every chained message must be followed by one that gets an ack, or it
+            # would wait for the next flush (or for ever, at the end of a burst).
+            index, entry, header_block = tail
+            self._frames[index] = self._frame(entry, header_block, reply=True)
+            self._awaiting[entry.token] = entry
+            self._unreplied_tail = None
+            self._since_reply = 0
         if self._nc.is_closed:
             self.fail(PublishError("NATS connection lost"))
             raise PublishError("NATS connection lost")
@@ -178,24 +208,41 @@ class JetStreamPublisher:
             )
             self._replace(entry, reason)
             return
+        token = self._next_token
+        self._next_token += 1
+        entry = InFlight(subject, data, headers, tx, time.monotonic(), route, token)
+        self._count += 1
+        self._empty.clear()
+        reply = True
         if guard is not None:
             guard.stamp(headers)  # here, at queue time: the wire order is the chain
             header_block = encode_headers(headers)
-        token = str(self._next_token)
-        self._next_token += 1
-        self._in_flight[token] = InFlight(subject, data, headers, tx, time.monotonic(), route)
-        self._empty.clear()
-        self._frames.append(
-            b"HPUB %s %s.%s %d %d\r\n%s%s\r\n"
-            % (
-                subject.encode(),
-                self._inbox_bytes,
-                token.encode(),
-                len(header_block),
-                len(header_block) + len(data),
-                header_block,
-                data,
-            )
+            entry.chained = True
+            self._chain.append(entry)
+            self._since_reply += 1
+            if self._careful > 0:
+                self._careful -= 1
+            elif self._since_reply < ACK_EVERY:
+                reply = False
+        if reply:
+            self._awaiting[token] = entry
+            if entry.chained:
+                self._since_reply = 0
+                self._unreplied_tail = None
+        else:
+            self._unreplied_tail = (len(self._frames), entry, header_block)
+        self._frames.append(self._frame(entry, header_block, reply=reply))
+
+    def _frame(self, entry: InFlight, header_block: bytes, *, reply: bool) -> bytes:
+        data = entry.data
+        reply_to = b"%s.%d " % (self._inbox_bytes, entry.token) if reply else b""
+        return b"HPUB %s %s%d %d\r\n%s%s\r\n" % (
+            entry.subject.encode(),
+            reply_to,
+            len(header_block),
+            len(header_block) + len(data),
+            header_block,
+            data,
         )
 
     async def wait_empty(self, timeout: float) -> bool:
@@ -221,35 +268,70 @@ class JetStreamPublisher:
                 raise exc
 
     async def _on_ack(self, msg: Msg) -> None:
-        entry = self._in_flight.pop(msg.subject[self._prefix_len :], None)
+        try:
+            entry = self._awaiting.pop(int(msg.subject[self._prefix_len :]), None)
+        except ValueError:
+            return
         if entry is None:
             return  # an ack for a previous session's token, or after a timeout: ignore
         problem = _ack_problem(msg)
-        if problem is None or problem is _DUPLICATE:
-            self.acked_total += 1
-            self.last_ack_at = time.monotonic()
+        if entry.chained:
+            self._on_chained_ack(entry, problem)
+        elif problem is None or problem is _DUPLICATE:
             if problem is _DUPLICATE:
-                self.duplicates_total += 1
-                if self._on_duplicate is not None:
-                    self._on_duplicate(entry)
-            tx = entry.tx
-            self._tracker.acked(tx)
-            if self._observer is not None:
-                self._observer.acked(entry.route, tx)
-                if tx.outstanding == 0 and tx.committed:
-                    self._observer.transaction_acked(tx)
+                self._duplicate(entry)
+            self._acked(entry)
         elif problem == _NO_RESPONDERS:
             await self._settle_no_responders(entry)
         elif problem[0]:
+            self._count -= 1  # its replacement counts instead
             self._replace(entry, problem[1])
             await self._flush_or_fail()
         else:
-            self.fail(PublishError(f"JetStream refused a message on {entry.subject}: {problem[1]}"))
-            return
-        if len(self._in_flight) < self._max_in_flight:
+            self._refused(entry, problem[1])
+        if self._count < self._max_in_flight:
             self._space.set()
-        if not self._in_flight:
+        if not self._count:
             self._empty.set()
+
+    def _on_chained_ack(self, entry: InFlight, problem: tuple[bool, str] | None) -> None:
+        chain = self._chain
+        if problem is _DUPLICATE and chain and chain[0] is entry:
+            self._duplicate(entry)  # nothing unacked before it: as good as stored
+            problem = None
+        if problem is None:
+            # Stored, so every chained message before it is stored too.
+            while chain:
+                head = chain.popleft()
+                if head is not entry:
+                    self._awaiting.pop(head.token, None)
+                self._acked(head)
+                if head is entry:
+                    return
+        elif problem is _DUPLICATE:
+            self._duplicate(entry)
+            self._refused(entry, "a duplicate id among messages not yet acked one by one")
+        else:
+            self._refused(entry, problem[1])
+
+    def _acked(self, entry: InFlight) -> None:
+        self._count -= 1
+        self.acked_total += 1
+        self.last_ack_at = time.monotonic()
+        tx = entry.tx
+        self._tracker.acked(tx)
+        if self._observer is not None:
+            self._observer.acked(entry.route, tx)
+            if tx.outstanding == 0 and tx.committed:
+                self._observer.transaction_acked(tx)
+
+    def _duplicate(self, entry: InFlight) -> None:
+        self.duplicates_total += 1
+        if self._on_duplicate is not None:
+            self._on_duplicate(entry)
+
+    def _refused(self, entry: InFlight, reason: str) -> None:
+        self.fail(PublishError(f"JetStream refused a message on {entry.subject}: {reason}"))
 
     async def _flush_or_fail(self) -> None:
         with contextlib.suppress(PublishError):  # flush has failed the pipeline already
@@ -292,6 +374,7 @@ class JetStreamPublisher:
                 PublishError(f"stream {streams[0]} did not answer for {entry.subject} (no leader?)")
             )
         else:
+            self._count -= 1  # its replacement counts instead
             self._replace(entry, f"no stream captures subject {entry.subject}")
             await self._flush_or_fail()
 
@@ -299,9 +382,17 @@ class JetStreamPublisher:
         interval = max(self._ack_timeout / 4, 0.05)
         while not self.failed.done():
             await asyncio.sleep(interval)
-            if not self._in_flight:
+            waiting = [
+                e
+                for e in (
+                    self._chain[0] if self._chain else None,
+                    next(iter(self._awaiting.values()), None),
+                )
+                if e
+            ]
+            if not waiting:
                 continue
-            oldest = next(iter(self._in_flight.values()))
+            oldest = min(waiting, key=lambda e: e.sent_at)
             waited = time.monotonic() - oldest.sent_at
             if waited > self._ack_timeout:
                 self.fail(
