@@ -170,6 +170,7 @@ class Pipeline:
         tracker = self._tracker
         decode = self._decoder.decode
         publisher = self.publisher
+        apply = self._apply
         while True:
             for message in await stream.read_batch():
                 parsed = parse_copy_data(message)
@@ -183,7 +184,9 @@ class Pipeline:
                             "transaction deliberately with `cdc-bridge slots advance`"
                         ) from None
                     if change is not None:
-                        await self._apply(change)
+                        apply(change)
+                        if publisher.full:  # backpressure: the only place the reader waits
+                            await publisher.wait_for_room()
                     tracker.saw(parsed.wal_end)
                 elif type(parsed) is Keepalive:
                     tracker.keepalive(parsed.wal_end)
@@ -191,12 +194,11 @@ class Pipeline:
                         stream.send_status(tracker.received, tracker.confirmed)
             await publisher.flush()  # one write for the whole batch read
 
-    async def _apply(self, change: Change) -> None:
+    def _apply(self, change: Change) -> None:
+        """One change in (no waiting: the caller waits when the window is full)."""
         if type(change) is Insert:
             if change.table in self._tables and self._tx is not None:
-                await self._publish(
-                    self._tx, change.table, self._router.route(change.table, change.row)
-                )
+                self._publish(self._tx, change.table, self._router.route(change.table, change.row))
         elif type(change) is Begin:
             self._tx = self._tracker.begin(change.final_lsn, change.commit_time)
             self._tx_lsn = format_lsn(change.final_lsn)
@@ -220,13 +222,13 @@ class Pipeline:
                     default_id=default_message_id(self._tx.final_lsn, self._tx_index),
                     columns=self._envelope_columns,
                 )
-                await self._publish(self._tx, event.table, self._route_message(event))
+                self._publish(self._tx, event.table, self._route_message(event))
         elif type(change) is RowChange and self._tx is not None:
             # The decoder makes these for outbox.change_tables only. Like a message
             # without an id, a change's id is its place in the transaction.
             default_id = default_message_id(self._tx.final_lsn, self._tx_index)
             outcome = self._router.route_change(change, default_id)
-            await self._publish(self._tx, change.table, outcome)
+            self._publish(self._tx, change.table, outcome)
 
     def _route_message(self, event: MessageEvent) -> Outbound | Poison:
         if event.problem is None:
@@ -239,7 +241,7 @@ class Pipeline:
             outcome.headers.pop("Cdc-Subject", None)  # it never had an intended subject
         return outcome
 
-    async def _publish(self, tx: Transaction, table: str, outcome: Outbound | Poison) -> None:
+    def _publish(self, tx: Transaction, table: str, outcome: Outbound | Poison) -> None:
         """Publish one event (an outbox row, a message or a change) as the next of its
         transaction."""
         index = self._tx_index
@@ -266,7 +268,7 @@ class Pipeline:
         headers["Cdc-Source"] = self._source
         if outcome.dead_letter_reason is not None:
             self._count_dead_letter(outcome.msg_id, outcome.dead_letter_reason)
-        await self.publisher.publish(outcome.subject, outcome.data, headers, tx, outcome.route)
+        self.publisher.publish(outcome.subject, outcome.data, headers, tx, outcome.route)
 
     def _dead_letter_for_rejected(
         self, entry: InFlight, reason: str

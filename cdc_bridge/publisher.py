@@ -138,19 +138,26 @@ class JetStreamPublisher:
     def in_flight(self) -> int:
         return self._count
 
-    async def publish(
+    @property
+    def full(self) -> bool:
+        """The window is full: call ``wait_for_room`` before publishing more."""
+        return self._count >= self._max_in_flight
+
+    async def wait_for_room(self) -> None:
+        """Send what is queued, then wait until acks make room in the window."""
+        await self.flush()
+        while self._count >= self._max_in_flight:
+            self._space.clear()
+            await self._wait_or_fail(self._space)
+
+    def publish(
         self, subject: str, data: bytes, headers: dict[str, str], tx: Transaction, route: str
     ) -> None:
-        """Queue one message; waits only while the in-flight window is full.
+        """Queue one message (never waits: check ``full`` and ``wait_for_room``).
 
         Messages go out in batches: call ``flush`` after a batch of events (the
         pipeline does, after each read), or they wait for the next flush.
         """
-        if self._count >= self._max_in_flight:
-            await self.flush()
-            while self._count >= self._max_in_flight:
-                self._space.clear()
-                await self._wait_or_fail(self._space)
         if not self._count:
             # Idle until now: stall detection measures from here, not from the last ack.
             self.last_ack_at = time.monotonic()
