@@ -12,14 +12,12 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import psycopg
 from psycopg import sql
 
 from bench.workload import OUTBOX_TABLE, POLLING_TABLE, POLLING_TABLE_SQL, table_identifier
-from cdc_bridge.devstack import NatsServer, PostgresServer, outbox_schema_sql
+from cdc_bridge.devstack import NatsServer, PostgresServer, Service, outbox_schema_sql
 
 DATABASE = "bench"
 PUBLICATION = "bench"
@@ -31,7 +29,7 @@ BENCH_PG_SETTINGS = {
 }
 
 
-class BenchStack:
+class BenchStack(Service):
     """PostgreSQL (database ``bench``: both outbox tables, a publication) and nats-server."""
 
     def __init__(self, keep: bool = False) -> None:
@@ -71,22 +69,6 @@ class BenchStack:
             self.postgres.close()
             if not self.keep:
                 shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def work_dir(self, name: str) -> Path:
         folder = self.root / name

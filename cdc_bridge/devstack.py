@@ -79,6 +79,36 @@ _UNIX_SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating N
 _SETTINGS_FILE = "cdc_bridge_devstack.conf"
 
 
+class Service:
+    """Something started and closed, usable as ``with Thing(...) as thing:``.
+
+    ``close`` runs on leaving the block, and also when ``start`` fails half-way, so a
+    server that started before the failure is never left running.
+    """
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 class DevstackError(Exception):
     """A throwaway server could not be found, started or stopped. The message is one line."""
 
@@ -314,7 +344,7 @@ _STOP_SIGNALS = {
 }
 
 
-class PostgresServer:
+class PostgresServer(Service):
     """A PostgreSQL cluster in ``base_dir`` on ``127.0.0.1:port``, trust auth, logical WAL."""
 
     def __init__(
@@ -453,18 +483,6 @@ class PostgresServer:
             self.kill()
         if self._own_socket_dir:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def create_database(self, name: str, *, outbox_schema: bool = True) -> str:
         """Create database ``name`` (with the outbox table unless told not to); its DSN."""
@@ -611,7 +629,7 @@ def _nats_answers(port: int) -> bool:
     return isinstance(info, dict) and info.get("jetstream") is True
 
 
-class NatsServer:
+class NatsServer(Service):
     """``nats-server -js`` on ``127.0.0.1:port`` with its JetStream store in ``base_dir/js``."""
 
     def __init__(
@@ -711,18 +729,6 @@ class NatsServer:
         except DevstackError:
             self.kill()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
     def _forget_process(self) -> None:
         self._process = None
         if self._log_file is not None:
@@ -733,7 +739,7 @@ class NatsServer:
 # --- both -----------------------------------------------------------------------------------
 
 
-class DevStack:
+class DevStack(Service):
     """PostgreSQL and nats-server side by side under one folder, for ``cdc-bridge dev``."""
 
     def __init__(self, base_dir: Path) -> None:
@@ -762,15 +768,3 @@ class DevStack:
             "CDC_BRIDGE_DEV_DSN": self.postgres.dsn(),
             "CDC_BRIDGE_DEV_NATS_URL": self.nats.url,
         }
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -11,16 +11,23 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any
 
 import yaml
+
+from cdc_bridge.devstack import Service
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_PLACEHOLDER = "{config}"
 DEFAULT_COMMAND: tuple[str, ...] = (
-    sys.executable, "-m", "cdc_bridge", "run", "--config", CONFIG_PLACEHOLDER,
-    "--log-format", "json",
+    sys.executable,
+    "-m",
+    "cdc_bridge",
+    "run",
+    "--config",
+    CONFIG_PLACEHOLDER,
+    "--log-format",
+    "json",
 )
 _TAIL_LINES = 30
 
@@ -48,7 +55,7 @@ def parse_json_line(line: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-class BridgeProcess:
+class BridgeProcess(Service):
     """``python -m cdc_bridge run --config FILE --log-format json`` with captured output.
 
     ``config`` is written as YAML to ``work_dir/bridge.yaml`` on ``start()``. ``command``
@@ -194,7 +201,9 @@ class BridgeProcess:
             (self._process.stderr, self._stderr_lines),
         ):
             reader = threading.Thread(
-                target=self._read_lines, args=(stream, own_lines), daemon=True,
+                target=self._read_lines,
+                args=(stream, own_lines),
+                daemon=True,
                 name=f"bridge-{self._process.pid}-reader",
             )
             reader.start()
@@ -237,18 +246,6 @@ class BridgeProcess:
         """Kill it if still running (fixture teardown): never leave a daemon behind."""
         if self._process is not None and self._process.poll() is None:
             self.kill()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- internals --
 

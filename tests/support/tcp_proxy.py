@@ -18,8 +18,9 @@ import struct
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
+
+from cdc_bridge.devstack import Service
 
 T = TypeVar("T")
 
@@ -46,7 +47,7 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     writer.transport.abort()
 
 
-class TcpProxy:
+class TcpProxy(Service):
     """Forward ``127.0.0.1:<port>`` to ``upstream_host:upstream_port``."""
 
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
@@ -79,18 +80,6 @@ class TcpProxy:
         self._thread.join(_CALL_TIMEOUT)
         if not self._thread.is_alive():
             self._loop.close()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- faults --
 
