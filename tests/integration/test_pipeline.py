@@ -92,6 +92,15 @@ class _Abort(Exception):
     """Raised inside a transaction block to roll it back."""
 
 
+@pytest.fixture(params=["pgoutput", "wal2json"])
+def both_plugins(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The scenario runs once per output plugin: downstream cannot tell them apart."""
+    plugin: str = request.param
+    monkeypatch.setenv("CDC_BRIDGE_TEST_PLUGIN", plugin)
+    return plugin
+
+
+@pytest.mark.usefixtures("both_plugins")
 def test_only_committed_transactions_arrive(
     pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
 ) -> None:
@@ -133,6 +142,7 @@ def test_only_committed_transactions_arrive(
 # --- 2. other tables in the same transactions -----------------------------------------------
 
 
+@pytest.mark.usefixtures("both_plugins")
 def test_only_outbox_rows_arrive_from_mixed_transactions(
     pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
 ) -> None:
@@ -178,6 +188,7 @@ def test_only_outbox_rows_arrive_from_mixed_transactions(
 # --- 3. concurrent transactions: commit order, headers --------------------------------------
 
 
+@pytest.mark.usefixtures("both_plugins")
 def test_interleaved_transactions_arrive_in_commit_order_with_headers(
     pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
 ) -> None:
@@ -269,6 +280,7 @@ UNICODE_PAYLOADS: list[Any] = [
 ]
 
 
+@pytest.mark.usefixtures("both_plugins")
 def test_unicode_payloads_and_bytea_arrive_byte_for_byte(
     pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
 ) -> None:
@@ -277,11 +289,16 @@ def test_unicode_payloads_and_bytea_arrive_byte_for_byte(
             "CREATE TABLE public.blobs (id text PRIMARY KEY, kind text NOT NULL, payload bytea)"
         )
     config = bridge_config(
-        pg_dsn, nats_url, unique_name,
+        pg_dsn,
+        nats_url,
+        unique_name,
         outbox={"table": ["public.outbox", "public.blobs"]},
         routes=[
-            {"name": "blobs", "when": {"table": "public.blobs"},
-             "subject": f"{unique_name}.blob.{{kind}}"},
+            {
+                "name": "blobs",
+                "when": {"table": "public.blobs"},
+                "subject": f"{unique_name}.blob.{{kind}}",
+            },
             {"subject": f"{unique_name}.{{aggregate_type}}.{{event_type}}"},
         ],
     )
@@ -330,6 +347,7 @@ def test_unicode_payloads_and_bytea_arrive_byte_for_byte(
 # --- 5. the slot follows the acks -----------------------------------------------------------
 
 
+@pytest.mark.usefixtures("both_plugins")
 def test_slot_is_confirmed_past_the_last_commit(
     pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
 ) -> None:
@@ -348,6 +366,7 @@ def test_slot_is_confirmed_past_the_last_commit(
 # --- 6. NATS down ---------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("both_plugins")
 def test_slot_holds_while_nats_is_down_and_everything_arrives_after(
     pg_dsn: str,
     isolated_nats_server: NatsServer,
@@ -374,7 +393,8 @@ def test_slot_holds_while_nats_is_down_and_everything_arrives_after(
         return confirmed is not None and confirmed <= outage_start
 
     assert_holds(
-        slot_not_past_outage, 5 * STATUS_INTERVAL,
+        slot_not_past_outage,
+        5 * STATUS_INTERVAL,
         "the slot was confirmed past events that NATS never acked",
     )
 
@@ -386,6 +406,7 @@ def test_slot_holds_while_nats_is_down_and_everything_arrives_after(
     assert_every_stderr_line_is_json(bridge)  # the failure and the retries included
 
 
+@pytest.mark.usefixtures("both_plugins")
 def test_events_read_but_not_acked_are_not_confirmed(
     pg_dsn: str,
     isolated_nats_server: NatsServer,
@@ -423,7 +444,8 @@ def test_events_read_but_not_acked_are_not_confirmed(
             return confirmed is not None and confirmed <= freeze_start
 
         assert_holds(
-            slot_not_past_freeze, 5 * STATUS_INTERVAL,
+            slot_not_past_freeze,
+            5 * STATUS_INTERVAL,
             "the slot was confirmed past events JetStream had not acked",
         )
     finally:
@@ -437,6 +459,7 @@ def test_events_read_but_not_acked_are_not_confirmed(
 # --- 7, 8, 9: stopping and restarting the bridge ---------------------------------------------
 
 
+@pytest.mark.usefixtures("both_plugins")
 def test_sigterm_stops_cleanly_and_a_restart_loses_and_repeats_nothing(
     pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
 ) -> None:
@@ -466,6 +489,7 @@ def test_sigterm_stops_cleanly_and_a_restart_loses_and_repeats_nothing(
     assert message_ids(messages) == ids
 
 
+@pytest.mark.usefixtures("both_plugins")
 def test_restart_resumes_from_the_confirmed_position(
     pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
 ) -> None:
@@ -493,6 +517,7 @@ def test_restart_resumes_from_the_confirmed_position(
     assert not events & {"slot_created", "publication_created", "stream_created"}
 
 
+@pytest.mark.usefixtures("both_plugins")
 def test_kill_9_mid_stream_then_restart_loses_and_repeats_nothing(
     pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
 ) -> None:
@@ -524,9 +549,17 @@ def test_missing_stream_is_created_with_the_configured_settings(
     stream = unique_name.upper()
     subjects = [f"{unique_name}.>", f"{unique_name}-audit.*"]
     config = bridge_config(
-        pg_dsn, nats_url, unique_name,
-        nats={"stream": {"subjects": subjects, "duplicate_window": "45s", "max_age": "1h",
-                         "storage": "memory"}},
+        pg_dsn,
+        nats_url,
+        unique_name,
+        nats={
+            "stream": {
+                "subjects": subjects,
+                "duplicate_window": "45s",
+                "max_age": "1h",
+                "storage": "memory",
+            }
+        },
     )
     bridge = start_bridge(make_bridge, config)
     bridge.wait_for_log(log_event("stream_created", stream=stream))
@@ -588,7 +621,9 @@ def test_route_naming_a_missing_column_is_one_fatal_line(
     pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
 ) -> None:
     config = bridge_config(
-        pg_dsn, nats_url, unique_name,
+        pg_dsn,
+        nats_url,
+        unique_name,
         routes=[{"subject": f"{unique_name}.{{aggregate_type}}.{{no_such_column}}"}],
     )
     line = assert_one_line_about(make_bridge(config), "no_such_column")

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import copy
 import json
+import os
 import threading
 import uuid
 from collections import Counter
@@ -59,9 +60,7 @@ def insert_event(conn: psycopg.Connection[Any], event: Event) -> str:
     return event.id
 
 
-def insert_events(
-    dsn: str, rows: Iterable[Event], *, in_one_transaction: bool = True
-) -> list[str]:
+def insert_events(dsn: str, rows: Iterable[Event], *, in_one_transaction: bool = True) -> list[str]:
     """Insert and commit the events (one transaction, or one each); their ids in order."""
     ids: list[str] = []
     with psycopg.connect(dsn, autocommit=not in_one_transaction) as conn:
@@ -119,9 +118,7 @@ def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]
     return merged
 
 
-def bridge_config(
-    pg_dsn: str, nats_url: str, unique_name: str, **overrides: Any
-) -> dict[str, Any]:
+def bridge_config(pg_dsn: str, nats_url: str, unique_name: str, **overrides: Any) -> dict[str, Any]:
     """A config for one test: its own slot, publication and stream (``unique_name``),
     subjects ``<unique_name>.<aggregate_type>.<event_type>``, fast status updates.
 
@@ -131,6 +128,8 @@ def bridge_config(
     base: dict[str, Any] = {
         "postgres": {
             "dsn": pg_dsn,
+            # Scenario tests run on both plugins (test_pipeline's both_plugins fixture).
+            "plugin": os.environ.get("CDC_BRIDGE_TEST_PLUGIN", "pgoutput"),
             "slot": unique_name,
             "publication": unique_name,
             "status_interval": "200ms",
@@ -190,7 +189,9 @@ def wait_for_ids(
         return messages if wanted <= set(message_ids(messages)) else []  # falsy: wait on
 
     return wait_until(
-        arrived, timeout=timeout, interval=0.1,
+        arrived,
+        timeout=timeout,
+        interval=0.1,
         message=f"{stream} never held all {len(wanted)} ids",
     )
 
@@ -234,7 +235,9 @@ def wait_for_slot_past(dsn: str, slot: str, lsn: int, timeout: float = 10.0) -> 
         return confirmed if confirmed is not None and confirmed > lsn else 0  # 0: wait on
 
     return wait_until(
-        confirmed_past, timeout=timeout, interval=0.05,
+        confirmed_past,
+        timeout=timeout,
+        interval=0.05,
         message=f"slot {slot} never confirmed past {lsn:X}",
     )
 
@@ -250,9 +253,7 @@ class EventProducer:
     transactions keeps the load modest on a shared machine.
     """
 
-    def __init__(
-        self, dsn: str, *, rows_per_transaction: int = 3, pause: float = 0.01
-    ) -> None:
+    def __init__(self, dsn: str, *, rows_per_transaction: int = 3, pause: float = 0.01) -> None:
         self._dsn = dsn
         self._rows = rows_per_transaction
         self._pause = pause
