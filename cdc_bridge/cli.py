@@ -20,6 +20,17 @@ from cdc_bridge import __version__
 log = structlog.get_logger("cdc_bridge.cli")
 
 
+def _port_is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _print_error(message: str) -> int:
     print(f"cdc-bridge: {message}", file=sys.stderr)
     return 1
@@ -54,7 +65,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from cdc_bridge.config import ConfigError, load_config
     from cdc_bridge.daemon import install_signal_handlers, run_bridge
     from cdc_bridge.demo import print_events, produce_tickets
-    from cdc_bridge.devstack import DevStack, DevstackError, outbox_schema_sql
+    from cdc_bridge.devstack import DevStack, DevstackError, free_port, outbox_schema_sql
     from cdc_bridge.logs import configure_logging
     from cdc_bridge.postgres_setup import prepare_postgres
 
@@ -70,7 +81,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
         with psycopg.connect(stack.postgres.dsn(), autocommit=True) as conn:
             conn.execute(outbox_schema_sql())
-        env = {**os.environ, **stack.environment()}
+        # The HTTP endpoint on 8080 when that is free, else on any free port: a busy
+        # 8080 on a laptop must not stop the demo.
+        http_listen = f"127.0.0.1:{8080 if _port_is_free(8080) else free_port()}"
+        env = {**os.environ, **stack.environment(), "CDC_BRIDGE_DEV_HTTP": http_listen}
         try:
             config = load_config(args.config, env=env)
         except ConfigError as exc:
@@ -80,6 +94,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
             + stack.postgres.dsn()
             + "\n  NATS        "
             + stack.nats.url
+            + "\n  HTTP        http://"
+            + (config.http.listen or "(off)")
+            + "/status"
             + "\n  try:        psql '"
             + stack.postgres.dsn()
             + "' -c \"INSERT INTO outbox "
