@@ -45,10 +45,16 @@ class OrderGuard:
             return len("Nats-Expected-Last-Sequence: \r\n") + len(str(self._last_seq))
         return len("Nats-Expected-Last-Msg-Id: \r\n") + len(self._last_msg_id.encode())
 
-    def stamp(self, headers: dict[str, str]) -> None:
-        """Add the expectation for a message about to be sent; it becomes the predecessor."""
+    def stamp(self, headers: dict[str, str]) -> str:
+        """Add the expectation for a message about to be sent; it becomes the predecessor.
+
+        Returns the header's name, so the caller can encode just that one entry.
+        """
         if self._last_msg_id is None:
-            headers["Nats-Expected-Last-Sequence"] = str(self._last_seq)
+            name = "Nats-Expected-Last-Sequence"
+            headers[name] = str(self._last_seq)
         else:
-            headers["Nats-Expected-Last-Msg-Id"] = self._last_msg_id
+            name = "Nats-Expected-Last-Msg-Id"
+            headers[name] = self._last_msg_id
         self._last_msg_id = headers["Nats-Msg-Id"]
+        return name

@@ -222,8 +222,9 @@ class JetStreamPublisher:
         self._empty.clear()
         reply = True
         if guard is not None:
-            guard.stamp(headers)  # here, at queue time: the wire order is the chain
-            header_block = encode_headers(headers)
+            name = guard.stamp(headers)  # here, at queue time: the wire order is the chain
+            # The block ends in a blank line: the new entry goes just before it.
+            header_block = header_block[:-2] + f"{name}: {headers[name]}\r\n\r\n".encode()
             entry.chained = True
             self._chain.append(entry)
             self._since_reply += 1

@@ -37,3 +37,12 @@ def test_stamp_size_is_what_stamp_adds_to_the_header_block() -> None:
 def test_message_size_counts_the_header_block_and_the_body() -> None:
     # NATS/1.0\r\n + "K: v\r\n" + \r\n, then the body
     assert message_size(b"12345", {"K": "v"}) == len(b"NATS/1.0\r\nK: v\r\n\r\n") + 5
+
+
+def test_stamped_block_equals_encoding_the_stamped_headers() -> None:
+    guard = OrderGuard(("events.>",), last_seq=7)
+    for msg_id in ("a", "b"):
+        headers = {"Nats-Msg-Id": msg_id, "Cdc-Lsn": "0/1"}
+        block = encode_headers(headers)
+        name = guard.stamp(headers)
+        assert block[:-2] + f"{name}: {headers[name]}\r\n\r\n".encode() == encode_headers(headers)
