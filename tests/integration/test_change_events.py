@@ -19,9 +19,8 @@ from typing import Any
 import psycopg
 import pytest
 from support.bridge import BridgeProcess, log_event, parse_json_line
-from support.nats_helpers import StreamMessage
-from support.outbox import Event, bridge_config, insert_event, raw_stored_headers, wait_for_ids
-from support.plugins import PLUGINS, run_statements
+from support.outbox import Event, bridge_config, insert_event, wait_for_ids
+from support.plugins import PLUGINS, comparable, run_statements, stream_through_both_plugins
 
 from cdc_bridge.decoding.wal2json import wal2json_options
 from cdc_bridge.devstack import NatsServer
@@ -92,13 +91,6 @@ def run_workload(dsn: str) -> str:
         return insert_event(conn, Event(aggregate_id="T-1", event_type="final"))
 
 
-def comparable(nats_url: str, stream: str, message: StreamMessage) -> tuple[str, bytes, bytes]:
-    """Subject, body and the raw header block without its Cdc-Source line."""
-    block = raw_stored_headers(nats_url, stream, message.seq)
-    lines = [line for line in block.split(b"\r\n") if not line.startswith(b"Cdc-Source:")]
-    return message.subject, message.data, b"\r\n".join(lines)
-
-
 def wal2json_own_objects(dsn: str, slot: str) -> list[bytes]:
     """What wal2json writes for the tickets' changes, less the bridge's option fields."""
     options = wal2json_options(("public.outbox",), (), ("public.tickets",))
@@ -130,18 +122,14 @@ def test_both_plugins_publish_the_changes_wal2json_writes(
         pg_dsn, f"SELECT pg_create_logical_replication_slot('{reference_slot}', 'wal2json')"
     )
     servers = {"pgoutput": nats_url, "wal2json": isolated_nats_server.url}
-    bridges = {
-        plugin: make_bridge(change_config(pg_dsn, url, unique_name, plugin))
-        for plugin, url in servers.items()
-    }
-    for bridge in bridges.values():
-        bridge.wait_for_log(log_event("streaming"), timeout=STARTUP_TIMEOUT)
-
-    final = run_workload(pg_dsn)
     stream = unique_name.upper()
-    stored = {
-        plugin: wait_for_ids(url, stream, [final], timeout=30) for plugin, url in servers.items()
-    }
+    stored = stream_through_both_plugins(
+        make_bridge,
+        lambda url, plugin: change_config(pg_dsn, url, unique_name, plugin),
+        servers,
+        stream,
+        lambda: run_workload(pg_dsn),
+    )
     pgoutput, wal2json = stored["pgoutput"], stored["wal2json"]
     assert [comparable(nats_url, stream, m) for m in pgoutput] == [
         comparable(isolated_nats_server.url, stream, m) for m in wal2json

@@ -24,17 +24,16 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from support.bridge import BridgeProcess, log_event
+from support.bridge import BridgeProcess
 from support.nats_helpers import StreamMessage
 from support.outbox import (
     Event,
     bridge_config,
     insert_event,
     insert_events,
-    raw_stored_headers,
     wait_for_ids,
 )
-from support.plugins import run_statements
+from support.plugins import comparable, run_statements, stream_through_both_plugins
 
 from cdc_bridge.devstack import NatsServer
 
@@ -180,13 +179,6 @@ def run_workload(dsn: str) -> str:
     return insert_events(dsn, [Event(event_type="final")])[0]
 
 
-def comparable(nats_url: str, stream: str, message: StreamMessage) -> tuple[str, bytes, bytes]:
-    """Subject, body and the raw header block without its Cdc-Source line."""
-    block = raw_stored_headers(nats_url, stream, message.seq)
-    lines = [line for line in block.split(b"\r\n") if not line.startswith(b"Cdc-Source:")]
-    return message.subject, message.data, b"\r\n".join(lines)
-
-
 def test_both_plugins_publish_identical_messages(
     pg_dsn: str,
     nats_url: str,
@@ -197,18 +189,14 @@ def test_both_plugins_publish_identical_messages(
     dsn = pg_dsn
     run_statements(dsn, TABLES, f"ALTER DATABASE db_{unique_name} SET bytea_output = 'escape'")
     servers = {"pgoutput": nats_url, "wal2json": isolated_nats_server.url}
-    bridges = {
-        plugin: make_bridge(parity_config(dsn, url, unique_name, plugin))
-        for plugin, url in servers.items()
-    }
-    for bridge in bridges.values():
-        bridge.wait_for_log(log_event("streaming"), timeout=STARTUP_TIMEOUT)
-
-    final = run_workload(dsn)
     stream = unique_name.upper()
-    stored = {
-        plugin: wait_for_ids(url, stream, [final], timeout=30) for plugin, url in servers.items()
-    }
+    stored = stream_through_both_plugins(
+        make_bridge,
+        lambda url, plugin: parity_config(dsn, url, unique_name, plugin),
+        servers,
+        stream,
+        lambda: run_workload(dsn),
+    )
     pgoutput, wal2json = stored["pgoutput"], stored["wal2json"]
     assert [comparable(nats_url, stream, m) for m in pgoutput] == [
         comparable(isolated_nats_server.url, stream, m) for m in wal2json
