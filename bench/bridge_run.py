@@ -11,13 +11,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import yaml
 
-from bench.children import REPO_ROOT, ChildFailed, child_environment, log_tail
+from bench.children import ChildProcess
 from bench.cpu import CpuUse, cpu_use
 from bench.workload import OUTBOX_TABLE
 
@@ -56,39 +55,14 @@ def proc_status_kib(pid: int, field: str) -> int:
     raise LookupError(f"/proc/{pid}/status has no {field}")
 
 
-class BridgeUnderTest:
+class BridgeUnderTest(ChildProcess):
     """``python -m cdc_bridge run --config FILE`` (what the ``cdc-bridge`` script runs)."""
 
     def __init__(self, config: dict[str, Any], work_dir: Path) -> None:
         self.config_path = work_dir / "bridge.yaml"
-        self.log_path = work_dir / "bridge.log"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        self.spawned_at = 0.0
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self._process is not None, "not started"
-        return self._process.pid
-
-    def start(self) -> None:
-        self._log = self.log_path.open("wb")
-        self.spawned_at = time.time()
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "cdc_bridge", "run", "--config", str(self.config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-            env=child_environment(),
-        )
-
-    def check_alive(self) -> None:
-        assert self._process is not None, "not started"
-        code = self._process.poll()
-        if code is not None:
-            raise ChildFailed(f"the bridge exited with code {code}: {log_tail(self.log_path)}")
+        command = [sys.executable, "-m", "cdc_bridge", "run", "--config", str(self.config_path)]
+        super().__init__(command, work_dir, "bridge")
 
     def peak_rss_kib(self) -> int:
         """The bridge's peak resident set so far (VmHWM): read it while it still runs."""
@@ -112,7 +86,5 @@ class BridgeUnderTest:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        self._close_log()
         return process.returncode

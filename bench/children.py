@@ -40,14 +40,14 @@ def log_tail(path: Path, lines: int = 10) -> str:
     return " | ".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
-class Child:
-    """One ``python -m <module>`` process; ``spawned_at`` is Unix time just before the fork."""
+class ChildProcess:
+    """One child process with its output in ``<work_dir>/<name>.log``; ``spawned_at`` is
+    Unix time just before the fork."""
 
-    def __init__(self, module: str, args: Sequence[str], work_dir: Path, name: str) -> None:
+    def __init__(self, command: Sequence[str], work_dir: Path, name: str) -> None:
         self.name = name
         self.log_path = work_dir / f"{name}.log"
-        self.result_path = work_dir / f"{name}.json"
-        self.command = [sys.executable, "-m", module, *args, "--result", str(self.result_path)]
+        self.command = list(command)
         self.spawned_at = 0.0
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -77,6 +77,27 @@ class Child:
             raise ChildFailed(
                 f"{self.name} exited early with code {code}: {log_tail(self.log_path)}"
             )
+
+    def kill(self) -> None:
+        """For cleanup paths: make sure nothing is left running."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class Child(ChildProcess):
+    """``python -m <module> ... --result FILE``: a relay or the producer."""
+
+    def __init__(self, module: str, args: Sequence[str], work_dir: Path, name: str) -> None:
+        self.result_path = work_dir / f"{name}.json"
+        command = [sys.executable, "-m", module, *args, "--result", str(self.result_path)]
+        super().__init__(command, work_dir, name)
 
     def terminate(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -113,18 +134,6 @@ class Child:
         except (OSError, ValueError) as exc:
             raise ChildFailed(f"{self.name} left no readable result: {exc}") from None
         return loaded
-
-    def kill(self) -> None:
-        """For cleanup paths: make sure nothing is left running."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-        self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
 
 def ready_path(result_path: Path | str) -> Path:
