@@ -48,37 +48,29 @@ def devstack_tmp(devstack_root: Path, request: pytest.FixtureRequest) -> Path:
 def pg_server(devstack_root: Path) -> Iterator[PostgresServer]:
     """The session's PostgreSQL (wal_level=logical). Don't stop or kill it in a test:
     use ``isolated_pg_server`` for that."""
-    server = PostgresServer(devstack_root / "postgres")
-    server.start()
-    yield server
-    server.close()
+    with PostgresServer(devstack_root / "postgres") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def nats_server(devstack_root: Path) -> Iterator[NatsServer]:
     """The session's nats-server with JetStream. Use ``isolated_nats_server`` to kill one."""
-    server = NatsServer(devstack_root / "nats")
-    server.start()
-    yield server
-    server.close()
+    with NatsServer(devstack_root / "nats") as server:
+        yield server
 
 
 @pytest.fixture
 def isolated_pg_server(devstack_tmp: Path) -> Iterator[PostgresServer]:
     """A PostgreSQL of this test's own, started: stop, restart or kill it at will."""
-    server = PostgresServer(devstack_tmp / "postgres")
-    server.start()
-    yield server
-    server.close()
+    with PostgresServer(devstack_tmp / "postgres") as server:
+        yield server
 
 
 @pytest.fixture
 def isolated_nats_server(devstack_tmp: Path) -> Iterator[NatsServer]:
     """A nats-server of this test's own, started: stop, restart or kill it at will."""
-    server = NatsServer(devstack_tmp / "nats")
-    server.start()
-    yield server
-    server.close()
+    with NatsServer(devstack_tmp / "nats") as server:
+        yield server
 
 
 @pytest.fixture
