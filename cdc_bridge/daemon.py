@@ -10,6 +10,7 @@ import time
 import nats.errors
 import psycopg
 import structlog
+from psycopg.rows import TupleRow
 
 from cdc_bridge.config import BridgeConfig, redact_dsn
 from cdc_bridge.errors import TRANSIENT_ERRORS, FatalError
@@ -238,40 +239,64 @@ async def log_progress(
     """A periodic progress line instead of a line per event; refreshes slot lag often."""
     stats = state.stats
     last_rows, last_logged = stats.rows, time.monotonic()
-    while True:
-        await asyncio.sleep(lag_every)
-        status = state.status
-        if status.role == "standby":
-            continue
-        with contextlib.suppress(Exception):  # lag is a nicety: never let it stop the bridge
-            await refresh_slot_lag(config, state)
-        now = time.monotonic()
-        if now - last_logged < every:
-            continue
-        rate = (stats.rows - last_rows) / (now - last_logged)
-        last_rows, last_logged = stats.rows, now
-        log.info(
-            "progress",
-            role=status.role,
-            events_per_second=round(rate, 1),
-            events=stats.rows,
-            dead_lettered=stats.dead_lettered,
-            lsn=format_lsn(status.confirmed_lsn) if status.confirmed_lsn else None,
-            lag_bytes=status.lag_bytes,
-            in_flight=status.in_flight() if status.in_flight else 0,
-        )
+    lag = SlotLagReader(config)
+    try:
+        while True:
+            await asyncio.sleep(lag_every)
+            status = state.status
+            if status.role == "standby":
+                continue
+            await lag.refresh(state)
+            now = time.monotonic()
+            if now - last_logged < every:
+                continue
+            rate = (stats.rows - last_rows) / (now - last_logged)
+            last_rows, last_logged = stats.rows, now
+            log.info(
+                "progress",
+                role=status.role,
+                events_per_second=round(rate, 1),
+                events=stats.rows,
+                dead_lettered=stats.dead_lettered,
+                lsn=format_lsn(status.confirmed_lsn) if status.confirmed_lsn else None,
+                lag_bytes=status.lag_bytes,
+                in_flight=status.in_flight() if status.in_flight else 0,
+            )
+    finally:
+        await lag.close()
 
 
-async def refresh_slot_lag(config: BridgeConfig, state: BridgeState) -> None:
-    pg = config.postgres
-    async with await psycopg.AsyncConnection.connect(
-        connection_string(pg.dsn, pg.connect_timeout), autocommit=True, password=pg.password
-    ) as conn:
-        lag = await slot_lag(conn, pg.slot)
-    if lag is not None:
-        state.status.lag_bytes, state.status.retained_bytes = lag
-        state.metrics.lag_bytes.set(lag[0])
-        state.metrics.retained_bytes.set(lag[1])
+class SlotLagReader:
+    """Measures the slot's lag every few seconds on one connection kept open for it
+    (reconnecting after a failure), rather than a new connection each time."""
+
+    def __init__(self, config: BridgeConfig) -> None:
+        self._config = config
+        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
+
+    async def refresh(self, state: BridgeState) -> None:
+        pg = self._config.postgres
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    connection_string(pg.dsn, pg.connect_timeout),
+                    autocommit=True,
+                    password=pg.password,
+                )
+            lag = await slot_lag(self._conn, pg.slot)
+        except psycopg.Error:
+            await self.close()  # lag is a nicety: never let it stop the bridge
+            return
+        if lag is not None:
+            state.status.lag_bytes, state.status.retained_bytes = lag
+            state.metrics.lag_bytes.set(lag[0])
+            state.metrics.retained_bytes.set(lag[1])
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+            self._conn = None
 
 
 def describe(exc: BaseException) -> str:
