@@ -120,8 +120,6 @@ class JetStreamPublisher:
         self._empty = asyncio.Event()
         self._empty.set()
         self.failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.acked_total = 0
-        self.duplicates_total = 0
         self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -324,7 +322,6 @@ class JetStreamPublisher:
 
     def _acked(self, entry: InFlight) -> None:
         self._count -= 1
-        self.acked_total += 1
         self.last_ack_at = time.monotonic()
         tx = entry.tx
         self._tracker.acked(tx)
@@ -334,7 +331,6 @@ class JetStreamPublisher:
                 self._observer.transaction_acked(tx)
 
     def _duplicate(self, entry: InFlight) -> None:
-        self.duplicates_total += 1
         if self._on_duplicate is not None:
             self._on_duplicate(entry)
 
