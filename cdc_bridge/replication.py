@@ -3,9 +3,9 @@
 psycopg 3 has no replication API, but since 3.3 ``START_REPLICATION`` on a
 ``replication="database"`` connection leaves it in COPY_BOTH state. From there we
 drive ``conn.pgconn`` ourselves: read CopyData with ``get_copy_data(1)`` (non-blocking)
-until it returns 0, only then ``consume_input`` and wait for the socket. Calling
-``consume_input`` before every read makes libpq shift its whole buffered backlog each
-time, which turns quadratic once the reader falls behind.
+until it returns 0, only then ``consume_input`` (and wait for the socket when that brings
+nothing). Calling ``consume_input`` before every read makes libpq shift its whole
+buffered backlog each time, which turns quadratic once the reader falls behind.
 """
 
 from __future__ import annotations
@@ -141,31 +141,38 @@ class ReplicationStream:
         self._loop.add_reader(self._fd, self._readable.set)
 
     async def read_batch(self, max_messages: int = 2000) -> list[bytes]:
-        """Wait for at least one CopyData message; return all that are already buffered."""
+        """Wait for at least one CopyData message; return all that are already buffered.
+
+        When libpq's buffer runs dry the socket is read once more without waiting
+        (libpq reads at most its buffer's free space, 16 KiB at first, per call): a
+        backlog then comes in batches of up to ``max_messages`` instead of a trip
+        through the event loop per 16 KiB, and the publisher flushes fewer, larger writes.
+        """
         pg = self._pg
         batch: list[bytes] = []
+        socket_read = False  # consume_input was called since the buffer last ran dry
         while True:
             try:
                 nbytes, data = pg.get_copy_data(1)
-            except psycopg.OperationalError as exc:
-                raise ReplicationError(f"replication connection lost: {_first_line(exc)}") from None
-            if nbytes > 0:
-                batch.append(bytes(data))
-                if len(batch) >= max_messages:
-                    return batch
-            elif nbytes == 0:
+                if nbytes > 0:
+                    batch.append(bytes(data))
+                    if len(batch) >= max_messages:
+                        return batch
+                    socket_read = False
+                    continue
+                if nbytes < 0:
+                    raise self._stream_end_error()
+                if not socket_read:
+                    pg.consume_input()  # non-blocking: whatever the socket holds now
+                    socket_read = True
+                    continue
                 if batch:
                     return batch
                 self._readable.clear()
                 await self._readable.wait()
-                try:
-                    pg.consume_input()
-                except psycopg.OperationalError as exc:
-                    raise ReplicationError(
-                        f"replication connection lost: {_first_line(exc)}"
-                    ) from None
-            else:
-                raise self._stream_end_error()
+                pg.consume_input()
+            except psycopg.OperationalError as exc:
+                raise ReplicationError(f"replication connection lost: {_first_line(exc)}") from None
 
     def send_status(self, write: int, flush: int, *, reply_requested: bool = False) -> None:
         """Standby status update. Only ``flush`` moves the slot's confirmed_flush_lsn."""
