@@ -5,6 +5,10 @@ filtering, routing, publishing, confirmation) cannot tell the plugins apart.
 Column values are ``str`` (PostgreSQL's text form), ``bytes`` (bytea only) or
 ``None`` (SQL NULL).
 
+Begin, Insert and Commit are made once per WAL message on the hot path, so they are
+plain (not frozen) dataclasses: a frozen one costs a ``object.__setattr__`` call per
+field. Nothing changes them after the decoder made them.
+
 Outbox tables and logical messages need only Insert and LogicalMessage. Tables listed in
 ``outbox.change_tables`` come as RowChange instead: inserts, updates and deletes with the
 column types and the old key, which is what a wal2json-shaped change event needs.
@@ -17,14 +21,14 @@ from dataclasses import dataclass
 ColumnValue = str | bytes | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Begin:
     xid: int
     final_lsn: int  # the commit record's LSN: known up front, so events can carry it
     commit_time: int = 0  # microseconds since 2000-01-01 UTC; 0 when the plugin omits it
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Insert:
     table: str  # "schema.table", unquoted
     row: dict[str, ColumnValue]
@@ -40,7 +44,7 @@ class LogicalMessage:
     lsn: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Commit:
     commit_lsn: int
     end_lsn: int  # the position to confirm once everything in this transaction is acked

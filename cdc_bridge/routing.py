@@ -23,7 +23,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cdc_bridge.change_events import change_json, routing_row
 from cdc_bridge.changes import ColumnValue, RowChange
@@ -55,9 +55,10 @@ _REASON_LIMIT = 500
 _HEADER_BLOCK_OVERHEAD = len("NATS/1.0\r\n\r\n")
 _MSG_ID_HEADER = len("Nats-Msg-Id: \r\n")
 _MISSING = object()
+_SAFE_VALUES_KEPT = 10_000  # per template
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per event, and frozen init costs a call per field
 class Outbound:
     """One message to publish; the publisher adds ``Nats-Msg-Id: msg_id`` itself."""
 
@@ -109,22 +110,35 @@ class _CompiledTemplate:
     unsafe: Callable[[str], re.Match[str] | None]
     where: str  # "subject" or "header 'Name'", for reasons
     rule: str
+    # Values already found safe (each maps to itself): event types and the like repeat
+    # on nearly every row, so most renders skip the checks. Bounded; past the bound,
+    # values are checked anew.
+    safe: dict[object, str] = field(default_factory=dict)
 
     def render(self, table: str, row: Mapping[str, ColumnValue]) -> str:
         if not self.rest:
             return self.first
+        safe = self.safe
         pieces = [self.first]
         for column, literal in self.rest:
             value = table if column == TABLE_PSEUDO_COLUMN else row.get(column, _MISSING)
-            if not isinstance(value, str):
-                raise _Rejected(_unusable(column, value, self.where))
-            if self.unsafe(value):
-                raise _Rejected(
-                    f"unsafe value for {{{column}}} in {self.where}: {_clip(value)} ({self.rule})"
-                )
-            pieces.append(value)
+            text = safe.get(value)
+            if text is None:
+                text = self._checked(column, value)
+                if len(safe) < _SAFE_VALUES_KEPT:
+                    safe[text] = text
+            pieces.append(text)
             pieces.append(literal)
         return "".join(pieces)
+
+    def _checked(self, column: str, value: object) -> str:
+        if not isinstance(value, str):
+            raise _Rejected(_unusable(column, value, self.where))
+        if self.unsafe(value):
+            raise _Rejected(
+                f"unsafe value for {{{column}}} in {self.where}: {_clip(value)} ({self.rule})"
+            )
+        return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,7 +195,7 @@ class PgoutputDecoder:
         )
 
     def _decode_insert(self, payload: bytes) -> Insert | RowChange:
-        (rel_id,) = _U32.unpack_from(payload, 1)
+        rel_id = _U32.unpack_from(payload, 1)[0]
         relation = self._relations.get(rel_id)
         if relation is None:
             raise DecodeError(
@@ -209,7 +209,7 @@ class PgoutputDecoder:
             _expect_end(payload, pos, "Insert")
             return _row_change("I", relation.change_table, relation, new, None)
         names = relation.column_names
-        (ncols,) = _U16.unpack_from(payload, 6)
+        ncols = _U16.unpack_from(payload, 6)[0]
         if ncols != len(names):
             raise DecodeError(
                 f"Insert into {relation.table} has {ncols} columns, "
@@ -220,18 +220,17 @@ class PgoutputDecoder:
         pos = 8
         for name in names:
             col_kind = payload[pos]
-            if col_kind == _COL_TEXT:
-                (length,) = read_u32(payload, pos + 1)
+            # Literal kinds, text first: this loop runs for every column of every row.
+            if col_kind == 116:  # _COL_TEXT
                 start = pos + 5
-                pos = start + length
+                pos = start + read_u32(payload, pos + 1)[0]
                 row[name] = payload[start:pos].decode()
-            elif col_kind == _COL_NULL:
+            elif col_kind == 110:  # _COL_NULL
                 row[name] = None
                 pos += 1
             elif col_kind == _COL_BINARY:
-                (length,) = read_u32(payload, pos + 1)
                 start = pos + 5
-                pos = start + length
+                pos = start + read_u32(payload, pos + 1)[0]
                 row[name] = payload[start:pos]
             elif col_kind == _COL_UNCHANGED_TOAST:
                 # Only updates can leave a TOASTed value unchanged; None is the safe reading.
@@ -242,7 +241,8 @@ class PgoutputDecoder:
                     f"Insert into {relation.table}: unknown column kind "
                     f"{bytes([col_kind])!r} for column {name!r}"
                 )
-        _expect_end(payload, pos, "Insert")
+        if pos != len(payload):
+            _expect_end(payload, pos, "Insert")
         for index in relation.bytea_columns:
             value = row[names[index]]
             if isinstance(value, str):
