@@ -39,22 +39,13 @@ class OrderGuard:
             self._covers[subject] = known
         return known
 
-    def stamp_size(self) -> int:
-        """Bytes that ``stamp`` adds to the header block (it counts against max_payload)."""
+    def expectation(self) -> str:
+        """The header line that names the next message's predecessor."""
         if self._last_msg_id is None:
-            return len("Nats-Expected-Last-Sequence: \r\n") + len(str(self._last_seq))
-        return len("Nats-Expected-Last-Msg-Id: \r\n") + len(self._last_msg_id.encode())
+            return f"Nats-Expected-Last-Sequence: {self._last_seq}\r\n"
+        return f"Nats-Expected-Last-Msg-Id: {self._last_msg_id}\r\n"
 
-    def stamp(self, headers: dict[str, str]) -> str:
-        """Add the expectation for a message about to be sent; it becomes the predecessor.
-
-        Returns the header's name, so the caller can encode just that one entry.
-        """
-        if self._last_msg_id is None:
-            name = "Nats-Expected-Last-Sequence"
-            headers[name] = str(self._last_seq)
-        else:
-            name = "Nats-Expected-Last-Msg-Id"
-            headers[name] = self._last_msg_id
-        self._last_msg_id = headers["Nats-Msg-Id"]
-        return name
+    def advance(self, msg_id: str) -> None:
+        """The message with ``msg_id`` was sent with ``expectation()``: it is the next
+        one's predecessor."""
+        self._last_msg_id = msg_id

@@ -21,13 +21,21 @@ from cdc_bridge.changes import Begin, Change, Commit, Insert, LogicalMessage, Ro
 from cdc_bridge.decoding import DecodeError
 from cdc_bridge.lsn import format_lsn, parse_lsn
 from cdc_bridge.messages import EnvelopeColumns, MessageEvent, default_message_id, message_event
-from cdc_bridge.protocol import Keepalive, XLogData, parse_copy_data
+from cdc_bridge.protocol import (
+    XLOG_DATA_KIND,
+    XLOG_PAYLOAD_START,
+    Keepalive,
+    XLogData,
+    parse_copy_data,
+    xlog_wal_end,
+)
 from cdc_bridge.publisher import (
     DuplicateHandler,
     InFlight,
     JetStreamPublisher,
     PublishError,
     Rejection,
+    header_lines,
 )
 from cdc_bridge.reconcile import Position
 from cdc_bridge.replication import ReplicationStream
@@ -103,6 +111,7 @@ class Pipeline:
         self._tx: Transaction | None = None
         self._tx_lsn = ""
         self._tx_index = 0
+        self._table_lines: dict[str, str] = {}  # Cdc-Table and Cdc-Source, by table
 
     async def run(self, stop: asyncio.Event, *, shutdown_timeout: float) -> None:
         """Stream until ``stop`` is set (clean end) or something fails (raises)."""
@@ -172,26 +181,27 @@ class Pipeline:
         publisher = self.publisher
         apply = self._apply
         while True:
+            last_xlog: bytes | None = None
             for message in await stream.read_batch():
-                parsed = parse_copy_data(message)
-                if type(parsed) is XLogData:
+                # XLogData inline (nearly every message): no parsed object per change.
+                if message[0] == XLOG_DATA_KIND and len(message) >= XLOG_PAYLOAD_START:
                     try:
-                        change = decode(parsed.payload)
+                        change = decode(message[XLOG_PAYLOAD_START:])
                     except DecodeError as exc:
-                        raise UndecodableChange(
-                            f"cannot decode the change at LSN {format_lsn(parsed.data_start)}: "
-                            f"{exc}. Inspect it with `cdc-bridge slots peek`; skip its "
-                            "transaction deliberately with `cdc-bridge slots advance`"
-                        ) from None
+                        raise UndecodableChange(_undecodable(message, exc)) from None
                     if change is not None:
                         apply(change)
                         if publisher.full:  # backpressure: the only place the reader waits
                             await publisher.wait_for_room()
-                    tracker.saw(parsed.wal_end)
-                elif type(parsed) is Keepalive:
+                    last_xlog = message
+                    continue
+                parsed = parse_copy_data(message)  # a keepalive (or a ProtocolError)
+                if type(parsed) is Keepalive:
                     tracker.keepalive(parsed.wal_end)
                     if parsed.reply_requested:
                         stream.send_status(tracker.received, tracker.confirmed)
+            if last_xlog is not None:
+                tracker.saw(xlog_wal_end(last_xlog))
             await publisher.flush()  # one write for the whole batch read
 
     def _apply(self, change: Change) -> None:
@@ -260,32 +270,37 @@ class Pipeline:
                 "here without confirming past it"
             )
         assert type(outcome) is Outbound
-        headers = outcome.headers
-        headers["Nats-Msg-Id"] = outcome.msg_id
-        headers["Cdc-Lsn"] = self._tx_lsn
-        headers["Cdc-Index"] = str(index)
-        headers["Cdc-Table"] = table
-        headers["Cdc-Source"] = self._source
+        lines = self._table_lines.get(table)
+        if lines is None:
+            lines = f"Cdc-Table: {table}\r\nCdc-Source: {self._source}\r\n"
+            self._table_lines[table] = lines
+        msg_id = outcome.msg_id
+        route_headers = outcome.headers
+        lines = (
+            f"{header_lines(route_headers) if route_headers else ''}Nats-Msg-Id: {msg_id}\r\n"
+            f"Cdc-Lsn: {self._tx_lsn}\r\nCdc-Index: {index}\r\n{lines}"
+        )
         if outcome.dead_letter_reason is not None:
-            self._count_dead_letter(outcome.msg_id, outcome.dead_letter_reason)
-        self.publisher.publish(outcome.subject, outcome.data, headers, tx, outcome.route)
+            self._count_dead_letter(msg_id, outcome.dead_letter_reason)
+        self.publisher.publish(outcome.subject, outcome.data, lines, tx, outcome.route, msg_id)
 
     def _dead_letter_for_rejected(
         self, entry: InFlight, reason: str
     ) -> tuple[str, bytes, dict[str, str]]:
         """JetStream can never store this message: publish its dead letter instead."""
-        msg_id = entry.headers.get("Nats-Msg-Id", "")
+        entry_headers = entry.headers
+        msg_id = entry_headers.get("Nats-Msg-Id", "")
         original = Outbound(
             subject=entry.subject,
             data=entry.data,
-            headers=entry.headers,
+            headers=entry_headers,
             msg_id=msg_id,
             route="",
         )
         outcome = self._router.dead_letter(original, reason, msg_id)
         if type(outcome) is Poison:
             raise PoisonRowError(
-                f"row id={msg_id} ({entry.headers.get('Cdc-Table')}): {reason}; no "
+                f"row id={msg_id} ({entry_headers.get('Cdc-Table')}): {reason}; no "
                 "dead_letter is configured, so the bridge stops without confirming past it"
             )
         assert type(outcome) is Outbound
@@ -294,7 +309,7 @@ class Pipeline:
         self._count_dead_letter(msg_id, reason)
         headers = outcome.headers
         for key in ("Nats-Msg-Id", "Cdc-Lsn", "Cdc-Index", "Cdc-Table", "Cdc-Source"):
-            headers[key] = entry.headers[key]
+            headers[key] = entry_headers[key]
         return outcome.subject, outcome.data, headers
 
     def _already_stored(self, position: Position, outcome: Outbound | Poison) -> bool:
@@ -323,3 +338,13 @@ class Pipeline:
         if self._on_dead_letter is not None:
             self._on_dead_letter(reason)
         log.warning("dead_lettered", msg_id=msg_id, error=reason)
+
+
+def _undecodable(message: bytes, error: DecodeError) -> str:
+    parsed = parse_copy_data(message)
+    assert type(parsed) is XLogData
+    return (
+        f"cannot decode the change at LSN {format_lsn(parsed.data_start)}: {error}. "
+        "Inspect it with `cdc-bridge slots peek`; skip its transaction deliberately "
+        "with `cdc-bridge slots advance`"
+    )

@@ -25,9 +25,11 @@ _XLOG_DATA_HEADER = struct.Struct(">QQq")  # data_start, wal_end, send_time
 _KEEPALIVE_BODY = struct.Struct(">QqB")  # wal_end, send_time, reply_requested
 _STATUS_UPDATE = struct.Struct(">cQQQqB")  # 'r', write, flush, apply, send_time, reply
 
-_XLOG_DATA_KIND = ord("w")
+XLOG_DATA_KIND = ord("w")
 _KEEPALIVE_KIND = ord("k")
-_XLOG_PAYLOAD_START = 1 + _XLOG_DATA_HEADER.size  # 25
+XLOG_PAYLOAD_START = 1 + _XLOG_DATA_HEADER.size  # 25
+_WAL_END = struct.Struct(">Q")
+_WAL_END_OFFSET = 9
 _KEEPALIVE_SIZE = 1 + _KEEPALIVE_BODY.size  # 18
 
 
@@ -60,14 +62,14 @@ def parse_copy_data(message: bytes | bytearray | memoryview) -> XLogData | Keepa
     if not message:
         raise ProtocolError("empty CopyData message")
     kind = message[0]
-    if kind == _XLOG_DATA_KIND:
-        if len(message) < _XLOG_PAYLOAD_START:
+    if kind == XLOG_DATA_KIND:
+        if len(message) < XLOG_PAYLOAD_START:
             raise ProtocolError(
                 f"XLogData message too short: {len(message)} bytes, "
-                f"header needs {_XLOG_PAYLOAD_START}"
+                f"header needs {XLOG_PAYLOAD_START}"
             )
         data_start, wal_end, send_time = _XLOG_DATA_HEADER.unpack_from(message, 1)
-        payload = message[_XLOG_PAYLOAD_START:]
+        payload = message[XLOG_PAYLOAD_START:]
         if type(payload) is not bytes:
             payload = bytes(payload)
         return XLogData(data_start, wal_end, send_time, payload)
@@ -81,6 +83,16 @@ def parse_copy_data(message: bytes | bytearray | memoryview) -> XLogData | Keepa
         wal_end, send_time, reply_requested = _KEEPALIVE_BODY.unpack_from(message, 1)
         return Keepalive(wal_end, send_time, reply_requested != 0)
     raise ProtocolError(f"unknown CopyData message kind {bytes([kind])!r}")
+
+
+def xlog_wal_end(message: bytes) -> int:
+    """``wal_end`` of an XLogData message the caller has checked (kind ``w``, long enough).
+
+    The reader's fast path: it takes the payload as ``message[XLOG_PAYLOAD_START:]``
+    itself and needs only this field, so no XLogData object is built per change.
+    """
+    wal_end: int = _WAL_END.unpack_from(message, _WAL_END_OFFSET)[0]
+    return wal_end
 
 
 def pg_now() -> int:

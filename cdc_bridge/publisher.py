@@ -12,7 +12,9 @@ are sent without a reply subject at all: one ack per ``ACK_EVERY`` chained messa
 (and for the last of each flush) instead of one each. A duplicate ack proves nothing
 about its predecessors (deduplication is checked before the expectation), so it
 fails the session; every session starts by asking an ack of each message for a
-while, which is when replays and their duplicates happen.
+while, which is when replays and their duplicates happen. Chained messages sent without
+a reply subject are kept only as runs (transaction, route, count): nothing about them
+is needed again, because a problem with any of them fails the session.
 
 Failure model: any ack that is not a success (or that does not come within
 ``ack_timeout``) fails the whole pipeline. The session then starts over from the
@@ -55,14 +57,34 @@ ACK_EVERY = 64
 
 @dataclass(slots=True)
 class InFlight:
+    """A message sent with a reply subject: everything needed to replace or report it."""
+
     subject: str
     data: bytes
-    headers: dict[str, str]
+    header_lines: str  # "Name: value\r\n" for every header but the order guard's
     tx: Transaction
     sent_at: float
     route: str
     token: int = 0
     chained: bool = False  # in the bridge's own stream, stamped with its predecessor
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers as a dict (for the rare paths: dead letters, duplicates)."""
+        return parse_header_lines(self.header_lines)
+
+
+class _Run:
+    """Consecutive chained messages of one transaction sent without a reply subject:
+    the ack of a later chained message acks them all."""
+
+    __slots__ = ("count", "routes", "sent_at", "tx")
+
+    def __init__(self, tx: Transaction, route: str, sent_at: float) -> None:
+        self.tx = tx
+        self.sent_at = sent_at
+        self.count = 1
+        self.routes = {route: 1}  # for the metrics: how many of them each route made
 
 
 # Given a message that can never be stored and the reason, return its replacement
@@ -71,9 +93,9 @@ Rejection = Callable[[InFlight, str], tuple[str, bytes, dict[str, str]]]
 
 
 class AckObserver(Protocol):
-    """Told about every successful ack (metrics)."""
+    """Told about successful acks (metrics)."""
 
-    def acked(self, route: str, tx: Transaction) -> None: ...
+    def acked(self, route: str, count: int) -> None: ...
 
     def transaction_acked(self, tx: Transaction) -> None: ...
 
@@ -106,13 +128,16 @@ class JetStreamPublisher:
         self.last_ack_at = time.monotonic()  # for stall detection
         self._inbox = nc.new_inbox()
         self._inbox_bytes = self._inbox.encode()
-        self._frames: list[bytes] = []  # queued, not yet handed to nats-py (see flush)
+        # Queued frames, not yet handed to nats-py (see flush), each as four parts:
+        # the HPUB line, the header block, the payload, CRLF.
+        self._parts: list[bytes] = []
         self._prefix_len = len(self._inbox) + 1
         self._next_token = 0
         self._count = 0  # messages sent and not yet acked
         self._awaiting: dict[int, InFlight] = {}  # sent with a reply subject, by token
-        self._chain: deque[InFlight] = deque()  # chained messages not yet acked, in order
-        self._unreplied_tail: tuple[int, InFlight, bytes] | None = None  # see flush
+        self._chain: deque[InFlight | _Run] = deque()  # chained, not yet acked, in order
+        self._unreplied_tail: _Unreplied | None = None  # see flush
+        self._batch_started = time.monotonic()  # when the first queued frame was queued
         self._since_reply = 0
         self._careful = 2 * max_in_flight  # chained messages that each get an ack first
         self._space = asyncio.Event()
@@ -149,18 +174,26 @@ class JetStreamPublisher:
             await self._wait_or_fail(self._space)
 
     def publish(
-        self, subject: str, data: bytes, headers: dict[str, str], tx: Transaction, route: str
+        self,
+        subject: str,
+        data: bytes,
+        header_lines: str,
+        tx: Transaction,
+        route: str,
+        msg_id: str,
     ) -> None:
         """Queue one message (never waits: check ``full`` and ``wait_for_room``).
 
-        Messages go out in batches: call ``flush`` after a batch of events (the
-        pipeline does, after each read), or they wait for the next flush.
+        ``header_lines`` holds every header as ``Name: value\r\n`` (``Nats-Msg-Id:
+        msg_id`` among them); the order guard's expectation is added here. Messages go
+        out in batches: call ``flush`` after a batch of events (the pipeline does, after
+        each read), or they wait for the next flush.
         """
         if not self._count:
             # Idle until now: stall detection measures from here, not from the last ack.
             self.last_ack_at = time.monotonic()
         self._tracker.sent(tx)
-        self._queue(subject, data, headers, tx, route)
+        self._queue(subject, data, header_lines, tx, route, msg_id)
 
     def committed(self, tx: Transaction) -> None:
         """The pipeline saw the commit; if every event was acked already, it is done."""
@@ -177,79 +210,113 @@ class JetStreamPublisher:
         ``_send_command``/``_flush_pending`` are private: nats-py is pinned to a minor
         version range in pyproject.toml for that reason.
         """
-        if not self._frames:
+        if not self._parts:
             return
-        tail = self._unreplied_tail
-        if tail is not None:
-            # Every chained message must be followed by one that gets an ack, or it
-            # would wait for the next flush (or for ever, at the end of a burst).
-            index, entry, header_block = tail
-            self._frames[index] = self._frame(entry, header_block, reply=True)
-            self._awaiting[entry.token] = entry
-            self._unreplied_tail = None
-            self._since_reply = 0
+        if self._unreplied_tail is not None:
+            self._reply_to_tail(self._unreplied_tail)
         if self._nc.is_closed:
             self.fail(PublishError("NATS connection lost"))
             raise PublishError("NATS connection lost")
-        batch = b"".join(self._frames)
-        self._frames.clear()
+        batch = b"".join(self._parts)
+        self._parts.clear()
         await self._nc._send_command(batch)
         await self._nc._flush_pending()
 
+    def _reply_to_tail(self, tail: _Unreplied) -> None:
+        """Every chained message must be followed by one that gets an ack, or it would
+        wait for the next flush (or for ever, at the end of a burst): the last one of a
+        flush asks for a reply after all. It leaves its run for an entry of its own."""
+        head_index, subject, data, lines, tx, route, block_size = tail
+        run = self._chain[-1]
+        assert type(run) is _Run and run.tx is tx
+        run.count -= 1
+        run.routes[route] -= 1
+        if not run.count:
+            self._chain.pop()
+        entry = self._entry(subject, data, lines, tx, route)
+        entry.sent_at = run.sent_at
+        entry.chained = True
+        self._chain.append(entry)
+        size = block_size + len(data)
+        self._parts[head_index] = self._head(subject, entry.token, block_size, size)
+        self._unreplied_tail = None
+        self._since_reply = 0
+
     def _queue(
-        self, subject: str, data: bytes, headers: dict[str, str], tx: Transaction, route: str
+        self,
+        subject: str,
+        data: bytes,
+        header_lines: str,
+        tx: Transaction,
+        route: str,
+        msg_id: str,
     ) -> None:
-        guard = self._guard if self._guard is not None and self._guard.covers(subject) else None
-        header_block = encode_headers(headers)
-        size = len(header_block) + len(data) + (guard.stamp_size() if guard else 0)
+        guard = self._guard
+        chained = guard is not None and guard.covers(subject)
+        expectation = guard.expectation() if guard is not None and chained else ""
+        block = f"NATS/1.0\r\n{header_lines}{expectation}\r\n".encode()
+        block_size = len(block)
+        size = block_size + len(data)
         if size > self._nc.max_payload and route != DEAD_LETTER_ROUTE:
             # The router checked the row, but our own headers came on top: the server
             # would close the connection on it, on every replay. Dead-letter it instead
-            # (before stamping: it must not become the next message's predecessor).
-            entry = InFlight(subject, data, headers, tx, time.monotonic(), route)
+            # (before it is chained: it must not become the next message's predecessor).
+            entry = InFlight(subject, data, header_lines, tx, time.monotonic(), route)
             reason = (
                 f"message of {size} bytes with headers exceeds the server's max_payload "
                 f"{self._nc.max_payload}"
             )
             self._replace(entry, reason)
             return
-        token = self._next_token
-        self._next_token += 1
-        entry = InFlight(subject, data, headers, tx, time.monotonic(), route, token)
+        parts = self._parts
+        if not parts:
+            self._batch_started = time.monotonic()
+        if not self._count:
+            self._empty.clear()
         self._count += 1
-        self._empty.clear()
-        reply = True
-        if guard is not None:
-            name = guard.stamp(headers)  # here, at queue time: the wire order is the chain
-            # The block ends in a blank line: the new entry goes just before it.
-            header_block = header_block[:-2] + f"{name}: {headers[name]}\r\n\r\n".encode()
-            entry.chained = True
-            self._chain.append(entry)
-            self._since_reply += 1
+        if not chained:
+            entry = self._entry(subject, data, header_lines, tx, route)
+            parts += (self._head(subject, entry.token, block_size, size), block, data, b"\r\n")
+            return
+        assert guard is not None
+        guard.advance(msg_id)  # here, at queue time: the wire order is the chain
+        self._since_reply += 1
+        if self._careful > 0 or self._since_reply >= ACK_EVERY:
             if self._careful > 0:
                 self._careful -= 1
-            elif self._since_reply < ACK_EVERY:
-                reply = False
-        if reply:
-            self._awaiting[token] = entry
-            if entry.chained:
-                self._since_reply = 0
-                self._unreplied_tail = None
+            entry = self._entry(subject, data, header_lines, tx, route)
+            entry.chained = True
+            self._chain.append(entry)
+            self._since_reply = 0
+            self._unreplied_tail = None
+            parts += (self._head(subject, entry.token, block_size, size), block, data, b"\r\n")
+            return
+        # The common case: a chained message without a reply subject.
+        chain = self._chain
+        last = chain[-1] if chain else None
+        if type(last) is _Run and last.tx is tx:
+            last.count += 1
+            routes = last.routes
+            routes[route] = routes.get(route, 0) + 1
         else:
-            self._unreplied_tail = (len(self._frames), entry, header_block)
-        self._frames.append(self._frame(entry, header_block, reply=reply))
+            chain.append(_Run(tx, route, self._batch_started))
+        self._unreplied_tail = (len(parts), subject, data, header_lines, tx, route, block_size)
+        head = f"HPUB {subject} {block_size} {size}\r\n".encode()
+        parts += (head, block, data, b"\r\n")
 
-    def _frame(self, entry: InFlight, header_block: bytes, *, reply: bool) -> bytes:
-        data = entry.data
-        reply_to = b"%s.%d " % (self._inbox_bytes, entry.token) if reply else b""
-        return b"HPUB %s %s%d %d\r\n%s%s\r\n" % (
-            entry.subject.encode(),
-            reply_to,
-            len(header_block),
-            len(header_block) + len(data),
-            header_block,
-            data,
-        )
+    def _entry(
+        self, subject: str, data: bytes, header_lines: str, tx: Transaction, route: str
+    ) -> InFlight:
+        """A message that gets a reply subject: registered under a new token."""
+        token = self._next_token
+        self._next_token += 1
+        entry = InFlight(subject, data, header_lines, tx, self._batch_started, route, token)
+        self._awaiting[token] = entry
+        return entry
+
+    def _head(self, subject: str, token: int, block_size: int, size: int) -> bytes:
+        """The HPUB line of a message that asks for a reply at ``<inbox>.<token>``."""
+        return f"HPUB {subject} {self._inbox}.{token} {block_size} {size}\r\n".encode()
 
     async def wait_empty(self, timeout: float) -> bool:
         """Wait until every message is acked; False when the timeout ran out first."""
@@ -307,13 +374,25 @@ class JetStreamPublisher:
             problem = None
         if problem is None:
             # Stored, so every chained message before it is stored too.
+            self.last_ack_at = time.monotonic()
+            awaiting = self._awaiting
+            by_route: dict[str, int] = {}
             while chain:
                 head = chain.popleft()
+                if isinstance(head, _Run):
+                    self._acked_many(head.tx, head.count)
+                    for route, count in head.routes.items():
+                        by_route[route] = by_route.get(route, 0) + count
+                    continue
                 if head is not entry:
-                    self._awaiting.pop(head.token, None)
-                self._acked(head)
+                    awaiting.pop(head.token, None)
+                self._acked_many(head.tx, 1)
+                by_route[head.route] = by_route.get(head.route, 0) + 1
                 if head is entry:
-                    return
+                    break
+            if self._observer is not None:
+                for route, count in by_route.items():
+                    self._observer.acked(route, count)
         elif problem is _DUPLICATE:
             self._duplicate(entry)
             self._refused(entry, "a duplicate id among messages not yet acked one by one")
@@ -321,14 +400,16 @@ class JetStreamPublisher:
             self._refused(entry, problem[1])
 
     def _acked(self, entry: InFlight) -> None:
-        self._count -= 1
         self.last_ack_at = time.monotonic()
-        tx = entry.tx
-        self._tracker.acked(tx)
+        self._acked_many(entry.tx, 1)
         if self._observer is not None:
-            self._observer.acked(entry.route, tx)
-            if tx.outstanding == 0 and tx.committed:
-                self._observer.transaction_acked(tx)
+            self._observer.acked(entry.route, 1)
+
+    def _acked_many(self, tx: Transaction, count: int) -> None:
+        self._count -= count
+        self._tracker.acked(tx, count)
+        if tx.outstanding == 0 and tx.committed and self._observer is not None:
+            self._observer.transaction_acked(tx)
 
     def _duplicate(self, entry: InFlight) -> None:
         if self._on_duplicate is not None:
@@ -354,7 +435,8 @@ class JetStreamPublisher:
         except Exception as exc:  # the rejection policy says stop (e.g. no dead letter)
             self.fail(exc)
             return
-        self._queue(subject, data, headers, entry.tx, DEAD_LETTER_ROUTE)
+        lines = header_lines(headers)
+        self._queue(subject, data, lines, entry.tx, DEAD_LETTER_ROUTE, headers["Nats-Msg-Id"])
 
     async def _settle_no_responders(self, entry: InFlight) -> None:
         """No responders means permanent only when no stream captures the subject at all."""
@@ -386,33 +468,53 @@ class JetStreamPublisher:
         interval = max(self._ack_timeout / 4, 0.05)
         while not self.failed.done():
             await asyncio.sleep(interval)
-            waiting = [
-                e
-                for e in (
-                    self._chain[0] if self._chain else None,
-                    next(iter(self._awaiting.values()), None),
-                )
-                if e
-            ]
+            waiting: list[InFlight | _Run] = []
+            if self._chain:
+                waiting.append(self._chain[0])
+            first_awaiting = next(iter(self._awaiting.values()), None)
+            if first_awaiting is not None:
+                waiting.append(first_awaiting)
             if not waiting:
                 continue
             oldest = min(waiting, key=lambda e: e.sent_at)
             waited = time.monotonic() - oldest.sent_at
             if waited > self._ack_timeout:
+                what = (
+                    f"a message of route {next(iter(oldest.routes))}"
+                    if isinstance(oldest, _Run)
+                    else f"a message on {oldest.subject}"
+                )
                 self.fail(
-                    PublishError(
-                        f"no JetStream ack for a message on {oldest.subject} within "
-                        f"{self._ack_timeout:g}s"
-                    )
+                    PublishError(f"no JetStream ack for {what} within {self._ack_timeout:g}s")
                 )
 
 
+# The last chained message queued without a reply subject (see ``flush``): the index
+# of its HPUB line in the queued parts, subject, data, header lines, transaction,
+# route, header block size.
+_Unreplied = tuple[int, str, bytes, str, Transaction, str, int]
+
+
+def header_lines(headers: dict[str, str]) -> str:
+    """Headers as the lines of a NATS/1.0 header block. Names and values were checked
+    where they were made (config, router); none holds CR or LF, so nothing needs
+    escaping here."""
+    return "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+
+
 def encode_headers(headers: dict[str, str]) -> bytes:
-    """The NATS/1.0 header block. Names and values were checked where they were made
-    (config, router); none holds CR or LF, so nothing needs escaping here."""
-    return (
-        "NATS/1.0\r\n" + "".join([f"{k}: {v}\r\n" for k, v in headers.items()]) + "\r\n"
-    ).encode()
+    """The NATS/1.0 header block."""
+    return f"NATS/1.0\r\n{header_lines(headers)}\r\n".encode()
+
+
+def parse_header_lines(lines: str) -> dict[str, str]:
+    """``header_lines`` back to a dict."""
+    headers: dict[str, str] = {}
+    for line in lines.split("\r\n"):
+        if line:
+            name, _, value = line.partition(": ")
+            headers[name] = value
+    return headers
 
 
 _NO_RESPONDERS = (False, "no responders")

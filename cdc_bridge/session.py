@@ -178,9 +178,9 @@ class AckCounter:
         self._stats = state.stats
         self._metrics = state.metrics
 
-    def acked(self, route: str, tx: Transaction) -> None:
-        self._stats.acked += 1
-        self._metrics.acked(route, tx)
+    def acked(self, route: str, count: int) -> None:
+        self._stats.acked += count
+        self._metrics.acked(route, count)
 
     def transaction_acked(self, tx: Transaction) -> None:
         self._metrics.transaction_acked(tx)

@@ -57,9 +57,10 @@ class LsnTracker:
         tx.published += 1
         self.in_flight += 1
 
-    def acked(self, tx: Transaction) -> None:
-        tx.outstanding -= 1
-        self.in_flight -= 1
+    def acked(self, tx: Transaction, count: int = 1) -> None:
+        """``count`` of the transaction's events were acked."""
+        tx.outstanding -= count
+        self.in_flight -= count
         if tx.outstanding == 0 and tx.committed:
             self._advance()
 

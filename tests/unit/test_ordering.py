@@ -1,19 +1,24 @@
 from cdc_bridge.ordering import OrderGuard
-from cdc_bridge.publisher import encode_headers
-
-
-def message_size(data: bytes, headers: dict[str, str]) -> int:
-    return len(encode_headers(headers)) + len(data)
+from cdc_bridge.publisher import encode_headers, header_lines, parse_header_lines
 
 
 def test_first_message_expects_the_stream_sequence_then_each_names_its_predecessor() -> None:
     guard = OrderGuard(("events.>",), last_seq=41)
-    first = {"Nats-Msg-Id": "a"}
-    second = {"Nats-Msg-Id": "b"}
-    guard.stamp(first)
-    guard.stamp(second)
-    assert first == {"Nats-Msg-Id": "a", "Nats-Expected-Last-Sequence": "41"}
-    assert second == {"Nats-Msg-Id": "b", "Nats-Expected-Last-Msg-Id": "a"}
+    first = guard.expectation()
+    guard.advance("a")
+    second = guard.expectation()
+    guard.advance("b")
+    third = guard.expectation()
+    assert first == "Nats-Expected-Last-Sequence: 41\r\n"
+    assert second == "Nats-Expected-Last-Msg-Id: a\r\n"
+    assert third == "Nats-Expected-Last-Msg-Id: b\r\n"
+
+
+def test_an_expectation_not_advanced_past_is_offered_again() -> None:
+    # A message dead-lettered before it was sent must not become the predecessor.
+    guard = OrderGuard(("events.>",), last_seq=3)
+    guard.advance("a")
+    assert guard.expectation() == guard.expectation() == "Nats-Expected-Last-Msg-Id: a\r\n"
 
 
 def test_covers_uses_the_stream_subjects() -> None:
@@ -24,25 +29,13 @@ def test_covers_uses_the_stream_subjects() -> None:
     assert not guard.covers("other.x")
 
 
-def test_stamp_size_is_what_stamp_adds_to_the_header_block() -> None:
-    guard = OrderGuard(("events.>",), last_seq=12345)
-    for msg_id in ("first-id", "second-id-ü"):
-        headers = {"Nats-Msg-Id": msg_id}
-        before = message_size(b"", headers)
-        expected = guard.stamp_size()
-        guard.stamp(headers)
-        assert message_size(b"", headers) - before == expected
+def test_header_block_encoding() -> None:
+    # NATS/1.0\r\n + "K: v\r\n" + \r\n
+    block = b"NATS/1.0\r\nK: v\r\nCdc-Lsn: 0/1\r\n\r\n"
+    assert encode_headers({"K": "v", "Cdc-Lsn": "0/1"}) == block
+    assert encode_headers({}) == b"NATS/1.0\r\n\r\n"
 
 
-def test_message_size_counts_the_header_block_and_the_body() -> None:
-    # NATS/1.0\r\n + "K: v\r\n" + \r\n, then the body
-    assert message_size(b"12345", {"K": "v"}) == len(b"NATS/1.0\r\nK: v\r\n\r\n") + 5
-
-
-def test_stamped_block_equals_encoding_the_stamped_headers() -> None:
-    guard = OrderGuard(("events.>",), last_seq=7)
-    for msg_id in ("a", "b"):
-        headers = {"Nats-Msg-Id": msg_id, "Cdc-Lsn": "0/1"}
-        block = encode_headers(headers)
-        name = guard.stamp(headers)
-        assert block[:-2] + f"{name}: {headers[name]}\r\n\r\n".encode() == encode_headers(headers)
+def test_header_lines_parse_back() -> None:
+    headers = {"Nats-Msg-Id": "a-ü", "Cdc-Error": "x: y", "Empty": ""}
+    assert parse_header_lines(header_lines(headers)) == headers
