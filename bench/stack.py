@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -21,6 +22,7 @@ from cdc_bridge.devstack import NatsServer, PostgresServer, Service, outbox_sche
 
 DATABASE = "bench"
 PUBLICATION = "bench"
+_SLOT_RELEASE_TIMEOUT = 10.0
 
 BENCH_PG_SETTINGS = {
     "shared_buffers": "128MB",
@@ -82,7 +84,20 @@ def create_slot(dsn: str, name: str) -> None:
 
 
 def drop_slot(dsn: str, name: str) -> None:
+    """Drop the slot once no walsender holds it.
+
+    Its reader has just exited, but the walsender serving it notices a moment later, and
+    an active slot cannot be dropped.
+    """
+    deadline = time.monotonic() + _SLOT_RELEASE_TIMEOUT
     with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (name,)
+            ).fetchone()
+            if row is None or not row[0]:
+                break
+            time.sleep(0.05)
         conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
 
 
