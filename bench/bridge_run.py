@@ -58,11 +58,11 @@ def proc_status_kib(pid: int, field: str) -> int:
 class BridgeUnderTest(ChildProcess):
     """``python -m cdc_bridge run --config FILE`` (what the ``cdc-bridge`` script runs)."""
 
-    def __init__(self, config: dict[str, Any], work_dir: Path) -> None:
-        self.config_path = work_dir / "bridge.yaml"
+    def __init__(self, config: dict[str, Any], work_dir: Path, name: str = "bridge") -> None:
+        self.config_path = work_dir / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         command = [sys.executable, "-m", "cdc_bridge", "run", "--config", str(self.config_path)]
-        super().__init__(command, work_dir, "bridge")
+        super().__init__(command, work_dir, name)
 
     def peak_rss_kib(self) -> int:
         """The bridge's peak resident set so far (VmHWM): read it while it still runs."""

@@ -1,4 +1,4 @@
-"""``python -m bench``: run every stage once, print the table, save the JSON."""
+"""``python -m bench``: run every stage, print the table, save the JSON."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from bench.scenario import Settings, run_bench
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICK_EVENTS = 10_000
 QUICK_LATENCY_SECONDS = 2.0
+DEFAULT_ROUNDS = 3
+QUICK_ROUNDS = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"smoke test: {QUICK_EVENTS} events, {QUICK_LATENCY_SECONDS:g} s latency runs; "
-        "not saved under bench/results/ (unless --json says where)",
+        help=f"smoke test: {QUICK_EVENTS} events, {QUICK_LATENCY_SECONDS:g} s latency runs, "
+        f"{QUICK_ROUNDS} round (unless --rounds says otherwise); not saved under "
+        "bench/results/ (unless --json says where)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help=f"interleaved rounds of the WAL drain stages, each reported as its median "
+        f"round ({DEFAULT_ROUNDS})",
     )
     parser.add_argument(
         "--latency-rate", type=float, default=1000.0, help="events/s of the latency runs (1000)"
@@ -70,8 +79,11 @@ def compile_bytecode() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     events = QUICK_EVENTS if args.quick else args.events
-    if events < 1 or args.tx_size < 1:
-        raise SystemExit("bench: --events and --tx-size must be at least 1")
+    rounds = args.rounds
+    if rounds is None:
+        rounds = QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS
+    if events < 1 or args.tx_size < 1 or rounds < 1:
+        raise SystemExit("bench: --events, --tx-size and --rounds must be at least 1")
     settings = Settings(
         events=events,
         tx_size=args.tx_size,
@@ -79,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_seconds=QUICK_LATENCY_SECONDS if args.quick else args.latency_seconds,
         profile_dir=args.profile,
         keep=args.keep,
+        rounds=rounds,
     )
     compile_bytecode()
     result = asyncio.run(run_bench(settings))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,14 +52,34 @@ class Throughput:
         return self.events / self.drain_seconds
 
 
+def median_round(rounds: Sequence[Throughput]) -> int:
+    """Index of the round with the median events/s; of an even count, the slower middle one.
+
+    A real round rather than an average of rounds: its seconds, steady rate, CPU and CPU
+    wait all belong to the same drain.
+    """
+    by_rate = sorted(range(len(rounds)), key=lambda index: rounds[index].events_per_second)
+    return by_rate[(len(rounds) - 1) // 2]
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRatios:
+    """The bridge over the plain relay and over pg_recvlogical, within one round."""
+
+    bridge_vs_plain: float
+    bridge_vs_ceiling: float
+
+
 @dataclass(frozen=True, slots=True)
 class BenchResult:
     timestamp: str  # UTC, ISO 8601
     settings: dict[str, Any]
     machine: dict[str, Any]
-    recvlogical: Throughput
-    plain: Throughput
-    bridge: Throughput
+    # The WAL drain stages ran in interleaved rounds (ceiling, plain, bridge, ceiling, ...):
+    # every round of each, in order. The stage's figure is its median round.
+    recvlogical_rounds: tuple[Throughput, ...]
+    plain_rounds: tuple[Throughput, ...]
+    bridge_rounds: tuple[Throughput, ...]
     polling: Throughput
     bridge_latency: LatencyResult
     polling_latency: LatencyResult
@@ -69,12 +90,37 @@ class BenchResult:
     profile: tuple[FunctionCost, ...] = ()
 
     @property
+    def recvlogical(self) -> Throughput:
+        return self.recvlogical_rounds[median_round(self.recvlogical_rounds)]
+
+    @property
+    def plain(self) -> Throughput:
+        return self.plain_rounds[median_round(self.plain_rounds)]
+
+    @property
+    def bridge(self) -> Throughput:
+        return self.bridge_rounds[median_round(self.bridge_rounds)]
+
+    @property
     def bridge_vs_plain(self) -> float:
         return self.bridge.events_per_second / self.plain.events_per_second
 
     @property
     def bridge_vs_ceiling(self) -> float:
         return self.bridge.events_per_second / self.recvlogical.events_per_second
+
+    @property
+    def round_ratios(self) -> list[RoundRatios]:
+        """Each round's ratios: how far the noise of the machine moved them."""
+        return [
+            RoundRatios(
+                bridge.events_per_second / plain.events_per_second,
+                bridge.events_per_second / ceiling.events_per_second,
+            )
+            for ceiling, plain, bridge in zip(
+                self.recvlogical_rounds, self.plain_rounds, self.bridge_rounds, strict=True
+            )
+        ]
 
 
 def _throughput_json(value: Throughput) -> dict[str, Any]:
@@ -95,6 +141,29 @@ def _throughput_json(value: Throughput) -> dict[str, Any]:
     }
 
 
+def _ratios_json(ratios: RoundRatios) -> dict[str, float]:
+    return {
+        "bridge_vs_plain": round(ratios.bridge_vs_plain, 3),
+        "bridge_vs_ceiling": round(ratios.bridge_vs_ceiling, 3),
+    }
+
+
+def _rounds_json(result: BenchResult) -> dict[str, Any]:
+    """Every round of the drain stages; ``median_round`` (1-based) is the one reported."""
+    stages = {
+        "pg_recvlogical": result.recvlogical_rounds,
+        "plain_relay": result.plain_rounds,
+        "bridge": result.bridge_rounds,
+    }
+    return {
+        **{
+            stage: [_throughput_json(value) for value in rounds] for stage, rounds in stages.items()
+        },
+        "ratios": [_ratios_json(ratios) for ratios in result.round_ratios],
+        "median_round": {stage: median_round(rounds) + 1 for stage, rounds in stages.items()},
+    }
+
+
 def to_json(result: BenchResult) -> dict[str, Any]:
     return {
         "timestamp": result.timestamp,
@@ -106,10 +175,8 @@ def to_json(result: BenchResult) -> dict[str, Any]:
             "bridge": _throughput_json(result.bridge),
             "polling_relay": _throughput_json(result.polling),
         },
-        "ratios": {
-            "bridge_vs_plain": round(result.bridge_vs_plain, 3),
-            "bridge_vs_ceiling": round(result.bridge_vs_ceiling, 3),
-        },
+        "ratios": _ratios_json(RoundRatios(result.bridge_vs_plain, result.bridge_vs_ceiling)),
+        "rounds": _rounds_json(result),
         "latency_ms": {
             "bridge": dataclasses.asdict(result.bridge_latency),
             "polling_relay": dataclasses.asdict(result.polling_latency),
@@ -145,6 +212,26 @@ def _ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}x" if base > 0 else "-"
 
 
+def _rounds_line(result: BenchResult) -> str:
+    """Every round of the WAL drains on one line, so the spread behind the medians shows."""
+    count = len(result.bridge_rounds)
+    rates = [
+        f"{label} " + " / ".join(f"{value.events_per_second:,.0f}" for value in rounds)
+        for label, rounds in (
+            ("ceiling", result.recvlogical_rounds),
+            ("plain", result.plain_rounds),
+            ("bridge", result.bridge_rounds),
+        )
+    ]
+    ratios = result.round_ratios
+    vs_plain = " / ".join(f"{r.bridge_vs_plain:.2f}x" for r in ratios)
+    vs_ceiling = " / ".join(f"{r.bridge_vs_ceiling:.2f}x" for r in ratios)
+    return (
+        f"  {count} round{'s' if count != 1 else ''}, events/s: {'; '.join(rates)}; "
+        f"bridge/plain {vs_plain}; bridge/ceiling {vs_ceiling}"
+    )
+
+
 def render_table(result: BenchResult) -> str:
     settings = result.settings
     machine = result.machine
@@ -152,7 +239,8 @@ def render_table(result: BenchResult) -> str:
     plain = result.plain.events_per_second
     lines = [
         f"cdc-bridge benchmark {result.timestamp}: {settings['events']} events in "
-        f"transactions of {settings['tx_size']}; {machine['nproc']} CPUs "
+        f"transactions of {settings['tx_size']}, WAL drains median of "
+        f"{len(result.bridge_rounds)}; {machine['nproc']} CPUs "
         f"({machine['cpu_model']}), git {machine['git_revision']}"
         + ("  [PROFILED: figures skewed]" if settings.get("profiled") else ""),
         "",
@@ -174,6 +262,7 @@ def render_table(result: BenchResult) -> str:
             f"{_count(value.events_per_cpu_second):>11}"
             f"{_percent(value.cpu_wait_share):>10}"
         )
+    lines.append(_rounds_line(result))
     lines += [
         "",
         f"{'Latency, COMMIT -> subscriber':32}{'p50 ms':>10}{'p99 ms':>9}{'max ms':>10}"
@@ -193,7 +282,8 @@ def render_table(result: BenchResult) -> str:
     )
     lines += [
         "",
-        f"Bridge peak RSS (VmHWM) after the drain: {result.bridge_peak_rss_kib / 1024:.1f} MiB",
+        f"Bridge peak RSS (VmHWM) after the drain, highest of its rounds: "
+        f"{result.bridge_peak_rss_kib / 1024:.1f} MiB",
         "",
         f"{'Database load of the drain':32}{'updated':>10}{'HOT':>9}{'dead tup':>10}"
         f"{'WAL':>12}{'growth':>12}",
@@ -211,7 +301,7 @@ def render_table(result: BenchResult) -> str:
         ]
     lines += [
         "",
-        f"ratios: bridge/plain {result.bridge_vs_plain:.2f}x, "
+        f"ratios of the median rounds: bridge/plain {result.bridge_vs_plain:.2f}x, "
         f"bridge/ceiling {result.bridge_vs_ceiling:.2f}x; "
         f"total run {result.total_seconds:.0f} s",
     ]

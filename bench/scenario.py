@@ -1,13 +1,15 @@
 """One benchmark run, stage by stage, on one throwaway PostgreSQL and nats-server.
 
-1. Three slots are created, then the backlog is committed once: every WAL reader
-   (pg_recvlogical, the plain relay, the bridge) drains the very same changes.
-2. pg_recvlogical drains its slot: the ceiling.
-3. The plain publish_async relay drains its slot into its own stream.
-4. The bridge drains its slot into its stream; its peak RSS and the WAL written while
-   it drained are read; then, still running, it carries a paced 1-event-per-transaction
-   load while a subscriber times each event (latency).
-5. The polling relay drains the same number of rows from its own table (throughput and
+1. One slot per WAL drain stage and round is created, then the backlog is committed once:
+   every WAL reader (pg_recvlogical, the plain relay, the bridge) drains the very same
+   changes, in every round.
+2. Round after round: pg_recvlogical drains its slot (the ceiling); the plain
+   publish_async relay drains its slot into a fresh stream of its own; a fresh bridge
+   drains its slot into a fresh stream, and its peak RSS and the WAL written while it
+   drained are read. Each stage's figure is its median round.
+3. In the last round, that round's bridge, still running, carries a paced
+   1-event-per-transaction load while a subscriber times each event (latency).
+4. The polling relay drains the same number of rows from its own table (throughput and
    database load), then runs continuously under the same paced load (latency).
 
 Stages run one after another, never side by side: the machine has 2 cores.
@@ -18,8 +20,10 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +42,7 @@ from bench.plain_relay import SUBJECT_PREFIX as PLAIN_PREFIX
 from bench.polling_relay import SUBJECT_PREFIX as POLLING_PREFIX
 from bench.profiling import FunctionCost, PySpyRecorder, top_functions
 from bench.recvlogical import drain_with_pg_recvlogical
-from bench.report import BenchResult, Throughput
+from bench.report import BenchResult, Throughput, median_round
 from bench.stack import PUBLICATION, BenchStack, create_slot, drop_slot, server_version, wal_lsn
 from bench.streams import (
     StreamState,
@@ -49,9 +53,6 @@ from bench.streams import (
 )
 from bench.workload import OUTBOX_TABLE, POLLING_TABLE, commit_backlog
 
-SLOT_CEILING = "bench_recvlogical"
-SLOT_PLAIN = "bench_plain"
-SLOT_BRIDGE = "bench_bridge"
 PLAIN_STREAM = "PLAIN"
 POLLING_STREAM = "POLL"
 
@@ -60,10 +61,31 @@ POLLING_STREAM = "POLL"
 class Settings:
     events: int
     tx_size: int
+    rounds: int  # of the WAL drain stages, interleaved; each reports its median round
     latency_rate: float  # events per second, one per transaction
     latency_seconds: float
-    profile_dir: Path | None  # sample the bridge with py-spy during the drain
+    profile_dir: Path | None  # sample the last round's bridge with py-spy during its drain
     keep: bool  # leave the servers' folder (logs, data) behind
+
+
+@dataclass(frozen=True, slots=True)
+class DrainStage:
+    """A WAL reader drained once per round, each time from a slot of its own."""
+
+    name: str
+    label: str
+
+    def slot(self, round_no: int) -> str:
+        return f"bench_{self.name}_{round_no}"
+
+
+CEILING = DrainStage("recvlogical", "pg_recvlogical")
+PLAIN = DrainStage("plain", "plain publish_async relay")
+BRIDGE = DrainStage("bridge", "cdc-bridge")
+DRAIN_STAGES = (CEILING, PLAIN, BRIDGE)  # the order within every round
+
+# Drains the slot given, in the round given (1-based): that round's figures
+Drain = Callable[[str, int], Awaitable[Throughput]]
 
 
 class _Progress:
@@ -106,7 +128,8 @@ async def run_bench(settings: Settings) -> BenchResult:
     progress = _Progress()
     timestamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     progress.say("starting PostgreSQL and nats-server")
-    with BenchStack(keep=settings.keep) as stack:
+    slots = len(DRAIN_STAGES) * settings.rounds
+    with BenchStack(keep=settings.keep, slots=slots) as stack:
         dsn = stack.dsn
         nc = await nats.connect(stack.nats.url)
         try:
@@ -114,25 +137,20 @@ async def run_bench(settings: Settings) -> BenchResult:
                 postgres_version=server_version(dsn),
                 nats_version=_version_text(nc),
             )
-            for slot in (SLOT_CEILING, SLOT_PLAIN, SLOT_BRIDGE):
-                create_slot(dsn, slot)
+            for round_no in range(1, settings.rounds + 1):
+                for stage in DRAIN_STAGES:
+                    create_slot(dsn, stage.slot(round_no))
             progress.say(f"committing {settings.events} events into {OUTBOX_TABLE}")
             commit_backlog(dsn, OUTBOX_TABLE, settings.events, settings.tx_size)
             endpos = wal_lsn(dsn)
 
-            progress.say("pg_recvlogical: draining its slot")
-            seconds = drain_with_pg_recvlogical(dsn, SLOT_CEILING, PUBLICATION, endpos)
-            ceiling = Throughput(settings.events, seconds)
-            drop_slot(dsn, SLOT_CEILING)
-
-            progress.say("plain publish_async relay: draining its slot")
-            plain = await _plain_relay(nc, stack, settings)
-            drop_slot(dsn, SLOT_PLAIN)
-
-            progress.say("cdc-bridge: draining its slot, then the latency run")
-            bridge, rss_kib, bridge_load, bridge_latency, profile = await _bridge(
-                nc, stack, settings, progress
-            )
+            bridge = _BridgeRounds(nc, stack, settings, progress)
+            drains: dict[DrainStage, Drain] = {
+                CEILING: partial(_ceiling, dsn, endpos, settings.events),
+                PLAIN: partial(_plain_relay, nc, stack, settings),
+                BRIDGE: bridge.drain,
+            }
+            rounds = await _drain_rounds(dsn, drains, settings.rounds, progress)
 
             progress.say(f"polling relay: committing {settings.events} events, draining them")
             polling, polling_load = await _polling_drain(nc, stack, settings)
@@ -140,6 +158,7 @@ async def run_bench(settings: Settings) -> BenchResult:
             polling_latency = await _polling_latency(nc, stack, settings)
         finally:
             await nc.close()
+    assert bridge.latency is not None, "the last round runs the latency run"
     # A busy machine (other jobs on the 2 cores) is the first suspect for odd figures
     machine["loadavg_at_end"] = [round(load, 2) for load in os.getloadavg()[:2]]
     return BenchResult(
@@ -150,23 +169,58 @@ async def run_bench(settings: Settings) -> BenchResult:
             "latency_rate": settings.latency_rate,
             "latency_seconds": settings.latency_seconds,
             "profiled": settings.profile_dir is not None,
+            "rounds": settings.rounds,
         },
         machine=machine,
-        recvlogical=ceiling,
-        plain=plain,
-        bridge=bridge,
+        recvlogical_rounds=tuple(rounds[CEILING]),
+        plain_rounds=tuple(rounds[PLAIN]),
+        bridge_rounds=tuple(rounds[BRIDGE]),
         polling=polling,
-        bridge_latency=bridge_latency,
+        bridge_latency=bridge.latency,
         polling_latency=polling_latency,
-        bridge_peak_rss_kib=rss_kib,
-        bridge_load=bridge_load,
+        # The most memory any round's bridge needed; the database load of the round whose
+        # figures the table shows
+        bridge_peak_rss_kib=max(bridge.peak_rss_kib),
+        bridge_load=bridge.loads[median_round(rounds[BRIDGE])],
         polling_load=polling_load,
         total_seconds=progress.elapsed,
-        profile=tuple(profile),
+        profile=tuple(bridge.profile),
     )
 
 
-async def _plain_relay(nc: NatsClient, stack: BenchStack, settings: Settings) -> Throughput:
+async def _drain_rounds(
+    dsn: str, drains: dict[DrainStage, Drain], rounds: int, progress: _Progress
+) -> dict[DrainStage, list[Throughput]]:
+    """Round after round, each stage drains its slot of that round, which is then dropped.
+
+    Interleaved, not stage after stage: on a shared machine a noisy minute then skews one
+    round of every stage rather than every round of one stage, and the medians (and the
+    ratios between them) shrug it off.
+    """
+    figures: dict[DrainStage, list[Throughput]] = {stage: [] for stage in DRAIN_STAGES}
+    for round_no in range(1, rounds + 1):
+        for stage in DRAIN_STAGES:
+            slot = stage.slot(round_no)
+            progress.say(f"round {round_no}/{rounds}, {stage.label}: draining slot {slot}")
+            drained = await drains[stage](slot, round_no)
+            drop_slot(dsn, slot)  # the WAL it retained is not needed any more
+            progress.say(
+                f"round {round_no}/{rounds}, {stage.label}: "
+                f"{drained.events_per_second:,.0f} events/s"
+            )
+            figures[stage].append(drained)
+    return figures
+
+
+async def _ceiling(dsn: str, endpos: int, events: int, slot: str, round_no: int) -> Throughput:
+    """pg_recvlogical up to ``endpos``; the same in every round."""
+    seconds = drain_with_pg_recvlogical(dsn, slot, PUBLICATION, endpos)
+    return Throughput(events, seconds)
+
+
+async def _plain_relay(
+    nc: NatsClient, stack: BenchStack, settings: Settings, slot: str, round_no: int
+) -> Throughput:
     await create_stream(nc, PLAIN_STREAM, [f"{PLAIN_PREFIX}.>"])
     relay = Child(
         "bench.plain_relay",
@@ -174,7 +228,7 @@ async def _plain_relay(nc: NatsClient, stack: BenchStack, settings: Settings) ->
             "--dsn",
             stack.dsn,
             "--slot",
-            SLOT_PLAIN,
+            slot,
             "--publication",
             PUBLICATION,
             "--nats-url",
@@ -183,7 +237,7 @@ async def _plain_relay(nc: NatsClient, stack: BenchStack, settings: Settings) ->
             str(settings.events),
         ],
         stack.work_dir("plain"),
-        "plain_relay",
+        f"plain_relay_{round_no}",
     )
     relay.start()
     try:
@@ -194,40 +248,73 @@ async def _plain_relay(nc: NatsClient, stack: BenchStack, settings: Settings) ->
         result = await relay.result(timeout=30)
     finally:
         relay.kill()
-    await delete_stream(nc, PLAIN_STREAM)  # its files and memory are not the bridge's problem
+    # Its files and memory are not the bridge's problem; and the next round's relay must
+    # not have its messages dropped as duplicates
+    await delete_stream(nc, PLAIN_STREAM)
     return _stored(settings.events, relay.spawned_at, state, _child_cpu(result))
 
 
-async def _bridge(
-    nc: NatsClient, stack: BenchStack, settings: Settings, progress: _Progress
-) -> tuple[Throughput, int, DatabaseLoad, LatencyResult, list[FunctionCost]]:
-    config = bridge_config(
-        dsn=stack.dsn, nats_url=stack.nats.url, slot=SLOT_BRIDGE, publication=PUBLICATION
-    )
-    work_dir = stack.work_dir("bridge")
-    bridge = BridgeUnderTest(config, work_dir)
-    meter = LoadMeter(stack.dsn, OUTBOX_TABLE)
-    profile: list[FunctionCost] = []
-    bridge.start()
-    try:
-        timeout = _drain_timeout(settings.events)
-        recorder = None
-        if settings.profile_dir is not None:
-            # Attach once it is draining: py-spy cannot read a half-started interpreter
-            await wait_for_messages(nc, BRIDGE_STREAM, 1, timeout, bridge.check_alive)
-            recorder = PySpyRecorder(bridge.pid, settings.profile_dir, "bridge")
-        state = await wait_for_messages(
-            nc, BRIDGE_STREAM, settings.events, timeout, bridge.check_alive
+class _BridgeRounds:
+    """The bridge's drain, once per round: a fresh process on the round's slot each time.
+
+    The last round's bridge, still running after its drain, also carries the latency run
+    (and is the one profiled), as a single bridge stage would.
+    """
+
+    def __init__(
+        self, nc: NatsClient, stack: BenchStack, settings: Settings, progress: _Progress
+    ) -> None:
+        self._nc = nc
+        self._stack = stack
+        self._settings = settings
+        self._progress = progress
+        self.peak_rss_kib: list[int] = []  # per round
+        self.loads: list[DatabaseLoad] = []  # per round
+        self.latency: LatencyResult | None = None  # the last round's
+        self.profile: list[FunctionCost] = []  # the last round's, with --profile
+
+    async def drain(self, slot: str, round_no: int) -> Throughput:
+        nc, stack, settings = self._nc, self._stack, self._settings
+        last = round_no == settings.rounds
+        config = bridge_config(
+            dsn=stack.dsn, nats_url=stack.nats.url, slot=slot, publication=PUBLICATION
         )
-        if recorder is not None:
-            collapsed = recorder.stop()
-            profile = top_functions(collapsed)
-            progress.say(f"profile of the drain: {collapsed}")
-        cpu = bridge.cpu_use()
-        rss_kib = bridge.peak_rss_kib()
-        load = meter.finish()
-        drained = _stored(settings.events, bridge.spawned_at, state, cpu)
-        progress.say(f"cdc-bridge drained at {drained.events_per_second:,.0f} events/s")
+        work_dir = stack.work_dir("bridge")
+        bridge = BridgeUnderTest(config, work_dir, f"bridge_{round_no}")
+        meter = LoadMeter(stack.dsn, OUTBOX_TABLE)
+        bridge.start()
+        try:
+            timeout = _drain_timeout(settings.events)
+            recorder = None
+            if last and settings.profile_dir is not None:
+                # Attach once it is draining: py-spy cannot read a half-started interpreter
+                await wait_for_messages(nc, BRIDGE_STREAM, 1, timeout, bridge.check_alive)
+                recorder = PySpyRecorder(bridge.pid, settings.profile_dir, "bridge")
+            state = await wait_for_messages(
+                nc, BRIDGE_STREAM, settings.events, timeout, bridge.check_alive
+            )
+            if recorder is not None:
+                collapsed = recorder.stop()
+                self.profile = top_functions(collapsed)
+                self._progress.say(f"profile of the drain: {collapsed}")
+            cpu = bridge.cpu_use()
+            self.peak_rss_kib.append(bridge.peak_rss_kib())
+            self.loads.append(meter.finish())
+            drained = _stored(settings.events, bridge.spawned_at, state, cpu)
+            if last:
+                self.latency = await self._latency(work_dir)
+        finally:
+            code = bridge.stop()
+        if code != 0:
+            raise RuntimeError(f"the bridge exited with code {code}; log {bridge.log_path}")
+        # The next round's bridge starts on a fresh stream, as this one did: nothing to
+        # deduplicate against, no tail to read at start-up
+        await delete_stream(nc, BRIDGE_STREAM)
+        return drained
+
+    async def _latency(self, work_dir: Path) -> LatencyResult:
+        stack, settings = self._stack, self._settings
+        self._progress.say("cdc-bridge: latency run, with the same bridge still running")
         latency = await measure_latency(
             nats_url=stack.nats.url,
             subjects=f"{BRIDGE_PREFIX}.>",
@@ -238,13 +325,9 @@ async def _bridge(
             work_dir=work_dir,
             name="producer",
         )
-        after = await stream_state(nc, BRIDGE_STREAM)
-        progress.say(f"cdc-bridge stream holds {after.messages} messages")
-    finally:
-        code = bridge.stop()
-    if code != 0:
-        raise RuntimeError(f"the bridge exited with code {code}; log {bridge.log_path}")
-    return drained, rss_kib, load, latency, profile
+        after = await stream_state(self._nc, BRIDGE_STREAM)
+        self._progress.say(f"cdc-bridge stream holds {after.messages} messages")
+        return latency
 
 
 async def _polling_drain(

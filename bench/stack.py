@@ -18,7 +18,13 @@ import psycopg
 from psycopg import sql
 
 from bench.workload import OUTBOX_TABLE, POLLING_TABLE, POLLING_TABLE_SQL, table_identifier
-from cdc_bridge.devstack import NatsServer, PostgresServer, Service, outbox_schema_sql
+from cdc_bridge.devstack import (
+    DEFAULT_PG_SETTINGS,
+    NatsServer,
+    PostgresServer,
+    Service,
+    outbox_schema_sql,
+)
 
 DATABASE = "bench"
 PUBLICATION = "bench"
@@ -34,13 +40,18 @@ BENCH_PG_SETTINGS = {
 class BenchStack(Service):
     """PostgreSQL (database ``bench``: both outbox tables, a publication) and nats-server."""
 
-    def __init__(self, keep: bool = False) -> None:
+    def __init__(self, keep: bool = False, slots: int = 3) -> None:
         self.keep = keep  # leave the folder (logs, data) behind for a post-mortem
         # Not a pytest-style 0700 folder: PostgreSQL runs as the postgres account when we
         # are root, and must reach its data folder.
         self.root = Path(tempfile.mkdtemp(prefix="cdcb-bench-"))
         self.root.chmod(0o755)
-        self.postgres = PostgresServer(self.root / "postgres", settings=dict(BENCH_PG_SETTINGS))
+        settings = dict(BENCH_PG_SETTINGS)
+        # Every slot of every round exists at once (made before the backlog): many rounds
+        # outgrow the devstack's allowance
+        if slots > int(DEFAULT_PG_SETTINGS["max_replication_slots"]):
+            settings["max_replication_slots"] = str(slots)
+        self.postgres = PostgresServer(self.root / "postgres", settings=settings)
         self.nats = NatsServer(self.root / "nats")
         self.dsn = ""
 

@@ -1,7 +1,9 @@
 """`python -m bench --quick` runs end to end and writes a complete result.
 
 A smoke test only: it checks that every stage ran and every event arrived, never how
-fast (figures from a shared test machine mean nothing). About 25 s.
+fast (figures from a shared test machine mean nothing). Two rounds rather than quick's
+one, so that a second round (its own slots, fresh streams, a fresh bridge) is tried
+too. About 25 s.
 """
 
 from __future__ import annotations
@@ -13,12 +15,22 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUICK_EVENTS = 10_000
+ROUNDS = 2
 
 
 def test_quick_bench_runs_every_stage(tmp_path: Path) -> None:
     result_path = tmp_path / "bench.json"
     run = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json", str(result_path)],
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--rounds",
+            str(ROUNDS),
+            "--json",
+            str(result_path),
+        ],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -32,6 +44,13 @@ def test_quick_bench_runs_every_stage(tmp_path: Path) -> None:
     for stage in ("pg_recvlogical", "plain_relay", "bridge", "polling_relay"):
         assert result["throughput"][stage]["events"] == QUICK_EVENTS
         assert result["throughput"][stage]["events_per_second"] > 0
+    assert result["settings"]["rounds"] == ROUNDS
+    rounds = result["rounds"]
+    for stage in ("pg_recvlogical", "plain_relay", "bridge"):
+        assert [run["events"] for run in rounds[stage]] == [QUICK_EVENTS] * ROUNDS
+        # The figure reported is one of the rounds: the median one
+        assert result["throughput"][stage] == rounds[stage][rounds["median_round"][stage] - 1]
+    assert len(rounds["ratios"]) == ROUNDS
     for relay in ("bridge", "polling_relay"):
         latency = result["latency_ms"][relay]
         assert latency["events"] > 0
