@@ -33,6 +33,8 @@ from cdc_bridge.templates import (
 ROW_PAYLOAD = "row"  # `payload: row` publishes the whole row as a JSON object
 CHANGE_PAYLOAD = "change"  # `payload: change` publishes a change table's wal2json-shaped change
 _HEADER_NAME = re.compile(r"[!-9;-~]+")  # printable ASCII except ':'
+# Headers every message gets from the bridge (lower case): a route may not set them.
+_BRIDGE_HEADERS = frozenset({"cdc-lsn", "cdc-index", "cdc-table", "cdc-source"})
 
 
 def _duration(value: object) -> float:
@@ -122,6 +124,13 @@ def _header_name(value: str) -> str:
         raise ValueError(
             "the message id comes from the route's `id` column; do not set Nats-Msg-Id"
         )
+    if value.lower().startswith("nats-"):
+        raise ValueError(
+            f"{value} is reserved: Nats-* headers control JetStream, and the bridge sets "
+            "the ones it needs"
+        )
+    if value.lower() in _BRIDGE_HEADERS:
+        raise ValueError(f"{value} is set by the bridge itself")
     return value
 
 

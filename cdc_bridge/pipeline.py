@@ -44,6 +44,19 @@ from cdc_bridge.tracker import LsnTracker, Transaction
 
 log = structlog.get_logger("cdc_bridge.pipeline")
 
+# Headers the pipeline and the order guard set on every message.
+_OWN_HEADERS = frozenset(
+    {
+        "Nats-Msg-Id",
+        "Cdc-Lsn",
+        "Cdc-Index",
+        "Cdc-Table",
+        "Cdc-Source",
+        "Nats-Expected-Last-Sequence",
+        "Nats-Expected-Last-Msg-Id",
+    }
+)
+
 # Seconds between confirmations while the confirmed position moves.
 _CONFIRM_AT_MOST_EVERY = 0.5
 
@@ -276,8 +289,14 @@ class Pipeline:
             self._table_lines[table] = lines
         msg_id = outcome.msg_id
         route_headers = outcome.headers
+        if route_headers:
+            # The bridge's own headers win over same-named ones from the row.
+            own = _OWN_HEADERS
+            route_lines = header_lines({k: v for k, v in route_headers.items() if k not in own})
+        else:
+            route_lines = ""
         lines = (
-            f"{header_lines(route_headers) if route_headers else ''}Nats-Msg-Id: {msg_id}\r\n"
+            f"{route_lines}Nats-Msg-Id: {msg_id}\r\n"
             f"Cdc-Lsn: {self._tx_lsn}\r\nCdc-Index: {index}\r\n{lines}"
         )
         if outcome.dead_letter_reason is not None:

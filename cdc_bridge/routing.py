@@ -416,8 +416,16 @@ def _column_headers(column: str | None, row: Mapping[str, ColumnValue]) -> dict[
             continue  # only string entries are headers; numbers etc. are ignored
         if not _HEADER_NAME.fullmatch(name):
             raise _Rejected(f"invalid header name in headers column: {_clip(name)}")
-        if name.lower() == "nats-msg-id":
+        lowered = name.lower()
+        if lowered == "nats-msg-id":
             continue  # the id column decides deduplication, not the row's headers
+        if lowered.startswith("nats-"):
+            # JetStream acts on these (expectations, rollups, TTLs...): from a row they
+            # would be refused on every replay, or worse, obeyed.
+            raise _Rejected(
+                f"header {_clip(name)} in headers column {column!r} is reserved: "
+                "Nats-* headers control JetStream"
+            )
         if _UNSAFE_HEADER_VALUE.search(value):
             raise _Rejected(
                 f"unsafe value for header {name!r} in headers column {column!r}: "

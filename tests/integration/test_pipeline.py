@@ -210,6 +210,8 @@ def test_interleaved_transactions_arrive_in_commit_order_with_headers(
                         "Flag": True,  # skipped
                         "Nothing": None,  # skipped
                         "Nats-Msg-Id": "spoofed",  # the id column decides, not the row
+                        "Cdc-Lsn": "9/9",  # the bridge's own headers win
+                        "Cdc-Table": "spoofed",
                     },
                 )
                 insert_event(conn, event)
@@ -248,11 +250,11 @@ def test_interleaved_transactions_arrive_in_commit_order_with_headers(
                 "Cdc-Source": f"{system_id}/{unique_name}",
             }
             if event.headers is not None:
-                expected_headers |= {
+                expected_headers = {
                     name: value
                     for name, value in event.headers.items()
-                    if isinstance(value, str) and name != "Nats-Msg-Id"
-                }
+                    if isinstance(value, str) and name not in expected_headers
+                } | expected_headers
             # The ordering guard's expectation (Nats-Expected-Last-*) is the bridge's
             # business (cdc_bridge/ordering.py); every other header is checked exactly
             headers = {
@@ -261,6 +263,8 @@ def test_interleaved_transactions_arrive_in_commit_order_with_headers(
                 if not name.startswith("Nats-Expected-Last-")
             }
             assert headers == expected_headers
+            raw = raw_stored_headers(nats_url, unique_name.upper(), message.seq)
+            assert raw.count(b"\r\nCdc-Lsn: ") == raw.count(b"\r\nCdc-Table: ") == 1
             assert message.subject == f"{unique_name}.ticket.{event.event_type}"
             assert json.loads(message.data) == event.payload
     assert tx_lsns == sorted(tx_lsns) and len(set(tx_lsns)) == len(tx_lsns)

@@ -265,6 +265,8 @@ def test_column_cannot_choose_the_message_id() -> None:
         ('{"Bad Name": "x"}', "invalid header name in headers column: 'Bad Name'"),
         ('{"A": "x\\r\\ny"}', "unsafe value for header 'A' in headers column 'headers'"),
         ("[" * 100_000, "invalid JSON in headers column 'headers'"),
+        ('{"Nats-Rollup": "all"}', "header 'Nats-Rollup' in headers column 'headers' is reserved"),
+        ('{"nats-expected-stream": "X"}', "header 'nats-expected-stream' in headers column"),
     ],
 )
 def test_bad_headers_column_is_dead_lettered(headers: str, reason: str) -> None:
