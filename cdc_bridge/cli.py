@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -58,6 +59,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         install_signal_handlers(stop)
         return await run_bridge(config, stop)
 
+    # Everything made so far (modules, config) lives as long as the process: keep it
+    # out of the cyclic collector's full passes, which would otherwise walk it again
+    # and again while the bridge streams.
+    gc.freeze()
     return asyncio.run(main())
 
 
