@@ -235,6 +235,10 @@ def _as_event(event: Event | Mapping[str, Any]) -> Event:
         value = getattr(built, name)
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    for header in built.headers or ():
+        # The bridge would dead-letter the row (JetStream acts on Nats-* headers): say so now.
+        if header.lower().startswith("nats-") and header.lower() != "nats-msg-id":
+            raise ValueError(f"header {header!r}: Nats-* headers are reserved for JetStream")
     return built
 
 

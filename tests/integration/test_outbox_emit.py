@@ -340,6 +340,12 @@ def test_a_malformed_traceparent_is_refused(pg_dsn: str, bad: str) -> None:
         emit_ticket(conn, traceparent=bad)
 
 
+def test_a_jetstream_header_is_refused_before_it_becomes_a_poison_row(pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn) as conn, pytest.raises(ValueError, match="'Nats-TTL'"):
+        emit_ticket(conn, headers={"Nats-TTL": "1h"})
+    assert outbox_rows(pg_dsn) == []
+
+
 def test_the_current_opentelemetry_span_is_propagated(pg_dsn: str) -> None:
     token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(SPAN)))
     try:
