@@ -11,8 +11,11 @@ one of them therefore acks all the chained messages sent before it, and most of 
 are sent without a reply subject at all: one ack per ``ACK_EVERY`` chained messages
 (and for the last of each flush) instead of one each. A duplicate ack proves nothing
 about its predecessors (deduplication is checked before the expectation), so it
-fails the session; every session starts by asking an ack of each message for a
-while, which is when replays and their duplicates happen. Chained messages sent without
+fails the session; a session that replays events the stream may already hold
+(``careful_start``) asks an ack of each message for a while, which is when replays
+and their duplicates happen. A session with nothing to replay skips that: should a
+duplicate still come (an id the application used twice), the session fails once, and
+the next one starts carefully and learns the duplicate. Chained messages sent without
 a reply subject are kept only as runs (transaction, route, count): nothing about them
 is needed again, because a problem with any of them fails the session.
 
@@ -116,6 +119,7 @@ class JetStreamPublisher:
         guard: OrderGuard | None = None,
         on_duplicate: DuplicateHandler | None = None,
         observer: AckObserver | None = None,
+        careful_start: bool = True,
     ) -> None:
         self._nc = nc
         self._tracker = tracker
@@ -139,7 +143,9 @@ class JetStreamPublisher:
         self._unreplied_tail: _Unreplied | None = None  # see flush
         self._batch_started = time.monotonic()  # when the first queued frame was queued
         self._since_reply = 0
-        self._careful = 2 * max_in_flight  # chained messages that each get an ack first
+        # Chained messages that each get an ack first: only when this session replays
+        # events the stream may already hold (see the module docstring).
+        self._careful = 2 * max_in_flight if careful_start else 0
         self._space = asyncio.Event()
         self._space.set()
         self._empty = asyncio.Event()

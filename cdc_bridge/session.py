@@ -42,6 +42,7 @@ class BridgeState:
     known_duplicates: set[Position] = field(default_factory=set)
     warned_duplicate_window: bool = False
     warned_uncovered_routes: bool = False
+    sessions_started: int = 0  # that reached streaming set-up
 
     @property
     def stats(self) -> SessionStats:
@@ -106,6 +107,18 @@ async def run_session(
         tracker = LsnTracker(start)
         decoder, options = decoder_for(config, names)
         await stream.start(slot=config.postgres.slot, options=options)
+        stored_through = tail.newest if tail.newest and tail.newest[0] >= start else None
+        # Duplicates come from replaying what the stream already holds: the publisher
+        # starts by acking every message then, and in every session after a failed one
+        # (sessions only end by failing or stopping), so a duplicate it did not expect
+        # costs one failed session, never a loop of them (see publisher.py).
+        careful_start = (
+            state.sessions_started > 0
+            or stored_through is not None
+            or not tail.complete
+            or bool(state.known_duplicates)
+        )
+        state.sessions_started += 1
 
         def make_publisher(
             on_rejected: Rejection, on_duplicate: DuplicateHandler
@@ -119,6 +132,7 @@ async def run_session(
                 guard=guard,
                 on_duplicate=on_duplicate,
                 observer=AckCounter(state),
+                careful_start=careful_start,
             )
 
         pipeline = Pipeline(
@@ -131,7 +145,7 @@ async def run_session(
             status_interval=config.postgres.status_interval,
             stats=state.stats,
             source=source,
-            stored_through=tail.newest if tail.newest and tail.newest[0] >= start else None,
+            stored_through=stored_through,
             known_duplicates=state.known_duplicates,
             in_stream=guard.covers,
             on_dead_letter=state.metrics.dead_lettered,

@@ -367,6 +367,27 @@ def test_slot_is_confirmed_past_the_last_commit(
         assert confirmed > last_commit
 
 
+def test_an_id_used_twice_is_stored_once_and_nothing_after_it_is_lost(
+    pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
+) -> None:
+    """An application that reuses an event id within the duplicate window: JetStream
+    drops the second copy. The first session streams without a careful start (nothing
+    to replay), so the drop surfaces as a failed order expectation; the sessions after
+    it must learn the duplicate and deliver everything else, in order."""
+    start_bridge(make_bridge, bridge_config(pg_dsn, nats_url, unique_name))
+    stream = unique_name.upper()
+    first = Event(aggregate_id="A")
+    wait_for_ids(nats_url, stream, insert_events(pg_dsn, [first]))
+    with psycopg.connect(pg_dsn) as conn:  # housekeeping freed the id: it can come again
+        conn.execute("DELETE FROM public.outbox WHERE id = %s", (first.id,))
+    before, reused, after = Event(aggregate_id="B"), Event(id=first.id), Event(aggregate_id="D")
+    insert_events(pg_dsn, [before, reused, after])
+    messages = wait_for_ids(nats_url, stream, [first.id, before.id, after.id], timeout=30)
+    assert message_ids(messages) == [first.id, before.id, after.id]
+    assert [m.headers["Cdc-Table"] for m in messages] == ["public.outbox"] * 3
+    wait_for_slot_past(pg_dsn, unique_name, commit_lsn(messages[-1]))
+
+
 # --- 6. NATS down ---------------------------------------------------------------------------
 
 
