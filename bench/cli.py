@@ -13,7 +13,7 @@ from bench.scenario import Settings, run_bench
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICK_EVENTS = 10_000
 QUICK_LATENCY_SECONDS = 2.0
-DEFAULT_ROUNDS = 3
+DEFAULT_ROUNDS = 5
 QUICK_ROUNDS = 1
 
 
