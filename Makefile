@@ -17,6 +17,7 @@ $(VENV_STAMP): pyproject.toml
 
 test: $(VENV_STAMP)
 	bash scripts/ensure-wal2json.sh
+	bash scripts/ensure-promtool.sh
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV_STAMP)

@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, packages_distributions
@@ -37,6 +38,7 @@ SYSTEMD_UNIT = DEPLOY / "systemd" / "cdc-bridge.service"
 COMPOSE = REPO / "docker-compose.yml"
 COMPOSE_CONFIG = REPO / "config" / "compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"
+VENV_BIN = Path(sys.executable).parent
 PRODUCTION_DOC = REPO / "docs" / "production.md"
 
 METRIC_NAME = re.compile(r"\bcdc_bridge_[a-z0-9_]+\b")
@@ -189,9 +191,11 @@ def test_alert_rules_cover_the_issue() -> None:
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("promtool")
+    # On PATH, or where `make test` puts it (scripts/ensure-promtool.sh): beside the
+    # venv's python
+    binary = shutil.which("promtool") or shutil.which("promtool", path=str(VENV_BIN))
     if binary is None:
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+        pytest.skip("promtool is not installed (`make test` fetches it into .venv/bin)")
     return subprocess.run(
         [binary, *args], cwd=ALERTS.parent, capture_output=True, text=True, timeout=60
     )
