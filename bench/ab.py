@@ -1,0 +1,132 @@
+"""``python -m bench.ab TREE [TREE ...]``: the bridge's backlog drain, A/B between source trees.
+
+For performance work on a noisy shared machine, where a full ``make bench`` is too coarse
+to tell a 5% change from the noise: one PostgreSQL and nats-server, one backlog, one slot
+per drain (created before the backlog, so every drain reads the same WAL), and the
+bridges of the given checkouts drained in interleaved rounds (round 1: A, B; round 2: A,
+B; ...), each as ``python -m cdc_bridge run`` with that tree first on ``PYTHONPATH``.
+Prints every drain and, per tree, the medians of events/s, steady events/s and events
+per CPU-second. Compare trees by their medians over several rounds, never one drain.
+
+Typical use: ``git worktree add /tmp/before HEAD~1``, then
+``python -m bench.ab /tmp/before . --rounds 5``. Bytecode is compiled for every tree first,
+as ``python -m bench`` does for its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import compileall
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import yaml
+
+from bench.bridge_run import STREAM, SUBJECT_PREFIX, bridge_config
+from bench.cpu import cpu_use
+from bench.stack import PUBLICATION, BenchStack, create_slot
+from bench.streams import create_stream, delete_stream, wait_for_messages
+from bench.workload import OUTBOX_TABLE, commit_backlog
+
+_MAX_SLOTS = 18  # the devstack's max_replication_slots is 20
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    tree: str
+    events_per_second: float  # spawn -> last stored, start-up included
+    steady_per_second: float  # first stored -> last stored
+    per_cpu_second: float
+    cpu_wait_share: float
+
+
+async def _drain(stack: BenchStack, tree: Path, slot: str, events: int) -> Drain:
+    nc = await nats.connect(stack.nats.url)
+    try:
+        await create_stream(nc, STREAM, [f"{SUBJECT_PREFIX}.>"])
+        config = bridge_config(
+            dsn=stack.dsn, nats_url=stack.nats.url, slot=slot, publication=PUBLICATION
+        )
+        work_dir = stack.work_dir(slot)
+        config_path = work_dir / "bridge.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        command = [sys.executable, "-m", "cdc_bridge", "run", "--config", str(config_path)]
+        with (work_dir / "bridge.log").open("wb") as log:
+            spawned_at = time.time()
+            process = subprocess.Popen(command, cwd=tree, env=env, stdout=log, stderr=log)
+            try:
+                state = await wait_for_messages(nc, STREAM, events, 60 + events / 1000)
+                cpu = cpu_use(process.pid)
+            finally:
+                process.terminate()
+                process.wait(30)
+        await delete_stream(nc, STREAM)
+    finally:
+        await nc.close()
+    assert state.first_ts is not None and state.last_ts is not None and cpu is not None
+    total = state.last_ts - spawned_at
+    return Drain(
+        str(tree),
+        events / total,
+        events / (state.last_ts - state.first_ts),
+        events / cpu.on_cpu_seconds,
+        cpu.runqueue_wait_seconds / total,
+    )
+
+
+async def run(trees: list[Path], rounds: int, events: int) -> list[Drain]:
+    drains: list[Drain] = []
+    with BenchStack() as stack:
+        slots = [f"ab_{r}_{t}" for r in range(rounds) for t in range(len(trees))]
+        for slot in slots:
+            create_slot(stack.dsn, slot)
+        commit_backlog(stack.dsn, OUTBOX_TABLE, events, 100)
+        for r in range(rounds):
+            for t, tree in enumerate(trees):
+                drain = await _drain(stack, tree, f"ab_{r}_{t}", events)
+                drains.append(drain)
+                print(
+                    f"round {r + 1} {drain.tree}: {drain.events_per_second:,.0f} events/s, "
+                    f"steady {drain.steady_per_second:,.0f}, "
+                    f"per CPU-s {drain.per_cpu_second:,.0f}, CPU wait {drain.cpu_wait_share:.0%}",
+                    flush=True,
+                )
+    return drains
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
+    parser.add_argument("trees", nargs="+", type=Path, help="checkouts of this repository")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--events", type=int, default=100_000)
+    args = parser.parse_args(argv)
+    trees = [tree.resolve() for tree in args.trees]
+    for tree in trees:
+        if not (tree / "cdc_bridge" / "__init__.py").is_file():
+            raise SystemExit(f"bench.ab: {tree} is not a checkout of cdc-bridge")
+        compileall.compile_dir(tree / "cdc_bridge", quiet=1)
+    if args.rounds < 1 or args.rounds * len(trees) > _MAX_SLOTS:
+        raise SystemExit(f"bench.ab: rounds x trees must be between 1 and {_MAX_SLOTS}")
+    drains = asyncio.run(run(trees, args.rounds, args.events))
+    print()
+    for tree in trees:
+        mine = [d for d in drains if d.tree == str(tree)]
+        print(
+            f"median {tree}: "
+            f"{statistics.median(d.events_per_second for d in mine):,.0f} events/s, "
+            f"steady {statistics.median(d.steady_per_second for d in mine):,.0f}, "
+            f"per CPU-s {statistics.median(d.per_cpu_second for d in mine):,.0f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
