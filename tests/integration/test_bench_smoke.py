@@ -59,3 +59,18 @@ def test_quick_bench_runs_every_stage(tmp_path: Path) -> None:
     assert result["database_load"]["polling_relay"]["rows_updated"] == QUICK_EVENTS
     assert result["bridge_peak_rss_mib"] > 0
     assert result["machine"]["nproc"] >= 1
+
+
+def test_ab_harness_drains_every_tree_in_every_round() -> None:
+    # The same checkout twice: it only has to run, drain everything and report medians.
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.ab", ".", ".", "--rounds", "1", "--events", "2000"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("round 1 ") == 2
+    assert run.stdout.count("median ") == 1  # one tree, given twice
