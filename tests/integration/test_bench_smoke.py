@@ -18,26 +18,25 @@ QUICK_EVENTS = 10_000
 ROUNDS = 2
 
 
-def test_quick_bench_runs_every_stage(tmp_path: Path) -> None:
-    result_path = tmp_path / "bench.json"
+def run_module(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m <args>`` from the repository root; fails the test on a non-zero exit."""
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--quick",
-            "--rounds",
-            str(ROUNDS),
-            "--json",
-            str(result_path),
-        ],
+        [sys.executable, "-m", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
         check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def test_quick_bench_runs_every_stage(tmp_path: Path) -> None:
+    result_path = tmp_path / "bench.json"
+    run = run_module(
+        "bench", "--quick", "--rounds", str(ROUNDS), "--json", str(result_path), timeout=240
+    )
     assert "Backlog drain" in run.stdout
 
     result = json.loads(result_path.read_text())
@@ -63,14 +62,6 @@ def test_quick_bench_runs_every_stage(tmp_path: Path) -> None:
 
 def test_ab_harness_drains_every_tree_in_every_round() -> None:
     # The same checkout twice: it only has to run, drain everything and report medians.
-    run = subprocess.run(
-        [sys.executable, "-m", "bench.ab", ".", ".", "--rounds", "1", "--events", "2000"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = run_module("bench.ab", ".", ".", "--rounds", "1", "--events", "2000", timeout=180)
     assert run.stdout.count("round 1 ") == 2
     assert run.stdout.count("median ") == 1  # one tree, given twice
