@@ -183,20 +183,10 @@ class Router:
         data = b""
         subject: str | None = None
         try:
-            # The common cases inline (text payload and id, no headers): once per event.
-            value = row.get(compiled.payload_column) if compiled.payload_column else None
-            if type(value) is str:
-                data = value.encode()
-            else:
-                data = _payload_data(compiled.payload_column, row)
-            value = row.get(compiled.id_column)
-            msg_id = value if type(value) is str else _id_text(compiled.id_column, row)
+            data = _payload_data(compiled.payload_column, row)
+            msg_id = _id_text(compiled.id_column, row)
             subject = compiled.subject.render(table, row)
-            headers_column = self._headers_column
-            if compiled.headers or (headers_column and row.get(headers_column) is not None):
-                headers = self._headers(compiled, table, row)
-            else:
-                headers = {}
+            headers = self._headers(compiled, table, row)
         except _Rejected as rejected:
             return self._reject(table, row, compiled.id_column, rejected.reason, data, subject)
         size = len(data) + _headers_size(headers, msg_id)
