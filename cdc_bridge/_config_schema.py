@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from cdc_bridge.durations import parse_duration
+from cdc_bridge.headers import BRIDGE_HEADERS, HEADER_NAME, controls_jetstream
 from cdc_bridge.redaction import shown_value
 from cdc_bridge.templates import (
     TABLE_PSEUDO_COLUMN,
@@ -32,9 +33,8 @@ from cdc_bridge.templates import (
 
 ROW_PAYLOAD = "row"  # `payload: row` publishes the whole row as a JSON object
 CHANGE_PAYLOAD = "change"  # `payload: change` publishes a change table's wal2json-shaped change
-_HEADER_NAME = re.compile(r"[!-9;-~]+")  # printable ASCII except ':'
 # Headers every message gets from the bridge (lower case): a route may not set them.
-_BRIDGE_HEADERS = frozenset({"cdc-lsn", "cdc-index", "cdc-table", "cdc-source"})
+_BRIDGE_HEADERS = frozenset(name.lower() for name in BRIDGE_HEADERS)
 
 
 def _duration(value: object) -> float:
@@ -116,7 +116,7 @@ def _concrete_subject(value: str) -> str:
 
 
 def _header_name(value: str) -> str:
-    if not _HEADER_NAME.fullmatch(value):
+    if not HEADER_NAME.fullmatch(value):
         raise ValueError(
             f"invalid header name {shown_value(value)} (printable ASCII, no ':' or spaces)"
         )
@@ -124,7 +124,7 @@ def _header_name(value: str) -> str:
         raise ValueError(
             "the message id comes from the route's `id` column; do not set Nats-Msg-Id"
         )
-    if value.lower().startswith("nats-"):
+    if controls_jetstream(value):
         raise ValueError(
             f"{value} is reserved: Nats-* headers control JetStream, and the bridge sets "
             "the ones it needs"

@@ -17,6 +17,7 @@ reorders events.
 
 from __future__ import annotations
 
+from cdc_bridge.headers import EXPECTED_LAST_MSG_ID, EXPECTED_LAST_SEQUENCE
 from cdc_bridge.subjects import subject_matches
 
 _CACHE_LIMIT = 10_000
@@ -42,8 +43,8 @@ class OrderGuard:
     def expectation(self) -> str:
         """The header line that names the next message's predecessor."""
         if self._last_msg_id is None:
-            return f"Nats-Expected-Last-Sequence: {self._last_seq}\r\n"
-        return f"Nats-Expected-Last-Msg-Id: {self._last_msg_id}\r\n"
+            return f"{EXPECTED_LAST_SEQUENCE}: {self._last_seq}\r\n"
+        return f"{EXPECTED_LAST_MSG_ID}: {self._last_msg_id}\r\n"
 
     def advance(self, msg_id: str) -> None:
         """The message with ``msg_id`` was sent with ``expectation()``: it is the next

@@ -51,6 +51,8 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
+from cdc_bridge.headers import controls_jetstream
+
 __all__ = [
     "DEFAULT_MESSAGE_PREFIX",
     "DEFAULT_TABLE",
@@ -237,7 +239,7 @@ def _as_event(event: Event | Mapping[str, Any]) -> Event:
             raise TypeError(f"{name} must be a str, not {type(value).__name__}")
     for header in built.headers or ():
         # The bridge would dead-letter the row (JetStream acts on Nats-* headers): say so now.
-        if header.lower().startswith("nats-") and header.lower() != "nats-msg-id":
+        if controls_jetstream(header) and header.lower() != "nats-msg-id":
             raise ValueError(f"header {header!r}: Nats-* headers are reserved for JetStream")
     return built
 

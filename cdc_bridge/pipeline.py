@@ -19,6 +19,12 @@ import structlog
 
 from cdc_bridge.changes import Begin, Change, Commit, Insert, LogicalMessage, RowChange
 from cdc_bridge.decoding import DecodeError
+from cdc_bridge.headers import (
+    BRIDGE_HEADERS,
+    EXPECTED_LAST_MSG_ID,
+    EXPECTED_LAST_SEQUENCE,
+    header_lines,
+)
 from cdc_bridge.lsn import format_lsn, parse_lsn
 from cdc_bridge.messages import EnvelopeColumns, MessageEvent, default_message_id, message_event
 from cdc_bridge.protocol import (
@@ -35,7 +41,6 @@ from cdc_bridge.publisher import (
     JetStreamPublisher,
     PublishError,
     Rejection,
-    header_lines,
 )
 from cdc_bridge.reconcile import Position
 from cdc_bridge.replication import ReplicationStream
@@ -44,18 +49,8 @@ from cdc_bridge.tracker import LsnTracker, Transaction
 
 log = structlog.get_logger("cdc_bridge.pipeline")
 
-# Headers the pipeline and the order guard set on every message.
-_OWN_HEADERS = frozenset(
-    {
-        "Nats-Msg-Id",
-        "Cdc-Lsn",
-        "Cdc-Index",
-        "Cdc-Table",
-        "Cdc-Source",
-        "Nats-Expected-Last-Sequence",
-        "Nats-Expected-Last-Msg-Id",
-    }
-)
+# Headers the pipeline and the order guard set on messages: theirs win over a row's.
+_OWN_HEADERS = frozenset((*BRIDGE_HEADERS, EXPECTED_LAST_SEQUENCE, EXPECTED_LAST_MSG_ID))
 
 # Seconds between confirmations while the confirmed position moves.
 _CONFIRM_AT_MOST_EVERY = 0.5
@@ -327,7 +322,7 @@ class Pipeline:
             raise PoisonRowError(f"the dead-letter subject itself cannot be stored: {reason}")
         self._count_dead_letter(msg_id, reason)
         headers = outcome.headers
-        for key in ("Nats-Msg-Id", "Cdc-Lsn", "Cdc-Index", "Cdc-Table", "Cdc-Source"):
+        for key in BRIDGE_HEADERS:
             headers[key] = entry_headers[key]
         return outcome.subject, outcome.data, headers
 

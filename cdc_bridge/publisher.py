@@ -41,6 +41,7 @@ from typing import Protocol
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
+from cdc_bridge.headers import header_lines, parse_header_lines
 from cdc_bridge.ordering import OrderGuard
 from cdc_bridge.routing import DEAD_LETTER_ROUTE
 from cdc_bridge.tracker import LsnTracker, Transaction
@@ -499,28 +500,6 @@ class JetStreamPublisher:
 # of its HPUB line in the queued parts, subject, data, header lines, transaction,
 # route, header block size.
 _Unreplied = tuple[int, str, bytes, str, Transaction, str, int]
-
-
-def header_lines(headers: dict[str, str]) -> str:
-    """Headers as the lines of a NATS/1.0 header block. Names and values were checked
-    where they were made (config, router); none holds CR or LF, so nothing needs
-    escaping here."""
-    return "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-
-
-def encode_headers(headers: dict[str, str]) -> bytes:
-    """The NATS/1.0 header block."""
-    return f"NATS/1.0\r\n{header_lines(headers)}\r\n".encode()
-
-
-def parse_header_lines(lines: str) -> dict[str, str]:
-    """``header_lines`` back to a dict."""
-    headers: dict[str, str] = {}
-    for line in lines.split("\r\n"):
-        if line:
-            name, _, value = line.partition(": ")
-            headers[name] = value
-    return headers
 
 
 _NO_RESPONDERS = (False, "no responders")

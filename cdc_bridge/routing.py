@@ -37,6 +37,7 @@ from cdc_bridge.config import (
     check_subject_template,
     parse_template,
 )
+from cdc_bridge.headers import HEADER_NAME, controls_jetstream
 
 DEAD_LETTER_ROUTE = "dead_letter"
 
@@ -46,7 +47,6 @@ _UNSAFE_SUBJECT_VALUE = re.compile(r"\A\Z|[.*>\s\x00-\x1f\x7f]")
 _UNSAFE_HEADER_VALUE = re.compile(r"[\r\n]")
 _SUBJECT_TOKEN_RULE = "a subject token may not be empty or contain '.', '*', '>' or whitespace"
 _HEADER_VALUE_RULE = "a header value may not contain CR or LF"
-_HEADER_NAME = re.compile(r"[!-9;-~]+")  # printable ASCII except ':'
 _REASON_VALUE_LIMIT = 60
 _REASON_LIMIT = 500
 
@@ -404,14 +404,11 @@ def _column_headers(column: str | None, row: Mapping[str, ColumnValue]) -> dict[
     for name, value in parsed.items():
         if not isinstance(value, str):
             continue  # only string entries are headers; numbers etc. are ignored
-        if not _HEADER_NAME.fullmatch(name):
+        if not HEADER_NAME.fullmatch(name):
             raise _Rejected(f"invalid header name in headers column: {_clip(name)}")
-        lowered = name.lower()
-        if lowered == "nats-msg-id":
+        if name.lower() == "nats-msg-id":
             continue  # the id column decides deduplication, not the row's headers
-        if lowered.startswith("nats-"):
-            # JetStream acts on these (expectations, rollups, TTLs...): from a row they
-            # would be refused on every replay, or worse, obeyed.
+        if controls_jetstream(name):
             raise _Rejected(
                 f"header {_clip(name)} in headers column {column!r} is reserved: "
                 "Nats-* headers control JetStream"

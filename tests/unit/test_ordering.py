@@ -1,5 +1,4 @@
 from cdc_bridge.ordering import OrderGuard
-from cdc_bridge.publisher import encode_headers, header_lines, parse_header_lines
 
 
 def test_first_message_expects_the_stream_sequence_then_each_names_its_predecessor() -> None:
@@ -27,15 +26,3 @@ def test_covers_uses_the_stream_subjects() -> None:
     assert guard.covers("audit.x")
     assert not guard.covers("audit.x.y")
     assert not guard.covers("other.x")
-
-
-def test_header_block_encoding() -> None:
-    # NATS/1.0\r\n + "K: v\r\n" + \r\n
-    block = b"NATS/1.0\r\nK: v\r\nCdc-Lsn: 0/1\r\n\r\n"
-    assert encode_headers({"K": "v", "Cdc-Lsn": "0/1"}) == block
-    assert encode_headers({}) == b"NATS/1.0\r\n\r\n"
-
-
-def test_header_lines_parse_back() -> None:
-    headers = {"Nats-Msg-Id": "a-ü", "Cdc-Error": "x: y", "Empty": ""}
-    assert parse_header_lines(header_lines(headers)) == headers

@@ -1,0 +1,42 @@
+"""Message headers: which names belong to the bridge or to JetStream, and their text form.
+
+Pure, and free of the daemon's dependencies: the application library (outbox.py) checks
+names with it too.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Set by the pipeline on every message; a same-named header from a row is left out.
+BRIDGE_HEADERS = ("Nats-Msg-Id", "Cdc-Lsn", "Cdc-Index", "Cdc-Table", "Cdc-Source")
+# Set by the order guard (ordering.py) on messages to the bridge's own stream.
+EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
+EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
+
+
+# What a header name may be: printable ASCII except ':' (config and headers column alike).
+HEADER_NAME = re.compile(r"[!-9;-~]+")
+
+
+def controls_jetstream(name: str) -> bool:
+    """Nats-* headers are JetStream's: dedup ids, expectations, rollups, TTLs... A row or
+    a route that sets one would have it refused on every replay, or obeyed."""
+    return name.lower().startswith("nats-")
+
+
+def header_lines(headers: dict[str, str]) -> str:
+    """Headers as the lines of a NATS/1.0 header block. Names and values were checked
+    where they were made (config, router); none holds CR or LF, so nothing needs
+    escaping here."""
+    return "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+
+
+def parse_header_lines(lines: str) -> dict[str, str]:
+    """``header_lines`` back to a dict."""
+    headers: dict[str, str] = {}
+    for line in lines.split("\r\n"):
+        if line:
+            name, _, value = line.partition(": ")
+            headers[name] = value
+    return headers
