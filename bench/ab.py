@@ -4,7 +4,8 @@ For performance work on a noisy shared machine, where a full ``make bench`` is t
 to tell a 5% change from the noise: one PostgreSQL and nats-server, one backlog, one slot
 per drain (created before the backlog, so every drain reads the same WAL), and the
 bridges of the given checkouts drained in interleaved rounds (round 1: A, B; round 2: A,
-B; ...), each as ``python -m cdc_bridge run`` with that tree first on ``PYTHONPATH``.
+B; ...), each as ``python -m cdc_bridge run`` with that tree first on ``PYTHONPATH`` (the
+bench's own BridgeUnderTest).
 Prints every drain and, per tree, the medians of events/s, steady events/s and events
 per CPU-second. Compare trees by their medians over several rounds, never one drain.
 
@@ -17,20 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import compileall
-import os
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import nats
-import yaml
 
-from bench.bridge_run import STREAM, SUBJECT_PREFIX, bridge_config
-from bench.cpu import cpu_use
+from bench.bridge_run import STREAM, SUBJECT_PREFIX, BridgeUnderTest, bridge_config
+from bench.cli import compile_bytecode
 from bench.stack import PUBLICATION, BenchStack, create_slot
 from bench.streams import create_stream, delete_stream, wait_for_messages
 from bench.workload import OUTBOX_TABLE, commit_backlog
@@ -54,25 +50,20 @@ async def _drain(stack: BenchStack, tree: Path, slot: str, events: int) -> Drain
         config = bridge_config(
             dsn=stack.dsn, nats_url=stack.nats.url, slot=slot, publication=PUBLICATION
         )
-        work_dir = stack.work_dir(slot)
-        config_path = work_dir / "bridge.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-        env = {**os.environ, "PYTHONPATH": str(tree)}
-        command = [sys.executable, "-m", "cdc_bridge", "run", "--config", str(config_path)]
-        with (work_dir / "bridge.log").open("wb") as log:
-            spawned_at = time.time()
-            process = subprocess.Popen(command, cwd=tree, env=env, stdout=log, stderr=log)
-            try:
-                state = await wait_for_messages(nc, STREAM, events, 60 + events / 1000)
-                cpu = cpu_use(process.pid)
-            finally:
-                process.terminate()
-                process.wait(30)
+        bridge = BridgeUnderTest(config, stack.work_dir(slot), source_root=tree)
+        bridge.start()
+        try:
+            state = await wait_for_messages(
+                nc, STREAM, events, 60 + events / 1000, bridge.check_alive
+            )
+            cpu = bridge.cpu_use()
+        finally:
+            bridge.stop()
         await delete_stream(nc, STREAM)
     finally:
         await nc.close()
     assert state.first_ts is not None and state.last_ts is not None and cpu is not None
-    total = state.last_ts - spawned_at
+    total = state.last_ts - bridge.spawned_at
     return Drain(
         str(tree),
         events / total,
@@ -112,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     for tree in trees:
         if not (tree / "cdc_bridge" / "__init__.py").is_file():
             raise SystemExit(f"bench.ab: {tree} is not a checkout of cdc-bridge")
-        compileall.compile_dir(tree / "cdc_bridge", quiet=1)
+        compile_bytecode(tree)
     if args.rounds < 1 or args.rounds * len(trees) > _MAX_SLOTS:
         raise SystemExit(f"bench.ab: rounds x trees must be between 1 and {_MAX_SLOTS}")
     drains = asyncio.run(run(trees, args.rounds, args.events))

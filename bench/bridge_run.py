@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from bench.children import ChildProcess
+from bench.children import REPO_ROOT, ChildProcess
 from bench.cpu import CpuUse, cpu_use
 from bench.workload import OUTBOX_TABLE
 
@@ -58,11 +58,17 @@ def proc_status_kib(pid: int, field: str) -> int:
 class BridgeUnderTest(ChildProcess):
     """``python -m cdc_bridge run --config FILE`` (what the ``cdc-bridge`` script runs)."""
 
-    def __init__(self, config: dict[str, Any], work_dir: Path, name: str = "bridge") -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        work_dir: Path,
+        name: str = "bridge",
+        source_root: Path = REPO_ROOT,
+    ) -> None:
         self.config_path = work_dir / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         command = [sys.executable, "-m", "cdc_bridge", "run", "--config", str(self.config_path)]
-        super().__init__(command, work_dir, name)
+        super().__init__(command, work_dir, name, source_root)
 
     def peak_rss_kib(self) -> int:
         """The bridge's peak resident set so far (VmHWM): read it while it still runs."""

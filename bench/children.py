@@ -26,9 +26,10 @@ class ChildFailed(Exception):
     """A child exited with an error, or without writing its result."""
 
 
-def child_environment() -> dict[str, str]:
-    """Our environment with the repository importable (it need not be pip-installed)."""
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+def child_environment(source_root: Path = REPO_ROOT) -> dict[str, str]:
+    """Our environment with the repository (or another checkout of it) importable first:
+    it need not be pip-installed."""
+    path = os.pathsep.join(p for p in (str(source_root), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
 
 
@@ -42,10 +43,13 @@ def log_tail(path: Path, lines: int = 10) -> str:
 
 class ChildProcess:
     """One child process with its output in ``<work_dir>/<name>.log``; ``spawned_at`` is
-    Unix time just before the fork."""
+    Unix time just before the fork. ``source_root`` is the checkout whose code it runs."""
 
-    def __init__(self, command: Sequence[str], work_dir: Path, name: str) -> None:
+    def __init__(
+        self, command: Sequence[str], work_dir: Path, name: str, source_root: Path = REPO_ROOT
+    ) -> None:
         self.name = name
+        self.source_root = source_root
         self.log_path = work_dir / f"{name}.log"
         self.command = list(command)
         self.spawned_at = 0.0
@@ -65,8 +69,8 @@ class ChildProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-            env=child_environment(),
+            cwd=self.source_root,
+            env=child_environment(self.source_root),
         )
 
     def check_alive(self) -> None:

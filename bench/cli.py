@@ -7,6 +7,7 @@ import asyncio
 import compileall
 from pathlib import Path
 
+from bench.children import REPO_ROOT
 from bench.report import render_table, save_json
 from bench.scenario import Settings, run_bench
 
@@ -63,15 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def compile_bytecode() -> None:
-    """Byte-compile cdc_bridge and bench, as ``pip install`` does for an installed package.
+def compile_bytecode(root: Path = REPO_ROOT) -> None:
+    """Byte-compile cdc_bridge and bench of the checkout at ``root``, as ``pip install``
+    does for an installed package.
 
     Start-up counts in every drain figure. Run from a checkout (an editable install),
     every child process would otherwise compile the sources again on each start
     wherever bytecode is not written (PYTHONDONTWRITEBYTECODE, a read-only tree), and
     measure the compiler rather than the bridge.
     """
-    root = Path(__file__).resolve().parent.parent
     for package in ("cdc_bridge", "bench"):
         compileall.compile_dir(root / package, quiet=1)
 

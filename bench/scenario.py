@@ -108,6 +108,20 @@ def _drain_timeout(events: int) -> float:
     return 60.0 + events / 1000  # generous: a stage that is 10x slower still finishes
 
 
+async def _drain_with(
+    nc: NatsClient, relay: Child, stream: str, events: int, result_timeout: float
+) -> tuple[StreamState, dict[str, Any]]:
+    """Start a relay, wait until its stream holds every event, then collect its result."""
+    relay.start()
+    try:
+        state = await wait_for_messages(
+            nc, stream, events, _drain_timeout(events), relay.check_alive
+        )
+        return state, await relay.result(timeout=result_timeout)
+    finally:
+        relay.kill()
+
+
 def _stored(events: int, spawned_at: float, state: StreamState, cpu: CpuUse | None) -> Throughput:
     """Timed by the stream's own clock: spawn -> last stored, first stored -> last stored."""
     assert state.first_ts is not None and state.last_ts is not None
@@ -239,15 +253,7 @@ async def _plain_relay(
         stack.work_dir("plain"),
         f"plain_relay_{round_no}",
     )
-    relay.start()
-    try:
-        timeout = _drain_timeout(settings.events)
-        state = await wait_for_messages(
-            nc, PLAIN_STREAM, settings.events, timeout, relay.check_alive
-        )
-        result = await relay.result(timeout=30)
-    finally:
-        relay.kill()
+    state, result = await _drain_with(nc, relay, PLAIN_STREAM, settings.events, 30)
     # Its files and memory are not the bridge's problem; and the next round's relay must
     # not have its messages dropped as duplicates
     await delete_stream(nc, PLAIN_STREAM)
@@ -342,15 +348,7 @@ async def _polling_drain(
         stack.work_dir("polling"),
         "polling_drain",
     )
-    relay.start()
-    try:
-        timeout = _drain_timeout(settings.events)
-        state = await wait_for_messages(
-            nc, POLLING_STREAM, settings.events, timeout, relay.check_alive
-        )
-        result = await relay.result(timeout=60)
-    finally:
-        relay.kill()
+    state, result = await _drain_with(nc, relay, POLLING_STREAM, settings.events, 60)
     load = meter.finish(expected_updates=settings.events)
     return _stored(settings.events, relay.spawned_at, state, _child_cpu(result)), load
 
