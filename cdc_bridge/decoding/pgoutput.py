@@ -241,8 +241,7 @@ class PgoutputDecoder:
                     f"Insert into {relation.table}: unknown column kind "
                     f"{bytes([col_kind])!r} for column {name!r}"
                 )
-        if pos != len(payload):
-            _expect_end(payload, pos, "Insert")
+        _expect_end(payload, pos, "Insert")
         for index in relation.bytea_columns:
             value = row[names[index]]
             if isinstance(value, str):
