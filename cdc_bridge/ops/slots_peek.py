@@ -6,7 +6,8 @@ Both read the slot with PostgreSQL's peek functions, which never move it; only
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import psycopg
@@ -91,20 +92,30 @@ def _in_use(name: str) -> OpsError:
     )
 
 
-async def peek_command(
-    target: Target, name: str, *, limit: int, publication: str | None, as_json: bool
-) -> int:
+@asynccontextmanager
+async def _decoding(
+    target: Target, name: str, publication: str | None
+) -> AsyncIterator[tuple[AsyncConn, SlotInfo, str | None]]:
+    """A connection, the slot (checked to be decodable here) and the publication to
+    decode with; a slot that a bridge is streaming from becomes one clear error."""
     async with await connect_postgres(
         target.dsn, target.connect_timeout, password=target.password
     ) as conn:
         slot = await _decodable_slot(conn, name)
-        publication = await choose_publication(conn, slot, publication or target.publication)
+        chosen = await choose_publication(conn, slot, publication or target.publication)
         try:
-            pending = await read_pending(
-                conn, slot, config=target.config, publication=publication, limit=limit
-            )
+            yield conn, slot, chosen
         except psycopg.errors.ObjectInUse:
             raise _in_use(name) from None
+
+
+async def peek_command(
+    target: Target, name: str, *, limit: int, publication: str | None, as_json: bool
+) -> int:
+    async with _decoding(target, name, publication) as (conn, slot, publication):
+        pending = await read_pending(
+            conn, slot, config=target.config, publication=publication, limit=limit
+        )
     if as_json:
         document = {
             "slot_name": slot.name,
@@ -165,18 +176,9 @@ async def advance_command(
 ) -> int:
     """Move the slot past a position or a transaction, after showing what is skipped;
     only with ``yes`` does it move. Exit 1 when it did not."""
-    async with await connect_postgres(
-        target.dsn, target.connect_timeout, password=target.password
-    ) as conn:
-        slot = await _decodable_slot(conn, name)
-        publication = await choose_publication(conn, slot, publication or target.publication)
-        try:
-            plan = await _plan_advance(
-                conn, slot, target, publication, to_lsn, past_xid, scan_limit
-            )
-            reached = await advance_slot(conn, name, plan.destination) if yes else None
-        except psycopg.errors.ObjectInUse:
-            raise _in_use(name) from None
+    async with _decoding(target, name, publication) as (conn, slot, publication):
+        plan = await _plan_advance(conn, slot, target, publication, to_lsn, past_xid, scan_limit)
+        reached = await advance_slot(conn, name, plan.destination) if yes else None
     if as_json:
         document = {
             "slot_name": name,
