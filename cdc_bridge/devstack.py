@@ -182,6 +182,56 @@ def outbox_schema_sql() -> str:
 # --- small process helpers ------------------------------------------------------------------
 
 
+class _ServerProcess(Service):
+    """A server run as a child process, its output in ``log_path``: what PostgresServer
+    and NatsServer share (state, stopping, killing)."""
+
+    log_path: Path
+    _process: subprocess.Popen[bytes] | None
+    _log_file: IO[bytes] | None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's (for PostgreSQL: the postmaster's) pid while it runs."""
+        return self._process.pid if self.running and self._process is not None else None
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group: a crash, as after a power cut, with no
+        shutdown work at all. PostgreSQL's backends go too: left alive they would keep
+        their shared memory attached and the next start would refuse to run beside them.
+        nats-server's written messages survive (they are in the OS)."""
+        if self._process is None:
+            return
+        _kill_group(self._process)
+        self._forget_process()
+
+    def _stop_with(self, signum: int, what: str) -> None:
+        """Send ``signum``, wait for the exit; DevstackError naming ``what`` if it hangs."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signum)
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise DevstackError(
+                    f"{what} did not stop within {STOP_TIMEOUT:.0f}s; log {self.log_path}: "
+                    f"{_log_tail(self.log_path)}"
+                ) from None
+        self._forget_process()
+
+    def _forget_process(self) -> None:
+        self._process = None
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+
 @dataclass(frozen=True, slots=True)
 class _Account:
     """Who the PostgreSQL processes run as when we are root."""
@@ -344,7 +394,7 @@ _STOP_SIGNALS = {
 }
 
 
-class PostgresServer(Service):
+class PostgresServer(_ServerProcess):
     """A PostgreSQL cluster in ``base_dir`` on ``127.0.0.1:port``, trust auth, logical WAL."""
 
     def __init__(
@@ -386,15 +436,6 @@ class PostgresServer(Service):
             # Some PostgreSQL builds (this machine's among them) only load the output
             # plugins listed here; the bridge's other plugin, wal2json, must be one.
             self.settings["output_plugin_libraries"] = f"{allowed_plugins}, wal2json"
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        """The postmaster's pid while it runs."""
-        return self._process.pid if self.running and self._process is not None else None
 
     def dsn(self, dbname: str = "postgres") -> str:
         """A libpq URI over TCP to ``dbname`` as the ``postgres`` superuser (trust auth)."""
@@ -445,35 +486,12 @@ class PostgresServer(Service):
         """Shut down with PostgreSQL's ``smart``, ``fast`` or ``immediate`` mode; wait for it."""
         if mode not in _STOP_SIGNALS:
             raise ValueError(f"stop mode must be one of {sorted(_STOP_SIGNALS)}, not {mode!r}")
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(_STOP_SIGNALS[mode])
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                raise DevstackError(
-                    f"PostgreSQL did not stop ({mode}) within {STOP_TIMEOUT:.0f}s; "
-                    f"log {self.log_path}: {_log_tail(self.log_path)}"
-                ) from None
-        self._forget_process()
+        self._stop_with(_STOP_SIGNALS[mode], f"PostgreSQL ({mode})")
 
     def restart(self, mode: str = "fast") -> None:
         """Stop, then start again on the same port with the same data."""
         self.stop(mode)
         self.start()
-
-    def kill(self) -> None:
-        """SIGKILL the postmaster and its backends at once: a crash, as after a power cut.
-
-        The backends go too: left alive they would keep their shared memory attached and the
-        next start would refuse to run beside them.
-        """
-        if self._process is None:
-            return
-        _kill_group(self._process)
-        self._forget_process()
 
     def close(self) -> None:
         """Stop if running (fast, then kill if that hangs). Data stays: the caller owns it."""
@@ -603,12 +621,6 @@ class PostgresServer(Service):
                 f"the PostgreSQL on port {self.port} serves {answered}, not {self.data_dir}"
             )
 
-    def _forget_process(self) -> None:
-        self._process = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
 
 # --- NATS -----------------------------------------------------------------------------------
 
@@ -629,7 +641,7 @@ def _nats_answers(port: int) -> bool:
     return isinstance(info, dict) and info.get("jetstream") is True
 
 
-class NatsServer(Service):
+class NatsServer(_ServerProcess):
     """``nats-server -js`` on ``127.0.0.1:port`` with its JetStream store in ``base_dir/js``."""
 
     def __init__(
@@ -648,14 +660,6 @@ class NatsServer(Service):
         self._binary = find_nats_server()
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self.running and self._process is not None else None
 
     def start(self) -> None:
         """Run nats-server; return once it greets clients with JetStream enabled."""
@@ -697,26 +701,7 @@ class NatsServer(Service):
 
     def stop(self) -> None:
         """SIGTERM (nats-server flushes JetStream and exits) and wait for it."""
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                raise DevstackError(
-                    f"nats-server did not stop within {STOP_TIMEOUT:.0f}s; log {self.log_path}: "
-                    f"{_log_tail(self.log_path)}"
-                ) from None
-        self._forget_process()
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown work at all. Written messages survive (they are in the OS)."""
-        if self._process is None:
-            return
-        _kill_group(self._process)
-        self._forget_process()
+        self._stop_with(signal.SIGTERM, "nats-server")
 
     def restart(self) -> None:
         """Stop and start on the same port with the same store: JetStream data survives."""
@@ -729,11 +714,6 @@ class NatsServer(Service):
         except DevstackError:
             self.kill()
 
-    def _forget_process(self) -> None:
-        self._process = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
 
 
 # --- both -----------------------------------------------------------------------------------
