@@ -13,20 +13,16 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
-from support.bridge import BridgeProcess, log_event, parse_json_line
+from support.bridge import STARTUP_TIMEOUT, MakeBridge, log_event, parse_json_line
 from support.outbox import Event, bridge_config, insert_event, wait_for_ids
 from support.plugins import PLUGINS, comparable, run_statements, stream_through_both_plugins
 
 from cdc_bridge.decoding.wal2json import wal2json_options
 from cdc_bridge.devstack import NatsServer
-
-MakeBridge = Callable[..., BridgeProcess]
-STARTUP_TIMEOUT = 30.0
 
 TICKETS = """
 CREATE TABLE public.tickets (

@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from support.bridge import BridgeProcess
+from support.bridge import MakeBridge
 from support.nats_helpers import StreamMessage
 from support.outbox import (
     Event,
@@ -36,9 +35,6 @@ from support.outbox import (
 from support.plugins import comparable, run_statements, stream_through_both_plugins
 
 from cdc_bridge.devstack import NatsServer
-
-MakeBridge = Callable[..., BridgeProcess]
-STARTUP_TIMEOUT = 30.0
 
 TABLES = """
 CREATE TABLE public.blobs (id text PRIMARY KEY, kind text NOT NULL, payload bytea);

@@ -12,7 +12,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.types.json import Jsonb
-from support.bridge import BridgeProcess, log_event, parse_json_line
+from support.bridge import STARTUP_TIMEOUT, BridgeProcess, MakeBridge, log_event, parse_json_line
 from support.chaos import (
     Auditor,
     LoadGenerator,
@@ -32,9 +32,6 @@ from support.waiting import wait_until
 
 from cdc_bridge.devstack import NatsServer, free_port
 
-MakeBridge = Callable[..., BridgeProcess]
-
-STARTUP_TIMEOUT = 30.0  # a cold Python start plus both connections on a busy 2-core box
 TAKEOVER_LIMIT = 10.0  # the promise: a standby streams within 10 s of the loss
 NOT_READY_LIMIT = 10.0  # /readyz must turn 503 within 10 s of NATS going away
 

@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,12 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from support.bridge import REPO_ROOT, BridgeProcess, log_event
+from support.bridge import (
+    REPO_ROOT,
+    STARTUP_TIMEOUT,
+    MakeBridge,
+    start_bridge,
+)
 from support.nats_helpers import fetch_stream_messages
 from support.waiting import wait_until
 
@@ -31,8 +36,6 @@ from cdc_bridge.ops import json_keys
 from cdc_bridge.ops.check_nats import NATS_CHECKS
 from cdc_bridge.ops.check_postgres import POSTGRES_CHECKS
 
-MakeBridge = Callable[..., BridgeProcess]
-STARTUP_TIMEOUT = 30.0  # a cold Python start plus both connections on a busy 2-core box
 INSERT = (
     "INSERT INTO public.outbox (aggregate_type, aggregate_id, event_type, payload)"
     " VALUES (%s, %s, %s, '{}') RETURNING id::text"
@@ -127,12 +130,6 @@ def slot_entry(capsys: pytest.CaptureFixture[str], config: str, slot: str) -> di
     [entry] = [item for item in run.json() if item["slot_name"] == slot]
     assert isinstance(entry, dict)
     return entry
-
-
-def start_bridge(make_bridge: MakeBridge, config: dict[str, Any]) -> BridgeProcess:
-    bridge = make_bridge(config)
-    bridge.wait_for_log(log_event("streaming"), timeout=STARTUP_TIMEOUT)
-    return bridge
 
 
 @pytest.fixture

@@ -10,20 +10,21 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import yaml
-from support.bridge import REPO_ROOT, BridgeProcess, log_event
+from support.bridge import (
+    REPO_ROOT,
+    MakeBridge,
+    start_bridge,
+)
 from support.outbox import bridge_config, duplicated_ids, message_ids, wait_for_ids
 
 from cdc_bridge.devstack import find_pg_bindir
 from cdc_bridge.outbox import Event, emit, emit_many
 
-MakeBridge = Callable[..., BridgeProcess]
-STARTUP_TIMEOUT = 30.0
 SQL_DIR = REPO_ROOT / "sql"
 
 
@@ -84,12 +85,6 @@ def count_rows(dsn: str, table: str = "public.outbox") -> int:
         row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
     assert row is not None
     return int(row[0])
-
-
-def start_bridge(make_bridge: MakeBridge, config: dict[str, Any]) -> BridgeProcess:
-    bridge = make_bridge(config)
-    bridge.wait_for_log(log_event("streaming"), timeout=STARTUP_TIMEOUT)
-    return bridge
 
 
 # --- cdc-bridge outbox prune ----------------------------------------------------------------

@@ -26,12 +26,20 @@ import nats
 import psycopg
 import pytest
 from nats.js.api import StorageType, StreamConfig
-from support.bridge import BridgeProcess, log_event, parse_json_line
-from support.nats_helpers import StreamMessage, stream_info
+from support.bridge import (
+    STARTUP_TIMEOUT,
+    BridgeProcess,
+    MakeBridge,
+    log_event,
+    parse_json_line,
+    start_bridge,
+)
+from support.nats_helpers import stream_info
 from support.outbox import (
     Event,
     EventProducer,
     bridge_config,
+    commit_lsn,
     current_wal_lsn,
     duplicated_ids,
     insert_event,
@@ -50,22 +58,8 @@ from support.waiting import wait_until
 from cdc_bridge.devstack import NatsServer, PostgresServer
 from cdc_bridge.lsn import parse_lsn
 
-MakeBridge = Callable[..., BridgeProcess]
-
 STATUS_INTERVAL = 0.2  # bridge_config's postgres.status_interval
 SHUTDOWN_TIMEOUT = 5.0  # bridge_config's shutdown_timeout
-STARTUP_TIMEOUT = 30.0  # a cold Python start plus both connections on a busy 2-core box
-
-
-def start_bridge(make_bridge: MakeBridge, config: dict[str, Any]) -> BridgeProcess:
-    """A bridge that is streaming: its slot exists, so every commit from now on arrives."""
-    bridge = make_bridge(config)
-    bridge.wait_for_log(log_event("streaming"), timeout=STARTUP_TIMEOUT)
-    return bridge
-
-
-def commit_lsn(message: StreamMessage) -> int:
-    return parse_lsn(message.headers["Cdc-Lsn"])
 
 
 def assert_holds(predicate: Callable[[], bool], seconds: float, message: str) -> None:

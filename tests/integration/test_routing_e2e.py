@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from support.bridge import BridgeProcess, log_event
+from support.bridge import MakeBridge, start_bridge
 from support.nats_helpers import StreamMessage
 from support.outbox import (
     bridge_config,
@@ -35,10 +35,7 @@ from support.outbox import (
 from cdc_bridge.devstack import NatsServer
 from cdc_bridge.lsn import parse_lsn
 
-MakeBridge = Callable[..., BridgeProcess]
-
 MAX_PAYLOAD = 4096
-STARTUP_TIMEOUT = 30.0  # a cold Python start plus both connections on a busy 2-core box
 STATUS_INTERVAL = 0.2  # bridge_config's postgres.status_interval
 
 
@@ -105,12 +102,6 @@ def config_for(dsn: str, nats_url: str, u: str, *, dead_letter: bool = True) -> 
     if dead_letter:
         config["dead_letter"] = {"subject": f"{u}.dlq"}
     return config
-
-
-def start_bridge(make_bridge: MakeBridge, config: dict[str, Any]) -> BridgeProcess:
-    bridge = make_bridge(config)
-    bridge.wait_for_log(log_event("streaming"), timeout=STARTUP_TIMEOUT)
-    return bridge
 
 
 def by_id(messages: Sequence[StreamMessage]) -> dict[str, list[StreamMessage]]:

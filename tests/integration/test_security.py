@@ -18,7 +18,7 @@ import re
 import ssl
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,14 @@ import pytest
 import yaml
 from nats.aio.client import RawCredentials
 from psycopg import sql
-from support.bridge import REPO_ROOT, BridgeProcess, log_event, parse_json_line
+from support.bridge import (
+    REPO_ROOT,
+    STARTUP_TIMEOUT,
+    BridgeProcess,
+    MakeBridge,
+    log_event,
+    parse_json_line,
+)
 from support.certs import ThrowawayCA, make_ca
 from support.nats_jwt import Operator
 from support.outbox import Event, bridge_config, insert_events, wait_for_ids
@@ -38,8 +45,6 @@ from support.waiting import wait_until
 from cdc_bridge.cli import main as cli_main
 from cdc_bridge.devstack import NatsServer, PostgresServer, free_port
 
-MakeBridge = Callable[..., BridgeProcess]
-STARTUP_TIMEOUT = 30.0  # a cold Python start plus both connections on a busy 2-core box
 ROLE_SQL = REPO_ROOT / "sql" / "role.sql"
 SECURITY_DOC = REPO_ROOT / "docs" / "security.md"
 BRIDGE_ROLE = "cdc_bridge"  # what sql/role.sql creates

@@ -9,16 +9,15 @@ stored, nothing else is still coming.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
-from support.bridge import BridgeProcess, log_event
-from support.nats_helpers import StreamMessage
+from support.bridge import MakeBridge, log_event, start_bridge
 from support.outbox import (
     Event,
     bridge_config,
+    commit_lsn,
     duplicated_ids,
     insert_event,
     insert_events,
@@ -30,22 +29,9 @@ from support.plugins import PLUGINS, run_statements
 
 from cdc_bridge.lsn import parse_lsn
 
-MakeBridge = Callable[..., BridgeProcess]
-STARTUP_TIMEOUT = 30.0
-
 
 def wal2json_config(dsn: str, nats_url: str, name: str, **overrides: Any) -> dict[str, Any]:
     return bridge_config(dsn, nats_url, name, postgres={"plugin": "wal2json"}, **overrides)
-
-
-def start_bridge(make_bridge: MakeBridge, config: dict[str, Any]) -> BridgeProcess:
-    bridge = make_bridge(config)
-    bridge.wait_for_log(log_event("streaming"), timeout=STARTUP_TIMEOUT)
-    return bridge
-
-
-def commit_lsn(message: StreamMessage) -> int:
-    return parse_lsn(message.headers["Cdc-Lsn"])
 
 
 class _Abort(Exception):

@@ -285,3 +285,15 @@ class BridgeProcess(Service):
             f"bridge (pid {self._process.pid if self._process else '-'}, "
             f"exit code {self.returncode}) {problem}; last output:\n{tail}"
         )
+
+
+# make_bridge (tests/conftest.py): a config in, a started BridgeProcess out
+MakeBridge = Callable[..., BridgeProcess]
+STARTUP_TIMEOUT = 30.0  # a cold Python start plus both connections on a busy 2-core box
+
+
+def start_bridge(make_bridge: MakeBridge, config: dict[str, Any]) -> BridgeProcess:
+    """A bridge that is streaming: its slot exists, so every commit from now on arrives."""
+    bridge = make_bridge(config)
+    bridge.wait_for_log(log_event("streaming"), timeout=STARTUP_TIMEOUT)
+    return bridge

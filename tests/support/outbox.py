@@ -295,3 +295,8 @@ class EventProducer:
                     self._stop.wait(self._pause)
         except Exception as exc:  # reported by stop(), in the test's thread
             self._error = exc
+
+
+def commit_lsn(message: StreamMessage) -> int:
+    """The commit LSN a stored event carries (its Cdc-Lsn header)."""
+    return parse_lsn(message.headers["Cdc-Lsn"])
