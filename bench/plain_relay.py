@@ -1,7 +1,7 @@
 """The baseline: the plain Python relay most people would write first.
 
 Logical replication over psycopg's COPY_BOTH (the same reading approach as
-cdc_bridge/replication.py: ``get_copy_data(1)`` until it returns 0, only then
+cdc_bridge/source/replication.py: ``get_copy_data(1)`` until it returns 0, only then
 ``consume_input``), the bridge's pgoutput decoder, and nats-py's ``js.publish_async``
 with a window of 4,000 futures, each one awaited. It confirms the slot once, at the end.
 No routing rules, no dead letters, no ordering checks, no metrics: what it costs is the
@@ -28,10 +28,10 @@ from psycopg.rows import TupleRow
 from bench.children import write_result
 from bench.cpu import cpu_use
 from bench.workload import subject_for
-from cdc_bridge.changes import Commit, Insert
-from cdc_bridge.decoding.pgoutput import PgoutputDecoder
-from cdc_bridge.lsn import format_lsn
-from cdc_bridge.protocol import Keepalive, build_status_update, parse_copy_data
+from cdc_bridge.core.changes import Commit, Insert
+from cdc_bridge.core.lsn import format_lsn
+from cdc_bridge.source.decoding.pgoutput import PgoutputDecoder
+from cdc_bridge.source.protocol import Keepalive, build_status_update, parse_copy_data
 
 WINDOW = 4000  # futures in flight; the oldest is awaited before the next publish
 SUBJECT_PREFIX = "plain"

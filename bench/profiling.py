@@ -80,7 +80,7 @@ class FunctionCost:
 
 
 def _frame_name(frame: str) -> str:
-    """``handle (cdc_bridge/publisher.py:120)`` -> ``handle (cdc_bridge/publisher.py)``."""
+    """``handle (cdc_bridge/sink/publisher.py:120)`` -> ``handle (sink/publisher.py)``."""
     match = _FRAME.match(frame.strip())
     if match is None:
         return frame.strip()

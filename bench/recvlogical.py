@@ -12,8 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from cdc_bridge.devstack import find_pg_bindir
-from cdc_bridge.lsn import format_lsn
+from cdc_bridge.core.lsn import format_lsn
+from cdc_bridge.dev.devstack import find_pg_bindir
 
 
 def recvlogical_binary() -> Path:

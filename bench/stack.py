@@ -1,4 +1,4 @@
-"""The benchmark's own PostgreSQL and nats-server (cdc_bridge.devstack), and catalog helpers.
+"""The benchmark's own PostgreSQL and nats-server (cdc_bridge.dev.devstack), and catalog helpers.
 
 Settings beyond the devstack's: checkpoints pushed out of the way (a checkpoint in the
 middle of a stage would show up as WAL and I/O that no relay caused), and a less starved
@@ -18,7 +18,7 @@ import psycopg
 from psycopg import sql
 
 from bench.workload import OUTBOX_TABLE, POLLING_TABLE, POLLING_TABLE_SQL, table_identifier
-from cdc_bridge.devstack import (
+from cdc_bridge.dev.devstack import (
     DEFAULT_PG_SETTINGS,
     NatsServer,
     PostgresServer,

@@ -38,9 +38,9 @@ def _print_error(message: str) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from cdc_bridge.config import ConfigError, load_config
-    from cdc_bridge.daemon import install_signal_handlers, run_bridge
-    from cdc_bridge.logs import configure_logging
+    from cdc_bridge.bridge.logs import configure_logging
+    from cdc_bridge.bridge.supervisor import install_signal_handlers, run_bridge
+    from cdc_bridge.config.model import ConfigError, load_config
 
     try:
         config = load_config(args.config)
@@ -67,12 +67,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from cdc_bridge.config import ConfigError, load_config
-    from cdc_bridge.daemon import install_signal_handlers, run_bridge
-    from cdc_bridge.demo import print_events, produce_tickets
-    from cdc_bridge.devstack import DevStack, DevstackError, free_port, outbox_schema_sql
-    from cdc_bridge.logs import configure_logging
-    from cdc_bridge.postgres_setup import prepare_postgres
+    from cdc_bridge.bridge.logs import configure_logging
+    from cdc_bridge.bridge.supervisor import install_signal_handlers, run_bridge
+    from cdc_bridge.config.model import ConfigError, load_config
+    from cdc_bridge.dev.demo import print_events, produce_tickets
+    from cdc_bridge.dev.devstack import DevStack, DevstackError, free_port, outbox_schema_sql
+    from cdc_bridge.source.setup import prepare_postgres
 
     configure_logging(args.log_format or "console", args.log_level or "info")
     stack = DevStack(Path(args.dir))
@@ -136,8 +136,8 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
     """Exit 0 routed, 1 dead-lettered or poison, 2 when the inputs are unusable."""
     import json
 
-    from cdc_bridge.config import ConfigError, load_config
-    from cdc_bridge.route_preview import preview_row, resolve_table, row_from_json
+    from cdc_bridge.config.model import ConfigError, load_config
+    from cdc_bridge.routing.preview import preview_row, resolve_table, row_from_json
 
     try:
         config = load_config(args.config)
@@ -158,7 +158,7 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox_prune(args: argparse.Namespace) -> int:
-    from cdc_bridge.config import load_config
+    from cdc_bridge.config.model import load_config
     from cdc_bridge.ops.errors import run_command
     from cdc_bridge.ops.prune import prune_command
 

@@ -20,7 +20,7 @@ Two ways to carry the event, chosen by ``via``:
   event_type, payload[, headers])`` (sql/outbox.sql). The headers column is named only
   when some event has headers, so a table without one works for events without headers.
 - ``"message"``: ``SELECT pg_logical_emit_message(true, prefix, envelope)``, a
-  transactional logical decoding message (cdc_bridge/messages.py describes the
+  transactional logical decoding message (cdc_bridge/routing/messages.py describes the
   envelope); nothing is stored, and the bridge needs ``outbox.message_prefixes``.
 
 Every event gets its id here (a UUID, or the caller's), and the id is returned: it is the
@@ -51,7 +51,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
-from cdc_bridge.headers import controls_jetstream
+from cdc_bridge.core.headers import controls_jetstream
 
 __all__ = [
     "DEFAULT_MESSAGE_PREFIX",

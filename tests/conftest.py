@@ -19,7 +19,7 @@ import pytest
 from support.bridge import BridgeProcess
 from support.nats_helpers import delete_all_streams
 
-from cdc_bridge.devstack import NatsServer, PostgresServer
+from cdc_bridge.dev.devstack import NatsServer, PostgresServer
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ of checks is always the same.
 
 from __future__ import annotations
 
-from cdc_bridge.config import BridgeConfig
+from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.ops.check_nats import nats_checks
 from cdc_bridge.ops.check_postgres import postgres_checks
 from cdc_bridge.ops.check_results import CheckResult

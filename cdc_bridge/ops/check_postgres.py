@@ -6,13 +6,12 @@ from collections.abc import Awaitable, Callable
 
 import psycopg
 
-from cdc_bridge.config import BridgeConfig, redact_dsn
+from cdc_bridge.config.model import BridgeConfig, redact_dsn
 from cdc_bridge.ops.check_results import CheckResult, fail, ok, skip, warn
 from cdc_bridge.ops.errors import OpsError, describe_postgres_error
 from cdc_bridge.ops.render import human_bytes, lsn_text
 from cdc_bridge.ops.target import connect_postgres, password_for
-from cdc_bridge.postgres_setup import outbox_problems
-from cdc_bridge.slots import (
+from cdc_bridge.source.catalog import (
     AsyncConn,
     SlotInfo,
     can_select,
@@ -28,6 +27,7 @@ from cdc_bridge.slots import (
     wal_head_lsn,
     wal_sender_count,
 )
+from cdc_bridge.source.setup import outbox_problems
 
 POSTGRES_CHECKS = (
     "postgres.server",

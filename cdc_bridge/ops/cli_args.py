@@ -12,7 +12,7 @@ import textwrap
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from cdc_bridge.lsn import parse_lsn
+from cdc_bridge.core.lsn import parse_lsn
 from cdc_bridge.ops import json_keys
 from cdc_bridge.ops.json_keys import key_list
 
@@ -217,7 +217,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from cdc_bridge.config import load_config
+    from cdc_bridge.config.model import load_config
     from cdc_bridge.ops.errors import UsageError, run_command
     from cdc_bridge.ops.status import status_command, status_url
 

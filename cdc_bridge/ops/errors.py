@@ -15,9 +15,9 @@ from typing import Any
 import nats.errors
 import psycopg
 
-from cdc_bridge.config import ConfigError
-from cdc_bridge.logs import configure_logging
-from cdc_bridge.redaction import redact_dsn
+from cdc_bridge.bridge.logs import configure_logging
+from cdc_bridge.config.model import ConfigError
+from cdc_bridge.core.redaction import redact_dsn
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -20,9 +20,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
 from psycopg import sql
 
-from cdc_bridge.config import BridgeConfig, NatsConfig
-from cdc_bridge.lsn import format_lsn
-from cdc_bridge.nats_setup import ensure_stream
+from cdc_bridge.config.model import BridgeConfig, NatsConfig
+from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.ops.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -32,11 +31,10 @@ from cdc_bridge.ops.errors import (
 from cdc_bridge.ops.nats_client import API_TIMEOUT, connect_quietly
 from cdc_bridge.ops.render import dumps, lsn_text, table
 from cdc_bridge.ops.target import connect_postgres, password_for
-from cdc_bridge.postgres_setup import outbox_problems, publication_plan
-from cdc_bridge.preflight import check_stream_coverage
-from cdc_bridge.reconcile import read_stream_tail
-from cdc_bridge.replication import ReplicationError, ReplicationStream
-from cdc_bridge.slots import (
+from cdc_bridge.sink.connect import ensure_stream
+from cdc_bridge.sink.coverage import check_stream_coverage
+from cdc_bridge.sink.reconcile import read_stream_tail
+from cdc_bridge.source.catalog import (
     AsyncConn,
     create_slot,
     current_database,
@@ -45,6 +43,8 @@ from cdc_bridge.slots import (
     table_columns,
     table_identifier,
 )
+from cdc_bridge.source.replication import ReplicationError, ReplicationStream
+from cdc_bridge.source.setup import outbox_problems, publication_plan
 
 Action = Literal["created", "exists", "would create", "problem"]
 StepKind = Literal["table", "publication", "slot", "stream"]

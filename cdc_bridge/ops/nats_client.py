@@ -7,10 +7,10 @@ import asyncio
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
-from cdc_bridge.config import BridgeConfig
-from cdc_bridge.nats_auth import connect_options, require_tls
-from cdc_bridge.nats_setup import close_failed_client
+from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.ops.errors import OpsError
+from cdc_bridge.sink.auth import connect_options, require_tls
+from cdc_bridge.sink.connect import close_failed_client
 
 API_TIMEOUT = 5.0  # seconds for each JetStream API request
 _RETRY_WAIT = 0.2  # seconds between tries of one server

@@ -18,16 +18,16 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import TupleRow
 
-from cdc_bridge.changes import Begin, Change, ColumnValue, Commit, Insert, LogicalMessage
-from cdc_bridge.config import BridgeConfig
-from cdc_bridge.decoding import DecodeError, pgoutput, wal2json
-from cdc_bridge.lsn import format_lsn
-from cdc_bridge.messages import EnvelopeColumns, default_message_id, message_event
+from cdc_bridge.bridge.pipeline import Decoder
+from cdc_bridge.config.model import BridgeConfig
+from cdc_bridge.core.changes import Begin, Change, ColumnValue, Commit, Insert, LogicalMessage
+from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.ops.errors import OpsError, UsageError
-from cdc_bridge.pipeline import Decoder
-from cdc_bridge.plugins import decoder_for
-from cdc_bridge.routing import DEAD_LETTER_ROUTE, Outbound, Poison, Router
-from cdc_bridge.slots import RawChange, SlotInfo, peek_changes, publication_names
+from cdc_bridge.routing.messages import EnvelopeColumns, default_message_id, message_event
+from cdc_bridge.routing.router import DEAD_LETTER_ROUTE, Outbound, Poison, Router
+from cdc_bridge.source.catalog import RawChange, SlotInfo, peek_changes, publication_names
+from cdc_bridge.source.decoding import DecodeError, pgoutput, wal2json
+from cdc_bridge.source.plugins import decoder_for
 
 DEFAULT_ID_COLUMN = "id"  # the outbox.sql column, when no config says otherwise
 ALL_TABLES = "*.*"  # wal2json's add-tables pattern for every table
@@ -176,7 +176,7 @@ def decode_transactions(
 def _decode(decoder: Decoder, change: RawChange) -> Change | None:
     try:
         return decoder.decode(change.data)
-    except DecodeError as exc:  # either plugin's (cdc_bridge.decoding.DecodeError)
+    except DecodeError as exc:  # either plugin's (cdc_bridge.source.decoding.DecodeError)
         raise OpsError(f"cannot decode the change at {format_lsn(change.lsn)}: {exc}") from None
 
 

@@ -20,11 +20,11 @@ from datetime import datetime
 
 from psycopg import sql
 
-from cdc_bridge.config import BridgeConfig
-from cdc_bridge.durations import DurationError, parse_duration
+from cdc_bridge.config.model import BridgeConfig
+from cdc_bridge.core.durations import DurationError, parse_duration
 from cdc_bridge.ops.errors import EXIT_OK, OpsError
 from cdc_bridge.ops.target import connect_postgres, password_for
-from cdc_bridge.slots import AsyncConn, table_columns, table_identifier
+from cdc_bridge.source.catalog import AsyncConn, table_columns, table_identifier
 
 AGE_COLUMN = "created_at"  # sql/outbox.sql's; the age of a row is its insert time
 DEFAULT_BATCH_SIZE = 10_000

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from cdc_bridge.lsn import format_lsn
+from cdc_bridge.core.lsn import format_lsn
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 MISSING = "-"

@@ -20,7 +20,7 @@ from cdc_bridge.ops.errors import (
 from cdc_bridge.ops.pending import Pending, check_decodable, choose_publication, read_pending
 from cdc_bridge.ops.render import dumps, human_bytes, key_values, lsn_text, table
 from cdc_bridge.ops.target import Target, connect_postgres
-from cdc_bridge.slots import (
+from cdc_bridge.source.catalog import (
     AsyncConn,
     SlotInfo,
     create_slot,

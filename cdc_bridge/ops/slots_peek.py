@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from cdc_bridge.lsn import format_lsn
+from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.ops.errors import EXIT_FAILED, EXIT_OK, OpsError
 from cdc_bridge.ops.pending import (
     Pending,
@@ -24,7 +24,7 @@ from cdc_bridge.ops.pending import (
 )
 from cdc_bridge.ops.render import dumps, lsn_text, table
 from cdc_bridge.ops.target import Target, connect_postgres
-from cdc_bridge.slots import (
+from cdc_bridge.source.catalog import (
     AsyncConn,
     SlotInfo,
     advance_slot,

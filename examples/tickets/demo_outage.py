@@ -2,7 +2,7 @@
 
     python examples/tickets/demo_outage.py
 
-starts a throwaway PostgreSQL and nats-server (cdc_bridge.devstack), ``cdc-bridge init``
+starts a throwaway PostgreSQL and nats-server (cdc_bridge.dev.devstack), ``cdc-bridge init``
 and ``cdc-bridge run`` with bridge.yaml, the ticket service and the consumer, then:
 
 1. creates and updates a few tickets, and waits until the consumer's copy matches;
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO_ROOT))
-    from cdc_bridge.devstack import DevStack
+    from cdc_bridge.dev.devstack import DevStack
 
     work_dir = Path(args.dir or tempfile.mkdtemp(prefix="tickets-demo-")).absolute()
     work_dir.mkdir(parents=True, exist_ok=True)

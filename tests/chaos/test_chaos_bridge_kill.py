@@ -10,7 +10,7 @@ import pytest
 from support.bridge import BridgeProcess
 from support.chaos import Auditor, BridgeRunner, LoadGenerator, chaos_bridge_config, slot_state
 
-from cdc_bridge.lsn import format_lsn
+from cdc_bridge.core.lsn import format_lsn
 
 DUPLICATE_WINDOW = 2.0
 

@@ -12,7 +12,7 @@ from support.bridge import BridgeProcess
 from support.chaos import Auditor, BridgeRunner, LoadGenerator, chaos_bridge_config
 from support.waiting import wait_until
 
-from cdc_bridge.devstack import NatsServer, free_port
+from cdc_bridge.dev.devstack import NatsServer, free_port
 
 NODES = 3
 

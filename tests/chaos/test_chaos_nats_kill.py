@@ -19,8 +19,8 @@ from support.chaos import (
 from support.tcp_proxy import TcpProxy
 from support.waiting import wait_until
 
-from cdc_bridge.devstack import NatsServer
-from cdc_bridge.lsn import format_lsn
+from cdc_bridge.core.lsn import format_lsn
+from cdc_bridge.dev.devstack import NatsServer
 
 OUTAGE = 4.0
 

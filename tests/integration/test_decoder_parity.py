@@ -34,7 +34,7 @@ from support.outbox import (
 )
 from support.plugins import comparable, run_statements, stream_through_both_plugins
 
-from cdc_bridge.devstack import NatsServer
+from cdc_bridge.dev.devstack import NatsServer
 
 TABLES = """
 CREATE TABLE public.blobs (id text PRIMARY KEY, kind text NOT NULL, payload bytea);

@@ -17,8 +17,8 @@ from support.bridge import BridgeProcess, log_event
 from support.nats_helpers import fetch_stream_messages, stream_info
 from support.waiting import wait_until, wait_until_async
 
-from cdc_bridge import devstack
-from cdc_bridge.devstack import DevStack, DevstackError, NatsServer, PostgresServer
+from cdc_bridge.dev import devstack
+from cdc_bridge.dev.devstack import DevStack, DevstackError, NatsServer, PostgresServer
 
 # --- PostgreSQL -----------------------------------------------------------------------------
 

@@ -20,8 +20,8 @@ import yaml
 from support.bridge import REPO_ROOT, BridgeProcess, log_event
 from support.outbox import duplicated_ids, message_ids, wait_for_ids
 
-from cdc_bridge.config import load_config
-from cdc_bridge.devstack import NatsServer
+from cdc_bridge.config.model import load_config
+from cdc_bridge.dev.devstack import NatsServer
 
 MakeBridge = Callable[..., BridgeProcess]
 EXAMPLE = REPO_ROOT / "examples" / "tickets"

@@ -30,7 +30,7 @@ from support.chaos import (
 from support.nats_helpers import stream_info
 from support.waiting import wait_until
 
-from cdc_bridge.devstack import NatsServer, free_port
+from cdc_bridge.dev.devstack import NatsServer, free_port
 
 TAKEOVER_LIMIT = 10.0  # the promise: a standby streams within 10 s of the loss
 NOT_READY_LIMIT = 10.0  # /readyz must turn 503 within 10 s of NATS going away

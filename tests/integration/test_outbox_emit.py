@@ -19,9 +19,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from psycopg import sql
 
-from cdc_bridge.changes import LogicalMessage
-from cdc_bridge.decoding.pgoutput import PgoutputDecoder
-from cdc_bridge.messages import EnvelopeColumns, message_event
+from cdc_bridge.core.changes import LogicalMessage
 from cdc_bridge.outbox import (
     Event,
     OutboxUsageError,
@@ -30,6 +28,8 @@ from cdc_bridge.outbox import (
     emit_many,
     emit_many_async,
 )
+from cdc_bridge.routing.messages import EnvelopeColumns, message_event
+from cdc_bridge.source.decoding.pgoutput import PgoutputDecoder
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 SPAN = SpanContext(  # the span TRACEPARENT describes

@@ -55,8 +55,8 @@ from support.outbox import (
 )
 from support.waiting import wait_until
 
-from cdc_bridge.devstack import NatsServer, PostgresServer
-from cdc_bridge.lsn import parse_lsn
+from cdc_bridge.core.lsn import parse_lsn
+from cdc_bridge.dev.devstack import NatsServer, PostgresServer
 
 STATUS_INTERVAL = 0.2  # bridge_config's postgres.status_interval
 SHUTDOWN_TIMEOUT = 5.0  # bridge_config's shutdown_timeout
@@ -250,7 +250,7 @@ def test_interleaved_transactions_arrive_in_commit_order_with_headers(
                     if isinstance(value, str) and name not in expected_headers
                 } | expected_headers
             # The ordering guard's expectation (Nats-Expected-Last-*) is the bridge's
-            # business (cdc_bridge/ordering.py); every other header is checked exactly
+            # business (cdc_bridge/sink/ordering.py); every other header is checked exactly
             headers = {
                 name: value
                 for name, value in message.headers.items()

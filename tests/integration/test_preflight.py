@@ -11,8 +11,8 @@ import yaml
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamConfig
 
-from cdc_bridge.config import BridgeConfig, parse_config
-from cdc_bridge.preflight import check_stream_coverage
+from cdc_bridge.config.model import BridgeConfig, parse_config
+from cdc_bridge.sink.coverage import check_stream_coverage
 
 
 @pytest.fixture

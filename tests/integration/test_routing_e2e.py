@@ -32,8 +32,8 @@ from support.outbox import (
     wait_for_slot_past,
 )
 
-from cdc_bridge.devstack import NatsServer
-from cdc_bridge.lsn import parse_lsn
+from cdc_bridge.core.lsn import parse_lsn
+from cdc_bridge.dev.devstack import NatsServer
 
 MAX_PAYLOAD = 4096
 STATUS_INTERVAL = 0.2  # bridge_config's postgres.status_interval

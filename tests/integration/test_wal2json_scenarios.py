@@ -27,7 +27,7 @@ from support.outbox import (
 )
 from support.plugins import PLUGINS, run_statements
 
-from cdc_bridge.lsn import parse_lsn
+from cdc_bridge.core.lsn import parse_lsn
 
 
 def wal2json_config(dsn: str, nats_url: str, name: str, **overrides: Any) -> dict[str, Any]:

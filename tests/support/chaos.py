@@ -26,7 +26,7 @@ import psycopg
 from nats.aio.msg import Msg
 from psycopg.types.json import Jsonb
 
-from cdc_bridge.lsn import parse_lsn
+from cdc_bridge.core.lsn import parse_lsn
 from support.bridge import BridgeProcess, log_event, parse_json_line
 
 AGGREGATE_TYPES = ("order", "ticket", "user")

@@ -22,7 +22,7 @@ import nats
 import psycopg
 from nats.js.errors import NotFoundError
 
-from cdc_bridge.lsn import parse_lsn
+from cdc_bridge.core.lsn import parse_lsn
 from support.nats_helpers import StreamMessage, fetch_stream_messages
 from support.waiting import wait_until
 

@@ -1,6 +1,6 @@
 """Helpers for the tests that run the bridge on both output plugins.
 
-The devstack's PostgreSQL allows wal2json as well as pgoutput (cdc_bridge.devstack adds it
+The devstack's PostgreSQL allows wal2json as well as pgoutput (cdc_bridge.dev.devstack adds it
 on builds with an output plugin allow-list), so these tests use the session server.
 """
 

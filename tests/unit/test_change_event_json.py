@@ -16,18 +16,18 @@ from pathlib import Path
 import pytest
 import structlog
 
-from cdc_bridge.change_events import (
+from cdc_bridge.config.model import BridgeConfig, ConfigError, parse_config
+from cdc_bridge.core.changes import Change, ChangeColumn, Insert, RowChange
+from cdc_bridge.routing.change_events import (
     TypeNames,
     change_json,
     routing_row,
     wal2json_type_name,
 )
-from cdc_bridge.changes import Change, ChangeColumn, Insert, RowChange
-from cdc_bridge.config import BridgeConfig, ConfigError, parse_config
-from cdc_bridge.decoding import DecodeError
-from cdc_bridge.decoding.pgoutput import PgoutputDecoder
-from cdc_bridge.decoding.wal2json import Wal2jsonDecoder, wal2json_options
-from cdc_bridge.routing import Outbound, Poison, Router
+from cdc_bridge.routing.router import Outbound, Poison, Router
+from cdc_bridge.source.decoding import DecodeError
+from cdc_bridge.source.decoding.pgoutput import PgoutputDecoder
+from cdc_bridge.source.decoding.wal2json import Wal2jsonDecoder, wal2json_options
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "change_events"
 CHANGE_TABLES = frozenset({"public.tickets", "public.audited", "app.tagged"})

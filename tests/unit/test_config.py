@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cdc_bridge.config import (
+from cdc_bridge.config.model import (
     BridgeConfig,
     ConfigError,
     format_key_path,
@@ -177,7 +177,7 @@ def test_shipped_config_files_parse() -> None:
 def test_example_shows_every_key() -> None:
     from pydantic import BaseModel
 
-    from cdc_bridge.config import _ConfigFile, _RouteSection
+    from cdc_bridge.config.model import _ConfigFile, _RouteSection
 
     example = yaml.safe_load((REPO / "config" / "example.yaml").read_text())
 
@@ -760,7 +760,7 @@ def test_parse_template() -> None:
 
 
 def test_routing_example_config_parses_and_routes_each_feature() -> None:
-    from cdc_bridge.routing import Outbound, Router
+    from cdc_bridge.routing.router import Outbound, Router
 
     config = load_config(REPO / "config" / "routing.yaml", env={})
     router = Router(config)

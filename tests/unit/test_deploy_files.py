@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cdc_bridge.config import load_config, parse_config
-from cdc_bridge.metrics import Metrics
+from cdc_bridge.bridge.metrics import Metrics
+from cdc_bridge.config.model import load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -250,7 +250,7 @@ def test_compose_services_and_health_checks() -> None:
     assert "/healthz" in " ".join(bridge["healthcheck"]["test"])
 
     producer = services["demo-producer"]
-    assert producer["entrypoint"] == ["python", "-m", "cdc_bridge.demo"]
+    assert producer["entrypoint"] == ["python", "-m", "cdc_bridge.dev.demo"]
     assert producer["environment"]["CDC_BRIDGE_DSN"] == bridge["environment"]["CDC_BRIDGE_DSN"]
 
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from cdc_bridge.durations import DurationError, format_duration, parse_duration
+from cdc_bridge.core.durations import DurationError, format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,9 @@
-from cdc_bridge.headers import BRIDGE_HEADERS, controls_jetstream, header_lines, parse_header_lines
+from cdc_bridge.core.headers import (
+    BRIDGE_HEADERS,
+    controls_jetstream,
+    header_lines,
+    parse_header_lines,
+)
 
 
 def test_header_lines_are_the_entries_of_a_header_block() -> None:

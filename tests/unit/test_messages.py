@@ -1,4 +1,4 @@
-"""Logical decoding message envelopes -> outbox-like rows (cdc_bridge.messages)."""
+"""Logical decoding message envelopes -> outbox-like rows (cdc_bridge.routing.messages)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_bridge.config import parse_config
-from cdc_bridge.messages import (
+from cdc_bridge.config.model import parse_config
+from cdc_bridge.routing.messages import (
     EnvelopeColumns,
     MessageEvent,
     default_message_id,
     message_event,
     message_table,
 )
-from cdc_bridge.routing import Outbound, Router
+from cdc_bridge.routing.router import Outbound, Router
 
 DEFAULT_ID = "0/16B3748-0"
 COLUMNS = EnvelopeColumns()

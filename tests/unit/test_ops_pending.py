@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cdc_bridge.config import parse_config
-from cdc_bridge.decoding.pgoutput import PgoutputDecoder
+from cdc_bridge.config.model import parse_config
 from cdc_bridge.ops.pending import RowDescriber, decode_transactions, group_raw
-from cdc_bridge.slots import RawChange
+from cdc_bridge.source.catalog import RawChange
+from cdc_bridge.source.decoding.pgoutput import PgoutputDecoder
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "pgoutput"
 # The captured transaction: Begin (xid 727), Relation, Insert, Commit (end 0/15452B0).

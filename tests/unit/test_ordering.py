@@ -1,4 +1,4 @@
-from cdc_bridge.ordering import OrderGuard
+from cdc_bridge.sink.ordering import OrderGuard
 
 
 def test_first_message_expects_the_stream_sequence_then_each_names_its_predecessor() -> None:

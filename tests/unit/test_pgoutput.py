@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_bridge.changes import Begin, ColumnValue, Commit, Insert, LogicalMessage
-from cdc_bridge.decoding.pgoutput import DecodeError, PgoutputDecoder
+from cdc_bridge.core.changes import Begin, ColumnValue, Commit, Insert, LogicalMessage
+from cdc_bridge.source.decoding.pgoutput import DecodeError, PgoutputDecoder
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "pgoutput"
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_bridge.protocol import (
+from cdc_bridge.source.protocol import (
     PG_EPOCH_OFFSET_US,
     Keepalive,
     ProtocolError,

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from cdc_bridge.cli import main
-from cdc_bridge.config import parse_config
-from cdc_bridge.route_preview import column_text, preview_row, resolve_table, row_from_json
+from cdc_bridge.config.model import parse_config
+from cdc_bridge.routing.preview import column_text, preview_row, resolve_table, row_from_json
 
 CONFIG = """\
 postgres: {dsn: "postgresql://app@127.0.0.1/app"}

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_bridge.changes import ColumnValue
-from cdc_bridge.config import BridgeConfig, parse_config
-from cdc_bridge.routing import Outbound, Poison, Router
+from cdc_bridge.config.model import BridgeConfig, parse_config
+from cdc_bridge.core.changes import ColumnValue
+from cdc_bridge.routing.router import Outbound, Poison, Router
 
 HEAD = """\
 postgres: {dsn: "postgresql://app@127.0.0.1/app"}

@@ -14,12 +14,12 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.client import RawCredentials
 
-from cdc_bridge.config import BridgeConfig, ConfigError, parse_config
-from cdc_bridge.logs import configure_logging
-from cdc_bridge.nats_auth import NatsTlsRequired, connect_options, require_tls
-from cdc_bridge.nats_setup import NatsPermissionError, permission_error
-from cdc_bridge.redaction import Redactor, redact, secrets_in
-from cdc_bridge.status import BridgeStatus
+from cdc_bridge.bridge.logs import configure_logging
+from cdc_bridge.bridge.status import BridgeStatus
+from cdc_bridge.config.model import BridgeConfig, ConfigError, parse_config
+from cdc_bridge.core.redaction import Redactor, redact, secrets_in
+from cdc_bridge.sink.auth import NatsTlsRequired, connect_options, require_tls
+from cdc_bridge.sink.connect import NatsPermissionError, permission_error
 
 BASE = """\
 postgres:

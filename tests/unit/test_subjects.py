@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_bridge.subjects import subject_matches
+from cdc_bridge.core.subjects import subject_matches
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_bridge.tracker import LsnTracker
+from cdc_bridge.core.tracker import LsnTracker
 
 
 def test_confirms_commit_end_only_after_every_event_is_acked() -> None:

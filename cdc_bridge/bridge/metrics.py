@@ -1,0 +1,111 @@
+"""Prometheus metrics, in a registry of the bridge's own (no process-global state)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from cdc_bridge.core.tracker import Transaction
+from cdc_bridge.source.protocol import PG_EPOCH_OFFSET_US
+
+# Dead-letter reasons are free text; metrics get a small fixed set of kinds.
+_REASON_KINDS = (
+    ("no route", "no_route"),
+    ("unsafe value", "unsafe_value"),
+    ("exceeds the server's max_payload", "too_large"),
+    ("NULL", "null_value"),
+    ("no stream captures", "no_stream"),
+    ("header", "bad_headers"),
+    ("envelope", "bad_envelope"),
+)
+
+
+def reason_kind(reason: str) -> str:
+    for needle, kind in _REASON_KINDS:
+        if needle in reason:
+            return kind
+    return "other"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_published = Counter(
+            "cdc_bridge_events_published",
+            "Events acked by JetStream, by route.",
+            ["route"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "cdc_bridge_dead_letter",
+            "Rows sent to the dead-letter subject, by kind of reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.publish_latency = Histogram(
+            "cdc_bridge_publish_latency_seconds",
+            "From the transaction's COMMIT in PostgreSQL to JetStream's ack.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.confirmed_lsn = Gauge(
+            "cdc_bridge_confirmed_lsn",
+            "Position confirmed to the slot (as a number).",
+            registry=r,
+        )
+        self.lag_bytes = Gauge(
+            "cdc_bridge_replication_lag_bytes",
+            "WAL head minus the slot's confirmed position.",
+            registry=r,
+        )
+        self.retained_bytes = Gauge(
+            "cdc_bridge_slot_retained_bytes",
+            "WAL the slot keeps on disk (head minus restart_lsn).",
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "cdc_bridge_in_flight", "Events published and not yet acked.", registry=r
+        )
+        self.reconnects = Counter(
+            "cdc_bridge_reconnects",
+            "Sessions restarted after a failure, by side.",
+            ["target"],
+            registry=r,
+        )
+        self.is_leader = Gauge(
+            "cdc_bridge_is_leader", "1 while this process streams, 0 while standby.", registry=r
+        )
+        # Readiness as a series, so alerts need no probe: set by the HTTP endpoint, which
+        # answers /readyz with the same verdict (without HTTP there is no /metrics anyway).
+        self.ready = Gauge(
+            "cdc_bridge_ready",
+            "1 while /readyz answers 200 (streaming, connected, acks progressing), else 0.",
+            registry=r,
+        )
+        self.skipped = Counter(
+            "cdc_bridge_events_skipped", "Replayed events the stream already held.", registry=r
+        )
+
+        self._route_counters: dict[str, Any] = {}
+
+    def acked(self, route: str, count: int) -> None:
+        """Per ack (hot path; one call for a run of acked events of one route)."""
+        counter = self._route_counters.get(route)
+        if counter is None:
+            counter = self._route_counters[route] = self.events_published.labels(route)
+        counter.inc(count)
+
+    def transaction_acked(self, tx: Transaction) -> None:
+        """Its last event is acked and its commit seen: COMMIT-to-ack latency."""
+        if tx.commit_time:
+            committed_at = (tx.commit_time + PG_EPOCH_OFFSET_US) / 1_000_000
+            self.publish_latency.observe(max(time.time() - committed_at, 0.0))
+
+    def dead_lettered(self, reason: str) -> None:
+        self.dead_letters.labels(reason_kind(reason)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

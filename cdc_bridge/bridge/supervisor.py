@@ -1,0 +1,320 @@
+"""Process supervision: HTTP, leadership, sessions with reconnect backoff, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+
+import nats.errors
+import psycopg
+import structlog
+from psycopg.rows import TupleRow
+
+from cdc_bridge.bridge.failures import TRANSIENT_ERRORS
+from cdc_bridge.bridge.http import HttpEndpoint
+from cdc_bridge.bridge.metrics import Metrics
+from cdc_bridge.bridge.pipeline import PoisonRowError, UndecodableChange
+from cdc_bridge.bridge.session import BridgeState, run_session
+from cdc_bridge.bridge.status import BridgeStatus
+from cdc_bridge.config.model import BridgeConfig, redact_dsn
+from cdc_bridge.core.errors import FatalError
+from cdc_bridge.core.lsn import format_lsn
+from cdc_bridge.core.redaction import redact
+from cdc_bridge.routing.router import Router
+from cdc_bridge.sink.connect import NatsPermissionError
+from cdc_bridge.source.catalog import (
+    slot_lag,
+)
+from cdc_bridge.source.leadership import Leadership
+from cdc_bridge.source.protocol import ProtocolError
+from cdc_bridge.source.replication import ReplicationError, SlotInUse, connection_string
+
+STANDBY_POLL_SECONDS = 1.0  # a standby takes over within about this after the lock frees
+HEALTHY_AFTER_SECONDS = 10.0  # a session up this long resets the reconnect backoff
+
+log = structlog.get_logger("cdc_bridge.bridge.supervisor")
+
+
+class Backoff:
+    """Capped exponential backoff: 0.5 s, 1 s, 2 s ... 30 s."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self._first = first
+        self._cap = cap
+        self._next = first
+
+    def next_delay(self) -> float:
+        delay = self._next
+        self._next = min(self._next * 2, self._cap)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self._first
+
+
+class FailureLog:
+    """Log a failure once, repeats at most once a minute, and recovery once."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        self._every = every
+        self._last_message: str | None = None
+        self._last_logged = 0.0
+        self._repeats = 0
+
+    def failed(self, message: str, retry_in: float) -> None:
+        now = time.monotonic()
+        if message != self._last_message or now - self._last_logged >= self._every:
+            log.warning(
+                "session_failed", error=message, retry_in=round(retry_in, 1), repeats=self._repeats
+            )
+            self._last_message = message
+            self._last_logged = now
+            self._repeats = 0
+        else:
+            self._repeats += 1
+
+    def streaming(self) -> None:
+        if self._last_message is not None:
+            log.info("recovered", after=self._last_message)
+        self._last_message = None
+        self._repeats = 0
+
+
+async def run_bridge(config: BridgeConfig, stop: asyncio.Event) -> int:
+    """Serve HTTP, win leadership, supervise sessions until stopped. Returns the exit code."""
+    pg = config.postgres
+    status = BridgeStatus(slot=pg.slot, stream=config.nats.stream.name, redactor=config.redactor())
+    metrics = Metrics()
+    state = BridgeState(status=status, metrics=metrics)
+    log.info(
+        "starting",
+        slot=pg.slot,
+        dsn=redact_dsn(pg.dsn),
+        servers=[redact_dsn(s) for s in config.nats.servers],
+    )
+    http: HttpEndpoint | None = None
+    if config.http.host is not None and config.http.port is not None:
+        http = HttpEndpoint(
+            config.http.host, config.http.port, status, metrics, config.stall_timeout
+        )
+        try:
+            await http.start()
+        except OSError as exc:
+            log.error(
+                "fatal", error=f"http.listen: cannot listen on {config.http.listen}: {exc.strerror}"
+            )
+            return 1
+    leadership = Leadership(pg.dsn, pg.slot, pg.connect_timeout, password=pg.password)
+    progress = asyncio.create_task(log_progress(state, config))
+    try:
+        while not stop.is_set():
+            if not await become_leader(leadership, stop, state):
+                return 0
+            code = await lead(config, leadership, stop, state)
+            metrics.is_leader.set(0)
+            if code is not None:
+                return code
+        return 0
+    finally:
+        progress.cancel()
+        status.role = "stopped"
+        await leadership.release()
+        if http is not None:
+            await http.close()
+
+
+async def become_leader(leadership: Leadership, stop: asyncio.Event, state: BridgeState) -> bool:
+    """Wait (as standby) until this process holds the slot's lock; False when stopped."""
+    backoff = Backoff(first=1.0, cap=10.0)
+    failures = FailureLog()
+    announced = False
+    while not stop.is_set():
+        try:
+            if await leadership.try_acquire():
+                failures.streaming()
+                state.metrics.is_leader.set(1)
+                log.info("leadership_acquired", slot=state.status.slot)
+                return True
+            delay = STANDBY_POLL_SECONDS
+            if not announced:
+                log.info(
+                    "standby",
+                    slot=state.status.slot,
+                    error="another bridge holds this slot's leadership lock; waiting",
+                )
+                announced = True
+            state.status.role = "standby"
+        except psycopg.Error as exc:
+            delay = backoff.next_delay()
+            failures.failed(describe(exc), delay)
+            state.status.failed(describe(exc))
+            state.status.role = "connecting"
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+    return False
+
+
+async def lead(
+    config: BridgeConfig, leadership: Leadership, stop: asyncio.Event, state: BridgeState
+) -> int | None:
+    """Run sessions while leader. An exit code ends the process; None: leadership lost."""
+    router = Router(config)
+    backoff = Backoff()
+    failures = FailureLog()
+    session_stop = asyncio.Event()
+    lost_leadership = asyncio.create_task(leadership.hold())
+    forward_stop = asyncio.create_task(stop.wait())
+
+    def end_sessions(_: object) -> None:
+        session_stop.set()
+
+    lost_leadership.add_done_callback(end_sessions)
+    forward_stop.add_done_callback(end_sessions)
+
+    healthy: asyncio.TimerHandle | None = None
+
+    def recovered() -> None:
+        backoff.reset()
+        failures.streaming()
+
+    def streaming() -> None:
+        # Count it as recovered only once the session has held up for a while: one that
+        # fails right after starting (a poisoned message, say) keeps backing off.
+        nonlocal healthy
+        state.status.role = "streaming"
+        healthy = asyncio.get_running_loop().call_later(HEALTHY_AFTER_SECONDS, recovered)
+
+    try:
+        while not session_stop.is_set():
+            state.status.role = "connecting"
+            if healthy is not None:
+                healthy.cancel()
+            try:
+                await run_session(config, router, session_stop, state, streaming)
+                break
+            except (FatalError, PoisonRowError, UndecodableChange, ProtocolError) as exc:
+                state.status.failed(str(exc))
+                log.error("fatal", error=str(exc))
+                return 1
+            except SlotInUse as exc:
+                delay = backoff.next_delay()
+                failures.failed(f"{exc} (waiting for it to be released)", delay)
+            except TRANSIENT_ERRORS as exc:
+                delay = backoff.next_delay()
+                message = describe(exc)
+                failures.failed(message, delay)
+                state.status.failed(message)
+                state.metrics.reconnects.labels(failure_target(exc)).inc()
+            state.status.role = "reconnecting"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session_stop.wait(), delay)
+            if not session_stop.is_set() and not await leadership.still_held():
+                break  # e.g. PostgreSQL restarted: win the lock again before streaming
+    finally:
+        if healthy is not None:
+            healthy.cancel()
+        lost_leadership.cancel()
+        forward_stop.cancel()
+    if stop.is_set():
+        return 0
+    log.warning(
+        "leadership_lost",
+        slot=config.postgres.slot,
+        error="the leadership lock session ended; standing by",
+    )
+    await leadership.release()
+    return None
+
+
+def failure_target(exc: BaseException) -> str:
+    if isinstance(exc, psycopg.Error | ReplicationError):
+        return "postgres"
+    return "nats"
+
+
+async def log_progress(
+    state: BridgeState, config: BridgeConfig, every: float = 30.0, lag_every: float = 5.0
+) -> None:
+    """A periodic progress line instead of a line per event; refreshes slot lag often."""
+    stats = state.stats
+    last_rows, last_logged = stats.rows, time.monotonic()
+    lag = SlotLagReader(config)
+    try:
+        while True:
+            await asyncio.sleep(lag_every)
+            status = state.status
+            if status.role == "standby":
+                continue
+            await lag.refresh(state)
+            now = time.monotonic()
+            if now - last_logged < every:
+                continue
+            rate = (stats.rows - last_rows) / (now - last_logged)
+            last_rows, last_logged = stats.rows, now
+            log.info(
+                "progress",
+                role=status.role,
+                events_per_second=round(rate, 1),
+                events=stats.rows,
+                dead_lettered=stats.dead_lettered,
+                lsn=format_lsn(status.confirmed_lsn) if status.confirmed_lsn else None,
+                lag_bytes=status.lag_bytes,
+                in_flight=status.in_flight() if status.in_flight else 0,
+            )
+    finally:
+        await lag.close()
+
+
+class SlotLagReader:
+    """Measures the slot's lag every few seconds on one connection kept open for it
+    (reconnecting after a failure), rather than a new connection each time."""
+
+    def __init__(self, config: BridgeConfig) -> None:
+        self._config = config
+        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
+
+    async def refresh(self, state: BridgeState) -> None:
+        pg = self._config.postgres
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = await psycopg.AsyncConnection.connect(
+                    connection_string(pg.dsn, pg.connect_timeout),
+                    autocommit=True,
+                    password=pg.password,
+                )
+            lag = await slot_lag(self._conn, pg.slot)
+        except psycopg.Error:
+            await self.close()  # lag is a nicety: never let it stop the bridge
+            return
+        if lag is not None:
+            state.status.lag_bytes, state.status.retained_bytes = lag
+            state.metrics.lag_bytes.set(lag[0])
+            state.metrics.retained_bytes.set(lag[1])
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+            self._conn = None
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failure. Drivers' messages may quote a DSN or URL: redacted here
+    (and the literal secrets are masked again where the line is logged or served)."""
+    text = str(exc).strip().splitlines()
+    detail = redact(text[0]) if text else ""
+    if isinstance(exc, nats.errors.NoServersError):
+        return "cannot connect to any NATS server"
+    if isinstance(exc, psycopg.OperationalError):
+        return f"PostgreSQL: {detail}"
+    if isinstance(exc, NatsPermissionError):
+        return detail  # already says what it is: "NATS permissions: ..."
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)

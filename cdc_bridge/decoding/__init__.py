@@ -1,5 +1,0 @@
-"""Output-plugin decoders: a plugin's message bytes -> ``cdc_bridge.changes`` events."""
-
-
-class DecodeError(Exception):
-    """A plugin payload that is malformed, truncated or not understood."""

@@ -1,0 +1,2 @@
+"""Throwaway local servers (PostgreSQL, nats-server) for `cdc-bridge dev` and the tests,
+and the demo producer."""

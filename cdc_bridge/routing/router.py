@@ -1,0 +1,436 @@
+"""Routing: an outbox row -> what to publish (subject, headers, data, message id).
+
+Rules are compiled once from the config; ``Router.route`` is then a pure function of
+the row and sits on the hot path, so it does set lookups, one regex search per
+substituted value and a join, nothing more.
+
+A row that cannot be published as configured (no route, NULL id, a value that would
+change the subject's shape, a payload over the server's limit...) goes to the dead
+letter subject with the reason in a ``Cdc-Error`` header, or, without a dead letter
+subject, comes back as ``Poison`` for the caller to stop on.
+
+Changes of ``outbox.change_tables`` go through ``route_change``: the same rules, on the
+change's row plus ``action`` (change_events.routing_row); ``payload: change`` publishes
+the wal2json-shaped change, and the message id is ``<commit LSN>-<index>`` unless the
+route names its ``id`` column.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from cdc_bridge.config.model import (
+    CHANGE_PAYLOAD,
+    ROW_PAYLOAD,
+    TABLE_PSEUDO_COLUMN,
+    BridgeConfig,
+    RouteConfig,
+    Template,
+    check_subject_template,
+    parse_template,
+)
+from cdc_bridge.core.changes import ColumnValue, RowChange
+from cdc_bridge.core.headers import HEADER_NAME, controls_jetstream
+from cdc_bridge.routing.change_events import change_json, routing_row
+
+DEAD_LETTER_ROUTE = "dead_letter"
+
+# What one subject token may not be or contain (\A\Z: the empty string); NATS itself
+# only rejects ASCII whitespace, refusing all of \s is stricter and costs nothing.
+_UNSAFE_SUBJECT_VALUE = re.compile(r"\A\Z|[.*>\s\x00-\x1f\x7f]")
+_UNSAFE_HEADER_VALUE = re.compile(r"[\r\n]")
+_SUBJECT_TOKEN_RULE = "a subject token may not be empty or contain '.', '*', '>' or whitespace"
+_HEADER_VALUE_RULE = "a header value may not contain CR or LF"
+_REASON_VALUE_LIMIT = 60
+_REASON_LIMIT = 500
+
+# The fixed part of a NATS header block ("NATS/1.0\r\n" ... "\r\n"), and the id header
+# the publisher adds; both count against max_payload.
+_HEADER_BLOCK_OVERHEAD = len("NATS/1.0\r\n\r\n")
+_MSG_ID_HEADER = len("Nats-Msg-Id: \r\n")
+_MISSING = object()
+_SAFE_VALUES_KEPT = 10_000  # per template
+
+
+@dataclass(slots=True)  # not frozen: one per event, and frozen init costs a call per field
+class Outbound:
+    """One message to publish; the publisher adds ``Nats-Msg-Id: msg_id`` itself."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str]  # column headers, then route headers over them
+    msg_id: str  # Nats-Msg-Id
+    route: str  # route name, or "dead_letter"
+    dead_letter_reason: str | None = None  # set when this is a dead-letter message
+
+
+@dataclass(frozen=True, slots=True)
+class Poison:
+    """A row that cannot be published and has nowhere else to go (no dead_letter)."""
+
+    row_id: str | None
+    reason: str
+
+
+class _Rejected(Exception):
+    """Raised inside route(): the row goes to the dead letter subject for ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Condition:
+    column: str
+    exact: frozenset[str]
+    glob: Callable[[str], re.Match[str] | None] | None  # all glob patterns as one regex
+
+    def matches(self, value: object) -> bool:
+        # NULL and bytea never match: a pattern is text.
+        if not isinstance(value, str):
+            return False
+        if value in self.exact:
+            return True
+        return self.glob is not None and self.glob(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledTemplate:
+    """A template split for rendering by one join: ``first`` + (value, literal)..."""
+
+    first: str
+    rest: tuple[tuple[str, str], ...]  # (column, the literal text after its value)
+    unsafe: Callable[[str], re.Match[str] | None]
+    where: str  # "subject" or "header 'Name'", for reasons
+    rule: str
+    # Values already found safe (each maps to itself): event types and the like repeat
+    # on nearly every row, so most renders skip the checks. Bounded; past the bound,
+    # values are checked anew.
+    safe: dict[object, str] = field(default_factory=dict)
+
+    def render(self, table: str, row: Mapping[str, ColumnValue]) -> str:
+        if not self.rest:
+            return self.first
+        safe = self.safe
+        pieces = [self.first]
+        for column, literal in self.rest:
+            value = table if column == TABLE_PSEUDO_COLUMN else row.get(column, _MISSING)
+            text = safe.get(value)
+            if text is None:
+                text = self._checked(column, value)
+                if len(safe) < _SAFE_VALUES_KEPT:
+                    safe[text] = text
+            pieces.append(text)
+            pieces.append(literal)
+        return "".join(pieces)
+
+    def _checked(self, column: str, value: object) -> str:
+        if not isinstance(value, str):
+            raise _Rejected(_unusable(column, value, self.where))
+        if self.unsafe(value):
+            raise _Rejected(
+                f"unsafe value for {{{column}}} in {self.where}: {_clip(value)} ({self.rule})"
+            )
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledRoute:
+    name: str
+    conditions: tuple[_Condition, ...]
+    subject: _CompiledTemplate
+    headers: tuple[tuple[str, _CompiledTemplate], ...]
+    payload_column: str | None  # None: the whole row as JSON (or the change)
+    id_column: str
+    publishes_change: bool  # payload: change
+    id_given: bool  # the route names its id column (change events use it only then)
+
+
+class Router:
+    """Compiled routing rules: ``route(table, row)`` for each outbox insert."""
+
+    def __init__(self, config: BridgeConfig, *, max_payload: int = 1024 * 1024) -> None:
+        self.max_payload = max_payload  # the server's value replaces this at connect time
+        self._routes = tuple(_compile_route(route) for route in config.routes)
+        self._default_id_column = config.outbox.id_column
+        self._default_payload_column = config.outbox.payload_column
+        self._headers_column = config.outbox.headers_column
+        self._dead_letter_subject = (
+            config.dead_letter.subject if config.dead_letter is not None else None
+        )
+        self.route_names = tuple(route.name for route in self._routes)
+
+    def route(self, table: str, row: Mapping[str, ColumnValue]) -> Outbound | Poison:
+        """The message for this row, its dead letter, or Poison (no dead_letter)."""
+        compiled = self._match(table, row)
+        if compiled is None:
+            data = _safe_data(self._default_payload_column, row)
+            return self._reject(table, row, self._default_id_column, "no route matches", data)
+        if compiled.publishes_change:
+            data = _safe_data(self._default_payload_column, row)
+            reason = (
+                f"route {compiled.name!r} publishes change events (payload: change), and "
+                f"{table} is not in outbox.change_tables"
+            )
+            return self._reject(table, row, compiled.id_column, reason, data)
+        data = b""
+        subject: str | None = None
+        try:
+            data = _payload_data(compiled.payload_column, row)
+            msg_id = _id_text(compiled.id_column, row)
+            subject = compiled.subject.render(table, row)
+            headers = self._headers(compiled, table, row)
+        except _Rejected as rejected:
+            return self._reject(table, row, compiled.id_column, rejected.reason, data, subject)
+        size = len(data) + _headers_size(headers, msg_id)
+        if size > self.max_payload:
+            reason = f"payload of {size} bytes exceeds the server's max_payload {self.max_payload}"
+            return self._reject(table, row, compiled.id_column, reason, b"", subject)
+        return Outbound(subject, data, headers, msg_id, compiled.name)
+
+    def route_change(self, change: RowChange, default_id: str) -> Outbound | Poison:
+        """The message for a change of a change table, its dead letter, or Poison.
+
+        ``default_id`` is the id without a route ``id``: ``<commit LSN>-<index>``. Rows
+        of a changed table carry no message headers: only the route's headers apply.
+        """
+        table = change.table
+        row = routing_row(change)
+        compiled = self._match(table, row)
+        if compiled is None:
+            return self._reject_change(default_id, "no route matches", change_json(change))
+        msg_id = default_id
+        data = b""
+        subject: str | None = None
+        try:
+            if compiled.publishes_change:
+                data = change_json(change)
+            else:
+                data = _payload_data(compiled.payload_column, row)
+            if compiled.id_given:
+                msg_id = _id_text(compiled.id_column, row)
+            subject = compiled.subject.render(table, row)
+            headers = {name: template.render(table, row) for name, template in compiled.headers}
+        except _Rejected as rejected:
+            return self._reject_change(msg_id, rejected.reason, data, subject)
+        size = len(data) + _headers_size(headers, msg_id)
+        if size > self.max_payload:
+            reason = f"payload of {size} bytes exceeds the server's max_payload {self.max_payload}"
+            return self._reject_change(msg_id, reason, b"", subject)
+        return Outbound(subject, data, headers, msg_id, compiled.name)
+
+    def _reject_change(
+        self, msg_id: str, reason: str, data: bytes, subject: str | None = None
+    ) -> Outbound | Poison:
+        if self._dead_letter_subject is None:
+            return Poison(msg_id, reason)
+        return self._dead_letter_message(reason, msg_id, data, subject)
+
+    def dead_letter(self, original: Outbound, reason: str, row_id: str) -> Outbound | Poison:
+        """Redirect a message the server refused for good (e.g. no stream for its subject)."""
+        if self._dead_letter_subject is None or original.route == DEAD_LETTER_ROUTE:
+            # A dead letter that cannot be published has nowhere further to go.
+            return Poison(row_id, reason)
+        return self._dead_letter_message(reason, row_id, original.data, original.subject)
+
+    def _match(self, table: str, row: Mapping[str, ColumnValue]) -> _CompiledRoute | None:
+        for compiled in self._routes:
+            for condition in compiled.conditions:
+                column = condition.column
+                value = table if column == TABLE_PSEUDO_COLUMN else row.get(column)
+                if not condition.matches(value):
+                    break
+            else:
+                return compiled
+        return None
+
+    def _headers(
+        self, compiled: _CompiledRoute, table: str, row: Mapping[str, ColumnValue]
+    ) -> dict[str, str]:
+        headers = _column_headers(self._headers_column, row)
+        for name, template in compiled.headers:
+            headers[name] = template.render(table, row)
+        return headers
+
+    def _reject(
+        self,
+        table: str,
+        row: Mapping[str, ColumnValue],
+        id_column: str,
+        reason: str,
+        data: bytes,
+        subject: str | None = None,
+    ) -> Outbound | Poison:
+        row_id = _id_or_none(row.get(id_column))
+        if self._dead_letter_subject is None:
+            return Poison(row_id, reason)
+        msg_id = row_id if row_id is not None else _null_id(table, row)
+        return self._dead_letter_message(reason, msg_id, data, subject)
+
+    def _dead_letter_message(
+        self, reason: str, msg_id: str, data: bytes, intended_subject: str | None
+    ) -> Outbound:
+        assert self._dead_letter_subject is not None
+        # The reason travels in a header: no line breaks, bounded length.
+        reason = reason.replace("\r", " ").replace("\n", " ")[:_REASON_LIMIT]
+        headers = {"Cdc-Error": reason}
+        if intended_subject is not None:
+            headers["Cdc-Subject"] = intended_subject
+        if len(data) + _headers_size(headers, msg_id) > self.max_payload:
+            data = b""  # the reason still gets through; the body is in the outbox table
+        return Outbound(self._dead_letter_subject, data, headers, msg_id, DEAD_LETTER_ROUTE, reason)
+
+
+def _compile_route(route: RouteConfig) -> _CompiledRoute:
+    conditions = []
+    for column, patterns in route.when:
+        globs = [p for p in patterns if "*" in p or "?" in p]
+        exact = frozenset(p for p in patterns if p not in globs)
+        # fnmatch.translate gives an anchored, case-sensitive regex per pattern.
+        glob = re.compile("|".join(fnmatch.translate(p) for p in globs)).match if globs else None
+        conditions.append(_Condition(column, exact, glob))
+    return _CompiledRoute(
+        name=route.name,
+        conditions=tuple(conditions),
+        subject=_compile_template(
+            check_subject_template(route.subject), subject=True, where="subject"
+        ),
+        headers=tuple(
+            (name, _compile_template(parse_template(text), subject=False, where=f"header {name!r}"))
+            for name, text in route.headers
+        ),
+        payload_column=None if route.payload in (ROW_PAYLOAD, CHANGE_PAYLOAD) else route.payload,
+        id_column=route.id,
+        publishes_change=route.payload == CHANGE_PAYLOAD,
+        id_given=route.id_given,
+    )
+
+
+def _compile_template(template: Template, *, subject: bool, where: str) -> _CompiledTemplate:
+    return _CompiledTemplate(
+        first=template.literals[0],
+        rest=tuple(zip(template.columns, template.literals[1:], strict=True)),
+        unsafe=(_UNSAFE_SUBJECT_VALUE if subject else _UNSAFE_HEADER_VALUE).search,
+        where=where,
+        rule=_SUBJECT_TOKEN_RULE if subject else _HEADER_VALUE_RULE,
+    )
+
+
+def _unusable(column: str, value: object, where: str) -> str:
+    if value is _MISSING:
+        return f"column {column!r} is not in the row (needed by the {where})"
+    if value is None:
+        return f"NULL value for {{{column}}} in {where}"
+    return f"bytea value for {{{column}}} in {where}: only text fills a template"
+
+
+def _payload_data(column: str | None, row: Mapping[str, ColumnValue]) -> bytes:
+    if column is None:
+        return _row_json(row)
+    value = row.get(column, _MISSING)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes):
+        return value
+    if value is None:
+        return b""  # a NULL payload is allowed: the event is in the subject and headers
+    raise _Rejected(f"payload column {column!r} is not in the row")
+
+
+def _safe_data(column: str, row: Mapping[str, ColumnValue]) -> bytes:
+    try:
+        return _payload_data(column, row)
+    except _Rejected:
+        return b""
+
+
+def _row_json(row: Mapping[str, ColumnValue]) -> bytes:
+    # Values are PostgreSQL's text form (a jsonb column arrives as a JSON string, not
+    # a nested object). JSON has no bytes, so bytea values become base64 strings.
+    document = {
+        column: base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
+        for column, value in row.items()
+    }
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _id_text(column: str, row: Mapping[str, ColumnValue]) -> str:
+    value = row.get(column, _MISSING)
+    if value is _MISSING:
+        raise _Rejected(f"id column {column!r} is not in the row")
+    row_id = _id_or_none(value)
+    if row_id is None:
+        raise _Rejected(f"NULL id column {column!r}")
+    return row_id
+
+
+def _id_or_none(value: object) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.hex()
+    return None
+
+
+def _null_id(table: str, row: Mapping[str, ColumnValue]) -> str:
+    """A deterministic id for a row without one, so replays of it deduplicate."""
+    canonical = json.dumps(
+        [table, sorted((k, v.hex() if isinstance(v, bytes) else v) for k, v in row.items())],
+        separators=(",", ":"),
+    )
+    return "null-id:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
+
+
+def _column_headers(column: str | None, row: Mapping[str, ColumnValue]) -> dict[str, str]:
+    raw = row.get(column) if column is not None else None
+    if raw is None:  # no headers column, or NULL in it
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise _Rejected(f"invalid JSON in headers column {column!r}: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise _Rejected(
+            f"headers column {column!r} holds JSON {type(parsed).__name__}, not an object"
+        )
+    headers: dict[str, str] = {}
+    for name, value in parsed.items():
+        if not isinstance(value, str):
+            continue  # only string entries are headers; numbers etc. are ignored
+        if not HEADER_NAME.fullmatch(name):
+            raise _Rejected(f"invalid header name in headers column: {_clip(name)}")
+        if name.lower() == "nats-msg-id":
+            continue  # the id column decides deduplication, not the row's headers
+        if controls_jetstream(name):
+            raise _Rejected(
+                f"header {_clip(name)} in headers column {column!r} is reserved: "
+                "Nats-* headers control JetStream"
+            )
+        if _UNSAFE_HEADER_VALUE.search(value):
+            raise _Rejected(
+                f"unsafe value for header {name!r} in headers column {column!r}: "
+                f"{_clip(value)} ({_HEADER_VALUE_RULE})"
+            )
+        headers[name] = value
+    return headers
+
+
+def _headers_size(headers: Mapping[str, str], msg_id: str) -> int:
+    size = _HEADER_BLOCK_OVERHEAD + _MSG_ID_HEADER + len(msg_id.encode())
+    for name, value in headers.items():
+        # ": " and "\r\n"; names are ASCII, values are measured in UTF-8 bytes.
+        size += len(name) + (len(value) if value.isascii() else len(value.encode())) + 4
+    return size
+
+
+def _clip(value: str) -> str:
+    if len(value) > _REASON_VALUE_LIMIT:
+        value = value[: _REASON_VALUE_LIMIT - 3] + "..."
+    return repr(value)

@@ -1,0 +1,127 @@
+"""Connecting to NATS and making sure the configured stream exists."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import nats.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.js.api import StorageType, StreamConfig, StreamInfo
+from nats.js.errors import NotFoundError
+
+from cdc_bridge.config.model import NatsConfig
+from cdc_bridge.sink.auth import connect_options, require_tls
+
+log = structlog.get_logger("cdc_bridge.nats")
+
+# How nats-py words the server's -ERR for a refused publish or subscribe.
+_PERMISSIONS_VIOLATION = "permissions violation"
+
+
+class NatsPermissionError(nats.errors.Error):
+    """The server refused a publish or subscribe the bridge needs.
+
+    The server does not close the connection for it: a refused publish is dropped and
+    its ack never comes, a refused subscribe leaves requests unanswered. Without this
+    the session would only see timeouts.
+    """
+
+
+def permission_error(exc: BaseException) -> NatsPermissionError | None:
+    """The NatsPermissionError for a nats-py error that is a permissions violation."""
+    text = str(exc).strip()
+    if _PERMISSIONS_VIOLATION not in text.lower():
+        return None
+    server_message = text.removeprefix("nats: ").strip().strip("'")
+    return NatsPermissionError(
+        f"NATS permissions: {server_message} (the bridge's NATS user lacks a permission "
+        "it needs; see docs/security.md)"
+    )
+
+
+async def connect_nats(
+    config: NatsConfig,
+    on_lost: Callable[[], None],
+    on_denied: Callable[[NatsPermissionError], None] | None = None,
+) -> NatsClient:
+    """Connect without nats-py's own reconnect buffering.
+
+    After a reconnect nats-py would flush messages buffered while disconnected, while
+    the ones lost in the dead socket's send buffer are never retried: later events
+    would overtake earlier ones. Instead a lost connection ends the session, and the
+    next session replays everything unacked from the slot, in order.
+
+    ``on_denied`` hears of every permissions violation the server reports on this
+    connection, and should end the session with it; without it they are logged here.
+    """
+
+    async def disconnected() -> None:
+        on_lost()
+
+    async def error(exc: Exception) -> None:
+        denied = permission_error(exc)
+        if denied is None:
+            log.debug("nats_client_error", error=str(exc))
+            return
+        if on_denied is None:
+            log.error("nats_permission_denied", error=str(denied))
+        else:
+            on_denied(denied)  # the session's failure line will say it
+
+    client = NatsClient()
+    try:
+        await client.connect(
+            servers=list(config.servers),
+            name="cdc-bridge",
+            allow_reconnect=False,
+            # nats-py retries even the first connect, 60 times 2 s apart by default: try
+            # each server twice, quickly, and let the session backoff do the waiting.
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int; any float works
+            connect_timeout=max(int(config.connect_timeout), 1),
+            ping_interval=10,
+            max_outstanding_pings=3,
+            disconnected_cb=disconnected,
+            closed_cb=disconnected,
+            error_cb=error,
+            **connect_options(config, client),
+        )
+        require_tls(config, client)
+    except BaseException:
+        await close_failed_client(client)
+        raise
+    return client
+
+
+async def close_failed_client(client: NatsClient, timeout: float = 1.0) -> None:
+    """Close a client whose connect failed: nats-py raises without closing the socket
+    when reconnects are off. Bounded, because closing after a failed TLS handshake can
+    wait forever for a transport that will never report closed."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            await client.close()
+
+
+async def ensure_stream(nc: NatsClient, config: NatsConfig) -> StreamInfo:
+    """Create the stream if it is missing. An existing stream's config is never changed."""
+    js = nc.jetstream()
+    wanted = config.stream
+    try:
+        return await js.stream_info(wanted.name)
+    except NotFoundError:
+        pass
+    info = await js.add_stream(
+        StreamConfig(
+            name=wanted.name,
+            subjects=list(wanted.subjects),
+            duplicate_window=wanted.duplicate_window,
+            storage=StorageType(wanted.storage),
+            num_replicas=wanted.replicas,
+            max_age=wanted.max_age or None,
+        )
+    )
+    log.info("stream_created", stream=wanted.name, subjects=list(wanted.subjects))
+    return info

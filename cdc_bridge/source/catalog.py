@@ -1,0 +1,430 @@
+"""Catalog queries about slots, publications and outbox tables (daemon and ops CLI).
+
+Plain SQL helpers: each takes an open connection and returns values. Deciding what
+the answers mean is the caller's job (the daemon, or the ``cdc_bridge.ops`` commands).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import TupleRow
+
+from cdc_bridge.core.lsn import format_lsn, parse_lsn
+
+AsyncConn = psycopg.AsyncConnection[TupleRow]
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    name: str
+    plugin: str
+    database: str
+    active: bool
+    active_pid: int | None
+    restart_lsn: int | None
+    confirmed_flush_lsn: int | None
+    wal_status: str | None  # reserved | extended | unreserved | lost
+    # Bytes of WAL that may still be written before the slot is lost; None when
+    # max_slot_wal_keep_size is unlimited (-1) or the slot is already lost.
+    safe_wal_size: int | None = None
+
+
+_SLOTS_QUERY = """
+SELECT slot_name, plugin, database, active, active_pid,
+       restart_lsn::text, confirmed_flush_lsn::text, wal_status, safe_wal_size
+FROM pg_replication_slots WHERE slot_type = 'logical' AND (%s::text IS NULL OR slot_name = %s)
+ORDER BY slot_name
+"""
+
+
+def _lsn_or_none(text: str | None) -> int | None:
+    return parse_lsn(text) if text else None
+
+
+async def list_slots(conn: AsyncConn, name: str | None = None) -> list[SlotInfo]:
+    """Every logical slot of the cluster (all databases), or only ``name``, by name."""
+    cur = await conn.execute(_SLOTS_QUERY, (name, name))
+    return [
+        SlotInfo(
+            name=row[0],
+            plugin=row[1],
+            database=row[2],
+            active=bool(row[3]),
+            active_pid=row[4],
+            restart_lsn=_lsn_or_none(row[5]),
+            confirmed_flush_lsn=_lsn_or_none(row[6]),
+            wal_status=row[7],
+            safe_wal_size=None if row[8] is None else int(row[8]),
+        )
+        for row in await cur.fetchall()
+    ]
+
+
+async def get_slot(conn: psycopg.AsyncConnection[TupleRow], name: str) -> SlotInfo | None:
+    slots = await list_slots(conn, name)
+    return slots[0] if slots else None
+
+
+async def create_slot(conn: psycopg.AsyncConnection[TupleRow], name: str, plugin: str) -> None:
+    await conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (name, plugin))
+
+
+async def publication_exists(conn: psycopg.AsyncConnection[TupleRow], name: str) -> bool:
+    cur = await conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,))
+    return await cur.fetchone() is not None
+
+
+async def publication_tables(conn: psycopg.AsyncConnection[TupleRow], name: str) -> set[str]:
+    cur = await conn.execute(
+        "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
+        (name,),
+    )
+    return {row[0] for row in await cur.fetchall()}
+
+
+async def create_publication(
+    conn: psycopg.AsyncConnection[TupleRow],
+    name: str,
+    tables: tuple[str, ...],
+    operations: tuple[str, ...] = ("insert",),
+) -> None:
+    """``operations`` are publish actions (insert, update, delete), trusted: not user text."""
+    table_list = sql.SQL(", ").join(_table_identifier(table) for table in tables)
+    await conn.execute(
+        sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {})").format(
+            sql.Identifier(name), table_list, sql.Literal(", ".join(operations))
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaIdentity:
+    """A table's REPLICA IDENTITY: what the WAL keeps of an updated or deleted row."""
+
+    setting: str  # "default", "full", "index" or "nothing"
+    has_index: bool  # default: a primary key exists; index: the chosen index exists
+
+    @property
+    def identifies_rows(self) -> bool:
+        """Whether updates and deletes carry an identity (PostgreSQL refuses them on a
+        table without one that a publication publishes them for)."""
+        return self.setting == "full" or (self.setting != "nothing" and self.has_index)
+
+
+_REPLICA_IDENTITY_SETTINGS = {"d": "default", "f": "full", "i": "index", "n": "nothing"}
+
+
+async def replica_identity(conn: AsyncConn, table: str) -> ReplicaIdentity | None:
+    """``schema.table``'s replica identity; None when there is no such table."""
+    schema, _, name = table.partition(".")
+    cur = await conn.execute(
+        """
+        SELECT c.relreplident::text, EXISTS (
+            SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid
+            AND CASE c.relreplident WHEN 'd' THEN i.indisprimary
+                                    WHEN 'i' THEN i.indisreplident ELSE false END)
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname = %s
+        """,
+        (schema, name),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    setting = str(row[0])
+    return ReplicaIdentity(_REPLICA_IDENTITY_SETTINGS.get(setting, setting), bool(row[1]))
+
+
+async def column_type_names(conn: AsyncConn, tables: Sequence[str]) -> dict[tuple[int, int], str]:
+    """(type oid, typmod) -> format_type(oid, typmod) for the columns of ``tables`` and
+    for every built-in type without a typmod: the names wal2json writes, for pgoutput.
+
+    format_type() qualifies a type whose schema is not on the search path, as it does
+    inside wal2json, so the DSN should not change search_path.
+    """
+    cur = await conn.execute(
+        """
+        SELECT a.atttypid::int8, a.atttypmod, format_type(a.atttypid, a.atttypmod)
+        FROM pg_attribute a
+        WHERE a.attrelid IN (
+            SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname || '.' || c.relname = ANY(%s))
+          AND a.attnum > 0 AND NOT a.attisdropped
+        UNION
+        SELECT t.oid::int8, -1, format_type(t.oid, -1) FROM pg_type t
+        WHERE t.oid < 16384 -- FirstNormalObjectId: the built-in types
+        """,
+        (list(tables),),
+    )
+    return {(int(row[0]), int(row[1])): str(row[2]) for row in await cur.fetchall()}
+
+
+async def table_columns(conn: psycopg.AsyncConnection[TupleRow], table: str) -> list[str] | None:
+    """Column names of ``schema.table`` in order, or None when there is no such table."""
+    schema, _, name = table.partition(".")
+    cur = await conn.execute(
+        """
+        SELECT a.attname FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY a.attnum
+        """,
+        (schema, name),
+    )
+    rows = await cur.fetchall()
+    if not rows:
+        return None
+    return [row[0] for row in rows]
+
+
+def _table_identifier(table: str) -> sql.Identifier:
+    schema, _, name = table.partition(".")
+    return sql.Identifier(schema, name)
+
+
+async def current_wal_lsn(conn: psycopg.AsyncConnection[TupleRow]) -> int:
+    cur = await conn.execute("SELECT pg_current_wal_lsn()::text")
+    row = await cur.fetchone()
+    assert row is not None
+    return parse_lsn(row[0])
+
+
+async def wal_head_lsn(conn: AsyncConn) -> int:
+    """Where the WAL ends now: the insert position on a primary, replay on a standby
+    (pg_current_wal_lsn() refuses to run during recovery)."""
+    cur = await conn.execute(
+        "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+        " ELSE pg_current_wal_lsn() END::text"
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return parse_lsn(row[0])
+
+
+async def current_database(conn: AsyncConn) -> str:
+    cur = await conn.execute("SELECT current_database()")
+    row = await cur.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+async def drop_slot(conn: AsyncConn, name: str) -> None:
+    """Raises psycopg.errors.ObjectInUse while a process streams from it."""
+    await conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+
+
+async def advance_slot(conn: AsyncConn, name: str, lsn: int) -> int:
+    """Move the slot's confirmed_flush_lsn forward to ``lsn``; the position it reached.
+
+    Raises ObjectInUse while a process streams from it, and
+    ObjectNotInPrerequisiteState for a position behind the slot.
+    """
+    cur = await conn.execute(
+        "SELECT end_lsn::text FROM pg_replication_slot_advance(%s, %s::pg_lsn)",
+        (name, format_lsn(lsn)),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return parse_lsn(row[0])
+
+
+@dataclass(frozen=True, slots=True)
+class RawChange:
+    """One row of pg_logical_slot_peek_(binary_)changes: a plugin's output message."""
+
+    lsn: int
+    xid: int
+    data: bytes  # pgoutput's binary message, or the text plugin's output as UTF-8
+
+
+async def peek_changes(
+    conn: AsyncConn,
+    slot: str,
+    *,
+    binary: bool,
+    options: Sequence[tuple[str, str]],
+    upto_lsn: int | None = None,
+    upto_nchanges: int | None = None,
+) -> list[RawChange]:
+    """Decode what the slot holds WITHOUT consuming it (the slot does not move).
+
+    ``upto_nchanges`` is checked only at transaction ends, so whole transactions
+    come back. Raises ObjectInUse while a process streams from the slot.
+    """
+    function = "pg_logical_slot_peek_binary_changes" if binary else "pg_logical_slot_peek_changes"
+    flat_options = [part for option in options for part in option]
+    query = sql.SQL(
+        "SELECT lsn::text, xid::text, data FROM {}(%s, %s::pg_lsn, %s, VARIADIC %s::text[])"
+    ).format(sql.Identifier(function))
+    cur = await conn.execute(
+        query,
+        (slot, None if upto_lsn is None else format_lsn(upto_lsn), upto_nchanges, flat_options),
+    )
+    return [
+        RawChange(
+            lsn=parse_lsn(row[0]),
+            xid=int(row[1]),
+            data=bytes(row[2]) if binary else str(row[2]).encode("utf-8"),
+        )
+        for row in await cur.fetchall()
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class WalSender:
+    """A walsender's row of pg_stat_replication: what its client reported last."""
+
+    pid: int
+    application_name: str | None
+    client_addr: str | None  # None: a unix socket
+    state: str | None  # startup | catchup | streaming | backup | stopping
+    sent_lsn: int | None
+    write_lsn: int | None
+    flush_lsn: int | None
+    replay_lsn: int | None
+    reply_time: str | None  # ISO 8601
+
+
+async def wal_sender(conn: AsyncConn, pid: int) -> WalSender | None:
+    cur = await conn.execute(
+        """
+        SELECT pid, application_name, host(client_addr), state, sent_lsn::text,
+               write_lsn::text, flush_lsn::text, replay_lsn::text,
+               to_char(reply_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+        FROM pg_stat_replication WHERE pid = %s
+        """,
+        (pid,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return WalSender(
+        pid=row[0],
+        application_name=row[1],
+        client_addr=row[2],
+        state=row[3],
+        sent_lsn=_lsn_or_none(row[4]),
+        write_lsn=_lsn_or_none(row[5]),
+        flush_lsn=_lsn_or_none(row[6]),
+        replay_lsn=_lsn_or_none(row[7]),
+        reply_time=row[8],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PublicationInfo:
+    name: str
+    all_tables: bool
+    tables: tuple[str, ...]  # "schema.table", sorted
+    operations: tuple[str, ...]  # of insert, update, delete, truncate
+
+
+async def publication_info(conn: AsyncConn, name: str) -> PublicationInfo | None:
+    cur = await conn.execute(
+        "SELECT puballtables, pubinsert, pubupdate, pubdelete, pubtruncate"
+        " FROM pg_publication WHERE pubname = %s",
+        (name,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    flags = zip(("insert", "update", "delete", "truncate"), row[1:], strict=True)
+    return PublicationInfo(
+        name=name,
+        all_tables=bool(row[0]),
+        tables=tuple(sorted(await publication_tables(conn, name))),
+        operations=tuple(operation for operation, enabled in flags if enabled),
+    )
+
+
+async def server_version(conn: AsyncConn) -> tuple[str, int]:
+    """(server_version text, server_version_num) e.g. ("15.4 (Debian ...)", 150004)."""
+    cur = await conn.execute(
+        "SELECT current_setting('server_version'), current_setting('server_version_num')::int"
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return str(row[0]), int(row[1])
+
+
+async def setting(conn: AsyncConn, name: str) -> str:
+    cur = await conn.execute("SELECT current_setting(%s)", (name,))
+    row = await cur.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+async def in_recovery(conn: AsyncConn) -> bool:
+    cur = await conn.execute("SELECT pg_is_in_recovery()")
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+async def replication_slot_count(conn: AsyncConn) -> int:
+    """Slots of every kind and database: all count against max_replication_slots."""
+    cur = await conn.execute("SELECT count(*) FROM pg_replication_slots")
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def wal_sender_count(conn: AsyncConn) -> int:
+    """Running walsenders, physical and logical: all count against max_wal_senders."""
+    cur = await conn.execute("SELECT count(*) FROM pg_stat_replication")
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+@dataclass(frozen=True, slots=True)
+class RoleInfo:
+    name: str
+    superuser: bool
+    replication: bool
+
+
+async def current_role(conn: AsyncConn) -> RoleInfo:
+    cur = await conn.execute(
+        "SELECT rolname, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user"
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return RoleInfo(name=row[0], superuser=bool(row[1]), replication=bool(row[2]))
+
+
+async def can_select(conn: AsyncConn, table: str) -> bool:
+    """Whether the current role may SELECT from ``schema.table`` (which must exist)."""
+    schema, _, name = table.partition(".")
+    qualified = sql.Identifier(schema, name).as_string(conn)
+    cur = await conn.execute("SELECT has_table_privilege(%s, 'SELECT')", (qualified,))
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+def table_identifier(table: str) -> sql.Identifier:
+    """``schema.table`` as a quoted SQL identifier."""
+    return _table_identifier(table)
+
+
+async def slot_lag(conn: psycopg.AsyncConnection[TupleRow], slot: str) -> tuple[int, int] | None:
+    """(WAL head minus confirmed_flush_lsn, WAL head minus restart_lsn) in bytes."""
+    cur = await conn.execute(
+        """
+        SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+               pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
+        FROM pg_replication_slots WHERE slot_name = %s
+        """,
+        (slot,),
+    )
+    row = await cur.fetchone()
+    if row is None or row[0] is None:
+        return None
+    return int(row[0]), int(row[1] or 0)
+
+
+async def publication_names(conn: AsyncConn) -> list[str]:
+    cur = await conn.execute("SELECT pubname FROM pg_publication ORDER BY pubname")
+    return [row[0] for row in await cur.fetchall()]

@@ -1,0 +1,240 @@
+"""The replication connection: the only module that talks to libpq directly.
+
+psycopg 3 has no replication API, but since 3.3 ``START_REPLICATION`` on a
+``replication="database"`` connection leaves it in COPY_BOTH state. From there we
+drive ``conn.pgconn`` ourselves: read CopyData with ``get_copy_data(1)`` (non-blocking)
+until it returns 0, only then ``consume_input`` (and wait for the socket when that brings
+nothing). Calling ``consume_input`` before every read makes libpq shift its whole
+buffered backlog each time, which turns quadratic once the reader falls behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import pq
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import TupleRow
+
+from cdc_bridge.core.lsn import format_lsn
+from cdc_bridge.source.protocol import build_status_update
+
+# Notice a silently dead peer (a cut network never sends RST) within about half a
+# minute; a user's DSN settings win over these.
+_CONNECTION_DEFAULTS = {
+    "application_name": "cdc-bridge",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+
+# Asked of the server for our sessions: it drops a vanished peer (machine loss, network
+# cut) in about 5 s, so its walsender frees the slot, and its lock session the
+# leadership, for a standby to take over. Any role may set these for its own session.
+SERVER_KEEPALIVES = (
+    "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3 "
+    "-c tcp_user_timeout=5000"
+)
+
+
+class ReplicationError(Exception):
+    """The stream ended or failed; ``sqlstate`` says why when the server told us."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class SlotInUse(ReplicationError):
+    """Another process streams from the slot: wait and retry, do not crash."""
+
+
+def connection_string(dsn: str, connect_timeout: float, *, options: str | None = None) -> str:
+    """The user's DSN with our defaults added where it does not set them itself.
+
+    Every other parameter is kept as the user wrote it: the TLS ones (sslmode,
+    sslrootcert, sslcert, sslkey, sslpassword ...) work through the DSN alone.
+    """
+    params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
+    for key, value in _CONNECTION_DEFAULTS.items():
+        params.setdefault(key, value)
+    params.setdefault("connect_timeout", str(max(int(connect_timeout), 1)))
+    if options:
+        params["options"] = f"{params['options']} {options}" if params.get("options") else options
+    return make_conninfo("", **params)
+
+
+def quote_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_option(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class ReplicationStream:
+    """A logical replication stream in COPY_BOTH mode."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        self._conn = conn
+        self._pg = conn.pgconn
+        self._readable = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._fd = self._pg.socket
+        self._closed = False
+        self.system_id = ""  # the server's system identifier, from IDENTIFY_SYSTEM
+
+    @classmethod
+    async def connect(
+        cls, dsn: str, *, connect_timeout: float = 10.0, password: str | None = None
+    ) -> ReplicationStream:
+        """Open a replication connection and identify the server (not streaming yet).
+
+        ``password`` (from postgres.password_file) goes to libpq as a parameter of its
+        own, never into a DSN string.
+        """
+        conn = await psycopg.AsyncConnection.connect(
+            connection_string(dsn, connect_timeout, options=SERVER_KEEPALIVES),
+            replication="database",
+            autocommit=True,
+            password=password,  # None: left out (psycopg drops None parameters)
+        )
+        try:
+            cur = await conn.execute("IDENTIFY_SYSTEM")
+            row = await cur.fetchone()
+        except psycopg.Error as exc:
+            await conn.close()
+            raise ReplicationError(_first_line(exc), exc.sqlstate) from None
+        stream = cls(conn)
+        stream.system_id = str(row[0]) if row else "unknown"
+        return stream
+
+    async def start(
+        self, *, slot: str, options: Sequence[tuple[str, str]], start_lsn: int = 0
+    ) -> None:
+        """Start streaming.
+
+        ``start_lsn`` 0 lets the server resume from the slot's ``confirmed_flush_lsn``:
+        the only safe place to resume. Never pass the current WAL position.
+        """
+        # Names as quoted identifiers: wal2json's (format-version ...) contain hyphens,
+        # which the replication command grammar refuses unquoted.
+        opts = ", ".join(f"{quote_name(name)} {quote_option(value)}" for name, value in options)
+        command = f"START_REPLICATION SLOT {slot} LOGICAL {format_lsn(start_lsn)} ({opts})"
+        try:
+            await self._conn.execute(command)
+        except pg_errors.ObjectInUse as exc:
+            await self.close()
+            raise SlotInUse(_first_line(exc), exc.sqlstate) from None
+        except psycopg.Error as exc:
+            await self.close()
+            raise ReplicationError(_first_line(exc), exc.sqlstate) from None
+        if self._pg.status != pq.ConnStatus.OK:
+            await self.close()
+            raise ReplicationError("replication connection is not usable after START_REPLICATION")
+        self._pg.nonblocking = 1
+        self._loop.add_reader(self._fd, self._readable.set)
+
+    async def read_batch(self, max_messages: int = 2000) -> list[bytes]:
+        """Wait for at least one CopyData message; return all that are already buffered.
+
+        When libpq's buffer runs dry the socket is read once more without waiting
+        (libpq reads at most its buffer's free space, 16 KiB at first, per call): a
+        backlog then comes in batches of up to ``max_messages`` instead of a trip
+        through the event loop per 16 KiB, and the publisher flushes fewer, larger writes.
+        """
+        pg = self._pg
+        batch: list[bytes] = []
+        socket_read = False  # consume_input was called since the buffer last ran dry
+        while True:
+            try:
+                nbytes, data = pg.get_copy_data(1)
+                if nbytes > 0:
+                    batch.append(bytes(data))
+                    if len(batch) >= max_messages:
+                        return batch
+                    socket_read = False
+                    continue
+                if nbytes < 0:
+                    raise self._stream_end_error()
+                if not socket_read:
+                    pg.consume_input()  # non-blocking: whatever the socket holds now
+                    socket_read = True
+                    continue
+                if batch:
+                    return batch
+                self._readable.clear()
+                await self._readable.wait()
+                pg.consume_input()
+            except psycopg.OperationalError as exc:
+                raise ReplicationError(f"replication connection lost: {_first_line(exc)}") from None
+
+    def send_status(self, write: int, flush: int, *, reply_requested: bool = False) -> None:
+        """Standby status update. Only ``flush`` moves the slot's confirmed_flush_lsn."""
+        message = build_status_update(write, flush, flush, reply_requested=reply_requested)
+        try:
+            self._pg.put_copy_data(message)
+            if self._pg.flush() == 1:
+                self._loop.create_task(self._flush_when_writable())
+        except psycopg.OperationalError as exc:
+            raise ReplicationError(f"replication connection lost: {_first_line(exc)}") from None
+
+    async def _flush_when_writable(self) -> None:
+        writable = asyncio.Event()
+        self._loop.add_writer(self._fd, writable.set)
+        try:
+            while not self._closed:
+                await writable.wait()
+                writable.clear()
+                if self._pg.flush() == 0:
+                    return
+        except psycopg.OperationalError:
+            return  # the reader sees the broken connection and reports it
+        finally:
+            self._loop.remove_writer(self._fd)
+
+    async def finish(self, write: int, flush: int, timeout: float = 5.0) -> None:
+        """Clean end: final status update, then CopyDone, then wait for the server's end."""
+        try:
+            self.send_status(write, flush)
+            self._pg.put_copy_end()
+            self._pg.flush()
+            async with asyncio.timeout(timeout):
+                while True:
+                    nbytes, _ = self._pg.get_copy_data(1)
+                    if nbytes == -1:
+                        break
+                    if nbytes == 0:
+                        self._readable.clear()
+                        await self._readable.wait()
+                        self._pg.consume_input()
+        except (psycopg.OperationalError, ReplicationError, TimeoutError):
+            pass  # closing anyway; the status update was already on the wire
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._fd)
+        await self._conn.close()
+
+    def _stream_end_error(self) -> ReplicationError:
+        result = self._pg.get_result()
+        if result is not None and result.status == pq.ExecStatus.FATAL_ERROR:
+            message = (result.error_message or b"").decode("utf-8", "replace").strip()
+            sqlstate_raw = result.error_field(pq.DiagnosticField.SQLSTATE)
+            sqlstate = sqlstate_raw.decode() if sqlstate_raw else None
+            return ReplicationError(_first_line(message), sqlstate)
+        return ReplicationError("the server ended the replication stream")
+
+
+def _first_line(error: object) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

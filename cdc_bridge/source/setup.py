@@ -1,0 +1,254 @@
+"""Getting PostgreSQL ready: outbox tables, change tables, publication and slot.
+
+The daemon runs this before every session; `cdc-bridge check` and `init` reuse its
+read-only parts."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import psycopg
+import structlog
+from psycopg import sql
+from psycopg.rows import TupleRow
+
+from cdc_bridge.config.model import BridgeConfig
+from cdc_bridge.core.errors import FatalError
+from cdc_bridge.core.lsn import format_lsn
+from cdc_bridge.routing.change_events import ACTION_PSEUDO_COLUMN, TypeNames
+from cdc_bridge.source.catalog import (
+    SlotInfo,
+    column_type_names,
+    create_publication,
+    create_slot,
+    current_wal_lsn,
+    get_slot,
+    publication_exists,
+    publication_info,
+    publication_tables,
+    replica_identity,
+    table_columns,
+)
+from cdc_bridge.source.plugins import envelope_columns
+from cdc_bridge.source.replication import connection_string
+
+log = structlog.get_logger("cdc_bridge.source.setup")
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxProblem:
+    """Something about the outbox or change tables that stops the bridge, with its fix."""
+
+    key: str  # the config key it is about
+    problem: str
+    fix: str
+
+    def line(self) -> str:
+        return f"{self.key}: {self.problem} (fix: {self.fix})"
+
+
+async def outbox_problems(
+    conn: psycopg.AsyncConnection[TupleRow], config: BridgeConfig
+) -> list[OutboxProblem]:
+    """Read-only: missing tables, change tables that cannot identify rows, and columns
+    the routes or the outbox section need but no table has. Empty when all is well."""
+    outbox = config.outbox
+    # Message events are rows of the envelope's columns (messages.py).
+    known_columns = set(envelope_columns(config).names()) if outbox.message_prefixes else set()
+    problems: list[OutboxProblem] = []
+    for table in outbox.tables:
+        columns = await table_columns(conn, table)
+        if columns is None:
+            problems.append(
+                OutboxProblem(
+                    "outbox.table",
+                    f"table {table} does not exist",
+                    "cdc-bridge init (creates it from sql/outbox.sql)",
+                )
+            )
+        else:
+            known_columns.update(columns)
+    known_columns.update(await check_change_tables(conn, config, problems))
+    if problems:
+        return problems  # the columns cannot be judged while tables are missing
+    needed = config.template_columns()
+    if outbox.headers_column is not None and outbox.tables:
+        needed.add(outbox.headers_column)
+    described = ", ".join((*outbox.tables, *outbox.change_tables)) or "the message envelope"
+    for column in sorted(needed - known_columns - {"table"}):
+        problems.append(
+            OutboxProblem(
+                "routes",
+                f"column {column!r} is used by the config but is not a column of "
+                f"{described} (columns: {', '.join(sorted(known_columns))})",
+                f"add the column, or change the routes/outbox section that names {column!r}",
+            )
+        )
+    return problems
+
+
+async def prepare_outbox(conn: psycopg.AsyncConnection[TupleRow], config: BridgeConfig) -> None:
+    """Check the outbox tables and the routes' columns; create the publication if missing."""
+    pg = config.postgres
+    problems = await outbox_problems(conn, config)
+    if problems:
+        raise FatalError(problems[0].line())
+    tables, operations = publication_plan(config)
+    # The publication must exist before the slot: pgoutput looks it up as of each
+    # change's position, and fails on changes from before it existed.
+    if not await publication_exists(conn, pg.publication):
+        try:
+            if tables:
+                await create_publication(conn, pg.publication, tables, operations)
+            else:  # messages only: pgoutput still needs a publication, one without tables
+                await conn.execute(
+                    sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(pg.publication))
+                )
+        except psycopg.errors.InsufficientPrivilege as exc:
+            # The least-privilege role (sql/role.sql) may not: an admin makes it once.
+            raise FatalError(
+                f"postgres.publication: publication {pg.publication} does not exist, and "
+                f"role {conn.info.user} may not create it ({exc.diag.message_primary}); "
+                "an administrator creates it once: cdc-bridge init --config <this file> "
+                "--dsn <an admin's DSN>"
+            ) from None
+        log.info("publication_created", publication=pg.publication, tables=list(tables))
+        return
+    covered = await publication_tables(conn, pg.publication)
+    uncovered = [t for t in tables if t not in covered]
+    if uncovered:
+        raise FatalError(
+            f"postgres.publication: publication {pg.publication} does not include "
+            f"{uncovered[0]}; its events would never arrive (fix: ALTER PUBLICATION "
+            f"{pg.publication} ADD TABLE {uncovered[0]})"
+        )
+    info = await publication_info(conn, pg.publication)
+    if info is not None and not set(operations) <= set(info.operations):
+        raise FatalError(
+            f"postgres.publication: publication {pg.publication} publishes only "
+            f"{', '.join(info.operations) or 'nothing'}; change events need updates and "
+            f"deletes (fix: ALTER PUBLICATION {pg.publication} SET (publish = "
+            f"'{', '.join(operations)}'))"
+        )
+
+
+def publication_plan(config: BridgeConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The tables the publication must include, and the operations it must publish.
+
+    Change tables are published in the bridge's one publication, with updates and
+    deletes for all of its tables: a second publication would be safe only if it existed
+    before the slot's position (pgoutput fails on any change from before a publication
+    in publication_names was created), which adding change tables to a running bridge
+    cannot ensure. The outbox tables' updates and deletes then arrive too; the decoder
+    skips them. wal2json reads no publication: its tables are in add-tables instead.
+    """
+    outbox = config.outbox
+    if config.postgres.plugin == "pgoutput" and outbox.change_tables:
+        return (*outbox.tables, *outbox.change_tables), ("insert", "update", "delete")
+    return outbox.tables, ("insert",)
+
+
+async def check_change_tables(
+    conn: psycopg.AsyncConnection[TupleRow], config: BridgeConfig, problems: list[OutboxProblem]
+) -> set[str]:
+    """Check that the change tables exist and can identify updated and deleted rows
+    (adding to ``problems``); their columns (and ``action``), for checking the routes."""
+    outbox = config.outbox
+    if not outbox.change_tables:
+        return set()
+    known_columns = {ACTION_PSEUDO_COLUMN}
+    pgoutput = config.postgres.plugin == "pgoutput"
+    # With pgoutput the outbox tables' updates and deletes are published too (see
+    # publication_plan): PostgreSQL then refuses them on a table without an identity.
+    checked = [*outbox.change_tables, *(outbox.tables if pgoutput else ())]
+    for table in checked:
+        key = "outbox.change_tables" if table in outbox.change_tables else "outbox.table"
+        identity = await replica_identity(conn, table)
+        if identity is None:
+            problems.append(OutboxProblem(key, f"table {table} does not exist", "create it"))
+            continue
+        if table in outbox.change_tables:
+            known_columns.update(await table_columns(conn, table) or ())
+        if identity.identifies_rows:
+            continue
+        how = f"REPLICA IDENTITY {identity.setting.upper()}" + (
+            " without a primary key" if identity.setting == "default" else ""
+        )
+        fix = f"add a primary key, or ALTER TABLE {table} REPLICA IDENTITY FULL"
+        if pgoutput:
+            problems.append(
+                OutboxProblem(
+                    key,
+                    f"{table} has no replica identity ({how}): once the publication "
+                    "publishes updates and deletes, PostgreSQL refuses UPDATE and DELETE on it",
+                    fix,
+                )
+            )
+            continue
+        log.warning(
+            "change_table_without_identity",
+            table=table,
+            error=f"{how}: wal2json skips its updates and deletes, only inserts become "
+            f"change events (fix: {fix})",
+        )
+    return known_columns
+
+
+async def prepare_postgres(
+    config: BridgeConfig, *, may_create_slot: Callable[[], Awaitable[None]] | None = None
+) -> tuple[SlotInfo, int, str, TypeNames | None]:
+    """Outbox, publication and slot ready: the slot, the server's WAL head, its version,
+    and for pgoutput the names of the change tables' column types (None without any).
+
+    ``may_create_slot`` runs before a missing slot is created and may refuse by raising.
+    """
+    pg = config.postgres
+    async with await psycopg.AsyncConnection.connect(
+        connection_string(pg.dsn, pg.connect_timeout), autocommit=True, password=pg.password
+    ) as conn:
+        await prepare_outbox(conn, config)
+        slot = await get_slot(conn, pg.slot)
+        if slot is None:
+            if may_create_slot is not None:
+                await may_create_slot()
+            await create_slot(conn, pg.slot, pg.plugin)
+            slot = await get_slot(conn, pg.slot)
+            assert slot is not None
+            log.warning(
+                "slot_created",
+                slot=pg.slot,
+                lsn=format_lsn(slot.confirmed_flush_lsn or 0),
+                error="new slot: only events committed from now on are streamed",
+            )
+        check_slot(config, slot, str(conn.info.dbname))
+        names = None
+        if pg.plugin == "pgoutput" and config.outbox.change_tables:
+            names = TypeNames(await column_type_names(conn, config.outbox.change_tables))
+        wal_head = await current_wal_lsn(conn)
+        return slot, wal_head, server_version(conn.info.server_version), names
+
+
+def server_version(number: int) -> str:
+    """libpq's 150004 -> "15.4"."""
+    return f"{number // 10000}.{number % 10000}"
+
+
+def check_slot(config: BridgeConfig, slot: SlotInfo, dbname: str) -> None:
+    name = slot.name
+    if slot.plugin != config.postgres.plugin:
+        raise FatalError(
+            f"postgres.slot: slot {name} uses plugin {slot.plugin}, the config says "
+            f"{config.postgres.plugin} (drop and recreate it: `cdc-bridge slots drop {name}`)"
+        )
+    if slot.database != dbname:
+        raise FatalError(
+            f"postgres.slot: slot {name} belongs to database {slot.database}, the DSN "
+            f"connects to {dbname}"
+        )
+    if slot.wal_status == "lost":
+        raise FatalError(
+            f"slot {name} is invalidated (wal_status = lost): PostgreSQL removed WAL it "
+            "still needed, so events were lost. Recreate it (`cdc-bridge slots drop "
+            f"{name}`, then start the bridge) and reconcile the outbox by hand"
+        )
