@@ -23,6 +23,7 @@ test: $(VENV_STAMP)
 lint: $(VENV_STAMP)
 	$(BIN)/ruff check
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 dev: $(VENV_STAMP)
 	$(BIN)/cdc-bridge dev --demo

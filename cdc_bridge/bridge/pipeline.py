@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
@@ -41,7 +41,7 @@ from cdc_bridge.sink.publisher import (
     Rejection,
 )
 from cdc_bridge.sink.reconcile import Position
-from cdc_bridge.source.decoding import DecodeError
+from cdc_bridge.source.decoding import DecodeError, Decoder
 from cdc_bridge.source.protocol import (
     XLOG_DATA_KIND,
     XLOG_PAYLOAD_START,
@@ -59,10 +59,6 @@ _OWN_HEADERS = frozenset((*BRIDGE_HEADERS, EXPECTED_LAST_SEQUENCE, EXPECTED_LAST
 
 # Seconds between confirmations while the confirmed position moves.
 _CONFIRM_AT_MOST_EVERY = 0.5
-
-
-class Decoder(Protocol):
-    def decode(self, payload: bytes) -> Change | None: ...
 
 
 class UndecodableChange(Exception):

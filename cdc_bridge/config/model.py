@@ -37,12 +37,12 @@ from cdc_bridge.config.yaml_source import (
 )
 from cdc_bridge.core.redaction import Redactor, redact_dsn, secrets_in, shown_value
 from cdc_bridge.core.templates import (
+    ACTION_PSEUDO_COLUMN,
     TABLE_PSEUDO_COLUMN,
     Template,
     check_subject_template,
     parse_template,
 )
-from cdc_bridge.routing.change_events import ACTION_PSEUDO_COLUMN
 
 # The schema under the names tests/unit/test_config.py reads it by.
 _ConfigFile = ConfigFile

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 
 TABLE_PSEUDO_COLUMN = "table"  # in `when` and templates: the row's "schema.table"
+# A change event's action (I, U, D), which templates and `when` read like a column.
+ACTION_PSEUDO_COLUMN = "action"
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TEMPLATE_PIECE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")

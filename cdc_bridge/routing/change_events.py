@@ -30,8 +30,8 @@ from collections.abc import Mapping
 import structlog
 
 from cdc_bridge.core.changes import ChangeColumn, ColumnValue, RowChange
+from cdc_bridge.core.templates import ACTION_PSEUDO_COLUMN
 
-ACTION_PSEUDO_COLUMN = "action"
 UNKNOWN_TYPE = "unknown"
 
 # The types wal2json writes as JSON numbers (its pg_decode_write_value): int8, int2, int4,

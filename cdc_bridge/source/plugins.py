@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from cdc_bridge.bridge.pipeline import Decoder
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.routing.change_events import TypeNames
 from cdc_bridge.routing.messages import EnvelopeColumns
-from cdc_bridge.source.decoding import wal2json
+from cdc_bridge.source.decoding import Decoder, wal2json
 from cdc_bridge.source.decoding.pgoutput import PgoutputDecoder
 from cdc_bridge.source.replication import connection_string
 

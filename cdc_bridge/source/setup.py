@@ -16,7 +16,8 @@ from psycopg.rows import TupleRow
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import format_lsn
-from cdc_bridge.routing.change_events import ACTION_PSEUDO_COLUMN, TypeNames
+from cdc_bridge.core.templates import ACTION_PSEUDO_COLUMN
+from cdc_bridge.routing.change_events import TypeNames
 from cdc_bridge.source.catalog import (
     SlotInfo,
     column_type_names,
