@@ -257,6 +257,7 @@ def test_list_and_show_reflect_lag_that_grows_while_stopped_and_shrinks_after_a_
         timeout=STARTUP_TIMEOUT,
         message="show never reported the bridge's walsender",
     )
+    assert shown is not None
     assert tuple(shown) == json_keys.SLOT_KEYS + json_keys.SHOW_EXTRA_KEYS
     assert tuple(shown["walsender"]) == json_keys.WALSENDER_KEYS
     assert shown["active"] is True and shown["walsender"]["pid"] == shown["active_pid"]
@@ -605,6 +606,7 @@ def test_status_of_a_running_bridge(
         timeout=STARTUP_TIMEOUT,
         message="status never said streaming",
     )
+    assert isinstance(status, dict)
     assert status["slot"] == unique_name
     human = cli(capsys, "status", "--url", url)
     assert human.code == 0 and human.out.splitlines()[0].split() == ["role", "streaming"]

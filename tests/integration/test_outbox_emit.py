@@ -307,9 +307,9 @@ async def test_emit_async_refuses_autocommit_and_sync_connections(pg_dsn: str) -
             )
     with psycopg.connect(pg_dsn) as sync_conn, pytest.raises(TypeError, match="use emit"):
         await emit_async(
-            sync_conn,
+            sync_conn,  # type: ignore[arg-type]
             aggregate_type="t",
-            aggregate_id="1",  # type: ignore[arg-type]
+            aggregate_id="1",
             event_type="e",
             payload={},
         )

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 T = TypeVar("T")
 
@@ -34,6 +34,24 @@ def wait_until(
         if last_try:
             raise AssertionError(f"{message} (waited {timeout:g}s, last value {value!r})")
         time.sleep(interval)
+
+
+@overload
+async def wait_until_async(
+    predicate: Callable[[], Awaitable[T]],
+    timeout: float = ...,
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+
+
+@overload
+async def wait_until_async(
+    predicate: Callable[[], T],
+    timeout: float = ...,
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
 
 
 async def wait_until_async(

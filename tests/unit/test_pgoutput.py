@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cdc_bridge.core.changes import Begin, ColumnValue, Commit, Insert, LogicalMessage
-from cdc_bridge.source.decoding.pgoutput import DecodeError, PgoutputDecoder
+from cdc_bridge.source.decoding import DecodeError
+from cdc_bridge.source.decoding.pgoutput import PgoutputDecoder
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "pgoutput"
 

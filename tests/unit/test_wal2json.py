@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from cdc_bridge.core.changes import Begin, Change, Commit, Insert, LogicalMessage
 from cdc_bridge.core.lsn import format_lsn, parse_lsn
+from cdc_bridge.source.decoding import DecodeError
 from cdc_bridge.source.decoding.pgoutput import PgoutputDecoder
-from cdc_bridge.source.decoding.wal2json import DecodeError, Wal2jsonDecoder, wal2json_options
+from cdc_bridge.source.decoding.wal2json import Wal2jsonDecoder, wal2json_options
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "wal2json"
 PREFIXES = ("orders", "billing")  # capture.py's add-msg-prefixes
