@@ -77,6 +77,17 @@ def quote_option(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def start_replication_command(slot: str, start_lsn: int, options: Sequence[tuple[str, str]]) -> str:
+    """``START_REPLICATION`` with every name quoted, as pg_recvlogical writes it.
+
+    Option names must be quoted identifiers anyway (wal2json's ``format-version`` has a
+    hyphen, which the replication grammar refuses unquoted). The slot name is checked where
+    it is configured, but quoting it here keeps the command right whatever reaches it.
+    """
+    opts = ", ".join(f"{quote_name(name)} {quote_option(value)}" for name, value in options)
+    return f"START_REPLICATION SLOT {quote_name(slot)} LOGICAL {format_lsn(start_lsn)} ({opts})"
+
+
 class ReplicationStream:
     """A logical replication stream in COPY_BOTH mode."""
 
@@ -122,10 +133,7 @@ class ReplicationStream:
         ``start_lsn`` 0 lets the server resume from the slot's ``confirmed_flush_lsn``:
         the only safe place to resume. Never pass the current WAL position.
         """
-        # Names as quoted identifiers: wal2json's (format-version ...) contain hyphens,
-        # which the replication command grammar refuses unquoted.
-        opts = ", ".join(f"{quote_name(name)} {quote_option(value)}" for name, value in options)
-        command = f"START_REPLICATION SLOT {slot} LOGICAL {format_lsn(start_lsn)} ({opts})"
+        command = start_replication_command(slot, start_lsn, options)
         try:
             await self._conn.execute(command)
         except pg_errors.ObjectInUse as exc:
