@@ -24,11 +24,12 @@ from typing import Any
 
 import pytest
 import yaml
+from support import paths
 
 from cdc_bridge.bridge.metrics import Metrics
 from cdc_bridge.config.model import load_config, parse_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = paths.REPO
 DEPLOY = REPO / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "cdc-bridge-dashboard.json"
 ALERTS = DEPLOY / "prometheus" / "cdc-bridge-alerts.yaml"

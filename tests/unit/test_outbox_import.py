@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from support import paths
+
+REPO_ROOT = paths.REPO
 
 # nats, structlog and pydantic are the daemon's; opentelemetry is imported only when an
 # event is emitted (and only if it is installed).
 CHECK = """
 import sys
+
 import cdc_bridge.outbox
 loaded = sorted({name.split(".")[0] for name in sys.modules}
                 & {"nats", "structlog", "pydantic", "yaml", "opentelemetry"})

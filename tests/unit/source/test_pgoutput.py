@@ -8,17 +8,17 @@ import contextlib
 import dataclasses
 import struct
 from collections.abc import Sequence
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import paths
 
 from cdc_bridge.core.changes import Begin, ColumnValue, Commit, Insert, LogicalMessage
 from cdc_bridge.source.decoding import DecodeError
 from cdc_bridge.source.decoding.pgoutput import PgoutputDecoder
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "pgoutput"
+FIXTURES = paths.FIXTURES / "pgoutput"
 
 TEXT_OID, BYTEA_OID, INT4_OID, UUID_OID, JSONB_OID, TIMESTAMPTZ_OID = 25, 17, 23, 2950, 3802, 1184
 OUTBOX_REL_ID = 16384

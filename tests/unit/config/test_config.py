@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import paths
 
 from cdc_bridge.config.model import (
     BridgeConfig,
@@ -15,7 +16,7 @@ from cdc_bridge.config.model import (
     redact_dsn,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = paths.REPO
 
 # The contract from the brief, verbatim apart from the DSN.
 CONTRACT = """\

@@ -5,11 +5,11 @@ pgoutput's decoding of the same workload, plus hand-written edge cases."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import paths
 
 from cdc_bridge.core.changes import Begin, Change, Commit, Insert, LogicalMessage
 from cdc_bridge.core.lsn import format_lsn, parse_lsn
@@ -17,7 +17,7 @@ from cdc_bridge.source.decoding import DecodeError
 from cdc_bridge.source.decoding.pgoutput import PgoutputDecoder
 from cdc_bridge.source.decoding.wal2json import Wal2jsonDecoder, wal2json_options
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "wal2json"
+FIXTURES = paths.FIXTURES / "wal2json"
 PREFIXES = ("orders", "billing")  # capture.py's add-msg-prefixes
 
 

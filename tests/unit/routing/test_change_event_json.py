@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import re
 import struct
-from pathlib import Path
 
 import pytest
 import structlog
+from support import paths
 
 from cdc_bridge.config.model import BridgeConfig, ConfigError, parse_config
 from cdc_bridge.core.changes import Change, ChangeColumn, Insert, RowChange
@@ -29,7 +29,7 @@ from cdc_bridge.source.decoding import DecodeError
 from cdc_bridge.source.decoding.pgoutput import PgoutputDecoder
 from cdc_bridge.source.decoding.wal2json import Wal2jsonDecoder, wal2json_options
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "change_events"
+FIXTURES = paths.FIXTURES / "change_events"
 CHANGE_TABLES = frozenset({"public.tickets", "public.audited", "app.tagged"})
 
 # Fields of wal2json's objects that come from options the bridge sets for its own use.

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from support import paths
 
 from cdc_bridge.config.model import parse_config
 from cdc_bridge.ops.pending import RowDescriber, decode_transactions, group_raw
 from cdc_bridge.source.catalog import RawChange
 from cdc_bridge.source.decoding.pgoutput import PgoutputDecoder
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "pgoutput"
+FIXTURES = paths.FIXTURES / "pgoutput"
 # The captured transaction: Begin (xid 727), Relation, Insert, Commit (end 0/15452B0).
 CAPTURED = ("01_outbox_begin", "02_outbox_relation", "03_outbox_insert_full", "06_outbox_commit")
 ROW_ID = "0b7e1c2a-9d44-4f5e-8a51-3c2d1e0f9a77"  # aggregate_type order, event_type order.created
