@@ -1,5 +1,5 @@
 import sys
 
-from cdc_bridge.cli import main
+from cdc_bridge.cli.main import main
 
 sys.exit(main())

@@ -10,7 +10,7 @@ Two kinds of protection, both in ``redact``:
 
 Anything echoed back to a person goes through ``redact`` (or ``redact_dsn`` /
 ``shown_value`` for config values) at the boundary: the log renderer (logs.py), the
-status the HTTP endpoint serves (status.py), and the CLI's error lines (ops/errors.py).
+status the HTTP endpoint serves (status.py), and the CLI's error lines (cli/errors.py).
 """
 
 from __future__ import annotations

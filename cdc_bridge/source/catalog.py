@@ -1,7 +1,7 @@
 """Catalog queries about slots, publications and outbox tables (daemon and ops CLI).
 
 Plain SQL helpers: each takes an open connection and returns values. Deciding what
-the answers mean is the caller's job (the daemon, or the ``cdc_bridge.ops`` commands).
+the answers mean is the caller's job (the daemon, or the ``cdc_bridge.cli`` commands).
 """
 
 from __future__ import annotations

@@ -29,12 +29,12 @@ from support.bridge import (
 from support.nats_helpers import fetch_stream_messages
 from support.waiting import wait_until
 
-from cdc_bridge.cli import main
+from cdc_bridge.cli import json_keys
+from cdc_bridge.cli.check_nats import NATS_CHECKS
+from cdc_bridge.cli.check_postgres import POSTGRES_CHECKS
+from cdc_bridge.cli.main import main
 from cdc_bridge.core.lsn import parse_lsn
 from cdc_bridge.dev.devstack import PostgresServer, free_port
-from cdc_bridge.ops import json_keys
-from cdc_bridge.ops.check_nats import NATS_CHECKS
-from cdc_bridge.ops.check_postgres import POSTGRES_CHECKS
 
 INSERT = (
     "INSERT INTO public.outbox (aggregate_type, aggregate_id, event_type, payload)"

@@ -42,7 +42,7 @@ from support.nats_jwt import Operator
 from support.outbox import Event, bridge_config, insert_events, wait_for_ids
 from support.waiting import wait_until
 
-from cdc_bridge.cli import main as cli_main
+from cdc_bridge.cli.main import main as cli_main
 from cdc_bridge.dev.devstack import NatsServer, PostgresServer, free_port
 
 ROLE_SQL = REPO_ROOT / "sql" / "role.sql"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cdc_bridge.cli import build_parser
-from cdc_bridge.ops.prune import parse_age
+from cdc_bridge.cli.main import build_parser
+from cdc_bridge.cli.outbox import parse_age
 
 
 @pytest.mark.parametrize(

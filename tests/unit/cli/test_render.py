@@ -1,6 +1,6 @@
 """The ops CLI's output helpers: human sizes, aligned tables."""
 
-from cdc_bridge.ops.render import human_bytes, key_values, table
+from cdc_bridge.cli.render import human_bytes, key_values, table
 
 
 def test_human_bytes() -> None:

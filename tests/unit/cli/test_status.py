@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cdc_bridge.cli import main
-from cdc_bridge.ops.status import status_lines, status_url
+from cdc_bridge.cli.main import main
+from cdc_bridge.cli.status import status_lines, status_url
 
 STATUS = {
     "role": "streaming",

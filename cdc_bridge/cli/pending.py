@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.rows import TupleRow
 
+from cdc_bridge.cli.errors import OpsError, UsageError
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.changes import Begin, Change, ColumnValue, Commit, Insert, LogicalMessage
 from cdc_bridge.core.lsn import format_lsn
-from cdc_bridge.ops.errors import OpsError, UsageError
 from cdc_bridge.routing.messages import EnvelopeColumns, default_message_id, message_event
 from cdc_bridge.routing.router import DEAD_LETTER_ROUTE, Outbound, Poison, Router
 from cdc_bridge.source.catalog import RawChange, SlotInfo, peek_changes, publication_names

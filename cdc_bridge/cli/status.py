@@ -8,13 +8,20 @@ events_published, dead_lettered, last_error, ...).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import urllib.error
 import urllib.request
+from typing import TYPE_CHECKING
 
-from cdc_bridge.ops.errors import EXIT_OK, OpsError, UsageError
-from cdc_bridge.ops.render import dumps, human_bytes, key_values
+from cdc_bridge.cli.args import command_parser, json_flag
+from cdc_bridge.cli.errors import EXIT_OK, OpsError, UsageError, run_command
+from cdc_bridge.cli.render import dumps, human_bytes, key_values
+from cdc_bridge.config.model import load_config
+
+if TYPE_CHECKING:
+    from cdc_bridge.cli.args import Subcommands
 
 STATUS_PATH = "/status"
 # Shown first, in this order, with friendlier names; anything else follows as is.
@@ -103,3 +110,39 @@ async def status_command(url: str, *, timeout: float, as_json: bool) -> int:
     document = await asyncio.to_thread(fetch_status, url, timeout)
     print(dumps(document) if as_json else "\n".join(status_lines(document)))
     return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+
+    async def main() -> int:
+        url = args.url
+        if url is None:
+            if args.config is None:
+                raise UsageError("give --config FILE (its http.listen) or --url URL")
+            listen = load_config(args.config).http.listen
+            if listen is None:
+                raise UsageError(f"{args.config} sets no http.listen: the bridge serves no status")
+            url = status_url(listen)
+        return await status_command(url, timeout=args.timeout, as_json=args.json)
+
+    return run_command(main)
+
+
+def register(commands: Subcommands, name: str, summary: str) -> None:
+    status = command_parser(
+        commands,
+        name,
+        summary,
+        "GET the running bridge's /status (from the config's http.listen, or --url): "
+        "streaming or standby, confirmed LSN, lag, in flight, events published, last "
+        "error.\n--json: the bridge's /status object, unchanged.",
+        "  cdc-bridge status --config config.yaml\n"
+        "  cdc-bridge status --url http://10.0.0.7:8080/status --json",
+    )
+    status.add_argument("--config", metavar="FILE", help="the bridge's YAML config file")
+    status.add_argument("--url", help="the bridge's status URL (instead of the config's)")
+    status.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)"
+    )
+    json_flag(status)
+    status.set_defaults(handler=_status)

@@ -7,8 +7,8 @@ import asyncio
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
+from cdc_bridge.cli.errors import OpsError
 from cdc_bridge.config.model import BridgeConfig
-from cdc_bridge.ops.errors import OpsError
 from cdc_bridge.sink.auth import connect_options, require_tls
 from cdc_bridge.sink.connect import close_failed_client
 

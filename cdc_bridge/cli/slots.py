@@ -6,20 +6,34 @@ retained is the WAL head minus restart_lsn (what PostgreSQL keeps on disk for it
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import psycopg
 
-from cdc_bridge.ops.errors import (
+from cdc_bridge.cli import json_keys
+from cdc_bridge.cli.args import (
+    EXIT_CODES,
+    command_parser,
+    json_flag,
+    publication_flag,
+    run_with_target,
+    target_flags,
+)
+from cdc_bridge.cli.errors import (
     EXIT_FAILED,
     EXIT_OK,
     OpsError,
     UsageError,
     describe_postgres_error,
 )
-from cdc_bridge.ops.pending import Pending, check_decodable, choose_publication, read_pending
-from cdc_bridge.ops.render import dumps, human_bytes, key_values, lsn_text, table
-from cdc_bridge.ops.target import Target, connect_postgres
+from cdc_bridge.cli.json_keys import key_list
+from cdc_bridge.cli.pending import Pending, check_decodable, choose_publication, read_pending
+from cdc_bridge.cli.render import dumps, human_bytes, key_values, lsn_text, table
+from cdc_bridge.cli.slots_peek import register_peek_and_advance
+from cdc_bridge.cli.target import Target, connect_postgres
 from cdc_bridge.source.catalog import (
     AsyncConn,
     SlotInfo,
@@ -32,6 +46,9 @@ from cdc_bridge.source.catalog import (
     wal_head_lsn,
     wal_sender,
 )
+
+if TYPE_CHECKING:
+    from cdc_bridge.cli.args import Subcommands
 
 # Decoding a huge backlog to count it would take as long as the backlog is big.
 DROP_COUNT_LIMIT = 100_000
@@ -324,3 +341,125 @@ def _loss_lines(slot: SlotInfo, head: int, pending: Pending | str) -> list[str]:
         "accepts the loss."
     )
     return lines
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def _slots_list(args: argparse.Namespace) -> int:
+    return run_with_target(args, lambda target: list_command(target, as_json=args.json))
+
+
+def _slots_show(args: argparse.Namespace) -> int:
+    return run_with_target(
+        args,
+        lambda target: show_command(
+            target, args.name, publication=args.publication, as_json=args.json
+        ),
+    )
+
+
+def _slots_create(args: argparse.Namespace) -> int:
+    return run_with_target(
+        args,
+        lambda target: create_command(target, args.name, plugin=args.plugin, as_json=args.json),
+    )
+
+
+def _ask_on_terminal(name: str) -> bool:
+    try:
+        answer = input(f"type the slot's name ({name}) to drop it: ")
+    except EOFError:
+        return False
+    return answer.strip() == name
+
+
+def _slots_drop(args: argparse.Namespace) -> int:
+    confirm = _ask_on_terminal if sys.stdin.isatty() else None
+    return run_with_target(
+        args,
+        lambda target: drop_command(
+            target, args.name, publication=args.publication, yes=args.yes, confirm=confirm
+        ),
+    )
+
+
+def register(commands: Subcommands, name: str, summary: str) -> None:
+    slots = commands.add_parser(
+        name,
+        help=summary,
+        description="Inspect and repair logical replication slots. " + EXIT_CODES,
+    )
+    slot_commands = slots.add_subparsers(dest="slots_command", required=True, metavar="COMMAND")
+
+    listing = command_parser(
+        slot_commands,
+        "list",
+        "every logical slot with its lag and retained WAL",
+        "Every logical slot of the cluster. lag = WAL head - confirmed_flush_lsn (what "
+        "its consumer has not confirmed); retained = WAL head - restart_lsn (what "
+        f"PostgreSQL keeps on disk for it).\n--json: an array of objects with keys "
+        f"{key_list(json_keys.SLOT_KEYS)}.",
+        "  cdc-bridge slots list --config /etc/cdc-bridge/config.yaml\n"
+        "  cdc-bridge slots list --dsn postgresql://ops@db/app --json",
+    )
+    target_flags(listing)
+    json_flag(listing)
+    listing.set_defaults(handler=_slots_list)
+
+    show = command_parser(
+        slot_commands,
+        "show",
+        "one slot, its walsender and the bridge's publication",
+        "One slot as in `list`, plus the walsender streaming from it "
+        "(pg_stat_replication: client, sent/write/flush/replay positions, reply time) "
+        "and the bridge's publication.\n--json: one object with keys "
+        f"{key_list(json_keys.SLOT_KEYS + json_keys.SHOW_EXTRA_KEYS)}; walsender is null "
+        f"or has {key_list(json_keys.WALSENDER_KEYS)}; publication is null or has "
+        f"{key_list(json_keys.PUBLICATION_KEYS)}.",
+        "  cdc-bridge slots show cdc_bridge --config config.yaml",
+    )
+    show.add_argument("name", help="the slot's name")
+    target_flags(show)
+    publication_flag(show)
+    json_flag(show)
+    show.set_defaults(handler=_slots_show)
+
+    create = command_parser(
+        slot_commands,
+        "create",
+        "create a slot (it streams only what commits from now on)",
+        "Create a logical slot. It starts at the WAL head: only changes committed from now "
+        "on are streamed. With --config, a pgoutput slot is refused while the publication "
+        "is missing (create both with `cdc-bridge init`).\n--json: an object with keys "
+        f"{key_list(json_keys.CREATE_KEYS)}.",
+        "  cdc-bridge slots create cdc_bridge --config config.yaml\n"
+        "  cdc-bridge slots create audit --dsn postgresql://ops@db/app --plugin wal2json",
+    )
+    create.add_argument("name", help="the slot's name")
+    create.add_argument(
+        "--plugin",
+        choices=["pgoutput", "wal2json"],
+        help="output plugin (default: the config's postgres.plugin, or pgoutput)",
+    )
+    target_flags(create)
+    json_flag(create)
+    create.set_defaults(handler=_slots_create)
+
+    drop = command_parser(
+        slot_commands,
+        "drop",
+        "drop a slot nobody streams from, after saying what is lost",
+        "Drop a slot. Refused while a process streams from it. Says what is lost (WAL "
+        "not confirmed, pending rows) and asks for the slot's name on a terminal; without "
+        "a terminal, --yes is required.",
+        "  cdc-bridge slots drop old_slot --config config.yaml\n"
+        "  cdc-bridge slots drop old_slot --dsn postgresql://ops@db/app --yes",
+    )
+    drop.add_argument("name", help="the slot's name")
+    drop.add_argument("--yes", action="store_true", help="drop without asking")
+    target_flags(drop)
+    publication_flag(drop)
+    drop.set_defaults(handler=_slots_drop)
+
+    register_peek_and_advance(slot_commands)

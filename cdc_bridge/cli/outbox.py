@@ -13,18 +13,23 @@ written while the job runs are never its business, so it always ends.
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from psycopg import sql
 
-from cdc_bridge.config.model import BridgeConfig
+from cdc_bridge.cli.errors import EXIT_OK, OpsError, run_command
+from cdc_bridge.cli.target import connect_postgres, password_for
+from cdc_bridge.config.model import BridgeConfig, load_config
 from cdc_bridge.core.durations import DurationError, parse_duration
-from cdc_bridge.ops.errors import EXIT_OK, OpsError
-from cdc_bridge.ops.target import connect_postgres, password_for
 from cdc_bridge.source.catalog import AsyncConn, table_columns, table_identifier
+
+if TYPE_CHECKING:
+    from cdc_bridge.cli.args import Subcommands
 
 AGE_COLUMN = "created_at"  # sql/outbox.sql's; the age of a row is its insert time
 DEFAULT_BATCH_SIZE = 10_000
@@ -148,3 +153,65 @@ async def _count_older(conn: AsyncConn, table: str, cutoff: datetime) -> int:
 
 def _plural(count: int, one: str, many: str) -> str:
     return f"{count} {one if count == 1 else many}"
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def _prune(args: argparse.Namespace) -> int:
+
+    async def main() -> int:
+        config = load_config(args.config)
+        return await prune_command(
+            config,
+            args.dsn or config.postgres.dsn,
+            older_than=args.older_than,
+            batch_size=args.batch_size,
+            dry_run=args.dry_run,
+        )
+
+    return run_command(main)
+
+
+def _age(text: str) -> float:
+    try:
+        return parse_age(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _batch_size(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
+def register(commands: Subcommands, name: str, summary: str) -> None:
+    outbox = commands.add_parser(name, help=summary)
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True, metavar="COMMAND")
+    prune = outbox_commands.add_parser(
+        "prune",
+        help="delete outbox rows older than an age, in batches",
+        description="Delete rows of the config's outbox tables whose created_at is older\n"
+        "than --older-than, --batch-size rows per transaction, and print how many.\n"
+        "Safe while the bridge runs: it reads events from the WAL, and deletes are\n"
+        "not events.\n\nExit codes: 0 ok, 1 failed, 2 usage error.",
+        epilog="examples:\n  cdc-bridge outbox prune --config config.yaml --older-than 7d "
+        "--dry-run\n  cdc-bridge outbox prune --config config.yaml --older-than 36h "
+        "--batch-size 5000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    prune.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
+    prune.add_argument("--dsn", metavar="DSN", help="override the config's postgres.dsn")
+    prune.add_argument(
+        "--older-than", required=True, type=_age, metavar="AGE", help="e.g. 7d, 12h, 1d12h"
+    )
+    prune.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=10_000,
+        metavar="N",
+        help="rows deleted per transaction (default 10000)",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="only count what would go")
+    prune.set_defaults(handler=_prune)

@@ -6,15 +6,28 @@ Both read the slot with PostgreSQL's peek functions, which never move it; only
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
 
-from cdc_bridge.core.lsn import format_lsn
-from cdc_bridge.ops.errors import EXIT_FAILED, EXIT_OK, OpsError
-from cdc_bridge.ops.pending import (
+from cdc_bridge.cli import json_keys
+from cdc_bridge.cli.args import (
+    command_parser,
+    json_flag,
+    lsn_argument,
+    positive_argument,
+    publication_flag,
+    run_with_target,
+    target_flags,
+    xid_argument,
+)
+from cdc_bridge.cli.errors import EXIT_FAILED, EXIT_OK, OpsError
+from cdc_bridge.cli.json_keys import key_list
+from cdc_bridge.cli.pending import (
     Pending,
     PendingRow,
     PendingTransaction,
@@ -22,8 +35,9 @@ from cdc_bridge.ops.pending import (
     choose_publication,
     read_pending,
 )
-from cdc_bridge.ops.render import dumps, lsn_text, table
-from cdc_bridge.ops.target import Target, connect_postgres
+from cdc_bridge.cli.render import dumps, lsn_text, table
+from cdc_bridge.cli.target import Target, connect_postgres
+from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.source.catalog import (
     AsyncConn,
     SlotInfo,
@@ -32,6 +46,9 @@ from cdc_bridge.source.catalog import (
     get_slot,
     wal_head_lsn,
 )
+
+if TYPE_CHECKING:
+    from cdc_bridge.cli.args import Subcommands
 
 XID_MODULUS = 1 << 32  # an xid8 (epoch << 32 | xid) names the same transaction as its xid
 
@@ -273,3 +290,100 @@ def _check_destination(name: str, to_lsn: int, confirmed: int, head: int) -> Non
         )
     if to_lsn > head:
         raise OpsError(f"{format_lsn(to_lsn)} is beyond the end of the WAL ({format_lsn(head)})")
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+def _slots_peek(args: argparse.Namespace) -> int:
+    return run_with_target(
+        args,
+        lambda target: peek_command(
+            target,
+            args.name,
+            limit=args.limit,
+            publication=args.publication,
+            as_json=args.json,
+        ),
+    )
+
+
+def _slots_advance(args: argparse.Namespace) -> int:
+    return run_with_target(
+        args,
+        lambda target: advance_command(
+            target,
+            args.name,
+            to_lsn=args.to,
+            past_xid=args.past_xid,
+            yes=args.yes,
+            publication=args.publication,
+            scan_limit=args.scan_limit,
+            as_json=args.json,
+        ),
+    )
+
+
+
+def register_peek_and_advance(slot_commands: Subcommands) -> None:
+    """`slots peek` and `slots advance`, in the `slots` group (slots.py)."""
+    peek = command_parser(
+        slot_commands,
+        "peek",
+        "show pending changes without consuming them",
+        "Decode what the slot holds after confirmed_flush_lsn WITHOUT consuming it: "
+        "transaction, LSNs, table, action, outbox id, and (with --config) the route and "
+        "subject the bridge would use. Impossible while a bridge streams from the slot. "
+        "wal2json output is shown raw.\n--json: an object with keys "
+        f"{key_list(json_keys.PEEK_KEYS)}; each change has keys "
+        f"{key_list(json_keys.CHANGE_KEYS)}.",
+        "  cdc-bridge slots peek cdc_bridge --config config.yaml --limit 20",
+    )
+    peek.add_argument("name", help="the slot's name")
+    peek.add_argument(
+        "--limit",
+        type=positive_argument,
+        default=100,
+        metavar="N",
+        help="stop after about N changes; whole transactions are always shown (default 100)",
+    )
+    target_flags(peek)
+    publication_flag(peek)
+    json_flag(peek)
+    peek.set_defaults(handler=_slots_peek)
+
+    advance = command_parser(
+        slot_commands,
+        "advance",
+        "skip pending changes on purpose (a poison transaction)",
+        "Move the slot's confirmed_flush_lsn forward: the changes skipped are never "
+        "published. Shows what would be skipped; only --yes does it. --past-xid skips up "
+        "to the end of that transaction (and anything pending before it, which is shown).\n"
+        f"--json: an object with keys {key_list(json_keys.ADVANCE_KEYS)}.",
+        "  cdc-bridge slots advance cdc_bridge --config config.yaml --past-xid 73125\n"
+        "  cdc-bridge slots advance cdc_bridge --config config.yaml --past-xid 73125 --yes\n"
+        "  cdc-bridge slots advance cdc_bridge --dsn postgresql://ops@db/app --to 16/B374D848",
+    )
+    advance.add_argument("name", help="the slot's name")
+    where = advance.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to", type=lsn_argument, metavar="LSN", help="advance to this LSN (X/X)")
+    where.add_argument(
+        "--past-xid",
+        type=xid_argument,
+        metavar="XID",
+        help="advance past the end of this pending transaction (an xid, as peek shows it)",
+    )
+    advance.add_argument("--yes", action="store_true", help="really advance")
+    advance.add_argument(
+        "--scan-limit",
+        type=positive_argument,
+        default=100_000,
+        metavar="N",
+        help="read at most about N pending changes to find what is skipped (default 100000)",
+    )
+    target_flags(advance)
+    publication_flag(advance)
+    json_flag(advance)
+    advance.set_defaults(handler=_slots_advance)
+
+

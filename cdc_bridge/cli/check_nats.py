@@ -7,12 +7,12 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamInfo
 from nats.js.errors import NotFoundError
 
+from cdc_bridge.cli.check_results import CheckResult, fail, ok, skip, warn
+from cdc_bridge.cli.errors import OpsError, describe_error
+from cdc_bridge.cli.nats_client import API_TIMEOUT, connect_quietly
+from cdc_bridge.cli.render import human_bytes
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.subjects import subject_matches
-from cdc_bridge.ops.check_results import CheckResult, fail, ok, skip, warn
-from cdc_bridge.ops.errors import OpsError, describe_error
-from cdc_bridge.ops.nats_client import API_TIMEOUT, connect_quietly
-from cdc_bridge.ops.render import human_bytes
 from cdc_bridge.sink.coverage import check_stream_coverage, route_subject_filter
 
 NATS_CHECKS = (

@@ -8,11 +8,12 @@ publication up as of each change and cannot decode changes from before it existe
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import nats.errors
 import psycopg
@@ -20,17 +21,21 @@ from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
 from psycopg import sql
 
-from cdc_bridge.config.model import BridgeConfig, NatsConfig
-from cdc_bridge.core.lsn import format_lsn
-from cdc_bridge.ops.errors import (
+from cdc_bridge.cli import json_keys
+from cdc_bridge.cli.args import command_parser, json_flag
+from cdc_bridge.cli.errors import (
     EXIT_FAILED,
     EXIT_OK,
     OpsError,
     describe_error,
+    run_command,
 )
-from cdc_bridge.ops.nats_client import API_TIMEOUT, connect_quietly
-from cdc_bridge.ops.render import dumps, lsn_text, table
-from cdc_bridge.ops.target import connect_postgres, password_for
+from cdc_bridge.cli.json_keys import key_list
+from cdc_bridge.cli.nats_client import API_TIMEOUT, connect_quietly
+from cdc_bridge.cli.render import dumps, lsn_text, table
+from cdc_bridge.cli.target import connect_postgres, password_for, require_config
+from cdc_bridge.config.model import BridgeConfig, NatsConfig
+from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.sink.connect import ensure_stream
 from cdc_bridge.sink.coverage import check_stream_coverage
 from cdc_bridge.sink.reconcile import read_stream_tail
@@ -45,6 +50,9 @@ from cdc_bridge.source.catalog import (
 )
 from cdc_bridge.source.replication import ReplicationError, ReplicationStream
 from cdc_bridge.source.setup import outbox_problems, publication_plan
+
+if TYPE_CHECKING:
+    from cdc_bridge.cli.args import Subcommands
 
 Action = Literal["created", "exists", "would create", "problem"]
 StepKind = Literal["table", "publication", "slot", "stream"]
@@ -376,3 +384,34 @@ async def _coverage_steps(nc: NatsClient, config: BridgeConfig) -> list[InitStep
     problems = await check_stream_coverage(nc, config, timeout=API_TIMEOUT)
     name = config.nats.stream.name
     return [InitStep("stream", name, "problem", problem) for problem in problems]
+
+
+def _init(args: argparse.Namespace) -> int:
+
+    async def main() -> int:
+        config = require_config(args.config)
+        dsn = args.dsn or config.postgres.dsn
+        return await init_command(config, dsn, dry_run=args.dry_run, as_json=args.json)
+
+    return run_command(main)
+
+
+def register(commands: Subcommands, name: str, summary: str) -> None:
+    init = command_parser(
+        commands,
+        name,
+        summary,
+        "Create the outbox table (sql/outbox.sql), the publication, the slot and the "
+        "stream when missing; leave what exists alone (differences are reported as "
+        "problems, exit 1). Running it twice changes nothing the second time. --dry-run "
+        "prints the SQL and the stream config instead.\n--json: an array of objects with "
+        f"keys {key_list(json_keys.STEP_KEYS)}.",
+        "  cdc-bridge init --config config.yaml --dry-run\n  cdc-bridge init --config config.yaml",
+    )
+    init.add_argument("--config", metavar="FILE", help="the bridge's YAML config file")
+    init.add_argument("--dsn", metavar="DSN", help="override the config's postgres.dsn")
+    init.add_argument("--dry-run", action="store_true", help="change nothing; print the plan")
+    json_flag(init)
+    init.set_defaults(handler=_init)
+
+

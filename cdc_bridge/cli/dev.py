@@ -1,0 +1,113 @@
+"""``cdc-bridge dev``: the bridge on a throwaway local PostgreSQL and nats-server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cdc_bridge.cli.args import logging_flags, print_error
+
+if TYPE_CHECKING:
+    from cdc_bridge.cli.args import Subcommands
+
+
+def _port_is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def dev_command(args: argparse.Namespace) -> int:
+    from cdc_bridge.bridge.logs import configure_logging
+    from cdc_bridge.bridge.supervisor import install_signal_handlers, run_bridge
+    from cdc_bridge.config.model import ConfigError, load_config
+    from cdc_bridge.dev.demo import print_events, produce_tickets
+    from cdc_bridge.dev.devstack import DevStack, DevstackError, free_port, outbox_schema_sql
+    from cdc_bridge.source.setup import prepare_postgres
+
+    configure_logging(args.log_format or "console", args.log_level or "info")
+    stack = DevStack(Path(args.dir))
+    try:
+        print(f"starting a throwaway PostgreSQL and nats-server under {args.dir} ...")
+        stack.start()
+    except DevstackError as exc:
+        return print_error(str(exc))
+    try:
+        import psycopg
+
+        with psycopg.connect(stack.postgres.dsn(), autocommit=True) as conn:
+            conn.execute(outbox_schema_sql())
+        # The HTTP endpoint on 8080 when that is free, else on any free port: a busy
+        # 8080 on a laptop must not stop the demo.
+        http_listen = f"127.0.0.1:{8080 if _port_is_free(8080) else free_port()}"
+        env = {**os.environ, **stack.environment(), "CDC_BRIDGE_DEV_HTTP": http_listen}
+        try:
+            config = load_config(args.config, env=env)
+        except ConfigError as exc:
+            return print_error(f"invalid configuration:\n{exc}")
+        print(
+            "\n  PostgreSQL  "
+            + stack.postgres.dsn()
+            + "\n  NATS        "
+            + stack.nats.url
+            + "\n  HTTP        http://"
+            + (config.http.listen or "(off)")
+            + "/status"
+            + "\n  try:        psql '"
+            + stack.postgres.dsn()
+            + "' -c \"INSERT INTO outbox "
+            "(aggregate_type, aggregate_id, event_type, payload) VALUES "
+            "('ticket', 'T-1', 'created', '{}')\"" + "\n  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+
+        async def main() -> int:
+            stop = asyncio.Event()
+            install_signal_handlers(stop)
+            extras = []
+            if args.demo:
+                # The slot must exist before the first demo event commits, or it is missed.
+                await prepare_postgres(config)  # returns (slot, wal head)
+                extras.append(asyncio.create_task(produce_tickets(stack.postgres.dsn())))
+                extras.append(asyncio.create_task(print_events(stack.nats.url)))
+            try:
+                return await run_bridge(config, stop)
+            finally:
+                for task in extras:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+
+        return asyncio.run(main())
+    finally:
+        stack.close()
+
+
+
+def register(commands: Subcommands, name: str, summary: str) -> None:
+    dev = commands.add_parser(
+        name,
+        help=summary,
+        description="Start PostgreSQL (logical WAL, outbox schema) and a JetStream "
+        "nats-server under --dir, then run the bridge against them. Ctrl-C stops all.",
+        epilog="example: cdc-bridge dev --demo",
+    )
+    dev.add_argument("--config", default="config/dev.yaml", help="default: config/dev.yaml")
+    dev.add_argument("--dir", default=".devstack", help="where the servers keep their data")
+    dev.add_argument(
+        "--demo",
+        action="store_true",
+        help="also run a producer writing ticket events, and print what arrives",
+    )
+    logging_flags(dev)
+    dev.set_defaults(handler=dev_command)
+
