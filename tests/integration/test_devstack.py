@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import socket
@@ -13,7 +15,7 @@ from pathlib import Path
 import nats
 import psycopg
 import pytest
-from support.bridge import BridgeProcess, log_event
+from support.bridge import REPO_ROOT, BridgeProcess, log_event
 from support.nats_helpers import fetch_stream_messages, stream_info
 from support.waiting import wait_until, wait_until_async
 
@@ -266,6 +268,71 @@ def test_devstack_starts_both_and_close_leaves_nothing_running(devstack_tmp: Pat
         assert pid is not None
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_fresh_devstack_wipes_the_last_run_but_not_while_it_runs(devstack_tmp: Path) -> None:
+    folder = devstack_tmp / "dev"
+    with DevStack(folder, fresh=True) as first:
+        with psycopg.connect(first.postgres.dsn(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE leftover (id int)")
+        asyncio.run(_publish(first.nats.url, "LEFTOVER", "leftover", 1))
+        with pytest.raises(DevstackError, match="still runs from") as caught:
+            DevStack(folder, fresh=True).start()
+        assert "\n" not in str(caught.value)
+        with psycopg.connect(first.postgres.dsn()) as conn:  # the running stack is untouched
+            assert conn.execute("SELECT to_regclass('leftover')").fetchone() == ("leftover",)
+    assert (folder / devstack.MARKER_NAME).is_file()
+
+    with DevStack(folder, fresh=True) as second:
+        with psycopg.connect(second.postgres.dsn()) as conn:
+            assert conn.execute("SELECT to_regclass('leftover')").fetchone() == (None,)
+        with pytest.raises(nats.js.errors.NotFoundError):
+            asyncio.run(stream_info(second.nats.url, "LEFTOVER"))
+
+
+def test_fresh_devstack_never_wipes_a_folder_it_did_not_create(tmp_path: Path) -> None:
+    precious = tmp_path / "mine" / "precious.txt"
+    precious.parent.mkdir()
+    precious.write_text("keep me")
+    with pytest.raises(DevstackError) as caught:
+        DevStack(precious.parent, fresh=True).start()
+    message = str(caught.value)
+    assert "\n" not in message and "is not wiped" in message and "--dir" in message
+    assert precious.read_text() == "keep me"
+    with pytest.raises(DevstackError, match="not a folder cdc-bridge dev created"):
+        DevStack(precious, fresh=True).start()
+    assert precious.read_text() == "keep me"
+
+
+def _demo_created_tickets(lines: list[str]) -> list[str]:
+    """The ticket ids of the demo's created events among `cdc-bridge dev --demo`'s lines."""
+    return [
+        json.loads(line.split("  ")[-1])["ticket"]
+        for line in lines
+        if line.startswith("  <- events.ticket.created ")
+    ]
+
+
+def test_cdc_bridge_dev_starts_from_scratch_every_time(devstack_tmp: Path, tmp_path: Path) -> None:
+    """The second `cdc-bridge dev --demo` must not resume the first one's stream: its demo
+    starts at T-00001 again, and the stream would hold two T-00001 tickets."""
+    command = [
+        sys.executable, "-m", "cdc_bridge", "dev", "--demo", "--dir", str(devstack_tmp / "dev"),
+        "--config", str(REPO_ROOT / "config" / "dev.yaml"),
+    ]  # fmt: skip
+    for run in ("first", "second"):
+        with BridgeProcess({}, tmp_path / run, command=command) as dev:
+            dev.wait_for_log(lambda line: "<- events.ticket.created" in line, timeout=60)
+            url = dev.wait_for_log(lambda line: line.startswith("  NATS ")).split()[-1]
+            tickets = [
+                json.loads(m.data)["ticket"]
+                for m in asyncio.run(fetch_stream_messages(url, "OUTBOX"))
+                if m.subject == "events.ticket.created"
+            ]
+            assert tickets[0] == "T-00001" and len(tickets) == len(set(tickets)), (run, tickets)
+            dev.send_signal(signal.SIGINT)
+            assert dev.wait_for_exit(timeout=30) == 0
+            assert _demo_created_tickets(dev.stdout_lines)[0] == "T-00001"
 
 
 # --- test helpers ---------------------------------------------------------------------------

@@ -54,6 +54,16 @@ def test_the_example_config_is_valid() -> None:
     ]
 
 
+def test_the_readme_runs_the_pieces_from_the_projects_virtualenv() -> None:
+    """Bare `cdc-bridge` or `python` would be whatever the shell finds, if anything."""
+    text = (EXAMPLE / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Run the pieces yourself") :]
+    block = section[section.index("```sh\n") : section.index("```\n", section.index("```sh\n") + 6)]
+    commands = [line.split()[0] for line in block.splitlines()[1:] if line.strip()]
+    runs = [c for c in commands if c.endswith(("cdc-bridge", "python"))]
+    assert runs and all(c.startswith(".venv/bin/") for c in runs), commands
+
+
 def test_tickets_written_while_nats_is_down_all_reach_the_consumer(
     pg_dsn: str,
     isolated_nats_server: NatsServer,
