@@ -254,10 +254,8 @@ class Pipeline:
         # Not an envelope: the raw content goes to the dead letter, as a bad row would.
         reason = f"invalid message envelope: {event.problem}"
         unrouted = Outbound(subject="", data=event.content, headers={}, msg_id="", route="")
-        outcome = self._router.dead_letter(unrouted, reason, event.msg_id)
-        if type(outcome) is Outbound:
-            outcome.headers.pop("Cdc-Subject", None)  # it never had an intended subject
-        return outcome
+        # No subject: Cdc-Subject says no route was applied.
+        return self._router.dead_letter(unrouted, reason, event.msg_id)
 
     def _publish(self, tx: Transaction, table: str, outcome: Outbound | Poison) -> None:
         """Publish one event (an outbox row, a message or a change) as the next of its
