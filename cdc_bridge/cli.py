@@ -13,10 +13,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from cdc_bridge import __version__
+
+if TYPE_CHECKING:
+    from cdc_bridge.ops.cli_args import Subcommands
 
 log = structlog.get_logger("cdc_bridge.cli")
 
@@ -190,13 +194,36 @@ def _batch_size(text: str) -> int:
     return int(text)
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: refuses unknown arguments itself, with its own usage.
+
+    argparse hands a subcommand's leftovers up to the top-level parser, whose error shows
+    the top-level usage; ``cdc-bridge run --bogus`` should show ``run``'s. Nested
+    subcommands (``slots list``) are made with this class too (``add_subparsers`` uses
+    the parent's class), so each level answers for its own arguments.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdc-bridge",
         description="Relay committed outbox inserts from PostgreSQL's WAL to NATS JetStream.",
     )
     parser.add_argument("--version", action="version", version=f"cdc-bridge {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: Subcommands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=_CommandParser,
+    )
 
     def logging_flags(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
@@ -216,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream committed outbox inserts to JetStream until SIGTERM/SIGINT.",
         epilog="example: cdc-bridge run --config /etc/cdc-bridge/config.yaml",
     )
-    run.add_argument("--config", required=True, help="YAML config file")
+    run.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
     logging_flags(run)
     run.set_defaults(handler=cmd_run)
 
@@ -227,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         "nats-server under --dir, then run the bridge against them. Ctrl-C stops all.",
         epilog="example: cdc-bridge dev --demo",
     )
-    dev.add_argument("--config", default="config/dev.yaml", help="default: config/dev.yaml")
+    dev.add_argument(
+        "--config", default="config/dev.yaml", metavar="FILE", help="default: config/dev.yaml"
+    )
     dev.add_argument("--dir", default=".devstack", help="where the servers keep their data")
     dev.add_argument(
         "--demo",
@@ -249,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         '\'{"id": "7", "aggregate_type": "ticket", "aggregate_id": "T-1", '
         '"event_type": "created", "payload": {"n": 1}}\'',
     )
-    routes_test.add_argument("--config", required=True, help="YAML config file")
+    routes_test.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
     routes_test.add_argument(
         "--row", required=True, help="the row as a JSON object of column: value"
     )

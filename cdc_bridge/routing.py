@@ -198,8 +198,8 @@ class Router:
                 f"route {compiled.name!r} publishes change events (payload: change), and "
                 f"{table} is not in outbox.change_tables"
             )
-            subject = compiled.subject.shown(table, row)
-            return self._reject(table, row, compiled.id_column, reason, data, subject)
+            intended = compiled.subject.shown(table, row)
+            return self._reject(table, row, compiled.id_column, reason, data, intended)
         data = b""
         subject: str | None = None
         try:

@@ -65,7 +65,10 @@ def _xid(text: str) -> int:
 
 
 def _target_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="the bridge's YAML config file")
+    # argparse cannot say "at least one of": the help does, and resolve_target checks.
+    parser.add_argument(
+        "--config", metavar="FILE", help="the bridge's YAML config file (this or --dsn is needed)"
+    )
     parser.add_argument(
         "--dsn",
         metavar="DSN",
@@ -223,9 +226,7 @@ def _status(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         url = args.url
-        if url is None:
-            if args.config is None:
-                raise UsageError("give --config FILE (its http.listen) or --url URL")
+        if url is None:  # argparse requires --config or --url
             listen = load_config(args.config).http.listen
             if listen is None:
                 raise UsageError(f"{args.config} sets no http.listen: the bridge serves no status")
@@ -387,7 +388,9 @@ def add_check_command(commands: Subcommands) -> None:
         f"{key_list(json_keys.CHECK_KEYS)}.",
         "  cdc-bridge check --config /etc/cdc-bridge/config.yaml",
     )
-    check.add_argument("--config", metavar="FILE", help="the bridge's YAML config file")
+    check.add_argument(
+        "--config", required=True, metavar="FILE", help="the bridge's YAML config file"
+    )
     check.add_argument("--dsn", metavar="DSN", help="override the config's postgres.dsn")
     _json_flag(check)
     check.set_defaults(handler=_check)
@@ -405,7 +408,9 @@ def add_init_command(commands: Subcommands) -> None:
         f"keys {key_list(json_keys.STEP_KEYS)}.",
         "  cdc-bridge init --config config.yaml --dry-run\n  cdc-bridge init --config config.yaml",
     )
-    init.add_argument("--config", metavar="FILE", help="the bridge's YAML config file")
+    init.add_argument(
+        "--config", required=True, metavar="FILE", help="the bridge's YAML config file"
+    )
     init.add_argument("--dsn", metavar="DSN", help="override the config's postgres.dsn")
     init.add_argument("--dry-run", action="store_true", help="change nothing; print the plan")
     _json_flag(init)
@@ -423,8 +428,11 @@ def add_status_command(commands: Subcommands) -> None:
         "  cdc-bridge status --config config.yaml\n"
         "  cdc-bridge status --url http://10.0.0.7:8080/status --json",
     )
-    status.add_argument("--config", metavar="FILE", help="the bridge's YAML config file")
-    status.add_argument("--url", help="the bridge's status URL (instead of the config's)")
+    where = status.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--config", metavar="FILE", help="the bridge's YAML config file (its http.listen)"
+    )
+    where.add_argument("--url", help="the bridge's status URL, e.g. http://10.0.0.7:8080/status")
     status.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)"
     )

@@ -116,8 +116,10 @@ def test_status_of_something_else_says_so(
 
 
 def test_status_needs_a_config_or_url(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["status"]) == 2
-    assert "--config" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
+        main(["status"])
+    assert exit_info.value.code == 2
+    assert "one of the arguments --config --url is required" in capsys.readouterr().err
 
 
 def test_status_url_from_listen_addresses() -> None:
