@@ -16,7 +16,6 @@ from cdc_bridge.config import BridgeConfig, redact_dsn
 from cdc_bridge.errors import TRANSIENT_ERRORS, FatalError
 from cdc_bridge.http import HttpEndpoint
 from cdc_bridge.leadership import Leadership
-from cdc_bridge.lsn import format_lsn
 from cdc_bridge.metrics import Metrics
 from cdc_bridge.nats_setup import NatsPermissionError
 from cdc_bridge.pipeline import PoisonRowError, UndecodableChange
@@ -28,7 +27,7 @@ from cdc_bridge.session import BridgeState, run_session
 from cdc_bridge.slots import (
     slot_lag,
 )
-from cdc_bridge.status import BridgeStatus
+from cdc_bridge.status import BridgeStatus, progress_fields
 
 STANDBY_POLL_SECONDS = 1.0  # a standby takes over within about this after the lock frees
 HEALTHY_AFTER_SECONDS = 10.0  # a session up this long resets the reconnect backoff
@@ -252,16 +251,7 @@ async def log_progress(
                 continue
             rate = (stats.rows - last_rows) / (now - last_logged)
             last_rows, last_logged = stats.rows, now
-            log.info(
-                "progress",
-                role=status.role,
-                events_per_second=round(rate, 1),
-                events=stats.rows,
-                dead_lettered=stats.dead_lettered,
-                lsn=format_lsn(status.confirmed_lsn) if status.confirmed_lsn else None,
-                lag_bytes=status.lag_bytes,
-                in_flight=status.in_flight() if status.in_flight else 0,
-            )
+            log.info("progress", **progress_fields(status, stats, rate))
     finally:
         await lag.close()
 

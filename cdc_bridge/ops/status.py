@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
 
 from cdc_bridge.ops.errors import EXIT_OK, OpsError, UsageError
-from cdc_bridge.ops.render import dumps, human_bytes, key_values
+from cdc_bridge.ops.render import dumps, duration_text, human_bytes, key_values, time_text
 
 STATUS_PATH = "/status"
 # Shown first, in this order, with friendlier names; anything else follows as is.
@@ -31,8 +32,11 @@ _KNOWN = (
     ("skipped", "replays skipped"),
     ("transactions", "transactions"),
     ("last_error", "last error"),
+    ("last_error_at", "last error at"),
+    ("uptime_seconds", "uptime"),
 )
 _SIZES = {"lag_bytes", "retained_bytes"}
+_TIMES = {"last_error_at"}  # Unix times in /status
 # Straight to the bridge: an http_proxy in the environment must not reroute the request.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -77,25 +81,33 @@ def fetch_status(url: str, timeout: float) -> dict[str, object]:
     return document
 
 
-def status_lines(document: dict[str, object]) -> list[str]:
-    pairs: list[tuple[str, object]] = []
-    for key, label in _KNOWN:
-        if key in document:
-            pairs.append((label, _shown(key, document[key])))
+def status_lines(document: dict[str, object], now: float | None = None) -> list[str]:
+    """The /status object for people: friendly names, sizes and times, and no line for
+    what the bridge does not know (null), except "last error none"."""
+    now = time.time() if now is None else now
     known = {key for key, _ in _KNOWN}
-    for key, value in document.items():
-        if key not in known:
-            pairs.append((key.replace("_", " "), _shown(key, value)))
+    labelled = [(key, label) for key, label in _KNOWN if key in document]
+    labelled += [(key, key.replace("_", " ")) for key in document if key not in known]
+    pairs: list[tuple[str, object]] = []
+    for key, label in labelled:
+        value = document[key]
+        if value is None and key != "last_error":
+            continue
+        pairs.append((label, _shown(key, value, now)))
     return key_values(pairs)
 
 
-def _shown(key: str, value: object) -> object:
+def _shown(key: str, value: object, now: float) -> object:
     if key in _SIZES and isinstance(value, int):
         return f"{human_bytes(value)} ({value} bytes)"
+    if key in _TIMES and isinstance(value, int | float):
+        return time_text(value, now)
+    if key == "uptime_seconds" and isinstance(value, int | float):
+        return duration_text(value)
     if key == "last_error" and value is None:
         return "none"
     if isinstance(value, dict):
-        return ", ".join(f"{k} {_shown(k, v) if v is not None else '-'}" for k, v in value.items())
+        return ", ".join(f"{k} {_shown(k, v, now)}" for k, v in value.items() if v is not None)
     return value
 
 

@@ -1,6 +1,6 @@
 """The ops CLI's output helpers: human sizes, aligned tables."""
 
-from cdc_bridge.ops.render import human_bytes, key_values, table
+from cdc_bridge.ops.render import duration_text, human_bytes, key_values, table, time_text
 
 
 def test_human_bytes() -> None:
@@ -31,3 +31,16 @@ def test_key_values_align_values() -> None:
         "slot        s",
         "wal_status  -",
     ]
+
+
+def test_duration_text_is_rough_and_readable() -> None:
+    assert [duration_text(s) for s in (0, 12.9, 60, 3599, 3600, 7380, 86400, 90000 * 2)] == [
+        "0 s", "12 s", "1 min", "59 min", "1 h", "2 h 3 min", "1 d", "2 d 2 h",
+    ]  # fmt: skip
+
+
+def test_time_text_is_iso_8601_utc_with_an_age() -> None:
+    epoch = 1796161503.579174
+    assert time_text(epoch, now=epoch + 12) == "2026-12-01T21:45:03Z, 12 s ago"
+    assert time_text(epoch, now=epoch + 600) == "2026-12-01T21:45:03Z, 10 min ago"
+    assert time_text(epoch, now=epoch - 3) == "2026-12-01T21:45:03Z, in 3 s"
