@@ -11,7 +11,7 @@ from cdc_bridge.config import BridgeConfig
 from cdc_bridge.ops.check_results import CheckResult, fail, ok, skip, warn
 from cdc_bridge.ops.errors import OpsError, describe_error
 from cdc_bridge.ops.nats_client import API_TIMEOUT, connect_quietly
-from cdc_bridge.ops.render import human_bytes
+from cdc_bridge.ops.render import count_of, human_bytes
 from cdc_bridge.preflight import check_stream_coverage, route_subject_filter
 from cdc_bridge.subjects import subject_matches
 
@@ -61,7 +61,9 @@ async def _checks(nc: NatsClient, config: BridgeConfig) -> list[CheckResult]:
             )
         )
         return results + [skip(name, "no JetStream") for name in NATS_CHECKS[2:]]
-    results.append(ok("nats.jetstream", f"JetStream enabled, {account.streams} streams"))
+    results.append(
+        ok("nats.jetstream", f"JetStream enabled, {count_of(account.streams, 'stream')}")
+    )
     wanted = config.nats.stream
     try:
         info: StreamInfo | None = await jsm.stream_info(wanted.name)

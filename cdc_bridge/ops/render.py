@@ -25,6 +25,11 @@ def human_bytes(size: int | None) -> str:
     raise AssertionError("unreachable")
 
 
+def count_of(count: int, one: str, many: str | None = None) -> str:
+    """ "1 stream", "2 streams"; ``many`` for irregular plurals ("batches")."""
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
 def duration_text(seconds: float) -> str:
     """A rough duration for people: "12 s", "5 min", "3 h 20 min", "2 d 4 h"."""
     whole = max(int(seconds), 0)

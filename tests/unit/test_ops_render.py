@@ -1,6 +1,6 @@
 """The ops CLI's output helpers: human sizes, aligned tables."""
 
-from cdc_bridge.ops.render import duration_text, human_bytes, key_values, table, time_text
+from cdc_bridge.ops.render import count_of, duration_text, human_bytes, key_values, table, time_text
 
 
 def test_human_bytes() -> None:
@@ -44,3 +44,9 @@ def test_time_text_is_iso_8601_utc_with_an_age() -> None:
     assert time_text(epoch, now=epoch + 12) == "2026-12-01T21:45:03Z, 12 s ago"
     assert time_text(epoch, now=epoch + 600) == "2026-12-01T21:45:03Z, 10 min ago"
     assert time_text(epoch, now=epoch - 3) == "2026-12-01T21:45:03Z, in 3 s"
+
+
+def test_count_of_says_one_thing_or_many_things() -> None:
+    assert [count_of(n, "stream") for n in (0, 1, 2)] == ["0 streams", "1 stream", "2 streams"]
+    assert count_of(1, "batch", "batches") == "1 batch"
+    assert count_of(3, "batch", "batches") == "3 batches"
