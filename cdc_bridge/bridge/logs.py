@@ -42,11 +42,12 @@ def configure_logging(
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     else:
         renderer = structlog.processors.JSONRenderer()
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamper,
             redacting(redactor),
             renderer,
         ],
@@ -54,6 +55,35 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # Third-party libraries (nats-py) log through the standard library: keep their
-    # noise out unless asked for, and never let them print tracebacks of expected errors.
-    logging.basicConfig(level=logging.CRITICAL if numeric_level > logging.DEBUG else logging.DEBUG)
+    _route_stdlib_logging(numeric_level, timestamper, redactor, renderer)
+
+
+def _route_stdlib_logging(
+    level: int,
+    timestamper: structlog.typing.Processor,
+    redactor: Callable[[str], str],
+    renderer: structlog.typing.Processor,
+) -> None:
+    """Third-party libraries (asyncio, nats-py) log through the standard library: their
+    lines get the same processors and renderer as ours (JSON or console, redacted, with
+    ``logger`` naming the library). Below debug level they are kept out, so expected
+    errors never print a library's traceback."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.processors.add_log_level,
+                structlog.stdlib.add_logger_name,
+                timestamper,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,  # a traceback is text to redact too
+                redacting(redactor),
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]  # replaces the last call's: configure_logging may run again
+    root.setLevel(logging.CRITICAL if level > logging.DEBUG else logging.DEBUG)

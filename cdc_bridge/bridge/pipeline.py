@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +122,9 @@ class Pipeline:
         self._tx_lsn = ""
         self._tx_index = 0
         self._table_lines: dict[str, str] = {}  # Cdc-Table and Cdc-Source, by table
+        # Checked once per session, not per event: with debug off, the per-event line
+        # costs one attribute test.
+        self._debug = log.is_enabled_for(logging.DEBUG)
 
     async def run(self, stop: asyncio.Event, *, shutdown_timeout: float) -> None:
         """Stream until ``stop`` is set (clean end) or something fails (raises)."""
@@ -255,10 +259,8 @@ class Pipeline:
         # Not an envelope: the raw content goes to the dead letter, as a bad row would.
         reason = f"invalid message envelope: {event.problem}"
         unrouted = Outbound(subject="", data=event.content, headers={}, msg_id="", route="")
-        outcome = self._router.dead_letter(unrouted, reason, event.msg_id)
-        if type(outcome) is Outbound:
-            outcome.headers.pop("Cdc-Subject", None)  # it never had an intended subject
-        return outcome
+        # No subject: Cdc-Subject says no route was applied.
+        return self._router.dead_letter(unrouted, reason, event.msg_id)
 
     def _publish(self, tx: Transaction, table: str, outcome: Outbound | Poison) -> None:
         """Publish one event (an outbox row, a message or a change) as the next of its
@@ -271,6 +273,8 @@ class Pipeline:
             self._tracker.sent(tx)
             self._tracker.acked(tx)
             self.stats.skipped += 1
+            if self._debug:
+                log.debug("already_stored", lsn=self._tx_lsn, index=index, table=table)
             return
         if type(outcome) is Poison:
             raise PoisonRowError(
@@ -298,6 +302,16 @@ class Pipeline:
         if outcome.dead_letter_reason is not None:
             self._count_dead_letter(msg_id, outcome.dead_letter_reason)
         self.publisher.publish(outcome.subject, outcome.data, lines, tx, outcome.route, msg_id)
+        if self._debug:
+            log.debug(
+                "published",
+                subject=outcome.subject,
+                msg_id=msg_id,
+                lsn=self._tx_lsn,
+                index=index,
+                route=outcome.route,
+                table=table,
+            )
 
     def _dead_letter_for_rejected(
         self, entry: InFlight, reason: str

@@ -80,3 +80,20 @@ class BridgeStatus:
                 "nats_server": self.nats_version,
             },
         }
+
+
+def progress_fields(status: BridgeStatus, stats: SessionStats, rate: float) -> dict[str, object]:
+    """The progress line's fields; what is not known yet (no confirmed LSN, no lag
+    measured) is left out rather than logged as null."""
+    fields: dict[str, object] = {
+        "role": status.role,
+        "events_per_second": round(rate, 1),
+        "events": stats.rows,
+        "dead_lettered": stats.dead_lettered,
+    }
+    if status.confirmed_lsn:
+        fields["lsn"] = format_lsn(status.confirmed_lsn)
+    if status.lag_bytes is not None:
+        fields["lag_bytes"] = status.lag_bytes
+    fields["in_flight"] = status.in_flight() if status.in_flight else 0
+    return fields

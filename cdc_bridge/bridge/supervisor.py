@@ -17,10 +17,9 @@ from cdc_bridge.bridge.http import HttpEndpoint
 from cdc_bridge.bridge.metrics import Metrics
 from cdc_bridge.bridge.pipeline import PoisonRowError, UndecodableChange
 from cdc_bridge.bridge.session import BridgeState, run_session
-from cdc_bridge.bridge.status import BridgeStatus
+from cdc_bridge.bridge.status import BridgeStatus, progress_fields
 from cdc_bridge.config.model import BridgeConfig, redact_dsn
 from cdc_bridge.core.errors import FatalError
-from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.redaction import redact
 from cdc_bridge.routing.router import Router
 from cdc_bridge.sink.connect import NatsPermissionError
@@ -253,16 +252,7 @@ async def log_progress(
                 continue
             rate = (stats.rows - last_rows) / (now - last_logged)
             last_rows, last_logged = stats.rows, now
-            log.info(
-                "progress",
-                role=status.role,
-                events_per_second=round(rate, 1),
-                events=stats.rows,
-                dead_lettered=stats.dead_lettered,
-                lsn=format_lsn(status.confirmed_lsn) if status.confirmed_lsn else None,
-                lag_bytes=status.lag_bytes,
-                in_flight=status.in_flight() if status.in_flight else 0,
-            )
+            log.info("progress", **progress_fields(status, stats, rate))
     finally:
         await lag.close()
 

@@ -62,7 +62,10 @@ def xid_argument(text: str) -> int:
 
 
 def target_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE", help="the bridge's YAML config file")
+    # argparse cannot say "at least one of": the help does, and resolve_target checks.
+    parser.add_argument(
+        "--config", metavar="FILE", help="the bridge's YAML config file (this or --dsn is needed)"
+    )
     parser.add_argument(
         "--dsn",
         metavar="DSN",

@@ -75,7 +75,9 @@ def register(commands: Subcommands, name: str, summary: str) -> None:
         f"{key_list(json_keys.CHECK_KEYS)}.",
         "  cdc-bridge check --config /etc/cdc-bridge/config.yaml",
     )
-    check.add_argument("--config", metavar="FILE", help="the bridge's YAML config file")
+    check.add_argument(
+        "--config", required=True, metavar="FILE", help="the bridge's YAML config file"
+    )
     check.add_argument("--dsn", metavar="DSN", help="override the config's postgres.dsn")
     json_flag(check)
     check.set_defaults(handler=_check)

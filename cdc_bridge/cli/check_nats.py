@@ -10,7 +10,7 @@ from nats.js.errors import NotFoundError
 from cdc_bridge.cli.check_results import CheckResult, fail, ok, skip, warn
 from cdc_bridge.cli.errors import OpsError, describe_error
 from cdc_bridge.cli.nats_client import API_TIMEOUT, connect_quietly
-from cdc_bridge.cli.render import human_bytes
+from cdc_bridge.cli.render import count_of, human_bytes
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.subjects import subject_matches
 from cdc_bridge.sink.coverage import check_stream_coverage, route_subject_filter
@@ -61,7 +61,9 @@ async def _checks(nc: NatsClient, config: BridgeConfig) -> list[CheckResult]:
             )
         )
         return results + [skip(name, "no JetStream") for name in NATS_CHECKS[2:]]
-    results.append(ok("nats.jetstream", f"JetStream enabled, {account.streams} streams"))
+    results.append(
+        ok("nats.jetstream", f"JetStream enabled, {count_of(account.streams, 'stream')}")
+    )
     wanted = config.nats.stream
     try:
         info: StreamInfo | None = await jsm.stream_info(wanted.name)

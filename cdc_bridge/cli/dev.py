@@ -106,7 +106,9 @@ def register(commands: Subcommands, name: str, summary: str) -> None:
         "nats-server under --dir, then run the bridge against them. Ctrl-C stops all.",
         epilog="example: cdc-bridge dev --demo",
     )
-    dev.add_argument("--config", default="config/dev.yaml", help="default: config/dev.yaml")
+    dev.add_argument(
+        "--config", default="config/dev.yaml", metavar="FILE", help="default: config/dev.yaml"
+    )
     dev.add_argument("--dir", default=".devstack", help="where the servers keep their data")
     dev.add_argument(
         "--demo",

@@ -408,7 +408,9 @@ def register(commands: Subcommands, name: str, summary: str) -> None:
         f"keys {key_list(json_keys.STEP_KEYS)}.",
         "  cdc-bridge init --config config.yaml --dry-run\n  cdc-bridge init --config config.yaml",
     )
-    init.add_argument("--config", metavar="FILE", help="the bridge's YAML config file")
+    init.add_argument(
+        "--config", required=True, metavar="FILE", help="the bridge's YAML config file"
+    )
     init.add_argument("--dsn", metavar="DSN", help="override the config's postgres.dsn")
     init.add_argument("--dry-run", action="store_true", help="change nothing; print the plan")
     json_flag(init)

@@ -13,8 +13,12 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from cdc_bridge import __version__
+
+if TYPE_CHECKING:
+    from cdc_bridge.cli.args import Subcommands
 
 # name -> (module, one-line summary for the top-level help), in the order help lists them
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,6 +36,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: refuses unknown arguments itself, with its own usage.
+
+    argparse hands a subcommand's leftovers up to the top-level parser, whose error shows
+    the top-level usage; ``cdc-bridge run --bogus`` should show ``run``'s. Nested
+    subcommands (``slots list``) are made with this class too (``add_subparsers`` uses
+    the parent's class), so each level answers for its own arguments.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The whole parser; given ``argv``, only the command it names is filled in."""
     parser = argparse.ArgumentParser(
@@ -39,7 +61,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         description="Relay committed outbox inserts from PostgreSQL's WAL to NATS JetStream.",
     )
     parser.add_argument("--version", action="version", version=f"cdc-bridge {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: Subcommands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
+    )
     named = _command_in(argv) if argv is not None else None
     for name, (module, summary) in COMMANDS.items():
         if argv is None or name == named:

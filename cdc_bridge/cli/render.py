@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from cdc_bridge.core.lsn import format_lsn
 
@@ -21,6 +23,36 @@ def human_bytes(size: int | None) -> str:
             return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def count_of(count: int, one: str, many: str | None = None) -> str:
+    """ "1 stream", "2 streams"; ``many`` for irregular plurals ("batches")."""
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
+def duration_text(seconds: float) -> str:
+    """A rough duration for people: "12 s", "5 min", "3 h 20 min", "2 d 4 h"."""
+    whole = max(int(seconds), 0)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, hours, days = whole // 60, whole // 3600, whole // 86400
+    if whole < 3600:
+        return f"{minutes} min"
+    if whole < 86400:
+        rest = minutes % 60
+        return f"{hours} h {rest} min" if rest else f"{hours} h"
+    rest = hours % 24
+    return f"{days} d {rest} h" if rest else f"{days} d"
+
+
+def time_text(epoch: float, now: float | None = None) -> str:
+    """A Unix time as ISO 8601 UTC with its age: "2026-12-01T21:55:03Z, 12 s ago"."""
+    now = time.time() if now is None else now
+    stamp = datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    age = now - epoch
+    if age < 0:
+        return f"{stamp}, in {duration_text(-age)}"  # the bridge's clock is ahead of ours
+    return f"{stamp}, {duration_text(age)} ago"
 
 
 def lsn_text(lsn: int | None) -> str | None:

@@ -49,7 +49,7 @@ def register(commands: Subcommands, name: str, summary: str) -> None:
         '\'{"id": "7", "aggregate_type": "ticket", "aggregate_id": "T-1", '
         '"event_type": "created", "payload": {"n": 1}}\'',
     )
-    routes_test.add_argument("--config", required=True, help="YAML config file")
+    routes_test.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
     routes_test.add_argument(
         "--row", required=True, help="the row as a JSON object of column: value"
     )

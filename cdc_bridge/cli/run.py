@@ -50,7 +50,7 @@ def register(commands: Subcommands, name: str, summary: str) -> None:
         description="Stream committed outbox inserts to JetStream until SIGTERM/SIGINT.",
         epilog="example: cdc-bridge run --config /etc/cdc-bridge/config.yaml",
     )
-    run.add_argument("--config", required=True, help="YAML config file")
+    run.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
     logging_flags(run)
     run.set_defaults(handler=run_command)
 

@@ -31,7 +31,7 @@ from cdc_bridge.cli.errors import (
 )
 from cdc_bridge.cli.json_keys import key_list
 from cdc_bridge.cli.pending import Pending, check_decodable, choose_publication, read_pending
-from cdc_bridge.cli.render import dumps, human_bytes, key_values, lsn_text, table
+from cdc_bridge.cli.render import count_of, dumps, human_bytes, key_values, lsn_text, table
 from cdc_bridge.cli.slots_peek import register_peek_and_advance
 from cdc_bridge.cli.target import Target, connect_postgres
 from cdc_bridge.source.catalog import (
@@ -331,8 +331,9 @@ def _loss_lines(slot: SlotInfo, head: int, pending: Pending | str) -> list[str]:
     else:
         at_least = "at least " if pending.maybe_more else ""
         lines.append(
-            f"  {at_least}{pending.row_count} pending rows in {len(pending.transactions)} "
-            "transactions: never published, and never readable from the WAL again"
+            f"  {at_least}{count_of(pending.row_count, 'pending row')} in "
+            f"{count_of(len(pending.transactions), 'transaction')}: never published, and never "
+            "readable from the WAL again"
         )
     lines.append(f"PostgreSQL may then free {human_bytes(retained)} of retained WAL.")
     lines.append(

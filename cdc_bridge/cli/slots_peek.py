@@ -35,7 +35,7 @@ from cdc_bridge.cli.pending import (
     choose_publication,
     read_pending,
 )
-from cdc_bridge.cli.render import dumps, lsn_text, table
+from cdc_bridge.cli.render import count_of, dumps, lsn_text, table
 from cdc_bridge.cli.target import Target, connect_postgres
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.source.catalog import (
@@ -156,12 +156,17 @@ def _peek_lines(slot: SlotInfo, publication: str | None, pending: Pending, limit
     if not pending.transactions:
         return [f"slot {slot.name} ({slot.plugin}{via}): nothing pending after {after}"]
     lines = [
-        f"slot {slot.name} ({slot.plugin}{via}): {len(pending.transactions)} transactions, "
-        f"{pending.row_count} rows pending after {after} (peeked: nothing was consumed)",
+        f"slot {slot.name} ({slot.plugin}{via}): "
+        f"{count_of(len(pending.transactions), 'transaction')}, "
+        f"{count_of(pending.row_count, 'row')} pending after {after} "
+        "(peeked: nothing was consumed)",
         *changes_table(pending.transactions),
     ]
     if pending.maybe_more:
-        lines.append(f"more may be pending: only about {limit} changes were read (--limit)")
+        were = "was" if limit == 1 else "were"
+        lines.append(
+            f"more may be pending: only about {count_of(limit, 'change')} {were} read (--limit)"
+        )
     return lines
 
 
@@ -251,8 +256,9 @@ def _advance_lines(name: str, plan: AdvancePlan, reached: int | None) -> list[st
     at_least = "at least " if plan.maybe_more else ""
     lines = [
         f"slot {name}: {format_lsn(plan.confirmed)} -> {format_lsn(plan.destination)} skips "
-        f"{at_least}{len(plan.skipped)} transactions ({plan.rows} rows); they will never be "
-        "published"
+        f"{at_least}{count_of(len(plan.skipped), 'transaction')} "
+        f"({count_of(plan.rows, 'row')}); "
+        f"{'it' if len(plan.skipped) == 1 and not at_least else 'they'} will never be published"
     ]
     if plan.skipped:
         lines += changes_table(plan.skipped)
@@ -271,14 +277,17 @@ def _through_xid(pending: Pending, xid: int) -> tuple[list[PendingTransaction], 
             notes = []
             if index:
                 notes.append(
-                    f"{index} earlier pending transactions come before {xid} and are skipped "
-                    "with it (a slot can only skip a prefix of what it holds)"
+                    f"{count_of(index, 'earlier pending transaction')} "
+                    f"{'comes' if index == 1 else 'come'} before {xid} and "
+                    f"{'is' if index == 1 else 'are'} skipped with it (a slot can only skip a "
+                    "prefix of what it holds)"
                 )
             return list(pending.transactions[: index + 1]), tx.end_lsn, notes
     further = "; more is pending than was read (--scan-limit)" if pending.maybe_more else ""
     raise OpsError(
-        f"transaction {xid} is not among the {len(pending.transactions)} transactions pending "
-        f"on the slot{further}. It may be confirmed already: see `cdc-bridge slots peek`"
+        f"transaction {xid} is not among the "
+        f"{count_of(len(pending.transactions), 'transaction')} pending on the slot{further}. "
+        "It may be confirmed already: see `cdc-bridge slots peek`"
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ from cdc_bridge.config.model import load_config
 
 if TYPE_CHECKING:
     from cdc_bridge.cli.args import Subcommands
+from cdc_bridge.cli.render import duration_text, time_text
 
 STATUS_PATH = "/status"
 # Shown first, in this order, with friendlier names; anything else follows as is.
@@ -38,8 +40,11 @@ _KNOWN = (
     ("skipped", "replays skipped"),
     ("transactions", "transactions"),
     ("last_error", "last error"),
+    ("last_error_at", "last error at"),
+    ("uptime_seconds", "uptime"),
 )
 _SIZES = {"lag_bytes", "retained_bytes"}
+_TIMES = {"last_error_at"}  # Unix times in /status
 # Straight to the bridge: an http_proxy in the environment must not reroute the request.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -84,25 +89,33 @@ def fetch_status(url: str, timeout: float) -> dict[str, object]:
     return document
 
 
-def status_lines(document: dict[str, object]) -> list[str]:
-    pairs: list[tuple[str, object]] = []
-    for key, label in _KNOWN:
-        if key in document:
-            pairs.append((label, _shown(key, document[key])))
+def status_lines(document: dict[str, object], now: float | None = None) -> list[str]:
+    """The /status object for people: friendly names, sizes and times, and no line for
+    what the bridge does not know (null), except "last error none"."""
+    now = time.time() if now is None else now
     known = {key for key, _ in _KNOWN}
-    for key, value in document.items():
-        if key not in known:
-            pairs.append((key.replace("_", " "), _shown(key, value)))
+    labelled = [(key, label) for key, label in _KNOWN if key in document]
+    labelled += [(key, key.replace("_", " ")) for key in document if key not in known]
+    pairs: list[tuple[str, object]] = []
+    for key, label in labelled:
+        value = document[key]
+        if value is None and key != "last_error":
+            continue
+        pairs.append((label, _shown(key, value, now)))
     return key_values(pairs)
 
 
-def _shown(key: str, value: object) -> object:
+def _shown(key: str, value: object, now: float) -> object:
     if key in _SIZES and isinstance(value, int):
         return f"{human_bytes(value)} ({value} bytes)"
+    if key in _TIMES and isinstance(value, int | float):
+        return time_text(value, now)
+    if key == "uptime_seconds" and isinstance(value, int | float):
+        return duration_text(value)
     if key == "last_error" and value is None:
         return "none"
     if isinstance(value, dict):
-        return ", ".join(f"{k} {_shown(k, v) if v is not None else '-'}" for k, v in value.items())
+        return ", ".join(f"{k} {_shown(k, v, now)}" for k, v in value.items() if v is not None)
     return value
 
 
@@ -116,9 +129,7 @@ def _status(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         url = args.url
-        if url is None:
-            if args.config is None:
-                raise UsageError("give --config FILE (its http.listen) or --url URL")
+        if url is None:  # argparse requires --config or --url
             listen = load_config(args.config).http.listen
             if listen is None:
                 raise UsageError(f"{args.config} sets no http.listen: the bridge serves no status")
@@ -139,8 +150,11 @@ def register(commands: Subcommands, name: str, summary: str) -> None:
         "  cdc-bridge status --config config.yaml\n"
         "  cdc-bridge status --url http://10.0.0.7:8080/status --json",
     )
-    status.add_argument("--config", metavar="FILE", help="the bridge's YAML config file")
-    status.add_argument("--url", help="the bridge's status URL (instead of the config's)")
+    where = status.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--config", metavar="FILE", help="the bridge's YAML config file (its http.listen)"
+    )
+    where.add_argument("--url", help="the bridge's status URL, e.g. http://10.0.0.7:8080/status")
     status.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)"
     )

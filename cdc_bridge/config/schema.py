@@ -42,7 +42,12 @@ def _duration(value: object) -> float:
 
 
 def _one_or_many(value: object) -> object:
-    return [value] if isinstance(value, str | int | float) else value
+    if isinstance(value, str | int | float):
+        return [value]
+    if not isinstance(value, list | tuple):
+        # Not pydantic's "expected a list": one value is accepted as well.
+        raise ValueError(f"expected one value or a list of them, got {shown_value(value)}")
+    return value
 
 
 def _patterns(value: object) -> object:
@@ -61,6 +66,11 @@ def _patterns(value: object) -> object:
 def _server_list(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",")]  # "nats://a:4222,nats://b:4222"
+    if not isinstance(value, list | tuple):
+        raise ValueError(
+            "expected a list of server URLs, or one comma-separated string, got "
+            + shown_value(value)
+        )
     return value
 
 

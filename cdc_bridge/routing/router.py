@@ -40,6 +40,9 @@ from cdc_bridge.core.headers import HEADER_NAME, controls_jetstream
 from cdc_bridge.routing.change_events import change_json, routing_row
 
 DEAD_LETTER_ROUTE = "dead_letter"
+# Cdc-Subject of a dead letter no route was applied to (no route matched, or a logical
+# message that is not an envelope).
+NO_ROUTE_SUBJECT = "(no route)"
 
 # What one subject token may not be or contain (\A\Z: the empty string); NATS itself
 # only rejects ASCII whitespace, refusing all of \s is stricter and costs nothing.
@@ -131,6 +134,22 @@ class _CompiledTemplate:
             pieces.append(literal)
         return "".join(pieces)
 
+    def shown(self, table: str, row: Mapping[str, ColumnValue]) -> str:
+        """The template filled in for a dead letter's ``Cdc-Subject``: usable values in
+        place, each unusable one as ``{column=value}`` (``'bad.type'``, ``NULL``,
+        ``bytea``; ``{column}`` alone when the row lacks it). Never raises."""
+        pieces = [self.first]
+        for column, literal in self.rest:
+            value = table if column == TABLE_PSEUDO_COLUMN else row.get(column, _MISSING)
+            if isinstance(value, str) and not self.unsafe(value):
+                pieces.append(value)
+            elif value is _MISSING:
+                pieces.append(f"{{{column}}}")
+            else:
+                pieces.append(f"{{{column}={_shown_value(value)}}}")
+            pieces.append(literal)
+        return "".join(pieces)
+
     def _checked(self, column: str, value: object) -> str:
         if not isinstance(value, str):
             raise _Rejected(_unusable(column, value, self.where))
@@ -179,7 +198,8 @@ class Router:
                 f"route {compiled.name!r} publishes change events (payload: change), and "
                 f"{table} is not in outbox.change_tables"
             )
-            return self._reject(table, row, compiled.id_column, reason, data)
+            intended = compiled.subject.shown(table, row)
+            return self._reject(table, row, compiled.id_column, reason, data, intended)
         data = b""
         subject: str | None = None
         try:
@@ -188,6 +208,8 @@ class Router:
             subject = compiled.subject.render(table, row)
             headers = self._headers(compiled, table, row)
         except _Rejected as rejected:
+            if subject is None:
+                subject = compiled.subject.shown(table, row)
             return self._reject(table, row, compiled.id_column, rejected.reason, data, subject)
         size = len(data) + _headers_size(headers, msg_id)
         if size > self.max_payload:
@@ -219,6 +241,8 @@ class Router:
             subject = compiled.subject.render(table, row)
             headers = {name: template.render(table, row) for name, template in compiled.headers}
         except _Rejected as rejected:
+            if subject is None:
+                subject = compiled.subject.shown(table, row)
             return self._reject_change(msg_id, rejected.reason, data, subject)
         size = len(data) + _headers_size(headers, msg_id)
         if size > self.max_payload:
@@ -280,9 +304,9 @@ class Router:
         assert self._dead_letter_subject is not None
         # The reason travels in a header: no line breaks, bounded length.
         reason = reason.replace("\r", " ").replace("\n", " ")[:_REASON_LIMIT]
-        headers = {"Cdc-Error": reason}
-        if intended_subject is not None:
-            headers["Cdc-Subject"] = intended_subject
+        # Every dead letter names where it was meant to go, so consumers need no special
+        # case; a value with a space can never be taken for a real subject.
+        headers = {"Cdc-Error": reason, "Cdc-Subject": intended_subject or NO_ROUTE_SUBJECT}
         if len(data) + _headers_size(headers, msg_id) > self.max_payload:
             data = b""  # the reason still gets through; the body is in the outbox table
         return Outbound(self._dead_letter_subject, data, headers, msg_id, DEAD_LETTER_ROUTE, reason)
@@ -329,6 +353,14 @@ def _unusable(column: str, value: object, where: str) -> str:
     if value is None:
         return f"NULL value for {{{column}}} in {where}"
     return f"bytea value for {{{column}}} in {where}: only text fills a template"
+
+
+def _shown_value(value: object) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bytes):
+        return "bytea"
+    return _clip(str(value))
 
 
 def _payload_data(column: str | None, row: Mapping[str, ColumnValue]) -> bytes:

@@ -32,19 +32,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from cdc_bridge.core.headers import header_lines, parse_header_lines
+from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.tracker import LsnTracker, Transaction
 from cdc_bridge.routing.router import DEAD_LETTER_ROUTE
 from cdc_bridge.sink.ordering import OrderGuard
+
+log = structlog.get_logger("cdc_bridge.sink.publisher")
 
 # JetStream API error codes for a message that will fail the same way every time.
 _ERR_MESSAGE_TOO_LARGE = 10054
@@ -153,6 +158,8 @@ class JetStreamPublisher:
         self._empty.set()
         self.failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._watchdog: asyncio.Task[None] | None = None
+        # Checked once per session: a debug line per ack, or nothing per ack at all.
+        self._debug = log.is_enabled_for(logging.DEBUG)
 
     async def start(self) -> None:
         await self._nc.subscribe(self._inbox + ".*", cb=self._on_ack)
@@ -355,6 +362,7 @@ class JetStreamPublisher:
         if entry is None:
             return  # an ack for a previous session's token, or after a timeout: ignore
         problem = _ack_problem(msg)
+        before = self._count
         if entry.chained:
             self._on_chained_ack(entry, problem)
         elif problem is None or problem is _DUPLICATE:
@@ -373,6 +381,8 @@ class JetStreamPublisher:
             self._space.set()
         if not self._count:
             self._empty.set()
+        if self._debug:
+            _log_ack(msg, entry, problem, before - self._count, self._count)
 
     def _on_chained_ack(self, entry: InFlight, problem: tuple[bool, str] | None) -> None:
         chain = self._chain
@@ -504,6 +514,27 @@ _Unreplied = tuple[int, str, bytes, str, Transaction, str, int]
 
 _NO_RESPONDERS = (False, "no responders")
 _DUPLICATE = (False, "duplicate")  # stored earlier: as good as an ack
+
+
+def _log_ack(
+    msg: Msg, entry: InFlight, problem: tuple[bool, str] | None, acked: int, in_flight: int
+) -> None:
+    """The debug line of one pub ack: the message it answers, how many messages it acked
+    (a chained ack covers every chained message sent before it), the stream sequence."""
+    fields: dict[str, object] = {
+        "subject": entry.subject,
+        "msg_id": parse_header_lines(entry.header_lines).get("Nats-Msg-Id"),
+        "lsn": format_lsn(entry.tx.final_lsn),
+        "route": entry.route,
+        "acked": acked,
+        "in_flight": in_flight,
+    }
+    if problem is None or problem is _DUPLICATE:
+        fields["seq"] = json.loads(msg.data).get("seq")
+        fields["duplicate"] = problem is _DUPLICATE
+    else:
+        fields["error"] = problem[1]
+    log.debug("acked", **fields)
 
 
 def _ack_problem(msg: Msg) -> tuple[bool, str] | None:

@@ -435,7 +435,7 @@ def test_drop_says_what_is_lost_and_needs_yes_or_a_confirmation(
 
     refused = cli(capsys, "slots", "drop", unique_name, "--config", config_path)
     assert refused.code == 1
-    assert "2 pending rows in 1 transactions" in refused.out
+    assert "2 pending rows in 1 transaction:" in refused.out
     assert "pass --yes" in refused.err and "no terminal" in refused.err
     assert slot_exists(pg_dsn, unique_name)
 
@@ -502,7 +502,7 @@ def test_advance_past_xid_skips_exactly_that_transaction(
         capsys, "slots", "advance", unique_name, "--config", config_path, "--past-xid", xid, "--yes"
     )
     assert done.code == 0, done.err
-    assert "skips 1 transactions (2 rows)" in done.out and "advanced:" in done.out
+    assert "skips 1 transaction (2 rows); it will never" in done.out and "advanced:" in done.out
     assert confirmed_flush_lsn(pg_dsn, unique_name) == parse_lsn(shown["to_lsn"]) > before
 
     peek = cli(capsys, "slots", "peek", unique_name, "--config", config_path, "--json")
@@ -532,7 +532,7 @@ def test_advance_to_an_end_lsn_skips_what_commits_before_it_and_the_lag_shrinks(
         capsys, "slots", "advance", unique_name, "--config", config_path, "--to", first_end, "--yes"
     )
     assert run.code == 0, run.err
-    assert "skips 1 transactions (1 rows)" in run.out and skipped_ids[0] in run.out
+    assert "skips 1 transaction (1 row); it will never" in run.out and skipped_ids[0] in run.out
     assert slot_entry(capsys, config_path, unique_name)["lag_bytes"] < lag_before
     after = cli(capsys, "slots", "peek", unique_name, "--config", config_path, "--json")
     assert [c["id"] for c in after.json()["changes"]] == kept_ids

@@ -116,7 +116,7 @@ def assert_dead_lettered(
     row: Row,
     dlq: str,
     reason: str,
-    intended_subject: str | None,
+    intended_subject: str,
     *,
     data: bytes | None = None,
 ) -> None:
@@ -170,12 +170,16 @@ def test_poison_rows_between_good_rows_are_dead_lettered(
 
     # Poison rows: each once on the dead-letter subject, with the reason.
     assert len(messages) == len(every_id), duplicated_ids(messages)
-    assert_dead_lettered(messages, no_route, dlq, "no route matches", None)
+    # Every dead letter names its intended subject, the offending value shown in place.
+    assert_dead_lettered(messages, no_route, dlq, "no route matches", "(no route)")
     for value, row in unsafe.items():
         assert_dead_lettered(
-            messages, row, dlq, f"unsafe value for {{event_type}} in subject: {value!r}", None
-        )
-    assert_dead_lettered(messages, null_tenant, dlq, "NULL value for {tenant}", None)
+            messages, row, dlq, f"unsafe value for {{event_type}} in subject: {value!r}",
+            f"{u}.ticket.{{event_type={value!r}}}",
+        )  # fmt: skip
+    assert_dead_lettered(
+        messages, null_tenant, dlq, "NULL value for {tenant}", f"{u}.tenant.{{tenant=NULL}}"
+    )
     assert_dead_lettered(
         messages, too_large, dlq, f"exceeds the server's max_payload {MAX_PAYLOAD}",
         f"{u}.ticket.big", data=b"",

@@ -10,7 +10,9 @@ import time
 import tomllib
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from support import paths
+
+REPO_ROOT = paths.REPO
 
 
 def extras() -> dict[str, set[str]]:

@@ -116,8 +116,10 @@ def test_status_of_something_else_says_so(
 
 
 def test_status_needs_a_config_or_url(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["status"]) == 2
-    assert "--config" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
+        main(["status"])
+    assert exit_info.value.code == 2
+    assert "one of the arguments --config --url is required" in capsys.readouterr().err
 
 
 def test_status_url_from_listen_addresses() -> None:
@@ -130,4 +132,36 @@ def test_status_url_from_listen_addresses() -> None:
 
 def test_status_lines_show_unknown_keys_too() -> None:
     lines = status_lines({"role": "standby", "versions": {"cdc_bridge": "0.1.0", "nats": None}})
-    assert lines == ["role      standby", "versions  cdc_bridge 0.1.0, nats -"]
+    assert lines == ["role      standby", "versions  cdc_bridge 0.1.0"]  # nats: not known
+
+
+def test_status_lines_show_times_in_utc_with_their_age_and_leave_out_nulls() -> None:
+    error_at = 1796161503.579174  # 2026-12-01T21:45:03.58Z
+    document: dict[str, object] = {
+        "role": "reconnecting",
+        "confirmed_lsn": None,
+        "lag_bytes": None,
+        "retained_bytes": None,
+        "last_error": "NATS: connection refused",
+        "last_error_at": error_at,
+        "uptime_seconds": 7384.2,
+    }
+    lines = status_lines(document, now=error_at + 12.5)
+    assert lines == [
+        "role           reconnecting",
+        "last error     NATS: connection refused",
+        "last error at  2026-12-01T21:45:03Z, 12 s ago",
+        "uptime         2 h 3 min",
+    ]
+    assert not any("None" in line or "1796" in line for line in lines)
+
+
+def test_status_json_keeps_machine_values(
+    stub_bridge: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    StubBridge.body = json.dumps({**STATUS, "last_error_at": 1796161503.579174}).encode()
+    try:
+        assert main(["status", "--url", f"http://{stub_bridge}/status", "--json"]) == 0
+    finally:
+        StubBridge.body = json.dumps(STATUS).encode()
+    assert json.loads(capsys.readouterr().out)["last_error_at"] == 1796161503.579174

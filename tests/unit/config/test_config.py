@@ -330,7 +330,19 @@ def test_unknown_key_without_a_close_match() -> None:
         (
             "  table: public.outbox",
             "  table: {name: outbox}",
-            "config.yaml:10: outbox.table: expected a list, got a mapping",
+            "config.yaml:10: outbox.table: expected one value or a list of them, got a mapping",
+        ),
+        (
+            "  servers: [nats://127.0.0.1:4222]",
+            "  servers: 42",
+            "config.yaml:7: nats.servers: "
+            "expected a list of server URLs, or one comma-separated string, got 42",
+        ),
+        (
+            '  stream: {name: OUTBOX, subjects: ["events.>"]}',
+            "  stream: {name: OUTBOX, subjects: {a: b}}",
+            "config.yaml:8: nats.stream.subjects: "
+            "expected one value or a list of them, got a mapping",
         ),
         (
             "dead_letter: {subject: events.dlq}",
@@ -783,3 +795,45 @@ def test_routing_example_config_parses_and_routes_each_feature() -> None:
     assert isinstance(case, Outbound) and case.msg_id == "T-1"
     unsafe = router.route("public.outbox", {**row, "aggregate_type": "x.>"})
     assert isinstance(unsafe, Outbound) and unsafe.subject == "events.dlq"
+
+
+def test_readme_configuration_table_lists_every_key() -> None:
+    """Each key of the schema, down to the second level, has a row of README's table
+    (``postgres.slot``, or a shorthand in its section's row: ``.publication``,
+    ``password(_file)``); a route's keys are named in the ``routes[]`` row."""
+    import re
+
+    from cdc_bridge.config.model import _ConfigFile, _RouteSection
+
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Configuration reference", 1)[1].split("**Routes.**", 1)[0]
+    rows = [line.split(" | ")[:3] for line in table.splitlines() if line.startswith("| `")]
+
+    def listed(section: str | None, key: str) -> bool:
+        word = re.compile(rf"(?<![\w.]){re.escape(key)}\b|\.{re.escape(key)}\b")
+        for cell, _, _ in rows:
+            if section is None and f"`{key}`" in cell:
+                return True
+            cells = (cell, cell.replace("(", "").replace(")", ""))
+            if section is not None and f"`{section}." in cell and any(map(word.search, cells)):
+                return True
+        return False
+
+    missing = []
+    for name, info in _ConfigFile.model_fields.items():
+        nested = next(
+            (
+                a
+                for a in typing.get_args(info.annotation) or (info.annotation,)
+                if isinstance(a, type)
+            ),
+            None,
+        )
+        fields = getattr(nested, "model_fields", None)
+        if name == "routes" or fields is None:
+            missing += [] if listed(None, name) or name == "routes" else [name]
+            continue
+        missing += [f"{name}.{key}" for key in fields if not listed(name, key)]
+    assert missing == []
+    [route_row] = [row for row in rows if "`routes[]`" in row[0]]
+    assert [key for key in _RouteSection.model_fields if f"`{key}`" not in route_row[2]] == []

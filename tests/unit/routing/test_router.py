@@ -179,7 +179,8 @@ def test_unsafe_subject_values_are_dead_lettered(value: str, reason: str) -> Non
     result = dead_lettered(routes.route("public.outbox", row(event_type=value)))
     assert result.dead_letter_reason is not None
     assert result.dead_letter_reason.startswith(reason)
-    assert "Cdc-Subject" not in result.headers  # no subject was rendered
+    # The intended subject, with the offending value shown in its placeholder.
+    assert result.headers["Cdc-Subject"] == f"events.{{event_type={value!r}}}"
     assert result.data == b'{"n": 1}'  # the body still travels with the dead letter
     assert result.msg_id == "3f0c"
 
@@ -204,12 +205,31 @@ def test_unusable_subject_values(values: dict[str, ColumnValue], reason: str) ->
     result = dead_lettered(routes.route("public.outbox", row(**values)))
     assert result.dead_letter_reason is not None
     assert result.dead_letter_reason.startswith(reason)
+    shown = "NULL" if values["event_type"] is None else "bytea"
+    assert result.headers["Cdc-Subject"] == f"events.{{event_type={shown}}}"
 
 
 def test_missing_template_column_is_named() -> None:
     routes = router("  - subject: 'events.{kind}'\n")
     result = dead_lettered(routes.route("public.outbox", row()))
     assert result.dead_letter_reason == "column 'kind' is not in the row (needed by the subject)"
+    assert result.headers["Cdc-Subject"] == "events.{kind}"
+
+
+@pytest.mark.parametrize(
+    ("values", "subject"),
+    [
+        ({"id": None}, "e.ticket.created"),  # rejected before the subject was rendered
+        ({"event_type": "a.b", "aggregate_type": "t"}, "e.t.{event_type='a.b'}"),
+        ({"headers": "[1]"}, "e.ticket.created"),  # rejected after it
+    ],
+)
+def test_every_dead_letter_of_a_routed_row_names_its_intended_subject(
+    values: dict[str, ColumnValue], subject: str
+) -> None:
+    routes = router("  - subject: 'e.{aggregate_type}.{event_type}'\n")
+    result = dead_lettered(routes.route("public.outbox", row(**values)))
+    assert result.headers["Cdc-Subject"] == subject
 
 
 # --- headers ---------------------------------------------------------------------------
@@ -370,7 +390,7 @@ def test_no_route_matches() -> None:
     routes = router("  - {when: {aggregate_type: invoice}, subject: a.b}\n")
     result = dead_lettered(routes.route("public.outbox", row()))
     assert result.dead_letter_reason == "no route matches"
-    assert result.headers == {"Cdc-Error": "no route matches"}
+    assert result.headers == {"Cdc-Error": "no route matches", "Cdc-Subject": "(no route)"}
     assert result.data == b'{"n": 1}'
     assert result.msg_id == "3f0c"
 
