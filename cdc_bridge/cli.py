@@ -170,6 +170,7 @@ def cmd_outbox_prune(args: argparse.Namespace) -> int:
             older_than=args.older_than,
             batch_size=args.batch_size,
             dry_run=args.dry_run,
+            as_json=args.json,
         )
 
     return run_command(main)
@@ -268,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     # The operator's commands live in cdc_bridge/ops/ (one module per group); their
     # parser sections import nothing heavy, so --help stays fast.
     from cdc_bridge.ops import cli_args as ops_args
+    from cdc_bridge.ops import json_keys
+    from cdc_bridge.ops.json_keys import key_list
 
     ops_args.add_slots_command(commands)
     ops_args.add_check_command(commands)
@@ -282,14 +285,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Delete rows of the config's outbox tables whose created_at is older\n"
         "than --older-than, --batch-size rows per transaction, and print how many.\n"
         "Safe while the bridge runs: it reads events from the WAL, and deletes are\n"
-        "not events.\n\nExit codes: 0 ok, 1 failed, 2 usage error.",
+        "not events.\n\nNeeds SELECT and DELETE on the tables (--dry-run: SELECT): the\n"
+        "bridge's own role (sql/role.sql) may not delete, so give --dsn a role that may.\n"
+        f"--json: one object with keys {key_list(json_keys.PRUNE_KEYS)}; each of\n"
+        f"tables has {key_list(json_keys.PRUNE_TABLE_KEYS)}.\n\n"
+        "Exit codes: 0 ok, 1 failed, 2 usage error.",
         epilog="examples:\n  cdc-bridge outbox prune --config config.yaml --older-than 7d "
         "--dry-run\n  cdc-bridge outbox prune --config config.yaml --older-than 36h "
         "--batch-size 5000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     prune.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
-    prune.add_argument("--dsn", metavar="DSN", help="override the config's postgres.dsn")
+    prune.add_argument(
+        "--dsn", metavar="DSN", help="override the config's postgres.dsn (a role that may delete)"
+    )
     prune.add_argument(
         "--older-than", required=True, type=_age, metavar="AGE", help="e.g. 7d, 12h, 1d12h"
     )
@@ -301,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="rows deleted per transaction (default 10000)",
     )
     prune.add_argument("--dry-run", action="store_true", help="only count what would go")
+    prune.add_argument("--json", action="store_true", help="print JSON for scripts")
     prune.set_defaults(handler=cmd_outbox_prune)
     return parser
 

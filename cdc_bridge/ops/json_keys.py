@@ -34,6 +34,9 @@ ADVANCE_KEYS = (
 CHECK_KEYS = ("check", "status", "detail", "fix")
 # `init --json`: an array of objects.
 STEP_KEYS = ("kind", "name", "action", "detail", "sql", "stream_config")
+# `outbox prune --json`: one object; "tables" holds objects with PRUNE_TABLE_KEYS.
+PRUNE_KEYS = ("cutoff", "dry_run", "tables", "total_rows")
+PRUNE_TABLE_KEYS = ("table", "rows", "batches")
 
 
 def key_list(keys: tuple[str, ...]) -> str:

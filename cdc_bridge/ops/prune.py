@@ -18,11 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+import psycopg
 from psycopg import sql
 
 from cdc_bridge.config import BridgeConfig
 from cdc_bridge.durations import DurationError, parse_duration
-from cdc_bridge.ops.errors import EXIT_OK, OpsError
+from cdc_bridge.ops.errors import EXIT_OK, OpsError, describe_postgres_error
+from cdc_bridge.ops.render import dumps
 from cdc_bridge.ops.target import connect_postgres, password_for
 from cdc_bridge.slots import AsyncConn, table_columns, table_identifier
 
@@ -62,39 +64,66 @@ async def prune_command(
     older_than: float,
     batch_size: int = DEFAULT_BATCH_SIZE,
     dry_run: bool = False,
+    as_json: bool = False,
     out: Callable[[str], None] = print,
 ) -> int:
-    """Prune every table of ``config.outbox.tables``; print one line per table."""
+    """Prune every table of ``config.outbox.tables``; print one line per table, or
+    one JSON object with json_keys.PRUNE_KEYS."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     tables = config.outbox.tables
     if not tables:
-        out("nothing to prune: the config names no outbox table (messages store no rows)")
+        if as_json:
+            out(dumps(prune_document(None, dry_run, [])))
+        else:
+            out("nothing to prune: the config names no outbox table (messages store no rows)")
         return EXIT_OK
     conn = await connect_postgres(
         dsn, config.postgres.connect_timeout, password=password_for(config, dsn)
     )
     async with conn:
         for table in tables:  # all of them checked before anything is deleted
-            await _check_table(conn, table)
+            await _check_table(conn, table, dry_run)
         cutoff = await _cutoff(conn, older_than)
         results: list[PruneResult] = []
         for table in tables:
-            if dry_run:
-                result = PruneResult(table, await _count_older(conn, table, cutoff), 0)
-            else:
-                result = await prune_table(conn, table, cutoff, batch_size)
+            try:
+                if dry_run:
+                    result = PruneResult(table, await _count_older(conn, table, cutoff), 0)
+                else:
+                    result = await prune_table(conn, table, cutoff, batch_size)
+            except psycopg.errors.InsufficientPrivilege as exc:  # e.g. revoked meanwhile
+                raise OpsError(await _denied(conn, table, dry_run, exc)) from None
             results.append(result)
-            verb = "would delete" if dry_run else "deleted"
-            batches = "" if dry_run else f" in {_plural(result.batches, 'batch', 'batches')}"
-            out(
-                f"{table}: {verb} {_plural(result.rows, 'row', 'rows')} created before "
-                f"{cutoff.isoformat()}{batches}"
-            )
-    if len(results) > 1:
+            if not as_json:
+                out(_result_line(result, cutoff, dry_run))
+    if as_json:
+        out(dumps(prune_document(cutoff, dry_run, results)))
+    elif len(results) > 1:
         verb = "would delete" if dry_run else "deleted"
         out(f"total: {verb} {_plural(sum(r.rows for r in results), 'row', 'rows')}")
     return EXIT_OK
+
+
+def prune_document(
+    cutoff: datetime | None, dry_run: bool, results: list[PruneResult]
+) -> dict[str, object]:
+    """`outbox prune --json`: exactly json_keys.PRUNE_KEYS (tables: PRUNE_TABLE_KEYS)."""
+    return {
+        "cutoff": None if cutoff is None else cutoff.isoformat(),
+        "dry_run": dry_run,
+        "tables": [{"table": r.table, "rows": r.rows, "batches": r.batches} for r in results],
+        "total_rows": sum(r.rows for r in results),
+    }
+
+
+def _result_line(result: PruneResult, cutoff: datetime, dry_run: bool) -> str:
+    verb = "would delete" if dry_run else "deleted"
+    batches = "" if dry_run else f" in {_plural(result.batches, 'batch', 'batches')}"
+    return (
+        f"{result.table}: {verb} {_plural(result.rows, 'row', 'rows')} created before "
+        f"{cutoff.isoformat()}{batches}"
+    )
 
 
 async def prune_table(
@@ -118,7 +147,7 @@ async def prune_table(
             return PruneResult(table, deleted, batches)
 
 
-async def _check_table(conn: AsyncConn, table: str) -> None:
+async def _check_table(conn: AsyncConn, table: str, dry_run: bool) -> None:
     columns = await table_columns(conn, table)
     if columns is None:
         raise OpsError(f"table {table} does not exist (outbox.table in the config)")
@@ -127,6 +156,52 @@ async def _check_table(conn: AsyncConn, table: str) -> None:
             f"table {table} has no {AGE_COLUMN} column: prune deletes by it "
             f"(add `{AGE_COLUMN} timestamptz NOT NULL DEFAULT now()`, as in sql/outbox.sql)"
         )
+    missing = await _missing_privileges(conn, table, dry_run)
+    if missing:
+        raise OpsError(_denied_line(await _role(conn), table, missing, dry_run))
+
+
+def _needed(dry_run: bool) -> tuple[str, ...]:
+    # Deleting by created_at reads it (SELECT), and PostgreSQL's FOR UPDATE (how a
+    # batch skips rows other sessions hold) takes UPDATE, even in a DELETE's subquery.
+    return ("SELECT",) if dry_run else ("SELECT", "UPDATE", "DELETE")
+
+
+async def _missing_privileges(conn: AsyncConn, table: str, dry_run: bool) -> list[str]:
+    qualified = table_identifier(table).as_string(conn)
+    missing = []
+    for privilege in _needed(dry_run):
+        cursor = await conn.execute("SELECT has_table_privilege(%s, %s)", (qualified, privilege))
+        row = await cursor.fetchone()
+        if not (row and row[0]):
+            missing.append(privilege)
+    return missing
+
+
+async def _role(conn: AsyncConn) -> str:
+    cursor = await conn.execute("SELECT current_user")
+    row = await cursor.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _denied_line(role: str, table: str, missing: list[str], dry_run: bool) -> str:
+    """One line: the privilege missing, and the two ways to get it."""
+    what = ", ".join(missing)
+    grant = ", ".join(_needed(dry_run))
+    return (
+        f"role {role} may not {'read' if missing == ['SELECT'] else 'delete from'} {table}: "
+        f"prune needs {what} on it (the bridge's own role, sql/role.sql, has SELECT only). "
+        f"Run it with --dsn as a role that may (e.g. the table's owner), or "
+        f"GRANT {grant} ON {table} TO <a housekeeping role>"
+    )
+
+
+async def _denied(
+    conn: AsyncConn, table: str, dry_run: bool, exc: psycopg.errors.InsufficientPrivilege
+) -> str:
+    missing = await _missing_privileges(conn, table, dry_run) or [describe_postgres_error(exc)]
+    return _denied_line(await _role(conn), table, missing, dry_run)
 
 
 async def _cutoff(conn: AsyncConn, older_than: float) -> datetime:
