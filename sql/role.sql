@@ -1,7 +1,17 @@
+-- Run AFTER `cdc-bridge init --config FILE --dsn <admin DSN>`: this grants SELECT on the outbox tables, which init creates.
+--
 -- A least-privilege PostgreSQL role for cdc-bridge. Run it as an administrator, in the
 -- database that holds the outbox (psql -d app -f sql/role.sql); rename the role or the
--- tables to yours. Then give the role a password without it reaching the server's log:
+-- tables to yours (both are named once, below). Then give the role a password without
+-- it reaching the server's log:
 --   psql -d app -c '\password cdc_bridge'      (psql sends only a SCRAM hash)
+--
+-- The order, on a fresh database:
+--   1. an administrator: cdc-bridge init --config bridge.yaml --dsn 'postgresql://admin@db/app?sslmode=verify-full'
+--      (creates the outbox tables, the publication, the slot and the NATS stream: whatever is missing)
+--   2. an administrator: psql -d app -f sql/role.sql
+--   3. the bridge runs as cdc_bridge; it needs nothing beyond this role from then on.
+-- The whole file is one statement: it changes nothing unless all of it works.
 --
 -- What the bridge does, and what that takes:
 --   stream from its slot (START_REPLICATION)       REPLICATION
@@ -11,12 +21,20 @@
 --   leadership lock, slot lag, WAL position        nothing (advisory locks, catalog views)
 --   create the publication when missing            ownership of the outbox tables and
 --                                                  CREATE on the database: NOT granted here
+--   delete old rows (cdc-bridge outbox prune)      DELETE: NOT granted here; run prune
+--                                                  with --dsn as a role that may delete
+-- The publication must cover exactly the outbox tables: the bridge refuses one that
+-- leaves any of them out.
 --
--- So the publication is made once by an administrator, before the bridge's first start:
---   cdc-bridge init --config bridge.yaml --dsn 'postgresql://admin@db/app?sslmode=verify-full'
--- (it creates the publication, the slot and the NATS stream: whatever is missing). After
--- that the bridge needs nothing beyond this role. The publication must cover exactly the
--- outbox tables: the bridge refuses one that leaves any of them out.
+-- NOT granted either: pg_read_all_stats. Without it `cdc-bridge slots show` shows the
+-- walsender's pid and client but not its state, sent/write/flush/replay positions or
+-- reply time (PostgreSQL hides them even for the role's own walsender); the slot's lag
+-- (confirmed_flush_lsn against the WAL head) stays visible. pg_read_all_stats would
+-- also let a stolen credential read every session's query text, in every database, so
+-- read those fields with a monitoring role (pg_monitor) via --dsn, or grant it knowingly:
+--   PostgreSQL 16+:  GRANT pg_read_all_stats TO cdc_bridge WITH INHERIT TRUE;
+--   15 and older:    GRANT pg_read_all_stats TO cdc_bridge; ALTER ROLE cdc_bridge INHERIT;
+-- (the role is NOINHERIT, so a plain GRANT alone has no effect).
 --
 -- pg_hba.conf: a logical replication connection names its database, so the role needs a
 -- line for that database (the `replication` keyword only covers physical replication):
@@ -24,16 +42,29 @@
 -- and the bridge connects with sslmode=verify-full (see docs/security.md).
 
 DO $$
+DECLARE
+    bridge_role CONSTANT text := 'cdc_bridge';
+    outbox_tables CONSTANT text[] := ARRAY['public.outbox'];
+    missing text[];
+    outbox_table text;
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'cdc_bridge') THEN
-        CREATE ROLE cdc_bridge LOGIN REPLICATION
-            NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOBYPASSRLS;
+    SELECT array_agg(t) INTO missing FROM unnest(outbox_tables) AS t WHERE to_regclass(t) IS NULL;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'sql/role.sql: % does not exist yet in database %', array_to_string(missing, ', '), current_database()
+            USING HINT = 'run `cdc-bridge init --config FILE --dsn <admin DSN>` first (it creates the outbox tables, the publication and the slot), then this file';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = bridge_role) THEN
+        EXECUTE format('CREATE ROLE %I LOGIN REPLICATION '
+            'NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOBYPASSRLS', bridge_role);
     END IF;
     -- CONNECT is PUBLIC's by default, but hardened servers often revoke that.
-    EXECUTE format('GRANT CONNECT ON DATABASE %I TO cdc_bridge', current_database());
+    EXECUTE format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), bridge_role);
+    -- Nothing else: no other table, no CREATE anywhere.
+    FOREACH outbox_table IN ARRAY outbox_tables LOOP
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I',
+            (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = to_regclass(outbox_table)), bridge_role);
+        EXECUTE format('GRANT SELECT ON %s TO %I', to_regclass(outbox_table), bridge_role);
+    END LOOP;
 END
 $$;
-
--- Nothing else: no other table, no CREATE anywhere.
-GRANT USAGE ON SCHEMA public TO cdc_bridge;
-GRANT SELECT ON public.outbox TO cdc_bridge;

@@ -28,6 +28,7 @@ from cdc_bridge.cli.errors import (
     EXIT_OK,
     OpsError,
     describe_error,
+    describe_postgres_error,
     run_command,
 )
 from cdc_bridge.cli.json_keys import key_list
@@ -43,6 +44,7 @@ from cdc_bridge.source.catalog import (
     AsyncConn,
     create_slot,
     current_database,
+    current_role,
     get_slot,
     publication_info,
     table_columns,
@@ -223,14 +225,70 @@ async def _postgres_steps(
         ("slot", pg.slot, lambda: _one(_slot_step(conn, config, dry_run, guard))),
     ]
     steps: list[InitStep] = []
+    failed: set[StepKind] = set()
     async with conn:
+        # Every object gets its own line: one that cannot be made must not hide the
+        # others, and one that depends on it says so instead of failing obscurely.
         for kind, name, make in plan:
+            blocked = _blocked_by(kind, failed, config)
+            if blocked is not None:
+                steps.append(InitStep(kind, name, "problem", blocked))
+                failed.add(kind)
+                continue
             try:
                 steps += await make()
+            except psycopg.errors.InsufficientPrivilege as exc:
+                steps.append(await _denied_step(conn, config, kind, name, exc))
+                failed.add(kind)
             except (psycopg.Error, ReplicationError, nats.errors.Error, TimeoutError) as exc:
                 steps.append(InitStep(kind, name, "problem", describe_error(exc)))
-                break  # later objects depend on earlier ones: the slot on the publication
+                failed.add(kind)
     return steps
+
+
+def _blocked_by(kind: StepKind, failed: set[StepKind], config: BridgeConfig) -> str | None:
+    """Why ``kind`` must not be attempted after the ``failed`` ones, or None."""
+    if kind == "publication" and "table" in failed and config.outbox.tables:
+        return "not created: it needs the outbox tables, which could not be checked or created"
+    if kind == "slot" and "publication" in failed and config.postgres.plugin == "pgoutput":
+        return (
+            "not created: a pgoutput slot must be created after its publication, which "
+            "could not be checked or created (it could not decode the changes in between)"
+        )
+    return None
+
+
+_ADMIN_FIX = "an administrator runs `cdc-bridge init --config FILE --dsn <admin DSN>` once"
+
+
+async def _denied_step(
+    conn: AsyncConn,
+    config: BridgeConfig,
+    kind: StepKind,
+    name: str,
+    exc: psycopg.errors.InsufficientPrivilege,
+) -> InitStep:
+    """A permission refused: what creating this object takes, and who can do it."""
+    role = (await current_role(conn)).name
+    database = await current_database(conn)
+    why = describe_postgres_error(exc)
+    pg = config.postgres
+    if kind == "table":
+        schemas = ", ".join(sorted({t.partition(".")[0] for t in config.outbox.tables}))
+        needs = f"CREATE on schema {schemas} (or owning it)"
+        statement = None  # sql/outbox.sql: too long for a fix line
+    elif kind == "publication":
+        tables = ", ".join(config.outbox.tables) or "no table"
+        needs = f"CREATE on database {database} and ownership of {tables}"
+        statement = publication_sql(pg.publication, *publication_plan(config))
+    else:
+        needs = "the REPLICATION attribute"
+        statement = slot_sql(pg.slot, pg.plugin)
+    detail = (
+        f"role {role} may not create it ({why}): it needs {needs}; {_ADMIN_FIX}, "
+        "then the bridge runs as its role (docs/security.md)"
+    )
+    return InitStep(kind, name, "problem", detail, statement)
 
 
 async def _one(step: Awaitable[InitStep]) -> list[InitStep]:

@@ -10,9 +10,11 @@ SLOT_KEYS = (
 )  # fmt: skip
 # `slots show --json`: one object, SLOT_KEYS plus these two.
 SHOW_EXTRA_KEYS = ("walsender", "publication")
+# walsender: null when nobody streams; its other fields are null when unknown (not
+# reported yet, or hidden: details_visible false without pg_read_all_stats).
 WALSENDER_KEYS = (
-    "pid", "application_name", "client_addr", "state", "sent_lsn", "write_lsn",
-    "flush_lsn", "replay_lsn", "reply_time",
+    "pid", "role", "details_visible", "application_name", "client_addr", "state",
+    "sent_lsn", "write_lsn", "flush_lsn", "replay_lsn", "reply_time",
 )  # fmt: skip
 PUBLICATION_KEYS = ("name", "exists", "tables", "operations")
 # `slots create --json`
@@ -34,6 +36,9 @@ ADVANCE_KEYS = (
 CHECK_KEYS = ("check", "status", "detail", "fix")
 # `init --json`: an array of objects.
 STEP_KEYS = ("kind", "name", "action", "detail", "sql", "stream_config")
+# `outbox prune --json`: one object; "tables" holds objects with PRUNE_TABLE_KEYS.
+PRUNE_KEYS = ("cutoff", "dry_run", "tables", "total_rows")
+PRUNE_TABLE_KEYS = ("table", "rows", "batches")
 
 
 def key_list(keys: tuple[str, ...]) -> str:

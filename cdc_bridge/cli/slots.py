@@ -36,13 +36,17 @@ from cdc_bridge.cli.slots_peek import register_peek_and_advance
 from cdc_bridge.cli.target import Target, connect_postgres
 from cdc_bridge.source.catalog import (
     AsyncConn,
+    RoleInfo,
     SlotInfo,
+    WalSender,
     create_slot,
     current_database,
+    current_role,
     drop_slot,
     get_slot,
     list_slots,
     publication_info,
+    server_version,
     wal_head_lsn,
     wal_sender,
 )
@@ -139,23 +143,12 @@ async def show_command(target: Target, name: str, *, publication: str | None, as
         slot = await _require_slot(conn, name)
         head = await wal_head_lsn(conn)
         sender = await wal_sender(conn, slot.active_pid) if slot.active_pid else None
+        hidden = None
+        if sender is not None and not sender.details_visible:
+            hidden = hidden_fields_note(await current_role(conn), (await server_version(conn))[1])
         pub = await publication_info(conn, publication) if publication else None
     document = slot_document(slot, head)
-    document["walsender"] = (
-        None
-        if sender is None
-        else {
-            "pid": sender.pid,
-            "application_name": sender.application_name,
-            "client_addr": sender.client_addr,
-            "state": sender.state,
-            "sent_lsn": lsn_text(sender.sent_lsn),
-            "write_lsn": lsn_text(sender.write_lsn),
-            "flush_lsn": lsn_text(sender.flush_lsn),
-            "replay_lsn": lsn_text(sender.replay_lsn),
-            "reply_time": sender.reply_time,
-        }
-    )
+    document["walsender"] = None if sender is None else walsender_document(sender)
     document["publication"] = (
         None
         if publication is None
@@ -169,11 +162,76 @@ async def show_command(target: Target, name: str, *, publication: str | None, as
     if as_json:
         print(dumps(document))
         return EXIT_OK
-    print("\n".join(_show_lines(slot, document)))
+    print("\n".join(_show_lines(slot, document, hidden)))
     return EXIT_OK
 
 
-def _show_lines(slot: SlotInfo, document: dict[str, object]) -> list[str]:
+def walsender_document(sender: WalSender) -> dict[str, object]:
+    """`slots show --json`'s walsender: exactly json_keys.WALSENDER_KEYS; null where
+    PostgreSQL reported nothing or hid the field (details_visible false)."""
+    return {
+        "pid": sender.pid,
+        "role": sender.role,
+        "details_visible": sender.details_visible,
+        "application_name": sender.application_name,
+        "client_addr": sender.client_addr,
+        "state": sender.state,
+        "sent_lsn": lsn_text(sender.sent_lsn),
+        "write_lsn": lsn_text(sender.write_lsn),
+        "flush_lsn": lsn_text(sender.flush_lsn),
+        "replay_lsn": lsn_text(sender.replay_lsn),
+        "reply_time": sender.reply_time,
+    }
+
+
+HIDDEN_FIELDS = "state, sent/write/flush/replay and reply_time"
+
+
+def hidden_fields_note(role: RoleInfo, version_num: int) -> str:
+    """Why the walsender's details are NULL, and the two ways to see them."""
+    if version_num >= 160000:
+        grant = f"GRANT pg_read_all_stats TO {role.name} WITH INHERIT TRUE"
+    elif role.inherit:
+        grant = f"GRANT pg_read_all_stats TO {role.name}"
+    else:  # before 16 a NOINHERIT role only gets a granted role's rights with SET ROLE
+        grant = f"GRANT pg_read_all_stats TO {role.name}; ALTER ROLE {role.name} INHERIT"
+    return (
+        f"hidden from role {role.name}: {HIDDEN_FIELDS} need pg_read_all_stats "
+        f"(pg_monitor includes it). Run with --dsn as a role that has it, or: {grant} "
+        "(see sql/role.sql); lag above does not need it"
+    )
+
+
+def _sender_pairs(sender: dict[str, object], hidden: str | None) -> list[tuple[str, object]]:
+    role = f" (role {sender['role']})" if sender["role"] else ""
+    app, addr = sender["application_name"], sender["client_addr"]
+    if app is None and addr is None and not sender["details_visible"]:
+        client = "hidden (another role's session)"
+    else:
+        client = f"{app or 'no application_name'} at {addr or 'local'}"
+    pairs: list[tuple[str, object]] = [
+        ("walsender", f"pid {sender['pid']}{role}"),
+        ("  client", client),
+    ]
+    if hidden is not None:
+        return [*pairs, ("  details", hidden)]
+
+    def known(key: str) -> str:
+        value = sender[key]
+        return "not reported yet" if value is None else str(value)
+
+    return [
+        *pairs,
+        ("  state", known("state")),
+        ("  sent/write", f"{known('sent_lsn')} / {known('write_lsn')}"),
+        ("  flush/replay", f"{known('flush_lsn')} / {known('replay_lsn')}"),
+        ("  reply_time", known("reply_time")),
+    ]
+
+
+def _show_lines(
+    slot: SlotInfo, document: dict[str, object], hidden: str | None = None
+) -> list[str]:
     safe = document["safe_wal_size"]
     pairs: list[tuple[str, object]] = [
         ("slot", slot.name),
@@ -189,13 +247,7 @@ def _show_lines(slot: SlotInfo, document: dict[str, object]) -> list[str]:
     ]
     sender = document["walsender"]
     if isinstance(sender, dict):
-        pairs += [
-            ("walsender", f"pid {sender['pid']}, {sender['state']}"),
-            ("  client", f"{sender['application_name']} at {sender['client_addr'] or 'local'}"),
-            ("  sent/write", f"{sender['sent_lsn']} / {sender['write_lsn']}"),
-            ("  flush/replay", f"{sender['flush_lsn']} / {sender['replay_lsn']}"),
-            ("  reply_time", sender["reply_time"]),
-        ]
+        pairs += _sender_pairs(sender, hidden)
     else:
         pairs.append(("walsender", "none"))
     pub = document["publication"]

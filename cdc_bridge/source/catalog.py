@@ -277,9 +277,16 @@ async def peek_changes(
 
 @dataclass(frozen=True, slots=True)
 class WalSender:
-    """A walsender's row of pg_stat_replication: what its client reported last."""
+    """A walsender's row of pg_stat_replication: what its client reported last.
+
+    Without pg_read_all_stats PostgreSQL shows only pid (and, for the role's own
+    sessions, application_name and client_addr): the rest is NULL, even for the role's
+    own walsender. ``details_visible`` tells that apart from "not reported yet".
+    """
 
     pid: int
+    role: str | None  # the walsender's role (usename)
+    details_visible: bool  # state is never NULL when it can be seen
     application_name: str | None
     client_addr: str | None  # None: a unix socket
     state: str | None  # startup | catchup | streaming | backup | stopping
@@ -293,7 +300,7 @@ class WalSender:
 async def wal_sender(conn: AsyncConn, pid: int) -> WalSender | None:
     cur = await conn.execute(
         """
-        SELECT pid, application_name, host(client_addr), state, sent_lsn::text,
+        SELECT pid, usename, application_name, host(client_addr), state, sent_lsn::text,
                write_lsn::text, flush_lsn::text, replay_lsn::text,
                to_char(reply_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
         FROM pg_stat_replication WHERE pid = %s
@@ -305,14 +312,16 @@ async def wal_sender(conn: AsyncConn, pid: int) -> WalSender | None:
         return None
     return WalSender(
         pid=row[0],
-        application_name=row[1],
-        client_addr=row[2],
-        state=row[3],
-        sent_lsn=_lsn_or_none(row[4]),
-        write_lsn=_lsn_or_none(row[5]),
-        flush_lsn=_lsn_or_none(row[6]),
-        replay_lsn=_lsn_or_none(row[7]),
-        reply_time=row[8],
+        role=row[1],
+        details_visible=row[4] is not None,
+        application_name=row[2],
+        client_addr=row[3],
+        state=row[4],
+        sent_lsn=_lsn_or_none(row[5]),
+        write_lsn=_lsn_or_none(row[6]),
+        flush_lsn=_lsn_or_none(row[7]),
+        replay_lsn=_lsn_or_none(row[8]),
+        reply_time=row[9],
     )
 
 
@@ -384,15 +393,19 @@ class RoleInfo:
     name: str
     superuser: bool
     replication: bool
+    inherit: bool = True  # NOINHERIT: privileges of granted roles need SET ROLE
 
 
 async def current_role(conn: AsyncConn) -> RoleInfo:
     cur = await conn.execute(
-        "SELECT rolname, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user"
+        "SELECT rolname, rolsuper, rolreplication, rolinherit FROM pg_roles"
+        " WHERE rolname = current_user"
     )
     row = await cur.fetchone()
     assert row is not None
-    return RoleInfo(name=row[0], superuser=bool(row[1]), replication=bool(row[2]))
+    return RoleInfo(
+        name=row[0], superuser=bool(row[1]), replication=bool(row[2]), inherit=bool(row[3])
+    )
 
 
 async def can_select(conn: AsyncConn, table: str) -> bool:

@@ -656,3 +656,150 @@ def test_usage_errors_exit_2() -> None:
     assert missing_target.stderr == "cdc-bridge: give --config FILE or --dsn DSN\n"
     bad_lsn = run_cli("slots", "advance", "s", "--dsn", "x", "--to", "nonsense")
     assert bad_lsn.returncode == 2 and "not an LSN" in bad_lsn.stderr
+
+
+# --- the least-privilege role of sql/role.sql --------------------------------------------------
+
+ROLE_SQL = REPO_ROOT / "sql" / "role.sql"
+
+
+def apply_role_sql(admin_dsn: str) -> str:
+    """Run sql/role.sql with psql as an administrator; the role's DSN (trust auth here)."""
+    result = psql_file(admin_dsn)
+    assert result.returncode == 0 and "ERROR" not in result.stderr, result.stderr
+    return admin_dsn.replace("postgres@", "cdc_bridge@", 1)
+
+
+def psql_file(dsn: str) -> subprocess.CompletedProcess[str]:
+    from cdc_bridge.dev.devstack import find_pg_bindir
+
+    return subprocess.run(
+        [str(find_pg_bindir() / "psql"), "-X", "-q", "-d", dsn, "-f", str(ROLE_SQL)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_role_sql_on_a_fresh_database_says_first_what_must_exist(
+    pg_server: PostgresServer, unique_name: str
+) -> None:
+    name = f"fresh_{unique_name}"
+    dsn = pg_server.create_database(name, outbox_schema=False)
+    try:
+        result = psql_file(dsn)
+        errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+        assert len(errors) == 1, result.stderr  # one statement: nothing half done
+        assert "public.outbox does not exist yet" in errors[0]
+        assert "cdc-bridge init --config FILE --dsn <admin DSN>` first" in result.stderr
+        assert (
+            ROLE_SQL.read_text()
+            .splitlines()[0]
+            .startswith("-- Run AFTER `cdc-bridge init --config FILE --dsn <admin DSN>`")
+        )
+    finally:
+        pg_server.drop_database(name)
+
+
+def init_rows(out: str) -> dict[str, tuple[str, str]]:
+    return {step["kind"]: (step["action"], step["detail"]) for step in json.loads(out)}
+
+
+def test_init_as_the_role_names_what_each_object_needs_then_the_documented_order_works(
+    capsys: pytest.CaptureFixture[str],
+    pg_server: PostgresServer,
+    pg_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    role_dsn = apply_role_sql(pg_dsn)  # the role exists cluster-wide from here on
+    fresh = f"fresh_{unique_name}"
+    fresh_dsn = pg_server.create_database(fresh, outbox_schema=False)
+    try:
+        config = write_config(
+            tmp_path, bridge_config(fresh_dsn.replace("postgres@", "cdc_bridge@"), nats_url,
+                                    unique_name),
+        )  # fmt: skip
+        run = cli(capsys, "init", "--config", config, "--json")
+        assert run.code == 1, run.err
+        steps = init_rows(run.out)
+        assert set(steps) == {"table", "publication", "slot", "stream"}  # nothing skipped
+        assert steps["table"][0] == "problem"
+        assert (
+            "role cdc_bridge may not create it (permission denied for schema public)"
+            in (steps["table"][1])
+        )
+        assert "CREATE on schema public" in steps["table"][1]
+        assert "cdc-bridge init --config FILE --dsn <admin DSN>" in steps["table"][1]
+        assert steps["publication"][0] == "problem"
+        assert steps["publication"][1].startswith("not created: it needs the outbox tables")
+        assert steps["slot"][0] == "problem"
+        assert steps["slot"][1].startswith("not created: a pgoutput slot must be created after")
+        assert steps["stream"][0] == "created"
+    finally:
+        pg_server.drop_database(fresh)
+
+    # The outbox exists (pg_dsn's database): the publication is what the role lacks.
+    config = write_config(tmp_path, bridge_config(role_dsn, nats_url, unique_name))
+    run = cli(capsys, "init", "--config", config)
+    assert run.code == 1
+    assert "None" not in run.out
+    [publication] = [line for line in run.out.splitlines() if "publication" in line.split()[:2]]
+    assert f"CREATE on database db_{unique_name} and ownership of public.outbox" in publication
+    assert "fix: CREATE PUBLICATION" in run.out
+    assert not slot_exists(pg_dsn, unique_name)  # never before its publication
+
+    # The documented order: an administrator once, then the role has all it needs.
+    assert cli(capsys, "init", "--config", config, "--dsn", pg_dsn).code == 0
+    again = cli(capsys, "init", "--config", config, "--json")
+    assert again.code == 0, again.out
+    assert {action for action, _ in init_rows(again.out).values()} == {"exists"}
+
+
+def test_show_as_the_role_says_which_walsender_fields_it_cannot_see_and_never_none(
+    capsys: pytest.CaptureFixture[str],
+    pg_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    tmp_path: Path,
+    make_bridge: MakeBridge,
+) -> None:
+    role_dsn = apply_role_sql(pg_dsn)
+    config_dict = bridge_config(role_dsn, nats_url, unique_name)
+    config = write_config(tmp_path, config_dict)
+    assert cli(capsys, "init", "--config", config, "--dsn", pg_dsn).code == 0
+    start_bridge(make_bridge, config_dict)  # streams as cdc_bridge
+    insert_transaction(pg_dsn, [("ticket", "created")])
+
+    def walsender(dsn: str, *, replied: bool = False) -> dict[str, Any] | None:
+        """The walsender as ``dsn``'s role sees it (once it has replied, if asked)."""
+        run = cli(capsys, "slots", "show", unique_name, "--config", config, "--dsn", dsn,
+                  "--json")  # fmt: skip
+        assert run.code == 0, run.err
+        sender: dict[str, Any] | None = run.json()["walsender"]
+        if sender is None or (replied and sender["reply_time"] is None):
+            return None
+        return sender
+
+    seen = wait_until(lambda: walsender(role_dsn), timeout=STARTUP_TIMEOUT,
+                      message="no walsender")  # fmt: skip
+    assert tuple(seen) == json_keys.WALSENDER_KEYS
+    # PostgreSQL hides these even from the walsender's own role; pid and client it shows.
+    assert seen["role"] == "cdc_bridge" and seen["details_visible"] is False
+    assert seen["application_name"] is not None
+    assert [seen[k] for k in ("state", "sent_lsn", "flush_lsn", "reply_time")] == [None] * 4
+
+    human = cli(capsys, "slots", "show", unique_name, "--config", config)
+    assert human.code == 0, human.err
+    assert "None" not in human.out
+    assert f"pid {seen['pid']} (role cdc_bridge)" in human.out
+    assert "hidden from role cdc_bridge: state, sent/write/flush/replay and reply_time need " \
+        "pg_read_all_stats (pg_monitor includes it). Run with --dsn as a role that has it" \
+        in human.out  # fmt: skip
+    assert "ALTER ROLE cdc_bridge INHERIT" in human.out or "WITH INHERIT TRUE" in human.out
+
+    admin = wait_until(lambda: walsender(pg_dsn, replied=True), timeout=STARTUP_TIMEOUT,
+                       message="the admin never saw the walsender's reply")  # fmt: skip
+    assert admin["details_visible"] is True and admin["state"] == "streaming"
+    shown = cli(capsys, "slots", "show", unique_name, "--config", config, "--dsn", pg_dsn)
+    assert "None" not in shown.out and "hidden" not in shown.out
+    assert "  state" in shown.out and "streaming" in shown.out

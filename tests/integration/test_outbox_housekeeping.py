@@ -6,10 +6,12 @@ event still arrives exactly once, and no delete ever becomes a message.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from support.bridge import (
 )
 from support.outbox import bridge_config, duplicated_ids, message_ids, wait_for_ids
 
+from cdc_bridge.cli import json_keys
 from cdc_bridge.dev.devstack import find_pg_bindir
 from cdc_bridge.outbox import Event, emit, emit_many
 
@@ -268,3 +271,66 @@ def test_pruning_while_the_bridge_runs_or_is_down_loses_and_adds_nothing(
     messages = wait_for_ids(nats_url, unique_name.upper(), expected)
     assert message_ids(messages) == expected  # no delete became a message, none was lost
     assert duplicated_ids(messages) == {}
+
+
+# --- prune and the least-privilege role (sql/role.sql) ---------------------------------------
+
+
+def bridge_role_dsn(admin_dsn: str) -> str:
+    """The same database as sql/role.sql's role (trust auth on the test server)."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute((SQL_DIR / "role.sql").read_text().encode())
+    return admin_dsn.replace("postgres@", "cdc_bridge@", 1)
+
+
+def test_prune_as_the_bridges_role_says_in_one_line_what_it_needs_and_deletes_nothing(
+    pg_dsn: str, nats_url: str, unique_name: str, tmp_path: Path
+) -> None:
+    insert_aged(pg_dsn, 3, "2 days")
+    role_dsn = bridge_role_dsn(pg_dsn)
+    config = write_config(tmp_path, bridge_config(role_dsn, nats_url, unique_name))
+
+    refused = run_prune(config, "--older-than", "1d")
+    assert refused.returncode == 1
+    assert refused.stderr.splitlines() == [
+        "cdc-bridge: role cdc_bridge may not delete from public.outbox: prune needs "
+        "UPDATE, DELETE on it (the bridge's own role, sql/role.sql, has SELECT only). "
+        "Run it with --dsn as a role that may (e.g. the table's owner), or "
+        "GRANT SELECT, UPDATE, DELETE ON public.outbox TO <a housekeeping role>"
+    ]
+    assert count_rows(pg_dsn) == 3
+
+    counted = run_prune(config, "--older-than", "1d", "--dry-run", "--json")  # SELECT is enough
+    assert counted.returncode == 0, counted.stderr
+    assert json.loads(counted.stdout)["total_rows"] == 3
+
+    # The documented fix: a role that has exactly what the line names.
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'housekeeping')"
+            " THEN CREATE ROLE housekeeping LOGIN; END IF; END $$"
+        )
+        conn.execute("GRANT USAGE ON SCHEMA public TO housekeeping")
+        conn.execute("GRANT SELECT, UPDATE, DELETE ON public.outbox TO housekeeping")
+    housekeeping = pg_dsn.replace("postgres@", "housekeeping@", 1)
+    pruned = run_prune(config, "--older-than", "1d", "--dsn", housekeeping)
+    assert pruned.returncode == 0, pruned.stderr
+    assert count_rows(pg_dsn) == 0
+
+
+def test_prune_json_has_the_documented_keys(
+    pg_dsn: str, nats_url: str, unique_name: str, tmp_path: Path
+) -> None:
+    insert_aged(pg_dsn, 5, "2 days")
+    insert_aged(pg_dsn, 1, "1 minute")
+    config = write_config(tmp_path, bridge_config(pg_dsn, nats_url, unique_name))
+    pruned = run_prune(config, "--older-than", "1d", "--batch-size", "2", "--json")
+    assert pruned.returncode == 0, pruned.stderr
+    document = json.loads(pruned.stdout)
+    assert tuple(document) == json_keys.PRUNE_KEYS
+    assert document["dry_run"] is False and document["total_rows"] == 5
+    [table] = document["tables"]
+    assert tuple(table) == json_keys.PRUNE_TABLE_KEYS
+    assert table == {"table": "public.outbox", "rows": 5, "batches": 3}
+    assert datetime.fromisoformat(document["cutoff"]) < datetime.now(UTC)
+    assert count_rows(pg_dsn) == 1

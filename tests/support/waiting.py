@@ -14,12 +14,13 @@ DEFAULT_TIMEOUT = 10.0
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float = DEFAULT_TIMEOUT,
     interval: float = 0.05,
     message: str = "condition not met",
 ) -> T:
-    """Call ``predicate`` until it returns something truthy; return that value.
+    """Call ``predicate`` until it returns something truthy; return that value (so a
+    predicate returning ``X | None`` gives an ``X``).
 
     Raises AssertionError(``message``) if it is still falsy after ``timeout`` seconds. The
     predicate is always tried once more at the deadline, so a slow machine that got there
