@@ -68,7 +68,7 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_outside_the_repo(
 ) -> None:
     wheel = build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"cdc_bridge/py.typed", "cdc_bridge/sql/outbox.sql", "cdc_bridge/cli.py"} <= names
+    assert {"cdc_bridge/py.typed", "cdc_bridge/sql/outbox.sql", "cdc_bridge/cli/main.py"} <= names
     assert not any(name.startswith(("tests/", "bench/", "examples/")) for name in names)
 
     venv = tmp_path / "venv"
