@@ -24,17 +24,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from cdc_bridge.config.problems import ConfigError, KeyPath, Problems, format_key_path
 from cdc_bridge.config.schema import CHANGE_PAYLOAD, ROW_PAYLOAD, ConfigFile, RouteSection
 from cdc_bridge.config.secrets import SecretValues, credentials_seed, load_secrets
 from cdc_bridge.config.validation import add_validation_problems
-from cdc_bridge.config.yaml_source import (
-    ConfigError,
-    KeyPath,
-    Problems,
-    expand_env,
-    format_key_path,
-    read_yaml,
-)
+from cdc_bridge.config.yaml_source import expand_env, read_yaml
 from cdc_bridge.core.redaction import Redactor, redact_dsn, secrets_in, shown_value
 from cdc_bridge.core.templates import (
     ACTION_PSEUDO_COLUMN,

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cdc_bridge.config.problems import Problems
 from cdc_bridge.config.schema import ConfigFile, NatsSection
-from cdc_bridge.config.yaml_source import Problems
 from cdc_bridge.core.redaction import redact, secrets_in
 from cdc_bridge.core.tls import TlsFileError, client_tls_context
 

@@ -14,8 +14,8 @@ from typing import Annotated, Any, TypeGuard
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from cdc_bridge.config.problems import KeyPath, Problems
 from cdc_bridge.config.schema import ConfigFile
-from cdc_bridge.config.yaml_source import KeyPath, Problems
 from cdc_bridge.core.redaction import SENSITIVE_KEY, shown_value
 
 
