@@ -40,7 +40,8 @@ def _print_error(message: str) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from cdc_bridge.bridge.logs import configure_logging
     from cdc_bridge.bridge.supervisor import install_signal_handlers, run_bridge
-    from cdc_bridge.config.model import ConfigError, load_config
+    from cdc_bridge.config.load import load_config
+    from cdc_bridge.config.problems import ConfigError
 
     try:
         config = load_config(args.config)
@@ -69,7 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_dev(args: argparse.Namespace) -> int:
     from cdc_bridge.bridge.logs import configure_logging
     from cdc_bridge.bridge.supervisor import install_signal_handlers, run_bridge
-    from cdc_bridge.config.model import ConfigError, load_config
+    from cdc_bridge.config.load import load_config
+    from cdc_bridge.config.problems import ConfigError
     from cdc_bridge.dev.demo import print_events, produce_tickets
     from cdc_bridge.dev.devstack import DevStack, DevstackError, free_port, outbox_schema_sql
     from cdc_bridge.source.setup import prepare_postgres
@@ -136,7 +138,8 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
     """Exit 0 routed, 1 dead-lettered or poison, 2 when the inputs are unusable."""
     import json
 
-    from cdc_bridge.config.model import ConfigError, load_config
+    from cdc_bridge.config.load import load_config
+    from cdc_bridge.config.problems import ConfigError
     from cdc_bridge.routing.preview import preview_row, resolve_table, row_from_json
 
     try:
@@ -158,7 +161,7 @@ def cmd_routes_test(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox_prune(args: argparse.Namespace) -> int:
-    from cdc_bridge.config.model import load_config
+    from cdc_bridge.config.load import load_config
     from cdc_bridge.ops.errors import run_command
     from cdc_bridge.ops.prune import prune_command
 

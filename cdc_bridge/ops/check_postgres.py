@@ -6,7 +6,8 @@ from collections.abc import Awaitable, Callable
 
 import psycopg
 
-from cdc_bridge.config.model import BridgeConfig, redact_dsn
+from cdc_bridge.config.model import BridgeConfig
+from cdc_bridge.core.redaction import redact_dsn
 from cdc_bridge.ops.check_results import CheckResult, fail, ok, skip, warn
 from cdc_bridge.ops.errors import OpsError, describe_postgres_error
 from cdc_bridge.ops.render import human_bytes, lsn_text

@@ -217,7 +217,7 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from cdc_bridge.config.model import load_config
+    from cdc_bridge.config.load import load_config
     from cdc_bridge.ops.errors import UsageError, run_command
     from cdc_bridge.ops.status import status_command, status_url
 

@@ -9,7 +9,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
-from cdc_bridge.config.model import BridgeConfig, load_config
+from cdc_bridge.config.load import load_config
+from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.ops.errors import OpsError, UsageError, describe_postgres_error
 
 DEFAULT_CONNECT_TIMEOUT = 10.0

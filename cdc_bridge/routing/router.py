@@ -25,18 +25,16 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from cdc_bridge.config.model import (
-    CHANGE_PAYLOAD,
-    ROW_PAYLOAD,
+from cdc_bridge.config.model import BridgeConfig, RouteConfig
+from cdc_bridge.config.schema import CHANGE_PAYLOAD, ROW_PAYLOAD
+from cdc_bridge.core.changes import ColumnValue, RowChange
+from cdc_bridge.core.headers import HEADER_NAME, controls_jetstream
+from cdc_bridge.core.templates import (
     TABLE_PSEUDO_COLUMN,
-    BridgeConfig,
-    RouteConfig,
     Template,
     check_subject_template,
     parse_template,
 )
-from cdc_bridge.core.changes import ColumnValue, RowChange
-from cdc_bridge.core.headers import HEADER_NAME, controls_jetstream
 from cdc_bridge.routing.change_events import change_json, routing_row
 
 DEAD_LETTER_ROUTE = "dead_letter"

@@ -1,19 +1,15 @@
-import dataclasses
 import typing
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from cdc_bridge.config.model import (
-    BridgeConfig,
-    ConfigError,
-    format_key_path,
-    load_config,
-    parse_config,
-    parse_template,
-    redact_dsn,
-)
+from cdc_bridge.config.load import load_config, parse_config
+from cdc_bridge.config.model import BridgeConfig
+from cdc_bridge.config.problems import ConfigError, format_key_path
+from cdc_bridge.core.redaction import redact_dsn
+from cdc_bridge.core.templates import parse_template
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -160,7 +156,8 @@ http: {listen: "127.0.0.1:0"}
         ("Kind", "fixed.value"),
     )
     assert (route.payload, route.id) == ("row", "aggregate_id")
-    assert config.logging == dataclasses.replace(config.logging, format="console", level="warning")
+    expected_logging = {"format": "console", "level": "warning"}
+    assert config.logging == config.logging.model_copy(update=expected_logging)
     assert config.shutdown_timeout == 30.0
     assert config.http.listen == "127.0.0.1:0"
     assert (config.http.host, config.http.port) == ("127.0.0.1", 0)
@@ -177,13 +174,14 @@ def test_shipped_config_files_parse() -> None:
 def test_example_shows_every_key() -> None:
     from pydantic import BaseModel
 
-    from cdc_bridge.config.model import _ConfigFile, _RouteSection
+    from cdc_bridge.config.model import RouteConfig
 
     example = yaml.safe_load((REPO / "config" / "example.yaml").read_text())
 
     def missing(model: type[BaseModel], data: dict[str, object], path: str) -> list[str]:
         absent = []
-        for key, info in model.model_fields.items():
+        for name, info in model.model_fields.items():
+            key = info.alias or name  # the key in the file (outbox.table is `tables`)
             if key not in data:
                 absent.append(path + key)
                 continue
@@ -194,16 +192,47 @@ def test_example_shows_every_key() -> None:
                     absent += missing(candidate, value, f"{path}{key}.")
         return absent
 
-    assert missing(_ConfigFile, example, "") == []
-    assert missing(_RouteSection, example["routes"][0], "routes[0].") == []
+    assert missing(BridgeConfig, example, "") == []
+    assert missing(RouteConfig, example["routes"][0], "routes[0].") == []
 
 
 def test_config_values_are_frozen() -> None:
     config = parse_config(CONTRACT, env={})
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(ValidationError, match="frozen"):
         config.postgres.slot = "other"  # type: ignore[misc]
     assert isinstance(config, BridgeConfig)
     hash(config.routes)
+
+
+def test_the_sections_validate_straight_into_the_values() -> None:
+    """One model: what the bridge reads is what the file validated into, defaults and
+    derived values included (no second set of classes to keep in step)."""
+    config = BridgeConfig.model_validate(yaml.safe_load(CONTRACT))
+    assert config == parse_config(CONTRACT, env={})
+    first, second = config.routes
+    assert (second.name, second.payload, second.id, second.id_given) == (
+        "routes[1]",
+        "payload",
+        "id",
+        False,
+    )
+    assert first.subject_template == parse_template("events.ticket.{event_type}")
+    sections = [BridgeConfig, type(config.postgres), type(config.nats), type(first)]
+    for section in sections:
+        assert section.model_config.get("frozen") and section.model_config.get("extra") == "forbid"
+
+
+def test_derived_values_are_computed_once_at_load() -> None:
+    text = CONTRACT.replace(
+        '"events.ticket.{event_type}"', '"events.ticket.{event_type}"\n    headers: {A: "{id}"}'
+    )
+    config = parse_config(text + "http: {listen: '[::1]:9000'}\n", env={})
+    assert config.redactor() is config.redactor()
+    assert config.secrets() is config.secrets()
+    route = config.routes[0]
+    assert route.subject_template is route.subject_template
+    assert route.header_templates == (("A", parse_template("{id}")),)
+    assert (config.http.host, config.http.port) == ("::1", 9000)
 
 
 def test_template_columns_lists_every_referenced_column() -> None:

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from cdc_bridge.bridge.metrics import Metrics
-from cdc_bridge.config.model import load_config, parse_config
+from cdc_bridge.config.load import load_config, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
