@@ -145,7 +145,7 @@ class NatsConfig(Section):
     token_file: NonEmpty | None = None
     nkey_seed_file: NonEmpty | None = None
     creds_file: NonEmpty | None = None
-    _auth: NatsAuth = PrivateAttr(default_factory=NatsAuth)
+    _auth: NatsAuth = PrivateAttr()
 
     def model_post_init(self, context: Any) -> None:
         # Right for a config without *_file keys; loading replaces it once they are read.
@@ -197,7 +197,7 @@ class RouteConfig(Section):
     headers: Headers = ()  # (header name, template)
     payload: PayloadColumn = ""  # a column, ROW_PAYLOAD or CHANGE_PAYLOAD
     id: IdColumn = ""  # the column for Nats-Msg-Id
-    _id_given: bool = PrivateAttr(default=True)
+    _id_given: bool = PrivateAttr()
     _subject_template: Template = PrivateAttr()
     _header_templates: tuple[tuple[str, Template], ...] = PrivateAttr()
 
@@ -273,8 +273,8 @@ class BridgeConfig(Section):
     shutdown_timeout: Duration = 10.0
     stall_timeout: Duration = 60.0  # events in flight but no ack for this long: not ready
     http: Annotated[HttpConfig, BeforeValidator(disabled_http)] = Field(default_factory=HttpConfig)
-    _secrets: frozenset[str] = PrivateAttr(default=frozenset())
-    _redactor: Redactor = PrivateAttr(default_factory=Redactor)
+    _secrets: frozenset[str] = PrivateAttr()
+    _redactor: Redactor = PrivateAttr()
 
     @field_validator("routes")
     @classmethod
