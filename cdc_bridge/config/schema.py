@@ -203,8 +203,6 @@ Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
 PositiveDuration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 Column = Annotated[str, AfterValidator(_column)]
 NonEmpty = Annotated[str, Field(min_length=1)]
-# Not repeated in reprs: the value is, or may hold, a secret.
-Secret = Annotated[str, Field(min_length=1, repr=False)]
 
 SlotName = Annotated[
     str,
