@@ -18,9 +18,9 @@ from cdc_bridge.bridge.metrics import Metrics
 from cdc_bridge.bridge.pipeline import PoisonRowError, UndecodableChange
 from cdc_bridge.bridge.session import BridgeState, run_session
 from cdc_bridge.bridge.status import BridgeStatus, progress_fields
-from cdc_bridge.config.model import BridgeConfig, redact_dsn
+from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
-from cdc_bridge.core.redaction import redact
+from cdc_bridge.core.redaction import redact, redact_dsn
 from cdc_bridge.routing.router import Router
 from cdc_bridge.sink.connect import NatsPermissionError
 from cdc_bridge.source.catalog import (

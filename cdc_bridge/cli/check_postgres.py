@@ -10,7 +10,8 @@ from cdc_bridge.cli.check_results import CheckResult, fail, ok, skip, warn
 from cdc_bridge.cli.errors import OpsError, describe_postgres_error
 from cdc_bridge.cli.render import human_bytes, lsn_text
 from cdc_bridge.cli.target import connect_postgres, password_for
-from cdc_bridge.config.model import BridgeConfig, redact_dsn
+from cdc_bridge.config.model import BridgeConfig
+from cdc_bridge.core.redaction import redact_dsn
 from cdc_bridge.source.catalog import (
     AsyncConn,
     SlotInfo,

@@ -29,7 +29,8 @@ def _port_is_free(port: int) -> bool:
 def dev_command(args: argparse.Namespace) -> int:
     from cdc_bridge.bridge.logs import configure_logging
     from cdc_bridge.bridge.supervisor import install_signal_handlers, run_bridge
-    from cdc_bridge.config.model import ConfigError, load_config
+    from cdc_bridge.config.load import load_config
+    from cdc_bridge.config.problems import ConfigError
     from cdc_bridge.dev.demo import print_events, produce_tickets
     from cdc_bridge.dev.devstack import DevStack, DevstackError, dev_schema_sql, free_port
     from cdc_bridge.source.setup import prepare_postgres

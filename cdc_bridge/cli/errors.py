@@ -16,7 +16,7 @@ import nats.errors
 import psycopg
 
 from cdc_bridge.bridge.logs import configure_logging
-from cdc_bridge.config.model import ConfigError
+from cdc_bridge.config.problems import ConfigError
 from cdc_bridge.core.redaction import redact_dsn
 
 EXIT_OK = 0

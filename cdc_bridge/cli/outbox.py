@@ -28,7 +28,8 @@ from cdc_bridge.cli.args import json_flag
 from cdc_bridge.cli.errors import EXIT_OK, OpsError, run_command
 from cdc_bridge.cli.json_keys import key_list
 from cdc_bridge.cli.target import connect_postgres, password_for
-from cdc_bridge.config.model import BridgeConfig, load_config
+from cdc_bridge.config.load import load_config
+from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.durations import DurationError, parse_duration
 from cdc_bridge.source.catalog import AsyncConn, table_columns, table_identifier
 

@@ -14,7 +14,8 @@ def routes_test_command(args: argparse.Namespace) -> int:
     """Exit 0 routed, 1 dead-lettered or poison, 2 when the inputs are unusable."""
     import json
 
-    from cdc_bridge.config.model import ConfigError, load_config
+    from cdc_bridge.config.load import load_config
+    from cdc_bridge.config.problems import ConfigError
     from cdc_bridge.routing.preview import preview_row, resolve_table, row_from_json
 
     try:

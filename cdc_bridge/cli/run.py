@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 def run_command(args: argparse.Namespace) -> int:
     from cdc_bridge.bridge.logs import configure_logging
     from cdc_bridge.bridge.supervisor import install_signal_handlers, run_bridge
-    from cdc_bridge.config.model import ConfigError, load_config
+    from cdc_bridge.config.load import load_config
+    from cdc_bridge.config.problems import ConfigError
 
     try:
         config = load_config(args.config)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from cdc_bridge.cli.args import command_parser, json_flag
 from cdc_bridge.cli.errors import EXIT_OK, OpsError, UsageError, run_command
 from cdc_bridge.cli.render import dumps, human_bytes, key_values
-from cdc_bridge.config.model import load_config
+from cdc_bridge.config.load import load_config
 
 if TYPE_CHECKING:
     from cdc_bridge.cli.args import Subcommands

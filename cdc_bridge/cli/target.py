@@ -10,7 +10,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
 from cdc_bridge.cli.errors import OpsError, UsageError, describe_postgres_error
-from cdc_bridge.config.model import BridgeConfig, load_config
+from cdc_bridge.config.load import load_config
+from cdc_bridge.config.model import BridgeConfig
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 # A URL's userinfo password, or a keyword DSN's password value.

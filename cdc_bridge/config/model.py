@@ -1,124 +1,109 @@
-"""Configuration: YAML text -> env expansion -> validation -> frozen values.
+"""The configuration the bridge runs with: one frozen pydantic model per section of the
+YAML file, its fields named as the file's keys (config/example.yaml documents them all).
 
-Every problem in a config file becomes one line, ``config.yaml:12: routes[1].subject:
-<message>``, and all problems are reported at once so a broken file is fixed in one
-round. Secrets never appear in those lines: values under keys named like a DSN,
-password or token are shown as ``<redacted>``, and any echoed URL loses its password.
-
-The work is split by job: ``_yaml_source`` (YAML with line numbers, ``${VAR}``
-expansion, the problem list), ``_config_schema`` (the pydantic models of the file),
-``_validation_errors`` (pydantic errors -> plain lines), ``templates`` (``{column}``
-templates and subject checks) and ``redaction``. This module holds the frozen values the
-rest of the bridge uses, and re-exports what other modules import from here.
-
-``config/example.yaml`` documents every key.
+The models are the schema and the values at once: config/load.py validates the file into
+them. What follows from the keys is computed once, while loading, and read as plain
+attributes: a route's defaults (from the outbox section), its parsed templates, the HTTP
+host and port, the secrets read from ``*_file`` keys, and the redactor that hides them.
 """
 
 from __future__ import annotations
 
-import os
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import ValidationError
-
-from cdc_bridge.config.schema import CHANGE_PAYLOAD, ROW_PAYLOAD, ConfigFile, RouteSection
-from cdc_bridge.config.secrets import SecretValues, credentials_seed, load_secrets
-from cdc_bridge.config.validation import add_validation_problems
-from cdc_bridge.config.yaml_source import (
-    ConfigError,
-    KeyPath,
-    Problems,
-    expand_env,
-    format_key_path,
-    read_yaml,
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
 )
-from cdc_bridge.core.redaction import Redactor, redact_dsn, secrets_in, shown_value
+
+from cdc_bridge.config.schema import (
+    CHANGE_PAYLOAD,
+    ROW_PAYLOAD,
+    Column,
+    ConcreteSubject,
+    Duration,
+    Headers,
+    IdColumn,
+    Listen,
+    LogLevel,
+    MessagePrefixes,
+    NonEmpty,
+    PayloadColumn,
+    PositiveDuration,
+    PublicationName,
+    RouteName,
+    Servers,
+    SlotName,
+    StreamName,
+    SubjectFilters,
+    SubjectTemplate,
+    TableNames,
+    When,
+    disabled_http,
+    none_is_empty,
+)
+from cdc_bridge.core.redaction import Redactor, secrets_in
 from cdc_bridge.core.templates import (
     ACTION_PSEUDO_COLUMN,
     TABLE_PSEUDO_COLUMN,
     Template,
-    check_subject_template,
     parse_template,
 )
 
-# The schema under the names tests/unit/test_config.py reads it by.
-_ConfigFile = ConfigFile
-_RouteSection = RouteSection
 
-__all__ = [
-    "ACTION_PSEUDO_COLUMN",
-    "CHANGE_PAYLOAD",
-    "ROW_PAYLOAD",
-    "TABLE_PSEUDO_COLUMN",
-    "BridgeConfig",
-    "ConfigError",
-    "DeadLetterConfig",
-    "HttpConfig",
-    "KeyPath",
-    "LoggingConfig",
-    "NatsAuthConfig",
-    "NatsConfig",
-    "NatsTlsConfig",
-    "OutboxConfig",
-    "PostgresConfig",
-    "RouteConfig",
-    "StreamConfig",
-    "Template",
-    "check_subject_template",
-    "format_key_path",
-    "load_config",
-    "parse_config",
-    "parse_template",
-    "redact_dsn",
-]
-
-# ---------------------------------------------------------------------------------------
-# Public values
-# ---------------------------------------------------------------------------------------
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-@dataclass(frozen=True, slots=True)
-class PostgresConfig:
-    dsn: str = field(repr=False)  # may hold a password: use redact_dsn() to show it
-    slot: str
-    publication: str
-    plugin: str  # "pgoutput" | "wal2json"
-    status_interval: float  # seconds
-    connect_timeout: float
-    # From postgres.password_file: given to libpq as its `password` parameter, never
-    # written into the DSN (which is logged, redacted, and shown by the ops commands).
-    password: str | None = field(default=None, repr=False)
+class PostgresConfig(Section):
+    dsn: NonEmpty = Field(repr=False)  # may hold a password: use redact_dsn() to show it
+    slot: SlotName = "cdc_bridge"
+    publication: PublicationName = "cdc_bridge"
+    plugin: Literal["pgoutput", "wal2json"] = "pgoutput"
+    status_interval: PositiveDuration = 10.0
+    connect_timeout: PositiveDuration = 10.0
+    password_file: NonEmpty | None = None
+    _password: str | None = PrivateAttr(default=None)
+
+    @property
+    def password(self) -> str | None:
+        """password_file's content, read at start-up: given to libpq as its own
+        ``password`` parameter, never written into the DSN (which is logged, redacted,
+        and shown by the ops commands)."""
+        return self._password
 
 
-@dataclass(frozen=True, slots=True)
-class StreamConfig:
+class StreamConfig(Section):
     """The stream the bridge creates when it is missing (an existing one is left as is)."""
 
-    name: str
-    subjects: tuple[str, ...]
-    duplicate_window: float  # seconds
-    storage: str  # "file" | "memory"
-    replicas: int
-    max_age: float  # seconds; 0 = unlimited
+    name: StreamName
+    subjects: SubjectFilters
+    duplicate_window: Duration = 120.0  # seconds
+    storage: Literal["file", "memory"] = "file"
+    replicas: Annotated[int, Field(ge=1, le=5)] = 1
+    max_age: Duration = 0.0  # seconds; 0 = unlimited
 
 
-@dataclass(frozen=True, slots=True)
-class NatsTlsConfig:
+class NatsTlsConfig(Section):
     """TLS towards NATS: the server is always verified (ca_file, or the system's CAs)."""
 
-    ca_file: str | None = None
-    cert_file: str | None = None  # a client certificate, for servers that verify clients
-    key_file: str | None = None
+    ca_file: NonEmpty | None = None
+    cert_file: NonEmpty | None = None  # a client certificate, for servers that verify clients
+    key_file: NonEmpty | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class NatsAuthConfig:
+class NatsAuth:
     """How the bridge authenticates to NATS: at most one method is set (checked on load).
 
-    The ``*_file`` keys were read at start-up: these hold the secrets themselves.
+    Not a section of the file: the auth keys of ``nats``, with the ``*_file`` keys read
+    (config/secrets.py), so these hold the secrets themselves.
     """
 
     user: str | None = None
@@ -126,6 +111,7 @@ class NatsAuthConfig:
     token: str | None = field(default=None, repr=False)
     nkey_seed: str | None = field(default=None, repr=False)  # from nats.nkey_seed_file
     credentials: str | None = field(default=None, repr=False)  # creds_file's text (JWT + seed)
+    credentials_seed: str | None = field(default=None, repr=False)  # the seed in credentials
 
     @property
     def method(self) -> str:
@@ -139,111 +125,203 @@ class NatsAuthConfig:
         return "user/password" if self.user is not None else "none"
 
     def secrets(self) -> set[str]:
-        found = {s for s in (self.password, self.token, self.nkey_seed) if s is not None}
-        if self.credentials is not None:
-            seed = credentials_seed(self.credentials)
-            if seed is not None:
-                found.add(seed)
-        return found
+        candidates = (self.password, self.token, self.nkey_seed, self.credentials_seed)
+        return {secret for secret in candidates if secret is not None}
 
 
-@dataclass(frozen=True, slots=True)
-class NatsConfig:
-    servers: tuple[str, ...]
+class NatsConfig(Section):
+    servers: Servers
     stream: StreamConfig
-    ack_timeout: float
-    max_in_flight: int
-    connect_timeout: float
+    ack_timeout: PositiveDuration = 5.0
+    max_in_flight: Annotated[int, Field(ge=1)] = 4096
+    connect_timeout: PositiveDuration = 5.0
     tls: NatsTlsConfig | None = None  # None: plain TCP, unless a tls:// server URL says TLS
-    auth: NatsAuthConfig = NatsAuthConfig()
+    # One way to authenticate, at most: config/secrets.py checks the combination and
+    # reads the files; `auth` holds the outcome.
+    user: NonEmpty | None = None
+    password: NonEmpty | None = Field(default=None, repr=False)
+    password_file: NonEmpty | None = None
+    token: NonEmpty | None = Field(default=None, repr=False)
+    token_file: NonEmpty | None = None
+    nkey_seed_file: NonEmpty | None = None
+    creds_file: NonEmpty | None = None
+    _auth: NatsAuth = PrivateAttr()
+
+    def model_post_init(self, context: Any) -> None:
+        # Right for a config without *_file keys; loading replaces it once they are read.
+        self._auth = NatsAuth(user=self.user, password=self.password, token=self.token)
+
+    @property
+    def auth(self) -> NatsAuth:
+        return self._auth
 
 
-@dataclass(frozen=True, slots=True)
-class OutboxConfig:
-    tables: tuple[str, ...]  # "schema.table"
-    id_column: str
-    payload_column: str
-    headers_column: str | None  # None: rows carry no headers
+class OutboxConfig(Section):
+    # Before `table`: its check reads these two (pydantic validates in field order).
     # Prefixes of transactional logical decoding messages that are events (messages.py);
     # empty: messages are ignored. With prefixes, ``tables`` may be empty.
-    message_prefixes: tuple[str, ...] = ()
-    # "schema.table": ordinary tables whose inserts, updates and deletes are change
-    # events (change_events.py); never also in ``tables``.
-    change_tables: tuple[str, ...] = ()
+    message_prefixes: MessagePrefixes = ()
+    # Ordinary tables whose inserts, updates and deletes are change events
+    # (change_events.py); never also in ``tables``.
+    change_tables: TableNames = ()
+    tables: TableNames = Field(default=("public.outbox",), alias="table")  # "schema.table"
+    id_column: Column = "id"
+    payload_column: Column = "payload"
+    headers_column: Column | None = "headers"  # None: rows carry no headers
+
+    @field_validator("tables")
+    @classmethod
+    def _tables_or_messages(cls, tables: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        change_tables = info.data.get("change_tables") or ()
+        if not tables and not info.data.get("message_prefixes") and not change_tables:
+            raise ValueError(
+                "must not be empty: list the outbox tables, or set outbox.message_prefixes "
+                "for an outbox of logical decoding messages only (or outbox.change_tables "
+                "for change events only)"
+            )
+        both = sorted(set(tables) & set(change_tables))
+        if both:
+            raise ValueError(
+                f"{both[0]} is also in outbox.change_tables: a table is either an outbox "
+                "table (its rows are events) or a change table (its changes are events)"
+            )
+        return tables
 
 
-@dataclass(frozen=True, slots=True)
-class RouteConfig:
-    name: str
-    when: tuple[tuple[str, tuple[str, ...]], ...]  # (column, alternatives); empty = every row
-    subject: str  # template
-    headers: tuple[tuple[str, str], ...]  # (header name, template)
-    payload: str  # a column, ROW_PAYLOAD or CHANGE_PAYLOAD; outbox.payload_column when not given
-    id: str  # column for Nats-Msg-Id; outbox.id_column when not given
-    # Whether the route names its `id` column itself. Change events use it only then:
-    # otherwise they get "<commit LSN>-<index>", since the default id column of a
-    # changed table (its key, say) repeats on every change of the same row.
-    id_given: bool = True
+class RouteConfig(Section):
+    # name, payload and id: "" when the file leaves them out, until BridgeConfig fills
+    # in their defaults (routes[<index>], outbox.payload_column, outbox.id_column).
+    name: RouteName = ""
+    when: When = ()  # (column, alternatives); empty = every row
+    subject: SubjectTemplate
+    headers: Headers = ()  # (header name, template)
+    payload: PayloadColumn = ""  # a column, ROW_PAYLOAD or CHANGE_PAYLOAD
+    id: IdColumn = ""  # the column for Nats-Msg-Id
+    _id_given: bool = PrivateAttr()
+    _subject_template: Template = PrivateAttr()
+    _header_templates: tuple[tuple[str, Template], ...] = PrivateAttr()
+
+    def model_post_init(self, context: Any) -> None:
+        self._id_given = bool(self.id)
+        self._subject_template = parse_template(self.subject)
+        self._header_templates = tuple((name, parse_template(t)) for name, t in self.headers)
+
+    @property
+    def id_given(self) -> bool:
+        """Whether the route names its `id` column itself. Change events use it only then:
+        otherwise they get "<commit LSN>-<index>", since the default id column of a
+        changed table (its key, say) repeats on every change of the same row."""
+        return self._id_given
+
+    @property
+    def subject_template(self) -> Template:
+        return self._subject_template
+
+    @property
+    def header_templates(self) -> tuple[tuple[str, Template], ...]:
+        return self._header_templates
+
+    def with_defaults(self, index: int, outbox: OutboxConfig) -> RouteConfig:
+        return self.model_copy(
+            update={
+                "name": self.name or f"routes[{index}]",
+                "payload": self.payload or outbox.payload_column,
+                "id": self.id or outbox.id_column,
+            }
+        )
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetterConfig:
-    subject: str
+class DeadLetterConfig(Section):
+    subject: ConcreteSubject
 
 
-@dataclass(frozen=True, slots=True)
-class LoggingConfig:
-    format: str  # "json" | "console"
-    level: str  # "debug" | "info" | "warning" | "error"
+class LoggingConfig(Section):
+    format: Literal["json", "console"] = "json"
+    level: LogLevel = "info"
 
 
-@dataclass(frozen=True, slots=True)
-class HttpConfig:
-    listen: str | None  # "host:port"; None = no HTTP server
+class HttpConfig(Section):
+    listen: Listen = "127.0.0.1:8080"  # "host:port"; None = no HTTP server
+    _host: str | None = PrivateAttr(default=None)
+    _port: int | None = PrivateAttr(default=None)
+
+    def model_post_init(self, context: Any) -> None:
+        if self.listen is not None:
+            host, _, port = self.listen.rpartition(":")
+            self._host, self._port = host.strip("[]"), int(port)
 
     @property
     def host(self) -> str | None:
-        return None if self.listen is None else self.listen.rpartition(":")[0].strip("[]")
+        return self._host
 
     @property
     def port(self) -> int | None:
-        return None if self.listen is None else int(self.listen.rpartition(":")[2])
+        return self._port
 
 
-@dataclass(frozen=True, slots=True)
-class BridgeConfig:
+class BridgeConfig(Section):
     postgres: PostgresConfig
     nats: NatsConfig
-    outbox: OutboxConfig
-    routes: tuple[RouteConfig, ...]
-    dead_letter: DeadLetterConfig | None  # None: a poison row stops the bridge
-    logging: LoggingConfig
-    shutdown_timeout: float
-    stall_timeout: float  # events in flight but no ack for this long: not ready
-    http: HttpConfig
+    outbox: Annotated[OutboxConfig, BeforeValidator(none_is_empty)] = Field(
+        default_factory=OutboxConfig
+    )
+    routes: Annotated[tuple[RouteConfig, ...], Field(min_length=1)]
+    dead_letter: DeadLetterConfig | None = None  # None: a poison row stops the bridge
+    logging: Annotated[LoggingConfig, BeforeValidator(none_is_empty)] = Field(
+        default_factory=LoggingConfig
+    )
+    shutdown_timeout: Duration = 10.0
+    stall_timeout: Duration = 60.0  # events in flight but no ack for this long: not ready
+    http: Annotated[HttpConfig, BeforeValidator(disabled_http)] = Field(default_factory=HttpConfig)
+    _secrets: frozenset[str] = PrivateAttr()
+    _redactor: Redactor = PrivateAttr()
 
-    def secrets(self) -> frozenset[str]:
-        """Every secret this config holds or names, as literals for ``redaction.redact``:
-        the DSN's password, NATS URLs' passwords and tokens, the ``*_file`` contents."""
+    @field_validator("routes")
+    @classmethod
+    def _route_defaults(
+        cls, routes: tuple[RouteConfig, ...], info: ValidationInfo
+    ) -> tuple[RouteConfig, ...]:
+        outbox = info.data.get("outbox")
+        if not isinstance(outbox, OutboxConfig):
+            return routes  # the outbox section's problems are reported: no config results
+        return tuple(route.with_defaults(index, outbox) for index, route in enumerate(routes))
+
+    def model_post_init(self, context: Any) -> None:
+        self._collect_secrets()
+
+    def hold_secrets(self, postgres_password: str | None, nats_auth: NatsAuth) -> None:
+        """The secrets read from the ``*_file`` keys. Called once, by config/load.py
+        before the config is handed out: the models stay frozen to everyone else."""
+        self.postgres._password = postgres_password
+        self.nats._auth = nats_auth
+        self._collect_secrets()
+
+    def _collect_secrets(self) -> None:
         found = secrets_in(self.postgres.dsn) | self.nats.auth.secrets()
         if self.postgres.password is not None:
             found.add(self.postgres.password)
         for server in self.nats.servers:
             found |= secrets_in(server)
-        return frozenset(found)
+        self._secrets = frozenset(found)
+        self._redactor = Redactor(self._secrets)
+
+    def secrets(self) -> frozenset[str]:
+        """Every secret this config holds or names, as literals for ``redaction.redact``:
+        the DSN's password, NATS URLs' passwords and tokens, the ``*_file`` contents."""
+        return self._secrets
 
     def redactor(self) -> Redactor:
         """``redact`` with this config's secrets: for the boundaries (logs, /status)."""
-        return Redactor(self.secrets())
+        return self._redactor
 
     def template_columns(self) -> set[str]:
         """Every real column the routes read, for checking against the live tables."""
         columns: set[str] = set()
         for route in self.routes:
             columns.update(column for column, _ in route.when)
-            columns.update(parse_template(route.subject).columns)
-            for _, template in route.headers:
-                columns.update(parse_template(template).columns)
+            columns.update(route.subject_template.columns)
+            for _, template in route.header_templates:
+                columns.update(template.columns)
             if route.payload not in (ROW_PAYLOAD, CHANGE_PAYLOAD):
                 columns.add(route.payload)
             if route.id_given or route.payload != CHANGE_PAYLOAD:
@@ -252,157 +330,3 @@ class BridgeConfig:
         if self.outbox.change_tables:
             columns.discard(ACTION_PSEUDO_COLUMN)  # a change's action, not a column
         return columns
-
-
-# ---------------------------------------------------------------------------------------
-# Whole-file checks and the public values
-# ---------------------------------------------------------------------------------------
-
-
-def _check_routes(routes: object, problems: Problems) -> None:
-    """Checks across routes. They read the raw data so that they are reported in the
-    same round as the per-key problems; anything malformed there is skipped here."""
-    if not isinstance(routes, list):
-        return
-    catch_all: int | None = None
-    seen_names: dict[str, int] = {}
-    for index, route in enumerate(routes):
-        if not isinstance(route, dict):
-            continue
-        if catch_all is not None:
-            problems.add(
-                ("routes", index),
-                f"can never match: routes[{catch_all}] has no `when` and catches every row",
-            )
-        elif route.get("when") is None:
-            catch_all = index
-        name = route.get("name") or f"routes[{index}]"
-        if not isinstance(name, str):
-            continue
-        if name in seen_names:
-            problems.add(
-                ("routes", index, "name"),
-                f"{name!r} is also the name of routes[{seen_names[name]}]",
-            )
-        seen_names.setdefault(name, index)
-
-
-def _check_change_routes(checked: ConfigFile, problems: Problems) -> None:
-    """`payload: change` publishes change tables' changes: without any it can only fail."""
-    if checked.outbox.change_tables:
-        return
-    for index, route in enumerate(checked.routes):
-        if route.payload == CHANGE_PAYLOAD:
-            problems.add(
-                ("routes", index, "payload"),
-                "`change` publishes changes of outbox.change_tables, and none are listed",
-            )
-
-
-def _build(checked: ConfigFile, secrets: SecretValues) -> BridgeConfig:
-    pg, nats, outbox = checked.postgres, checked.nats, checked.outbox
-    stream = nats.stream
-    tls = nats.tls
-    return BridgeConfig(
-        postgres=PostgresConfig(
-            dsn=pg.dsn,
-            slot=pg.slot,
-            publication=pg.publication,
-            plugin=pg.plugin,
-            status_interval=pg.status_interval,
-            connect_timeout=pg.connect_timeout,
-            password=secrets.postgres_password,
-        ),
-        nats=NatsConfig(
-            servers=nats.servers,
-            stream=StreamConfig(
-                name=stream.name,
-                subjects=stream.subjects,
-                duplicate_window=stream.duplicate_window,
-                storage=stream.storage,
-                replicas=stream.replicas,
-                max_age=stream.max_age,
-            ),
-            ack_timeout=nats.ack_timeout,
-            max_in_flight=nats.max_in_flight,
-            connect_timeout=nats.connect_timeout,
-            tls=(
-                NatsTlsConfig(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file)
-                if tls is not None
-                else None
-            ),
-            auth=NatsAuthConfig(
-                user=nats.user,
-                password=secrets.nats_password,
-                token=secrets.nats_token,
-                nkey_seed=secrets.nats_nkey_seed,
-                credentials=secrets.nats_credentials,
-            ),
-        ),
-        outbox=OutboxConfig(
-            tables=outbox.table,
-            id_column=outbox.id_column,
-            payload_column=outbox.payload_column,
-            headers_column=outbox.headers_column,
-            message_prefixes=outbox.message_prefixes,
-            change_tables=outbox.change_tables,
-        ),
-        routes=tuple(
-            RouteConfig(
-                name=route.name or f"routes[{index}]",
-                when=tuple((column, values) for column, values in (route.when or {}).items()),
-                subject=route.subject,
-                headers=tuple(route.headers.items()),
-                payload=route.payload or outbox.payload_column,
-                id=route.id or outbox.id_column,
-                id_given=route.id is not None,
-            )
-            for index, route in enumerate(checked.routes)
-        ),
-        dead_letter=(
-            DeadLetterConfig(checked.dead_letter.subject) if checked.dead_letter else None
-        ),
-        logging=LoggingConfig(format=checked.logging.format, level=checked.logging.level),
-        shutdown_timeout=checked.shutdown_timeout,
-        stall_timeout=checked.stall_timeout,
-        http=HttpConfig(listen=checked.http.listen),
-    )
-
-
-def parse_config(
-    text: str, *, source: str = "<config>", env: Mapping[str, str] | None = None
-) -> BridgeConfig:
-    """Validate config text; ConfigError lists every problem, one line each."""
-    problems = Problems(source)
-    data = read_yaml(text, problems)
-    problems.raise_if_any()
-    if not isinstance(data, dict):
-        what = "the file is empty" if data is None else f"found {shown_value(data)}"
-        problems.add((), f"expected a mapping of sections (postgres:, nats:, routes: ...); {what}")
-        problems.raise_if_any()
-    failed: set[KeyPath] = set()
-    environment = os.environ if env is None else env
-    data = typing.cast(dict[str, object], expand_env(data, (), environment, problems, failed))
-    _check_routes(data.get("routes"), problems)
-    try:
-        checked = ConfigFile.model_validate(data)
-    except ValidationError as exc:
-        add_validation_problems(exc, data, problems, failed)
-        problems.raise_if_any()
-        raise AssertionError("validation failed without problems") from exc
-    _check_change_routes(checked, problems)
-    problems.raise_if_any()
-    secrets = load_secrets(checked, problems)
-    problems.raise_if_any()
-    return _build(checked, secrets)
-
-
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> BridgeConfig:
-    """Read and validate a config file (``env`` defaults to the process environment)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}"]) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([f"{path}: the config file is not UTF-8 text ({exc.reason})"]) from exc
-    return parse_config(text, source=str(path), env=env)

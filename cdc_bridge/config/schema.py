@@ -1,24 +1,18 @@
-"""The config file's schema: pydantic models that mirror the YAML exactly (the field
-names are the keys), with the validators that turn loose YAML into checked values.
+"""The config file's schema, key by key: what each key accepts, and the one-line reason
+when it does not (pydantic reports a validator's ValueError with the key's path).
 
-Private to cdc_bridge.config.model, which turns a validated ConfigFile into frozen dataclasses.
+config/model.py builds the sections from these types; the values come out checked and
+in their final form (seconds as floats, lists as tuples, mappings as (key, value) pairs).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-)
+from pydantic import AfterValidator, BeforeValidator, Field, GetCoreSchemaHandler, WrapValidator
+from pydantic_core import core_schema
 
 from cdc_bridge.core.durations import parse_duration
 from cdc_bridge.core.headers import BRIDGE_HEADERS, HEADER_NAME, controls_jetstream
@@ -35,6 +29,30 @@ ROW_PAYLOAD = "row"  # `payload: row` publishes the whole row as a JSON object
 CHANGE_PAYLOAD = "change"  # `payload: change` publishes a change table's wal2json-shaped change
 # Headers every message gets from the bridge (lower case): a route may not set them.
 _BRIDGE_HEADERS = frozenset(name.lower() for name in BRIDGE_HEADERS)
+
+
+class _Pairs:
+    """Validates as ``mapping`` (so problems name the mapping's keys, as written) and
+    holds its (key, value) pairs: in the file's order, and hashable like the rest."""
+
+    def __init__(self, mapping: object) -> None:
+        self.mapping = mapping
+
+    def __get_pydantic_core_schema__(
+        self, source: object, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            _items, handler.generate_schema(self.mapping)
+        )
+
+
+def _items(mapping: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    return () if mapping is None else tuple(mapping.items())
+
+
+def _none_as_empty(value: object, handler: Callable[[object], str]) -> str:
+    """``key: null`` like a key left out: "" stands for "not given" (see RouteConfig)."""
+    return "" if value is None else handler(value)
 
 
 def _duration(value: object) -> float:
@@ -92,18 +110,11 @@ def _table_name(value: str) -> str:
     return value if len(parts) == 2 else f"public.{value}"
 
 
-def _unique_tables(tables: tuple[str, ...]) -> tuple[str, ...]:
-    duplicates = sorted({t for t in tables if tables.count(t) > 1})
+def _unique(items: tuple[str, ...]) -> tuple[str, ...]:
+    duplicates = sorted({item for item in items if items.count(item) > 1})
     if duplicates:
         raise ValueError(f"{', '.join(duplicates)} listed more than once")
-    return tables
-
-
-def _unique_prefixes(prefixes: tuple[str, ...]) -> tuple[str, ...]:
-    duplicates = sorted({p for p in prefixes if prefixes.count(p) > 1})
-    if duplicates:
-        raise ValueError(f"{', '.join(duplicates)} listed more than once")
-    return prefixes
+    return items
 
 
 def _subject_template(value: str) -> str:
@@ -175,11 +186,12 @@ def _disabled_listen(value: object) -> object:
     return None if value is False or value == "" or value == "false" else value
 
 
-def _disabled_http(value: object) -> object:
+def disabled_http(value: object) -> object:
+    """``http:`` empty or ``http: false``: no HTTP server."""
     return {"listen": None} if value is None or value is False else value
 
 
-def _none_is_empty(value: object) -> object:
+def none_is_empty(value: object) -> object:
     return {} if value is None else value  # `logging:` with nothing under it: all defaults
 
 
@@ -201,175 +213,87 @@ Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
 PositiveDuration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 Column = Annotated[str, AfterValidator(_column)]
 NonEmpty = Annotated[str, Field(min_length=1)]
-HeaderName = Annotated[str, AfterValidator(_header_name)]
-HeaderTemplate = Annotated[str, AfterValidator(_header_template)]
 
+SlotName = Annotated[
+    str,
+    AfterValidator(
+        _matching(
+            r"[a-z0-9_]{1,63}",
+            "expected a slot name of up to 63 characters a-z, 0-9 and _, got {value}",
+        )
+    ),
+]
+PublicationName = Annotated[
+    str,
+    AfterValidator(
+        _matching(
+            r"[a-z_][a-z0-9_]{0,62}",
+            "expected a publication name of up "
+            "to 63 characters a-z, 0-9 and _ (not starting with a digit), "
+            "got {value}",
+        )
+    ),
+]
+StreamName = Annotated[
+    str,
+    AfterValidator(
+        _matching(
+            r"[^\s.*>/\\\x00-\x1f\x7f]{1,255}",
+            "expected a stream name without spaces, '.', '*', '>', '/' or '\\', got {value}",
+        )
+    ),
+]
+SubjectFilters = Annotated[
+    tuple[Annotated[str, AfterValidator(check_subject_filter)], ...],
+    BeforeValidator(_one_or_many),
+    Field(min_length=1),
+]
+Servers = Annotated[tuple[NonEmpty, ...], BeforeValidator(_server_list), Field(min_length=1)]
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# "schema.table" (a bare name means public.name), each listed once.
+TableNames = Annotated[
+    tuple[Annotated[str, AfterValidator(_table_name)], ...],
+    BeforeValidator(_one_or_many),
+    AfterValidator(_unique),
+]
+# Characters are limited to what wal2json's add-msg-prefixes list takes unescaped.
+MessagePrefixes = Annotated[
+    tuple[Annotated[str, AfterValidator(_message_prefix)], ...],
+    BeforeValidator(_one_or_many),
+    AfterValidator(_unique),
+]
 
+# `when:` (column: one or more patterns) -> ((column, patterns), ...); left out: ().
+When = Annotated[
+    tuple[tuple[str, tuple[str, ...]], ...],
+    _Pairs(
+        Annotated[
+            dict[
+                Column,
+                Annotated[tuple[str, ...], BeforeValidator(_patterns), Field(min_length=1)],
+            ]
+            | None,
+            AfterValidator(_non_empty_when),
+        ]
+    ),
+]
+Headers = Annotated[
+    tuple[tuple[str, str], ...],
+    _Pairs(
+        dict[
+            Annotated[str, AfterValidator(_header_name)],
+            Annotated[str, AfterValidator(_header_template)],
+        ]
+    ),
+]
+SubjectTemplate = Annotated[str, AfterValidator(_subject_template)]
+ConcreteSubject = Annotated[str, AfterValidator(_concrete_subject)]
+# "" (left out, or null): not given; BridgeConfig fills in the route's default.
+RouteName = Annotated[str, Field(min_length=1), WrapValidator(_none_as_empty)]
+PayloadColumn = Annotated[str, AfterValidator(_payload_column), WrapValidator(_none_as_empty)]
+IdColumn = Annotated[str, AfterValidator(_id_column), WrapValidator(_none_as_empty)]
 
-class PostgresSection(Section):
-    dsn: NonEmpty
-    slot: Annotated[
-        str,
-        AfterValidator(
-            _matching(
-                r"[a-z0-9_]{1,63}",
-                "expected a slot name of up to 63 characters a-z, 0-9 and _, got {value}",
-            )
-        ),
-    ] = "cdc_bridge"
-    publication: Annotated[
-        str,
-        AfterValidator(
-            _matching(
-                r"[a-z_][a-z0-9_]{0,62}",
-                "expected a publication name of up "
-                "to 63 characters a-z, 0-9 and _ (not starting with a digit), "
-                "got {value}",
-            )
-        ),
-    ] = "cdc_bridge"
-    plugin: Literal["pgoutput", "wal2json"] = "pgoutput"
-    status_interval: PositiveDuration = 10.0
-    connect_timeout: PositiveDuration = 10.0
-    # Read at start-up and passed to libpq as its own `password` parameter, so the
-    # secret is never part of a DSN string (see _config_secrets).
-    password_file: NonEmpty | None = None
-
-
-class StreamSection(Section):
-    name: Annotated[
-        str,
-        AfterValidator(
-            _matching(
-                r"[^\s.*>/\\\x00-\x1f\x7f]{1,255}",
-                "expected a stream name without spaces, '.', '*', '>', '/' or '\\', got {value}",
-            )
-        ),
-    ]
-    subjects: Annotated[
-        tuple[Annotated[str, AfterValidator(check_subject_filter)], ...],
-        BeforeValidator(_one_or_many),
-        Field(min_length=1),
-    ]
-    duplicate_window: Duration = 120.0
-    storage: Literal["file", "memory"] = "file"
-    replicas: Annotated[int, Field(ge=1, le=5)] = 1
-    max_age: Duration = 0.0
-
-
-class NatsTlsSection(Section):
-    ca_file: NonEmpty | None = None  # None: the system's CAs verify the server
-    cert_file: NonEmpty | None = None  # a client certificate, for servers that verify clients
-    key_file: NonEmpty | None = None
-
-
-class NatsSection(Section):
-    servers: Annotated[tuple[NonEmpty, ...], BeforeValidator(_server_list), Field(min_length=1)]
-    stream: StreamSection
-    ack_timeout: PositiveDuration = 5.0
-    max_in_flight: Annotated[int, Field(ge=1)] = 4096
-    connect_timeout: PositiveDuration = 5.0
-    tls: NatsTlsSection | None = None
-    # One way to authenticate, at most; which combinations work is checked, and the
-    # files read, in _config_secrets.
-    user: NonEmpty | None = None
-    password: NonEmpty | None = None
-    password_file: NonEmpty | None = None
-    token: NonEmpty | None = None
-    token_file: NonEmpty | None = None
-    nkey_seed_file: NonEmpty | None = None
-    creds_file: NonEmpty | None = None
-
-
-class OutboxSection(Section):
-    # Before `table`: its check reads this one (pydantic validates in field order).
-    # Characters are limited to what wal2json's add-msg-prefixes list takes unescaped.
-    message_prefixes: Annotated[
-        tuple[Annotated[str, AfterValidator(_message_prefix)], ...],
-        BeforeValidator(_one_or_many),
-        AfterValidator(_unique_prefixes),
-    ] = ()
-    # Ordinary tables whose inserts, updates and deletes become change events
-    # (change_events.py). Before `table` too, for the same reason.
-    change_tables: Annotated[
-        tuple[Annotated[str, AfterValidator(_table_name)], ...],
-        BeforeValidator(_one_or_many),
-        AfterValidator(_unique_tables),
-    ] = ()
-    table: Annotated[
-        tuple[Annotated[str, AfterValidator(_table_name)], ...],
-        BeforeValidator(_one_or_many),
-        AfterValidator(_unique_tables),
-    ] = ("public.outbox",)
-    id_column: Column = "id"
-    payload_column: Column = "payload"
-    headers_column: Column | None = "headers"
-
-    @field_validator("table")
-    @classmethod
-    def _tables_or_messages(cls, tables: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
-        change_tables = info.data.get("change_tables") or ()
-        if not tables and not info.data.get("message_prefixes") and not change_tables:
-            raise ValueError(
-                "must not be empty: list the outbox tables, or set outbox.message_prefixes "
-                "for an outbox of logical decoding messages only (or outbox.change_tables "
-                "for change events only)"
-            )
-        both = sorted(set(tables) & set(change_tables))
-        if both:
-            raise ValueError(
-                f"{both[0]} is also in outbox.change_tables: a table is either an outbox "
-                "table (its rows are events) or a change table (its changes are events)"
-            )
-        return tables
-
-
-class RouteSection(Section):
-    name: NonEmpty | None = None
-    when: Annotated[
-        dict[Column, Annotated[tuple[str, ...], BeforeValidator(_patterns), Field(min_length=1)]]
-        | None,
-        AfterValidator(_non_empty_when),
-    ] = None
-    subject: Annotated[str, AfterValidator(_subject_template)]
-    headers: dict[HeaderName, HeaderTemplate] = Field(default_factory=dict)
-    payload: Annotated[str, AfterValidator(_payload_column)] | None = None
-    id: Annotated[str, AfterValidator(_id_column)] | None = None
-
-
-class DeadLetterSection(Section):
-    subject: Annotated[str, AfterValidator(_concrete_subject)]
-
-
-class LoggingSection(Section):
-    format: Literal["json", "console"] = "json"
-    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_log_level)] = (
-        "info"
-    )
-
-
-class HttpSection(Section):
-    listen: Annotated[
-        Annotated[str, AfterValidator(_listen_address)] | None, BeforeValidator(_disabled_listen)
-    ] = "127.0.0.1:8080"
-
-
-class ConfigFile(Section):
-    postgres: PostgresSection
-    nats: NatsSection
-    outbox: Annotated[OutboxSection, BeforeValidator(_none_is_empty)] = Field(
-        default_factory=OutboxSection
-    )
-    routes: Annotated[tuple[RouteSection, ...], Field(min_length=1)]
-    dead_letter: DeadLetterSection | None = None
-    logging: Annotated[LoggingSection, BeforeValidator(_none_is_empty)] = Field(
-        default_factory=LoggingSection
-    )
-    shutdown_timeout: Duration = 10.0
-    stall_timeout: Duration = 60.0
-    http: Annotated[HttpSection, BeforeValidator(_disabled_http)] = Field(
-        default_factory=HttpSection
-    )
+LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_log_level)]
+Listen = Annotated[
+    Annotated[str, AfterValidator(_listen_address)] | None, BeforeValidator(_disabled_listen)
+]

@@ -5,17 +5,16 @@ whose file is read here, at start-up. Every problem is a config problem naming i
 (``config.yaml:9: nats.token_file: cannot read /run/secrets/nats: Permission denied``),
 and no problem line ever quotes a secret.
 
-Private to cdc_bridge.config.model.
+config/load.py hands what is read to BridgeConfig.hold_secrets.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from cdc_bridge.config.schema import ConfigFile, NatsSection
-from cdc_bridge.config.yaml_source import Problems
+from cdc_bridge.config.model import BridgeConfig, NatsAuth, NatsConfig
+from cdc_bridge.config.problems import Problems
 from cdc_bridge.core.redaction import redact, secrets_in
 from cdc_bridge.core.tls import TlsFileError, client_tls_context
 
@@ -33,19 +32,12 @@ _AUTH_METHODS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class SecretValues:
-    postgres_password: str | None = field(default=None, repr=False)
-    nats_password: str | None = field(default=None, repr=False)
-    nats_token: str | None = field(default=None, repr=False)
-    nats_nkey_seed: str | None = field(default=None, repr=False)
-    nats_credentials: str | None = field(default=None, repr=False)
-
-
-def load_secrets(checked: ConfigFile, problems: Problems) -> SecretValues:
+def read_secrets(config: BridgeConfig, problems: Problems) -> tuple[str | None, NatsAuth]:
     """Read every ``*_file`` key, check the NATS auth keys fit together and the TLS
-    files can be used. Problems are added, not raised: the caller raises them all."""
-    pg = checked.postgres
+    files can be used. Problems are added, not raised: the caller raises them all.
+
+    Returns postgres.password_file's password and the NATS auth with its files read."""
+    pg = config.postgres
     postgres_password = None
     if pg.password_file is not None:
         postgres_password = _read_secret(("postgres", "password_file"), pg.password_file, problems)
@@ -55,7 +47,7 @@ def load_secrets(checked: ConfigFile, problems: Problems) -> SecretValues:
                 "postgres.dsn has a password too: keep one of them",
             )
     _check_dsn(pg.dsn, problems)
-    nats = checked.nats
+    nats = config.nats
     _check_auth_keys(nats, problems)
     _check_tls(nats, problems)
     password = nats.password
@@ -75,16 +67,18 @@ def load_secrets(checked: ConfigFile, problems: Problems) -> SecretValues:
         credentials = _read_secret(("nats", "creds_file"), nats.creds_file, problems)
         if credentials is not None:
             _check_credentials(nats.creds_file, credentials, problems)
-    return SecretValues(
-        postgres_password=postgres_password,
-        nats_password=password,
-        nats_token=token,
-        nats_nkey_seed=seed,
-        nats_credentials=credentials,
+    auth = NatsAuth(
+        user=nats.user,
+        password=password,
+        token=token,
+        nkey_seed=seed,
+        credentials=credentials,
+        credentials_seed=None if credentials is None else _credentials_seed(credentials),
     )
+    return postgres_password, auth
 
 
-def credentials_seed(credentials: str) -> str | None:
+def _credentials_seed(credentials: str) -> str | None:
     """The user's NKey seed inside a creds file's text (the line after its marker)."""
     lines = [line.strip() for line in credentials.splitlines()]
     for index, line in enumerate(lines):
@@ -131,7 +125,7 @@ def _hide_quoted(piece: re.Match[str]) -> str:
     return piece.group(0) if piece.group(1) == "=" else '"..."'
 
 
-def _check_auth_keys(nats: NatsSection, problems: Problems) -> None:
+def _check_auth_keys(nats: NatsConfig, problems: Problems) -> None:
     given = [key for key in _AUTH_METHODS if getattr(nats, key) is not None]
     methods = sorted({_AUTH_METHODS[key] for key in given})
     if len(methods) > 1:
@@ -152,7 +146,7 @@ def _check_auth_keys(nats: NatsSection, problems: Problems) -> None:
         problems.add(("nats", key), "needs nats.user (the user the password belongs to)")
 
 
-def _check_tls(nats: NatsSection, problems: Problems) -> None:
+def _check_tls(nats: NatsConfig, problems: Problems) -> None:
     tls = nats.tls
     if tls is None:
         return
@@ -189,7 +183,7 @@ def _check_credentials(path: str, credentials: str, problems: Problems) -> None:
             "seed, as `nsc generate creds` writes them)",
         )
         return
-    seed = credentials_seed(credentials)
+    seed = _credentials_seed(credentials)
     if seed is None:
         problems.add(key, f"{path} has no NKey seed after its seed marker")
         return

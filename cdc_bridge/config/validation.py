@@ -12,10 +12,11 @@ import typing
 from typing import Annotated, Any, TypeGuard
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from cdc_bridge.config.schema import ConfigFile
-from cdc_bridge.config.yaml_source import KeyPath, Problems
+from cdc_bridge.config.model import BridgeConfig
+from cdc_bridge.config.problems import KeyPath, Problems
 from cdc_bridge.core.redaction import SENSITIVE_KEY, shown_value
 
 
@@ -46,18 +47,23 @@ _EXPECTED = {
 
 def _allowed_keys(loc: KeyPath) -> list[str]:
     """The keys the schema accepts at ``loc`` (a mapping's path), for suggestions."""
-    annotation: object = ConfigFile
+    annotation: object = BridgeConfig
     for part in loc:
         annotation = _strip(annotation)
         if _is_section(annotation) and isinstance(part, str):
-            info = annotation.model_fields.get(part)
+            info = _fields_by_key(annotation).get(part)
             annotation = info.annotation if info is not None else None
         elif typing.get_origin(annotation) in (tuple, list) and isinstance(part, int):
             annotation = typing.get_args(annotation)[0]
         else:
             return []
     annotation = _strip(annotation)
-    return list(annotation.model_fields) if _is_section(annotation) else []
+    return list(_fields_by_key(annotation)) if _is_section(annotation) else []
+
+
+def _fields_by_key(section: type[BaseModel]) -> dict[str, FieldInfo]:
+    """A section's fields by their keys in the file (``outbox.table`` is ``tables``)."""
+    return {info.alias or name: info for name, info in section.model_fields.items()}
 
 
 def _strip(annotation: object) -> object:

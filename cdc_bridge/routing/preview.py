@@ -8,7 +8,6 @@ uses. Pure: the CLI does the reading and printing.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -104,7 +103,8 @@ def preview_row(
     if isinstance(outcome, Outbound):
         return _from_outbound(outcome)
     # No dead_letter: ask a router with a stand-in one what the subject would have been.
-    stand_in = dataclasses.replace(config, dead_letter=DeadLetterConfig(_STAND_IN_DEAD_LETTER))
+    dead_letter = DeadLetterConfig(subject=_STAND_IN_DEAD_LETTER)
+    stand_in = config.model_copy(update={"dead_letter": dead_letter})
     shadow = Router(stand_in, max_payload=max_payload).route(table, row)
     intended = shadow.headers.get("Cdc-Subject") if isinstance(shadow, Outbound) else None
     return RoutePreview(

@@ -25,18 +25,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from cdc_bridge.config.model import (
-    CHANGE_PAYLOAD,
-    ROW_PAYLOAD,
-    TABLE_PSEUDO_COLUMN,
-    BridgeConfig,
-    RouteConfig,
-    Template,
-    check_subject_template,
-    parse_template,
-)
+from cdc_bridge.config.model import BridgeConfig, RouteConfig
+from cdc_bridge.config.schema import CHANGE_PAYLOAD, ROW_PAYLOAD
 from cdc_bridge.core.changes import ColumnValue, RowChange
 from cdc_bridge.core.headers import HEADER_NAME, controls_jetstream
+from cdc_bridge.core.templates import (
+    TABLE_PSEUDO_COLUMN,
+    Template,
+)
 from cdc_bridge.routing.change_events import change_json, routing_row
 
 DEAD_LETTER_ROUTE = "dead_letter"
@@ -323,12 +319,10 @@ def _compile_route(route: RouteConfig) -> _CompiledRoute:
     return _CompiledRoute(
         name=route.name,
         conditions=tuple(conditions),
-        subject=_compile_template(
-            check_subject_template(route.subject), subject=True, where="subject"
-        ),
+        subject=_compile_template(route.subject_template, subject=True, where="subject"),
         headers=tuple(
-            (name, _compile_template(parse_template(text), subject=False, where=f"header {name!r}"))
-            for name, text in route.headers
+            (name, _compile_template(template, subject=False, where=f"header {name!r}"))
+            for name, template in route.header_templates
         ),
         payload_column=None if route.payload in (ROW_PAYLOAD, CHANGE_PAYLOAD) else route.payload,
         id_column=route.id,

@@ -20,7 +20,7 @@ import yaml
 from support.bridge import REPO_ROOT, BridgeProcess, log_event
 from support.outbox import duplicated_ids, message_ids, wait_for_ids
 
-from cdc_bridge.config.model import load_config
+from cdc_bridge.config.load import load_config
 from cdc_bridge.dev.devstack import NatsServer
 
 MakeBridge = Callable[..., BridgeProcess]

@@ -11,7 +11,8 @@ import yaml
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamConfig
 
-from cdc_bridge.config.model import BridgeConfig, parse_config
+from cdc_bridge.config.load import parse_config
+from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.sink.coverage import check_stream_coverage
 
 

@@ -27,7 +27,7 @@ import yaml
 from support import paths
 
 from cdc_bridge.bridge.metrics import Metrics
-from cdc_bridge.config.model import load_config, parse_config
+from cdc_bridge.config.load import load_config, parse_config
 
 REPO = paths.REPO
 DEPLOY = REPO / "deploy"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from support import paths
 
 from cdc_bridge.cli.pending import RowDescriber, decode_transactions, group_raw
-from cdc_bridge.config.model import parse_config
+from cdc_bridge.config.load import parse_config
 from cdc_bridge.source.catalog import RawChange
 from cdc_bridge.source.decoding.pgoutput import PgoutputDecoder
 

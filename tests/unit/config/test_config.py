@@ -1,20 +1,16 @@
-import dataclasses
 import typing
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel, ValidationError
 from support import paths
 
-from cdc_bridge.config.model import (
-    BridgeConfig,
-    ConfigError,
-    format_key_path,
-    load_config,
-    parse_config,
-    parse_template,
-    redact_dsn,
-)
+from cdc_bridge.config.load import load_config, parse_config
+from cdc_bridge.config.model import BridgeConfig, RouteConfig
+from cdc_bridge.config.problems import ConfigError, format_key_path
+from cdc_bridge.core.redaction import redact_dsn
+from cdc_bridge.core.templates import parse_template
 
 REPO = paths.REPO
 
@@ -161,7 +157,8 @@ http: {listen: "127.0.0.1:0"}
         ("Kind", "fixed.value"),
     )
     assert (route.payload, route.id) == ("row", "aggregate_id")
-    assert config.logging == dataclasses.replace(config.logging, format="console", level="warning")
+    expected_logging = {"format": "console", "level": "warning"}
+    assert config.logging == config.logging.model_copy(update=expected_logging)
     assert config.shutdown_timeout == 30.0
     assert config.http.listen == "127.0.0.1:0"
     assert (config.http.host, config.http.port) == ("127.0.0.1", 0)
@@ -178,13 +175,13 @@ def test_shipped_config_files_parse() -> None:
 def test_example_shows_every_key() -> None:
     from pydantic import BaseModel
 
-    from cdc_bridge.config.model import _ConfigFile, _RouteSection
 
     example = yaml.safe_load((REPO / "config" / "example.yaml").read_text())
 
     def missing(model: type[BaseModel], data: dict[str, object], path: str) -> list[str]:
         absent = []
-        for key, info in model.model_fields.items():
+        for name, info in model.model_fields.items():
+            key = info.alias or name  # the key in the file (outbox.table is `tables`)
             if key not in data:
                 absent.append(path + key)
                 continue
@@ -195,16 +192,52 @@ def test_example_shows_every_key() -> None:
                     absent += missing(candidate, value, f"{path}{key}.")
         return absent
 
-    assert missing(_ConfigFile, example, "") == []
-    assert missing(_RouteSection, example["routes"][0], "routes[0].") == []
+    assert missing(BridgeConfig, example, "") == []
+    assert missing(RouteConfig, example["routes"][0], "routes[0].") == []
 
 
 def test_config_values_are_frozen() -> None:
     config = parse_config(CONTRACT, env={})
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        config.postgres.slot = "other"  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        config.postgres.slot = "other"
     assert isinstance(config, BridgeConfig)
     hash(config.routes)
+
+
+def test_the_sections_validate_straight_into_the_values() -> None:
+    """One model: what the bridge reads is what the file validated into, defaults and
+    derived values included (no second set of classes to keep in step)."""
+    config = BridgeConfig.model_validate(yaml.safe_load(CONTRACT))
+    assert config == parse_config(CONTRACT, env={})
+    first, second = config.routes
+    assert (second.name, second.payload, second.id, second.id_given) == (
+        "routes[1]",
+        "payload",
+        "id",
+        False,
+    )
+    assert first.subject_template == parse_template("events.ticket.{event_type}")
+    sections: list[type[BaseModel]] = [
+        BridgeConfig,
+        type(config.postgres),
+        type(config.nats),
+        type(first),
+    ]
+    for section in sections:
+        assert section.model_config.get("frozen") and section.model_config.get("extra") == "forbid"
+
+
+def test_derived_values_are_computed_once_at_load() -> None:
+    text = CONTRACT.replace(
+        '"events.ticket.{event_type}"', '"events.ticket.{event_type}"\n    headers: {A: "{id}"}'
+    )
+    config = parse_config(text + "http: {listen: '[::1]:9000'}\n", env={})
+    assert config.redactor() is config.redactor()
+    assert config.secrets() is config.secrets()
+    route = config.routes[0]
+    assert route.subject_template is route.subject_template
+    assert route.header_templates == (("A", parse_template("{id}")),)
+    assert (config.http.host, config.http.port) == ("::1", 9000)
 
 
 def test_template_columns_lists_every_referenced_column() -> None:
@@ -803,8 +836,6 @@ def test_readme_configuration_table_lists_every_key() -> None:
     ``password(_file)``); a route's keys are named in the ``routes[]`` row."""
     import re
 
-    from cdc_bridge.config.model import _ConfigFile, _RouteSection
-
     readme = (REPO / "README.md").read_text()
     table = readme.split("## Configuration reference", 1)[1].split("**Routes.**", 1)[0]
     rows = [line.split(" | ")[:3] for line in table.splitlines() if line.startswith("| `")]
@@ -820,7 +851,8 @@ def test_readme_configuration_table_lists_every_key() -> None:
         return False
 
     missing = []
-    for name, info in _ConfigFile.model_fields.items():
+    for field_name, info in BridgeConfig.model_fields.items():
+        name = info.alias or field_name
         nested = next(
             (
                 a
@@ -833,7 +865,9 @@ def test_readme_configuration_table_lists_every_key() -> None:
         if name == "routes" or fields is None:
             missing += [] if listed(None, name) or name == "routes" else [name]
             continue
-        missing += [f"{name}.{key}" for key in fields if not listed(name, key)]
+        keys = [field.alias or key for key, field in fields.items()]
+        missing += [f"{name}.{key}" for key in keys if not listed(name, key)]
     assert missing == []
     [route_row] = [row for row in rows if "`routes[]`" in row[0]]
-    assert [key for key in _RouteSection.model_fields if f"`{key}`" not in route_row[2]] == []
+    route_keys = [field.alias or key for key, field in RouteConfig.model_fields.items()]
+    assert [key for key in route_keys if f"`{key}`" not in route_row[2]] == []

@@ -16,7 +16,9 @@ from nats.aio.client import RawCredentials
 
 from cdc_bridge.bridge.logs import configure_logging
 from cdc_bridge.bridge.status import BridgeStatus
-from cdc_bridge.config.model import BridgeConfig, ConfigError, parse_config
+from cdc_bridge.config.load import parse_config
+from cdc_bridge.config.model import BridgeConfig
+from cdc_bridge.config.problems import ConfigError
 from cdc_bridge.core.redaction import Redactor, redact, secrets_in
 from cdc_bridge.sink.auth import NatsTlsRequired, connect_options, require_tls
 from cdc_bridge.sink.connect import NatsPermissionError, permission_error
@@ -77,6 +79,21 @@ def test_password_files_are_read_at_load_time(tmp_path: Path) -> None:
     assert config.nats.auth.method == "user/password"
     assert "pg-secret-1" not in repr(config) and "nats-secret-2" not in repr(config)
     assert {"pg-secret-1", "nats-secret-2"} <= config.secrets()
+
+
+def test_secrets_written_in_the_file_stay_out_of_reprs() -> None:
+    """The sections are the values: the keys holding a secret are fields of them, and
+    no repr (a traceback, a debug line) may show one."""
+    text = with_keys(nats="  user: bridge\n  password: nats-secret-3\n").replace(
+        "postgresql://app@", "postgresql://app:pg-secret-4@"
+    )
+    config = parse(text)
+    token = parse(with_keys(nats="  token: t0ken-lit\n"))
+    for shown in (repr(config), str(config), repr(config.nats), repr(token), str(token.nats)):
+        assert "nats-secret-3" not in shown and "pg-secret-4" not in shown
+        assert "t0ken-lit" not in shown
+    assert config.nats.password == config.nats.auth.password == "nats-secret-3"
+    assert {"nats-secret-3", "pg-secret-4"} <= config.secrets()
 
 
 def test_token_from_environment_or_file(tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ import pytest
 import structlog
 from support import paths
 
-from cdc_bridge.config.model import BridgeConfig, ConfigError, parse_config
+from cdc_bridge.config.load import parse_config
+from cdc_bridge.config.model import BridgeConfig
+from cdc_bridge.config.problems import ConfigError
 from cdc_bridge.core.changes import Change, ChangeColumn, Insert, RowChange
 from cdc_bridge.routing.change_events import (
     TypeNames,

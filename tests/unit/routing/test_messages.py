@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_bridge.config.model import parse_config
+from cdc_bridge.config.load import parse_config
 from cdc_bridge.routing.messages import (
     EnvelopeColumns,
     MessageEvent,

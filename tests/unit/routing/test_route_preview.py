@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from cdc_bridge.cli.main import main
-from cdc_bridge.config.model import parse_config
+from cdc_bridge.config.load import parse_config
 from cdc_bridge.routing.preview import column_text, preview_row, resolve_table, row_from_json
 
 CONFIG = """\

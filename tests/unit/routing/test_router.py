@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_bridge.config.model import BridgeConfig, parse_config
+from cdc_bridge.config.load import parse_config
+from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.changes import ColumnValue
 from cdc_bridge.routing.router import Outbound, Poison, Router
 

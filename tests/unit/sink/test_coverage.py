@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_bridge.config.model import parse_config
+from cdc_bridge.config.load import parse_config
 from cdc_bridge.core.subjects import subject_matches
 from cdc_bridge.routing.router import Outbound, Router
 from cdc_bridge.sink.coverage import route_subject_filter

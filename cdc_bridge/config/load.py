@@ -1,0 +1,135 @@
+"""Loading a config file: read -> expand env -> parse (defaults, types) -> validate.
+
+Every problem in the file becomes one line, ``config.yaml:12: routes[1].subject:
+<message>``, and all problems of a stage are reported at once so a broken file is
+fixed in one round. Secrets never appear in those lines: values under keys named like
+a DSN, password or token are shown as ``<redacted>``, and any echoed URL loses its
+password.
+
+The stages, one function each:
+  read      YAML -> plain data, each key's line recorded (yaml_source.read_yaml)
+  expand    ``${VAR}`` and ``${VAR:-default}`` in values (yaml_source.expand_env)
+  parse     into the frozen BridgeConfig (model.py): the models' defaults fill in what
+            the file leaves out, schema.py's key types check each key
+  validate  what spans keys or leaves the file: the route payloads' tables, the
+            secret, credential and TLS files (secrets.py), read here, once
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from cdc_bridge.config.model import BridgeConfig
+from cdc_bridge.config.problems import ConfigError, KeyPath, Problems
+from cdc_bridge.config.schema import CHANGE_PAYLOAD
+from cdc_bridge.config.secrets import read_secrets
+from cdc_bridge.config.validation import add_validation_problems
+from cdc_bridge.config.yaml_source import expand_env, read_yaml
+from cdc_bridge.core.redaction import shown_value
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> BridgeConfig:
+    """Read and validate a config file (``env`` defaults to the process environment)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: the config file is not UTF-8 text ({exc.reason})"]) from exc
+    return parse_config(text, source=str(path), env=env)
+
+
+def parse_config(
+    text: str, *, source: str = "<config>", env: Mapping[str, str] | None = None
+) -> BridgeConfig:
+    """Validate config text; ConfigError lists every problem, one line each."""
+    problems = Problems(source)
+    data = read(text, problems)
+    failed: set[KeyPath] = set()  # keys whose ${VAR} failed: reported once, by expand
+    data = expand(data, os.environ if env is None else env, problems, failed)
+    config = parse(data, problems, failed)
+    validate(config, problems)
+    return config
+
+
+def read(text: str, problems: Problems) -> dict[str, object]:
+    data = read_yaml(text, problems)
+    problems.raise_if_any()
+    if not isinstance(data, dict):
+        what = "the file is empty" if data is None else f"found {shown_value(data)}"
+        problems.add((), f"expected a mapping of sections (postgres:, nats:, routes: ...); {what}")
+        problems.raise_if_any()
+    return typing.cast(dict[str, object], data)
+
+
+def expand(
+    data: dict[str, object], env: Mapping[str, str], problems: Problems, failed: set[KeyPath]
+) -> dict[str, object]:
+    """Problems are raised with parse's, so that a file is fixed in one round."""
+    return typing.cast(dict[str, object], expand_env(data, (), env, problems, failed))
+
+
+def parse(data: dict[str, object], problems: Problems, failed: set[KeyPath]) -> BridgeConfig:
+    _check_routes(data.get("routes"), problems)
+    try:
+        config = BridgeConfig.model_validate(data)
+    except ValidationError as exc:
+        add_validation_problems(exc, data, problems, failed)
+        problems.raise_if_any()
+        raise AssertionError("validation failed without problems") from exc
+    return config
+
+
+def validate(config: BridgeConfig, problems: Problems) -> None:
+    """Checks across sections, then the files the config names: read only once the
+    rest holds, and kept in the config for the daemon's lifetime."""
+    _check_change_routes(config, problems)
+    problems.raise_if_any()
+    postgres_password, nats_auth = read_secrets(config, problems)
+    problems.raise_if_any()
+    config.hold_secrets(postgres_password, nats_auth)
+
+
+def _check_routes(routes: object, problems: Problems) -> None:
+    """Checks across routes. They read the raw data so that they are reported in the
+    same round as the per-key problems; anything malformed there is skipped here."""
+    if not isinstance(routes, list):
+        return
+    catch_all: int | None = None
+    seen_names: dict[str, int] = {}
+    for index, route in enumerate(routes):
+        if not isinstance(route, dict):
+            continue
+        if catch_all is not None:
+            problems.add(
+                ("routes", index),
+                f"can never match: routes[{catch_all}] has no `when` and catches every row",
+            )
+        elif route.get("when") is None:
+            catch_all = index
+        name = route.get("name") or f"routes[{index}]"
+        if not isinstance(name, str):
+            continue
+        if name in seen_names:
+            problems.add(
+                ("routes", index, "name"),
+                f"{name!r} is also the name of routes[{seen_names[name]}]",
+            )
+        seen_names.setdefault(name, index)
+
+
+def _check_change_routes(config: BridgeConfig, problems: Problems) -> None:
+    """`payload: change` publishes change tables' changes: without any it can only fail."""
+    if config.outbox.change_tables:
+        return
+    for index, route in enumerate(config.routes):
+        if route.payload == CHANGE_PAYLOAD:
+            problems.add(
+                ("routes", index, "payload"),
+                "`change` publishes changes of outbox.change_tables, and none are listed",
+            )
