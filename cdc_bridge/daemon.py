@@ -141,7 +141,7 @@ async def become_leader(leadership: Leadership, stop: asyncio.Event, state: Brid
                 log.info(
                     "standby",
                     slot=state.status.slot,
-                    error="another bridge holds this slot's leadership lock; waiting",
+                    reason="another bridge holds this slot's leadership lock; waiting",
                 )
                 announced = True
             state.status.role = "standby"
