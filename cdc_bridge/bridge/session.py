@@ -44,6 +44,7 @@ class BridgeState:
     warned_duplicate_window: bool = False
     warned_uncovered_routes: bool = False
     sessions_started: int = 0  # that reached streaming set-up
+    has_streamed: bool = False  # since the process started: then failures are retried
 
     @property
     def stats(self) -> SessionStats:

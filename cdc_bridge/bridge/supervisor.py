@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import time
 
@@ -12,7 +13,7 @@ import psycopg
 import structlog
 from psycopg.rows import TupleRow
 
-from cdc_bridge.bridge.failures import TRANSIENT_ERRORS
+from cdc_bridge.bridge.failures import TRANSIENT_ERRORS, start_up_fix
 from cdc_bridge.bridge.http import HttpEndpoint
 from cdc_bridge.bridge.metrics import Metrics
 from cdc_bridge.bridge.pipeline import PoisonRowError, UndecodableChange
@@ -22,13 +23,18 @@ from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.redaction import redact, redact_dsn
 from cdc_bridge.routing.router import Router
-from cdc_bridge.sink.connect import NatsPermissionError
+from cdc_bridge.sink.connect import NatsConnectError, NatsPermissionError, unreachable
 from cdc_bridge.source.catalog import (
     slot_lag,
 )
 from cdc_bridge.source.leadership import Leadership
 from cdc_bridge.source.protocol import ProtocolError
-from cdc_bridge.source.replication import ReplicationError, SlotInUse, connection_string
+from cdc_bridge.source.replication import (
+    ReplicationError,
+    SlotInUse,
+    connection_string,
+    server_address,
+)
 
 STANDBY_POLL_SECONDS = 1.0  # a standby takes over within about this after the lock frees
 HEALTHY_AFTER_SECONDS = 10.0  # a session up this long resets the reconnect backoff
@@ -109,13 +115,17 @@ async def run_bridge(config: BridgeConfig, stop: asyncio.Event) -> int:
     progress = asyncio.create_task(log_progress(state, config))
     try:
         while not stop.is_set():
-            if not await become_leader(leadership, stop, state):
+            if not await become_leader(config, leadership, stop, state):
                 return 0
             code = await lead(config, leadership, stop, state)
             metrics.is_leader.set(0)
             if code is not None:
                 return code
         return 0
+    except FatalError as exc:
+        status.failed(str(exc))
+        log.error("fatal", error=str(exc))
+        return 1
     finally:
         progress.cancel()
         status.role = "stopped"
@@ -124,8 +134,11 @@ async def run_bridge(config: BridgeConfig, stop: asyncio.Event) -> int:
             await http.close()
 
 
-async def become_leader(leadership: Leadership, stop: asyncio.Event, state: BridgeState) -> bool:
-    """Wait (as standby) until this process holds the slot's lock; False when stopped."""
+async def become_leader(
+    config: BridgeConfig, leadership: Leadership, stop: asyncio.Event, state: BridgeState
+) -> bool:
+    """Wait (as standby) until this process holds the slot's lock; False when stopped.
+    Raises FatalError for a failure no retry can cure (see give_up)."""
     backoff = Backoff(first=1.0, cap=10.0)
     failures = FailureLog()
     announced = False
@@ -141,14 +154,17 @@ async def become_leader(leadership: Leadership, stop: asyncio.Event, state: Brid
                 log.info(
                     "standby",
                     slot=state.status.slot,
-                    error="another bridge holds this slot's leadership lock; waiting",
+                    reason="another bridge holds this slot's leadership lock; waiting",
                 )
                 announced = True
             state.status.role = "standby"
         except psycopg.Error as exc:
+            if (fatal := give_up(exc, config, state)) is not None:
+                raise FatalError(fatal) from None
             delay = backoff.next_delay()
-            failures.failed(describe(exc), delay)
-            state.status.failed(describe(exc))
+            message = describe(exc, config)
+            failures.failed(message, delay)
+            state.status.failed(message)
             state.status.role = "connecting"
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
@@ -183,6 +199,7 @@ async def lead(
         # fails right after starting (a poisoned message, say) keeps backing off.
         nonlocal healthy
         state.status.role = "streaming"
+        state.has_streamed = True
         healthy = asyncio.get_running_loop().call_later(HEALTHY_AFTER_SECONDS, recovered)
 
     try:
@@ -201,8 +218,12 @@ async def lead(
                 delay = backoff.next_delay()
                 failures.failed(f"{exc} (waiting for it to be released)", delay)
             except TRANSIENT_ERRORS as exc:
+                if (fatal := give_up(exc, config, state)) is not None:
+                    state.status.failed(fatal)
+                    log.error("fatal", error=fatal)
+                    return 1
                 delay = backoff.next_delay()
-                message = describe(exc)
+                message = describe(exc, config)
                 failures.failed(message, delay)
                 state.status.failed(message)
                 state.metrics.reconnects.labels(failure_target(exc)).inc()
@@ -290,18 +311,43 @@ class SlotLagReader:
             self._conn = None
 
 
-def describe(exc: BaseException) -> str:
-    """One line for a failure. Drivers' messages may quote a DSN or URL: redacted here
-    (and the literal secrets are masked again where the line is logged or served)."""
+# libpq's words before the server's on a refused connection: the address they name is
+# the one that refused (of a multi-host DSN), so it replaces the DSN's.
+_LIBPQ_PREFIX = re.compile(
+    r'^(?:connection failed: )?connection to server (?:at "(?P<host>[^"]+)"(?: \([^)]*\))?'
+    r', port (?P<port>\d+)|on socket "(?P<socket>[^"]+)") failed: '
+)
+_SEVERITY = re.compile(r"^(?:FATAL|ERROR|PANIC):\s+")
+
+
+def describe(exc: BaseException, config: BridgeConfig) -> str:
+    """One line for a failure, naming the server. Drivers' messages may quote a DSN or
+    URL: redacted here (and the literal secrets are masked again where the line is
+    logged or served)."""
     text = str(exc).strip().splitlines()
     detail = redact(text[0]) if text else ""
+    if isinstance(exc, psycopg.Error | ReplicationError):
+        where = server_address(config.postgres.dsn)
+        if prefix := _LIBPQ_PREFIX.match(detail):
+            host, port = prefix["host"], prefix["port"]
+            where = prefix["socket"] or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+            detail = detail[prefix.end() :]
+        return f"PostgreSQL at {where}: {_SEVERITY.sub('', detail) or type(exc).__name__}"
     if isinstance(exc, nats.errors.NoServersError):
-        return "cannot connect to any NATS server"
-    if isinstance(exc, psycopg.OperationalError):
-        return f"PostgreSQL: {detail}"
-    if isinstance(exc, NatsPermissionError):
-        return detail  # already says what it is: "NATS permissions: ..."
+        return unreachable(config.nats.servers, None)
+    if isinstance(exc, NatsPermissionError | NatsConnectError):
+        return detail  # already says what it is and where
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def give_up(exc: BaseException, config: BridgeConfig, state: BridgeState) -> str | None:
+    """The fatal line for a failure no retry can cure, while the bridge has never
+    streamed; None: retry. Once it has streamed the set-up was right, and a failure like
+    a refused password is a change in progress (a rotation): retried, and logged."""
+    if state.has_streamed:
+        return None
+    fix = start_up_fix(exc, config)
+    return None if fix is None else f"{describe(exc, config)} (fix: {fix})"
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

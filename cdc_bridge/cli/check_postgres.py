@@ -6,6 +6,12 @@ from collections.abc import Awaitable, Callable
 
 import psycopg
 
+from cdc_bridge.bridge.failures import (
+    RESTART,
+    WAL_LEVEL_FIX,
+    output_plugin_fix,
+    replication_role_fix,
+)
 from cdc_bridge.cli.check_results import CheckResult, fail, ok, skip, warn
 from cdc_bridge.cli.errors import OpsError, describe_postgres_error
 from cdc_bridge.cli.render import human_bytes, lsn_text
@@ -20,6 +26,7 @@ from cdc_bridge.source.catalog import (
     current_role,
     get_slot,
     in_recovery,
+    output_plugin_allowlist,
     publication_info,
     replication_slot_count,
     server_version,
@@ -42,7 +49,6 @@ POSTGRES_CHECKS = (
     "postgres.slot",
 )
 MIN_VERSION_NUM = 100000  # pgoutput and publications arrived in PostgreSQL 10
-RESTART = "then restart PostgreSQL (a reload is not enough)"
 
 
 async def postgres_checks(config: BridgeConfig, dsn: str) -> list[CheckResult]:
@@ -106,7 +112,7 @@ async def _wal_level(conn: AsyncConn) -> CheckResult:
     return fail(
         "postgres.wal_level",
         f"wal_level = {level}, but logical decoding needs logical",
-        f"ALTER SYSTEM SET wal_level = logical; {RESTART}",
+        WAL_LEVEL_FIX,
     )
 
 
@@ -155,7 +161,7 @@ async def _role(conn: AsyncConn) -> CheckResult:
     return fail(
         "postgres.role",
         f"role {role.name} has neither REPLICATION nor superuser: it cannot stream",
-        f"ALTER ROLE {role.name} REPLICATION",
+        replication_role_fix(role.name),
     )
 
 
@@ -235,6 +241,16 @@ async def _publication(conn: AsyncConn, config: BridgeConfig, slot: SlotInfo | N
 
 async def _slot(conn: AsyncConn, config: BridgeConfig, slot: SlotInfo | None) -> CheckResult:
     name, plugin = config.postgres.slot, config.postgres.plugin
+    allowed = await output_plugin_allowlist(conn)
+    if allowed is not None and plugin not in allowed:
+        # The server refuses the plugin both to create the slot and to stream from it.
+        return fail(
+            "postgres.slot",
+            f"{plugin} is not in output_plugin_libraries ({', '.join(allowed) or 'empty'}): "
+            f"this server refuses it as an output plugin, so slot {name} can be neither "
+            "created nor streamed from",
+            output_plugin_fix(plugin),
+        )
     if slot is None:
         return warn(
             "postgres.slot",

@@ -10,7 +10,7 @@ from nats.aio.client import Client as NatsClient
 from cdc_bridge.cli.errors import OpsError
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.sink.auth import connect_options, require_tls
-from cdc_bridge.sink.connect import close_failed_client
+from cdc_bridge.sink.connect import close_failed_client, unreachable
 
 API_TIMEOUT = 5.0  # seconds for each JetStream API request
 _RETRY_WAIT = 0.2  # seconds between tries of one server
@@ -49,8 +49,5 @@ async def connect_quietly(config: BridgeConfig) -> NatsClient:
             return client
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         await close_failed_client(client)
-        redacted = config.redactor()
-        servers = ", ".join(redacted(server) for server in config.nats.servers)
         last = errors[-1] if errors else exc
-        reason = str(last).strip() or type(last).__name__
-        raise OpsError(redacted(f"cannot connect to NATS at {servers}: {reason}")) from None
+        raise OpsError(config.redactor()(unreachable(config.nats.servers, last))) from None

@@ -418,10 +418,15 @@ class PostgresServer(_ServerProcess):
         port: int | None = None,
         settings: dict[str, str] | None = None,
         hba: str | None = None,
+        allow_wal2json: bool = True,
     ) -> None:
         """``hba``: pg_hba.conf's text instead of trust-for-everyone (written on every
         start). It must still let ``postgres`` in over 127.0.0.1 without a password:
-        ``dsn()`` and the server's own start-up checks connect that way."""
+        ``dsn()`` and the server's own start-up checks connect that way.
+
+        ``allow_wal2json=False`` keeps the build's own ``output_plugin_libraries``, which
+        leaves wal2json out, as production servers of such builds do; on a build without
+        that setting every installed plugin may be used, so it raises DevstackError."""
         self.base_dir = Path(base_dir).absolute()
         self.port = port if port is not None else free_port()
         self.hba = hba if hba is not None else PG_HBA
@@ -446,10 +451,16 @@ class PostgresServer(_ServerProcess):
         self._account = _postgres_account()
         self._bindir = find_pg_bindir()
         allowed_plugins = _output_plugin_allowlist(self._bindir)
+        if not allow_wal2json and allowed_plugins is None:
+            raise DevstackError(
+                "this PostgreSQL build has no output_plugin_libraries setting: it cannot "
+                "refuse wal2json as an output plugin"
+            )
         if allowed_plugins is not None and "output_plugin_libraries" not in self.settings:
             # Some PostgreSQL builds (this machine's among them) only load the output
             # plugins listed here; the bridge's other plugin, wal2json, must be one.
-            self.settings["output_plugin_libraries"] = f"{allowed_plugins}, wal2json"
+            extra = ", wal2json" if allow_wal2json else ""
+            self.settings["output_plugin_libraries"] = allowed_plugins + extra
 
     def dsn(self, dbname: str = "postgres") -> str:
         """A libpq URI over TCP to ``dbname`` as the ``postgres`` superuser (trust auth)."""

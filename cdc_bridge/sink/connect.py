@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import nats.errors
 import structlog
@@ -13,7 +13,8 @@ from nats.js.api import StorageType, StreamConfig, StreamInfo
 from nats.js.errors import NotFoundError
 
 from cdc_bridge.config.model import NatsConfig
-from cdc_bridge.sink.auth import connect_options, require_tls
+from cdc_bridge.core.redaction import redact_dsn
+from cdc_bridge.sink.auth import NatsTlsRequired, connect_options, require_tls
 
 log = structlog.get_logger("cdc_bridge.nats")
 
@@ -28,6 +29,18 @@ class NatsPermissionError(nats.errors.Error):
     its ack never comes, a refused subscribe leaves requests unanswered. Without this
     the session would only see timeouts.
     """
+
+
+class NatsConnectError(nats.errors.Error):
+    """No server of ``nats.servers`` took the connection; the message names them."""
+
+
+def unreachable(servers: Sequence[str], reason: BaseException | None) -> str:
+    """The line for NATS servers none of which took the connection: every URL,
+    credentials masked, and the last reason given. Shared by `run` and `check`."""
+    shown = ", ".join(redact_dsn(server) for server in servers)
+    why = (str(reason).strip() or type(reason).__name__) if reason else "no server answered"
+    return redact_dsn(f"cannot connect to NATS at {shown}: {why}")
 
 
 def permission_error(exc: BaseException) -> NatsPermissionError | None:
@@ -61,7 +74,10 @@ async def connect_nats(
     async def disconnected() -> None:
         on_lost()
 
+    last_error: list[Exception] = []  # why a connect failed, for its line
+
     async def error(exc: Exception) -> None:
+        last_error[:] = [exc]
         denied = permission_error(exc)
         if denied is None:
             log.debug("nats_client_error", error=str(exc))
@@ -90,8 +106,13 @@ async def connect_nats(
             **connect_options(config, client),
         )
         require_tls(config, client)
-    except BaseException:
+    except BaseException as exc:
         await close_failed_client(client)
+        if isinstance(exc, nats.errors.Error) and not isinstance(exc, NatsTlsRequired):
+            # nats-py's words name no server, and NoServersError not even the reason
+            no_servers = isinstance(exc, nats.errors.NoServersError)
+            reason = last_error[0] if no_servers and last_error else exc
+            raise NatsConnectError(unreachable(config.servers, reason)) from None
         raise
     return client
 

@@ -73,6 +73,18 @@ async def create_slot(conn: psycopg.AsyncConnection[TupleRow], name: str, plugin
     await conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (name, plugin))
 
 
+async def output_plugin_allowlist(conn: AsyncConn) -> list[str] | None:
+    """The libraries ``output_plugin_libraries`` lets be output plugins, on PostgreSQL
+    builds that have this setting (the 15.20 one the tests run on, for one); None: any may."""
+    cur = await conn.execute(
+        "SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries'"
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    return [name.strip().strip('"') for name in str(row[0]).split(",") if name.strip()]
+
+
 async def publication_exists(conn: psycopg.AsyncConnection[TupleRow], name: str) -> bool:
     cur = await conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,))
     return await cur.fetchone() is not None

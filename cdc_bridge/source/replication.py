@@ -11,6 +11,7 @@ buffered backlog each time, which turns quadratic once the reader falls behind.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 
 import psycopg
@@ -67,6 +68,24 @@ def connection_string(dsn: str, connect_timeout: float, *, options: str | None =
     if options:
         params["options"] = f"{params['options']} {options}" if params.get("options") else options
     return make_conninfo("", **params)
+
+
+def server_address(dsn: str) -> str:
+    """``host:port`` of the DSN's server (each, for a multi-host DSN): never its password."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return "(unparsable postgres.dsn)"  # libpq's error would quote the DSN
+    # What libpq falls back to (its PG* variables, then its defaults)
+    host = params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST")
+    hosts = str(host or "localhost").split(",")
+    ports = str(params.get("port") or os.environ.get("PGPORT") or "5432").split(",")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    return ",".join(
+        f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        for host, port in zip(hosts, ports, strict=False)
+    )
 
 
 def quote_name(name: str) -> str:

@@ -216,11 +216,11 @@ async def prepare_postgres(
             await create_slot(conn, pg.slot, pg.plugin)
             slot = await get_slot(conn, pg.slot)
             assert slot is not None
-            log.warning(
+            log.info(
                 "slot_created",
                 slot=pg.slot,
                 lsn=format_lsn(slot.confirmed_flush_lsn or 0),
-                error="new slot: only events committed from now on are streamed",
+                detail="new slot: only events committed from now on are streamed",
             )
         check_slot(config, slot, str(conn.info.dbname))
         names = None

@@ -340,7 +340,8 @@ def test_a_wrong_postgres_ca_fails_with_one_clear_line(
     )
     bridge = make_bridge(config)
     error = session_failure(bridge, "certificate verify failed")
-    assert error.startswith("PostgreSQL: ") and "\n" not in error
+    assert error.startswith(f"PostgreSQL at 127.0.0.1:{tls_pg_server.port}: ")
+    assert "\n" not in error
     assert bridge.running  # waits and retries: the CA may be fixed without a restart
 
     code, output = run_cli(capsys, "check", "--config", write_config(tmp_path, config))
