@@ -75,12 +75,9 @@ _REFUSED_CONNECTIONS: tuple[tuple[re.Pattern[str], type[psycopg.Error]], ...] = 
 
 def postgres_error_class(exc: BaseException) -> type[psycopg.Error] | None:
     """psycopg's class for the SQLSTATE of a PostgreSQL failure; None when unknown."""
-    sqlstate = getattr(exc, "sqlstate", None)
-    if sqlstate:
-        try:
-            return pg_errors.lookup(sqlstate)
-        except KeyError:
-            return None
+    said = exc.error if isinstance(exc, ReplicationError) else exc  # psycopg's class for it
+    if isinstance(said, psycopg.Error) and said.sqlstate:
+        return type(said)
     if isinstance(exc, psycopg.OperationalError):
         text = str(exc)
         for pattern, error_class in _REFUSED_CONNECTIONS:

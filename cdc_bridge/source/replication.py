@@ -44,11 +44,19 @@ SERVER_KEEPALIVES = (
 
 
 class ReplicationError(Exception):
-    """The stream ended or failed; ``sqlstate`` says why when the server told us."""
+    """The stream ended or failed. ``error`` is psycopg's error for what the server said,
+    when it said something: its class names the SQLSTATE (AdminShutdown, ObjectInUse,
+    InsufficientPrivilege ...), which is how the supervisor tells fatal from transient."""
 
-    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+    def __init__(self, message: str, error: psycopg.Error | None = None) -> None:
         super().__init__(message)
-        self.sqlstate = sqlstate
+        self.error = error
+
+    @classmethod
+    def from_error(cls, error: psycopg.Error) -> ReplicationError:
+        """The server's error as ours: SlotInUse when another process streams the slot."""
+        kind = SlotInUse if isinstance(error, pg_errors.ObjectInUse) else cls
+        return kind(_first_line(error), error)
 
 
 class SlotInUse(ReplicationError):
@@ -139,7 +147,7 @@ class ReplicationStream:
             row = await cur.fetchone()
         except psycopg.Error as exc:
             await conn.close()
-            raise ReplicationError(_first_line(exc), exc.sqlstate) from None
+            raise ReplicationError.from_error(exc) from None
         stream = cls(conn)
         stream.system_id = str(row[0]) if row else "unknown"
         return stream
@@ -155,12 +163,9 @@ class ReplicationStream:
         command = start_replication_command(slot, start_lsn, options)
         try:
             await self._conn.execute(command)
-        except pg_errors.ObjectInUse as exc:
-            await self.close()
-            raise SlotInUse(_first_line(exc), exc.sqlstate) from None
         except psycopg.Error as exc:
             await self.close()
-            raise ReplicationError(_first_line(exc), exc.sqlstate) from None
+            raise ReplicationError.from_error(exc) from None
         if self._pg.status != pq.ConnStatus.OK:
             await self.close()
             raise ReplicationError("replication connection is not usable after START_REPLICATION")
@@ -255,10 +260,9 @@ class ReplicationStream:
     def _stream_end_error(self) -> ReplicationError:
         result = self._pg.get_result()
         if result is not None and result.status == pq.ExecStatus.FATAL_ERROR:
-            message = (result.error_message or b"").decode("utf-8", "replace").strip()
-            sqlstate_raw = result.error_field(pq.DiagnosticField.SQLSTATE)
-            sqlstate = sqlstate_raw.decode() if sqlstate_raw else None
-            return ReplicationError(_first_line(message), sqlstate)
+            # psycopg's own class for the server's SQLSTATE (AdminShutdown on a fast
+            # shutdown, ObjectInUse, ...), as it would raise for any query
+            return ReplicationError.from_error(pg_errors.error_from_result(result))
         return ReplicationError("the server ended the replication stream")
 
 

@@ -55,7 +55,11 @@ def refused(server_says: str) -> psycopg.OperationalError:
             WAL_LEVEL_FIX,
         ),
         (
-            ReplicationError("logical decoding requires wal_level >= logical", "55000"),
+            ReplicationError.from_error(
+                pg_errors.ObjectNotInPrerequisiteState(
+                    "logical decoding requires wal_level >= logical"
+                )
+            ),
             WAL_LEVEL_FIX,
         ),
         (
@@ -65,7 +69,11 @@ def refused(server_says: str) -> psycopg.OperationalError:
             output_plugin_fix("wal2json"),
         ),
         (
-            ReplicationError('library "wal2json" may not be used as an output plugin', "42501"),
+            ReplicationError.from_error(
+                pg_errors.InsufficientPrivilege(
+                    'library "wal2json" may not be used as an output plugin'
+                )
+            ),
             output_plugin_fix("wal2json"),
         ),
         (
@@ -99,7 +107,9 @@ def test_a_plugin_that_is_not_installed_and_other_refusals() -> None:
         "install wal2json on the database server, or use plugin: pgoutput"
     )
     # A refused request (a bad plugin option, a missing object) is asked again in vain.
-    option = ReplicationError('option "x" = "y" is unknown', "22023")
+    option = ReplicationError.from_error(
+        pg_errors.InvalidParameterValue('option "x" = "y" is unknown')
+    )
     assert postgres_error_class(option) is pg_errors.InvalidParameterValue
     assert start_up_fix(option, config()) is not None
     denied = pg_errors.InsufficientPrivilege("permission denied for table outbox")
