@@ -12,6 +12,7 @@ from psycopg.rows import TupleRow
 from cdc_bridge.cli.errors import OpsError, UsageError, describe_postgres_error
 from cdc_bridge.config.load import load_config
 from cdc_bridge.config.model import BridgeConfig
+from cdc_bridge.source.catalog import AsyncConn, SlotInfo, get_slot
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 # A URL's userinfo password, or a keyword DSN's password value.
@@ -84,3 +85,11 @@ async def connect_postgres(
     return await psycopg.AsyncConnection.connect(
         make_conninfo("", **params), autocommit=True, password=password
     )
+
+
+async def require_slot(conn: AsyncConn, name: str) -> SlotInfo:
+    """The slot named ``name``, or the one line that says there is none."""
+    slot = await get_slot(conn, name)
+    if slot is None:
+        raise OpsError(f"no logical replication slot named {name} (see `cdc-bridge slots list`)")
+    return slot

@@ -17,3 +17,12 @@ def parse_lsn(text: str) -> int:
 def format_lsn(value: int) -> str:
     """Integer position -> ``"16/B374D848"`` (upper-case hex, as PostgreSQL prints it)."""
     return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def wal_behind(head: int, lsn: int | None) -> int | None:
+    """Bytes of WAL between ``lsn`` and the head; None when ``lsn`` is unknown.
+
+    A position can be a little ahead of what a session sees as the head (a keepalive's
+    wal_end): that is no lag, not negative lag.
+    """
+    return None if lsn is None else max(head - lsn, 0)

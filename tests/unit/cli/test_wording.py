@@ -6,7 +6,7 @@ import pytest
 
 from cdc_bridge.cli.errors import OpsError
 from cdc_bridge.cli.pending import Pending, PendingRow, PendingTransaction
-from cdc_bridge.cli.slots import _loss_lines
+from cdc_bridge.cli.slots_lifecycle import _loss_lines
 from cdc_bridge.cli.slots_peek import AdvancePlan, _advance_lines, _peek_lines, _through_xid
 from cdc_bridge.source.catalog import SlotInfo
 
