@@ -15,13 +15,14 @@ from psycopg.rows import TupleRow
 from cdc_bridge.bridge.failures import TRANSIENT_ERRORS
 from cdc_bridge.bridge.http import HttpEndpoint
 from cdc_bridge.bridge.metrics import Metrics
-from cdc_bridge.bridge.pipeline import PoisonRowError, UndecodableChange
+from cdc_bridge.bridge.pipeline import UndecodableChange
 from cdc_bridge.bridge.session import BridgeState, run_session
 from cdc_bridge.bridge.status import BridgeStatus
 from cdc_bridge.config.model import BridgeConfig, redact_dsn
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.redaction import redact
+from cdc_bridge.routing.dead_letters import PoisonRowError
 from cdc_bridge.routing.router import Router
 from cdc_bridge.sink.connect import NatsPermissionError
 from cdc_bridge.source.catalog import (
