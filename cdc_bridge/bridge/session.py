@@ -20,7 +20,12 @@ from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.tracker import LsnTracker, Transaction
 from cdc_bridge.routing.dead_letters import DeadLetterPolicy
 from cdc_bridge.routing.router import Router
-from cdc_bridge.sink.connect import NatsPermissionError, connect_nats, ensure_stream
+from cdc_bridge.sink.connect import (
+    NatsPermissionError,
+    connect_nats,
+    ensure_stream,
+    server_version_text,
+)
 from cdc_bridge.sink.coverage import check_stream_coverage
 from cdc_bridge.sink.ordering import OrderGuard
 from cdc_bridge.sink.publisher import JetStreamPublisher, PublishError
@@ -76,7 +81,7 @@ async def run_session(
         warn_about_duplicate_window(config, stream_info, state)
         await check_subjects_have_streams(nc, config, state)
         router.max_payload = nc.max_payload
-        state.status.nats_version = str(nc._server_info.get("version"))
+        state.status.nats_version = server_version_text(nc.connected_server_version)
         stream = await ReplicationStream.connect(
             replication_dsn(config),
             connect_timeout=config.postgres.connect_timeout,

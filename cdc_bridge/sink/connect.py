@@ -9,6 +9,7 @@ from collections.abc import Callable
 import nats.errors
 import structlog
 from nats.aio.client import Client as NatsClient
+from nats.aio.client import ServerVersion
 from nats.js.api import StorageType, StreamConfig, StreamInfo
 from nats.js.errors import NotFoundError
 
@@ -28,6 +29,20 @@ class NatsPermissionError(nats.errors.Error):
     its ack never comes, a refused subscribe leaves requests unanswered. Without this
     the session would only see timeouts.
     """
+
+
+def server_version_text(version: ServerVersion) -> str:
+    """``Client.connected_server_version`` as the server gave it, e.g. "2.11.4-RC.1"."""
+    try:
+        text = f"{version.major}.{version.minor}.{version.patch}"
+        prerelease, build = version.prerelease, version.build
+    except ValueError:  # not semver: nats-py keeps no public copy of the raw text
+        return "unknown"
+    if prerelease:
+        text += f"-{prerelease}"
+    if build:
+        text += f"+{build}"
+    return text
 
 
 def permission_error(exc: BaseException) -> NatsPermissionError | None:
