@@ -156,7 +156,8 @@ class JetStreamPublisher:
         chained = guard is not None and guard.covers(subject)
         expectation = guard.expectation() if guard is not None and chained else ""
         block = header_block(header_lines, expectation)
-        size = len(block) + len(data)
+        block_size = len(block)
+        size = block_size + len(data)
         if size > self._nc.max_payload and route != DEAD_LETTER_ROUTE:
             # The router checked the row, but our own headers came on top: the server
             # would close the connection on it, on every replay. Dead-letter it instead
@@ -179,7 +180,7 @@ class JetStreamPublisher:
             token = book.add_chained(subject, data, header_lines, tx, route)
         else:
             token = book.add(subject, data, header_lines, tx, route)
-        frames.add(subject, token, block, data, size)
+        frames.add(subject, token, block, data, block_size, size)
 
     def committed(self, tx: Transaction) -> None:
         """The pipeline saw the commit; if every event was acked already, it is done."""

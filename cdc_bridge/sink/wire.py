@@ -38,15 +38,17 @@ class Frames:
         self.parts: list[bytes] = []
         self._unreplied_head = 0  # index in parts of the newest HPUB line without a reply
 
-    def add(self, subject: str, token: int, block: bytes, data: bytes, size: int) -> None:
-        """Queue one frame: ``token`` is its reply token, or NO_REPLY; ``size`` is the
-        header block's and the payload's length together."""
+    def add(
+        self, subject: str, token: int, block: bytes, data: bytes, block_size: int, size: int
+    ) -> None:
+        """Queue one frame: ``token`` is its reply token, or NO_REPLY; ``block_size`` is
+        ``len(block)``, ``size`` that plus ``len(data)`` (the caller has both already)."""
         parts = self.parts
         if token == NO_REPLY:
             self._unreplied_head = len(parts)
-            head = f"HPUB {subject} {len(block)} {size}\r\n"
+            head = f"HPUB {subject} {block_size} {size}\r\n"
         else:
-            head = f"HPUB {subject} {self._inbox}.{token} {len(block)} {size}\r\n"
+            head = f"HPUB {subject} {self._inbox}.{token} {block_size} {size}\r\n"
         parts += (head.encode(), block, data, _CRLF)
 
     def ask_reply_of_last_unreplied(self, subject: str, token: int) -> None:

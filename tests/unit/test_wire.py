@@ -35,9 +35,9 @@ def test_frames_with_and_without_reply_then_the_last_unreplied_gets_one() -> Non
     frames = Frames(cast(NatsClient, client), "_INBOX.x")
     block = header_block("Nats-Msg-Id: a\r\n", "")
     size = len(block)
-    frames.add("events.a", 7, block, b"{}", size + 2)
-    frames.add("events.b", NO_REPLY, block, b"[1]", size + 3)
-    frames.add("other.c", 8, block, b"", size)  # outside the chain: the unreplied one stays
+    frames.add("events.a", 7, block, b"{}", size, size + 2)
+    frames.add("events.b", NO_REPLY, block, b"[1]", size, size + 3)
+    frames.add("other.c", 8, block, b"", size, size)  # outside the chain: the unreplied one stays
     assert frames.parts == [
         f"HPUB events.a _INBOX.x.7 {size} {size + 2}\r\n".encode(), block, b"{}", b"\r\n",
         f"HPUB events.b {size} {size + 3}\r\n".encode(), block, b"[1]", b"\r\n",
