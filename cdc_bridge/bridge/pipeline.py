@@ -25,8 +25,9 @@ from cdc_bridge.core.headers import (
     EXPECTED_LAST_SEQUENCE,
     header_lines,
 )
-from cdc_bridge.core.lsn import format_lsn, parse_lsn
+from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.tracker import LsnTracker, Transaction
+from cdc_bridge.routing.dead_letters import DeadLetterPolicy, PoisonRowError
 from cdc_bridge.routing.messages import (
     EnvelopeColumns,
     MessageEvent,
@@ -34,13 +35,7 @@ from cdc_bridge.routing.messages import (
     message_event,
 )
 from cdc_bridge.routing.router import Outbound, Poison, Router
-from cdc_bridge.sink.publisher import (
-    DuplicateHandler,
-    InFlight,
-    JetStreamPublisher,
-    PublishError,
-    Rejection,
-)
+from cdc_bridge.sink.publisher import JetStreamPublisher, PublishError
 from cdc_bridge.sink.reconcile import Position
 from cdc_bridge.source.decoding import DecodeError, Decoder
 from cdc_bridge.source.protocol import (
@@ -66,10 +61,6 @@ class UndecodableChange(Exception):
     """The plugin sent something we cannot read: retrying would read it again."""
 
 
-class PoisonRowError(Exception):
-    """A row that cannot be published and has nowhere else to go: stop, confirm nothing past it."""
-
-
 @dataclass
 class SessionStats:
     """Counters that outlive a session (the daemon keeps one for the process)."""
@@ -88,7 +79,7 @@ class Pipeline:
         stream: ReplicationStream,
         decoder: Decoder,
         router: Router,
-        publisher_factory: Callable[[Rejection, DuplicateHandler], JetStreamPublisher],
+        publisher_factory: Callable[[DeadLetterPolicy], JetStreamPublisher],
         tracker: LsnTracker,
         tables: frozenset[str],
         status_interval: float,
@@ -117,7 +108,8 @@ class Pipeline:
         self._known_duplicates = known_duplicates
         self._in_stream = in_stream
         self._on_dead_letter = on_dead_letter
-        self.publisher = publisher_factory(self._dead_letter_for_rejected, self._remember_duplicate)
+        # What the publisher sends instead of a message JetStream can never store.
+        self.publisher = publisher_factory(DeadLetterPolicy(router))
         self._tx: Transaction | None = None
         self._tx_lsn = ""
         self._tx_index = 0
@@ -313,34 +305,6 @@ class Pipeline:
                 table=table,
             )
 
-    def _dead_letter_for_rejected(
-        self, entry: InFlight, reason: str
-    ) -> tuple[str, bytes, dict[str, str]]:
-        """JetStream can never store this message: publish its dead letter instead."""
-        entry_headers = entry.headers
-        msg_id = entry_headers.get("Nats-Msg-Id", "")
-        original = Outbound(
-            subject=entry.subject,
-            data=entry.data,
-            headers=entry_headers,
-            msg_id=msg_id,
-            route="",
-        )
-        outcome = self._router.dead_letter(original, reason, msg_id)
-        if type(outcome) is Poison:
-            raise PoisonRowError(
-                f"row id={msg_id} ({entry_headers.get('Cdc-Table')}): {reason}; no "
-                "dead_letter is configured, so the bridge stops without confirming past it"
-            )
-        assert type(outcome) is Outbound
-        if entry.subject == outcome.subject:
-            raise PoisonRowError(f"the dead-letter subject itself cannot be stored: {reason}")
-        self._count_dead_letter(msg_id, reason)
-        headers = outcome.headers
-        for key in BRIDGE_HEADERS:
-            headers[key] = entry_headers[key]
-        return outcome.subject, outcome.data, headers
-
     def _already_stored(self, position: Position, outcome: Outbound | Poison) -> bool:
         if position in self._known_duplicates:
             return True
@@ -350,17 +314,6 @@ class Pipeline:
             return False
         # Only the bridge's own stream is known gap-free; elsewhere dedup must do.
         return type(outcome) is Outbound and self._in_stream(outcome.subject)
-
-    def _remember_duplicate(self, entry: InFlight) -> None:
-        """JetStream already had this event (its id was seen): never send it again.
-
-        Without this, an event whose id repeats an older one would be refused as a
-        duplicate in every session, and its successor's order expectation with it.
-        """
-        headers = entry.headers
-        if headers.get("Cdc-Source") == self._source:
-            position = (parse_lsn(headers["Cdc-Lsn"]), int(headers["Cdc-Index"]))
-            self._known_duplicates.add(position)
 
     def _count_dead_letter(self, msg_id: str, reason: str) -> None:
         self.stats.dead_lettered += 1

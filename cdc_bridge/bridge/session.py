@@ -18,12 +18,18 @@ from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.tracker import LsnTracker, Transaction
+from cdc_bridge.routing.dead_letters import DeadLetterPolicy
 from cdc_bridge.routing.router import Router
-from cdc_bridge.sink.connect import NatsPermissionError, connect_nats, ensure_stream
+from cdc_bridge.sink.connect import (
+    NatsPermissionError,
+    connect_nats,
+    ensure_stream,
+    server_version_text,
+)
 from cdc_bridge.sink.coverage import check_stream_coverage
 from cdc_bridge.sink.ordering import OrderGuard
-from cdc_bridge.sink.publisher import DuplicateHandler, JetStreamPublisher, PublishError, Rejection
-from cdc_bridge.sink.reconcile import Position, StreamTail, read_stream_tail
+from cdc_bridge.sink.publisher import JetStreamPublisher, PublishError
+from cdc_bridge.sink.reconcile import Position, StreamTail, position_of, read_stream_tail
 from cdc_bridge.source.plugins import decoder_for, envelope_columns, replication_dsn
 from cdc_bridge.source.replication import ReplicationStream, SlotInUse
 from cdc_bridge.source.setup import prepare_postgres
@@ -76,7 +82,7 @@ async def run_session(
         warn_about_duplicate_window(config, stream_info, state)
         await check_subjects_have_streams(nc, config, state)
         router.max_payload = nc.max_payload
-        state.status.nats_version = str(nc._server_info.get("version"))
+        state.status.nats_version = server_version_text(nc.connected_server_version)
         stream = await ReplicationStream.connect(
             replication_dsn(config),
             connect_timeout=config.postgres.connect_timeout,
@@ -122,18 +128,15 @@ async def run_session(
         )
         state.sessions_started += 1
 
-        def make_publisher(
-            on_rejected: Rejection, on_duplicate: DuplicateHandler
-        ) -> JetStreamPublisher:
+        def make_publisher(dead_letters: DeadLetterPolicy) -> JetStreamPublisher:
             return JetStreamPublisher(
                 nc,
                 tracker,
                 max_in_flight=config.nats.max_in_flight,
                 ack_timeout=config.nats.ack_timeout,
-                on_rejected=on_rejected,
+                dead_letters=dead_letters,
                 guard=guard,
-                on_duplicate=on_duplicate,
-                observer=AckCounter(state),
+                observer=PublishCounter(state),
                 careful_start=careful_start,
             )
 
@@ -176,6 +179,9 @@ async def run_session(
             await pipeline.run(stop, shutdown_timeout=config.shutdown_timeout)
         finally:
             watch_lost.cancel()
+            # Never sent again: an id that repeats an older one would otherwise be
+            # refused as a duplicate in every session, its successor's order with it.
+            remember_already_stored(state, publisher.already_stored, source)
     except TRANSIENT_ERRORS as exc:
         if denials:  # the timeout or lost connection it caused says less than it does
             raise denials[0] from exc
@@ -187,8 +193,9 @@ async def run_session(
             await nc.close()
 
 
-class AckCounter:
-    """Counts acks for /status and the metrics (the publisher's AckObserver)."""
+class PublishCounter:
+    """Counts acks and dead letters for /status and the metrics (the publisher's
+    PublishObserver)."""
 
     def __init__(self, state: BridgeState) -> None:
         self._stats = state.stats
@@ -200,6 +207,22 @@ class AckCounter:
 
     def transaction_acked(self, tx: Transaction) -> None:
         self._metrics.transaction_acked(tx)
+
+    def dead_lettered(self, msg_id: str, reason: str) -> None:
+        self._stats.dead_lettered += 1
+        self._metrics.dead_lettered(reason)
+        log.warning("dead_lettered", msg_id=msg_id, error=reason)
+
+
+def remember_already_stored(
+    state: BridgeState, already_stored: list[dict[str, str]], source: str
+) -> None:
+    """The events of ours JetStream said it held already (their headers): skipped when
+    replayed, as what the stream's tail shows is."""
+    for headers in already_stored:
+        position = position_of(headers, source)
+        if position is not None:
+            state.known_duplicates.add(position)
 
 
 def format_position(position: Position | None) -> str | None:

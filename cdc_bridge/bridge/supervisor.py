@@ -16,12 +16,13 @@ from psycopg.rows import TupleRow
 from cdc_bridge.bridge.failures import TRANSIENT_ERRORS, start_up_fix
 from cdc_bridge.bridge.http import HttpEndpoint
 from cdc_bridge.bridge.metrics import Metrics
-from cdc_bridge.bridge.pipeline import PoisonRowError, UndecodableChange
+from cdc_bridge.bridge.pipeline import UndecodableChange
 from cdc_bridge.bridge.session import BridgeState, run_session
 from cdc_bridge.bridge.status import BridgeStatus, progress_fields
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.redaction import redact, redact_dsn
+from cdc_bridge.routing.dead_letters import PoisonRowError
 from cdc_bridge.routing.router import Router
 from cdc_bridge.sink.connect import NatsConnectError, NatsPermissionError, unreachable
 from cdc_bridge.source.catalog import (

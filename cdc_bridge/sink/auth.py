@@ -73,9 +73,10 @@ def _only_over_tls(config: NatsConfig, client: NatsClient, secret: str) -> str |
 
 def _server_required_tls(client: NatsClient) -> bool:
     # nats-py upgrades the connection exactly when INFO says tls_required, and fails
-    # the connect if the handshake fails; there is no public accessor for either.
-    info: dict[str, Any] = getattr(client, "_server_info", None) or {}
-    return bool(info.get("tls_required"))
+    # the connect if the handshake fails; there is no public accessor for either, so
+    # this reads the client's private copy of INFO: the one place that does, checked
+    # by tests/unit/test_nats_private_api.py against every nats-py upgrade.
+    return bool(client._server_info.get("tls_required"))
 
 
 _PLAIN_TEXT = (

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import nats.errors
 import structlog
 from nats.aio.client import Client as NatsClient
+from nats.aio.client import ServerVersion
 from nats.js.api import StorageType, StreamConfig, StreamInfo
 from nats.js.errors import NotFoundError
 
@@ -41,6 +42,20 @@ def unreachable(servers: Sequence[str], reason: BaseException | None) -> str:
     shown = ", ".join(redact_dsn(server) for server in servers)
     why = (str(reason).strip() or type(reason).__name__) if reason else "no server answered"
     return redact_dsn(f"cannot connect to NATS at {shown}: {why}")
+
+
+def server_version_text(version: ServerVersion) -> str:
+    """``Client.connected_server_version`` as the server gave it, e.g. "2.11.4-RC.1"."""
+    try:
+        text = f"{version.major}.{version.minor}.{version.patch}"
+        prerelease, build = version.prerelease, version.build
+    except ValueError:  # not semver: nats-py keeps no public copy of the raw text
+        return "unknown"
+    if prerelease:
+        text += f"-{prerelease}"
+    if build:
+        text += f"+{build}"
+    return text
 
 
 def permission_error(exc: BaseException) -> NatsPermissionError | None:

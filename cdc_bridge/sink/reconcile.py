@@ -16,6 +16,7 @@ because a dead letter that replaces a refused message is sent late.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from nats.js.client import JetStreamContext
@@ -58,9 +59,9 @@ async def read_stream_tail(
         batch = await asyncio.gather(*(_headers(js, stream, s) for s in range(seq, low - 1, -1)))
         for headers in batch:
             scanned += 1
-            if headers is None or headers.get("Cdc-Source") != source:
+            position = None if headers is None else position_of(headers, source)
+            if position is None:
                 continue
-            position = (parse_lsn(headers["Cdc-Lsn"]), int(headers.get("Cdc-Index", "0")))
             if newest is None or position > newest:
                 newest = position
             ours += 1
@@ -70,6 +71,13 @@ async def read_stream_tail(
             return StreamTail(state.last_seq, newest, scanned, complete=False)
         seq = low - 1
     return StreamTail(state.last_seq, newest, scanned, complete=True)
+
+
+def position_of(headers: Mapping[str, str], source: str) -> Position | None:
+    """Where in the WAL a message of ours came from; None for another source's message."""
+    if headers.get("Cdc-Source") != source:
+        return None
+    return parse_lsn(headers["Cdc-Lsn"]), int(headers.get("Cdc-Index", "0"))
 
 
 async def _headers(js: JetStreamContext, stream: str, seq: int) -> dict[str, str] | None:

@@ -1,0 +1,46 @@
+"""What replaces a message JetStream can never store (pure): its dead letter, or a stop.
+
+The publisher learns late that a message cannot be stored (no stream captures its
+subject, or with the bridge's headers it is over the server's ``max_payload``). It asks
+this policy, built from the routing config, for the replacement instead of calling
+back into the pipeline.
+"""
+
+from __future__ import annotations
+
+from cdc_bridge.core.headers import BRIDGE_HEADERS
+from cdc_bridge.routing.router import Outbound, Poison, Router
+
+
+class PoisonRowError(Exception):
+    """A row that cannot be published and has nowhere else to go: stop, confirm nothing past it."""
+
+
+class DeadLetterPolicy:
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    def replacement(
+        self, subject: str, data: bytes, headers: dict[str, str], reason: str
+    ) -> tuple[str, bytes, dict[str, str]]:
+        """The dead letter (subject, data, headers) for a message JetStream can never
+        store, with the bridge's headers of the original (``headers``).
+
+        Raises PoisonRowError when there is no dead_letter subject, or when the message
+        is on it already.
+        """
+        msg_id = headers.get("Nats-Msg-Id", "")
+        original = Outbound(subject=subject, data=data, headers=headers, msg_id=msg_id, route="")
+        outcome = self._router.dead_letter(original, reason, msg_id)
+        if type(outcome) is Poison:
+            raise PoisonRowError(
+                f"row id={msg_id} ({headers.get('Cdc-Table')}): {reason}; no "
+                "dead_letter is configured, so the bridge stops without confirming past it"
+            )
+        assert type(outcome) is Outbound
+        if subject == outcome.subject:
+            raise PoisonRowError(f"the dead-letter subject itself cannot be stored: {reason}")
+        replacement_headers = outcome.headers
+        for key in BRIDGE_HEADERS:
+            replacement_headers[key] = headers[key]
+        return outcome.subject, outcome.data, replacement_headers

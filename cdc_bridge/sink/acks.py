@@ -1,0 +1,55 @@
+"""What a JetStream pub-ack reply says (pure): stored, duplicate, no responders, or an error.
+
+Every ack goes through ``classify``, so the common answers are module-level constants
+(no object per ack); only errors make a new ``Ack``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# JetStream API error codes for a message that will fail the same way every time.
+_ERR_MESSAGE_TOO_LARGE = 10054
+PERMANENT_ERR_CODES = frozenset({_ERR_MESSAGE_TOO_LARGE})
+
+
+class AckKind(enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # stored earlier (its Nats-Msg-Id was seen): as good as stored
+    NO_RESPONDERS = "no responders"  # no stream listens on the subject, or none has a leader
+    PERMANENT = "permanent"  # refused, and would be on every replay (e.g. too large)
+    TRANSIENT = "transient"  # refused or unreadable; a new session may fare better
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    kind: AckKind
+    reason: str = ""  # for the refusals: what the server said
+
+
+STORED = Ack(AckKind.STORED)
+DUPLICATE = Ack(AckKind.DUPLICATE, "duplicate")
+NO_RESPONDERS = Ack(AckKind.NO_RESPONDERS, "no responders")
+
+
+def classify(data: bytes, headers: Mapping[str, str] | None) -> Ack:
+    """The pub-ack reply (payload and headers of the message at the reply subject)."""
+    if headers and headers.get("Status") == "503":
+        # Nothing is subscribed to the subject: no stream, or a stream between leaders.
+        return NO_RESPONDERS
+    if not data:
+        status = headers.get("Status") if headers else "none"
+        return Ack(AckKind.TRANSIENT, f"empty reply (status {status})")
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        return Ack(AckKind.TRANSIENT, "unreadable pub ack")
+    error = reply.get("error")
+    if error is None:
+        return DUPLICATE if reply.get("duplicate") else STORED
+    err_code = error.get("err_code")
+    kind = AckKind.PERMANENT if err_code in PERMANENT_ERR_CODES else AckKind.TRANSIENT
+    return Ack(kind, f"{error.get('description', 'unknown error')} (err_code {err_code})")

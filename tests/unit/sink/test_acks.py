@@ -1,0 +1,56 @@
+"""Pub-ack replies -> what they mean for the message (sink/acks.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cdc_bridge.sink.acks import (
+    DUPLICATE,
+    NO_RESPONDERS,
+    STORED,
+    Ack,
+    AckKind,
+    classify,
+)
+
+
+def test_a_stored_message_and_a_duplicate_are_the_shared_answers() -> None:
+    assert classify(b'{"stream":"S","seq":7}', None) is STORED
+    assert classify(b'{"stream":"S","seq":7,"duplicate":true}', {}) is DUPLICATE
+    assert STORED.kind is AckKind.STORED and DUPLICATE.kind is AckKind.DUPLICATE
+
+
+def test_status_503_is_no_responders_whatever_the_payload() -> None:
+    assert classify(b"", {"Status": "503"}) is NO_RESPONDERS
+    assert NO_RESPONDERS.reason == "no responders"
+
+
+def test_a_message_too_large_is_permanent_other_errors_are_not() -> None:
+    too_large = (
+        b'{"error":{"code":400,"err_code":10054,'
+        b'"description":"message size exceeds maximum allowed"}}'
+    )
+    assert classify(too_large, None) == Ack(
+        AckKind.PERMANENT, "message size exceeds maximum allowed (err_code 10054)"
+    )
+    wrong_last = b'{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 3"}}'
+    assert classify(wrong_last, None) == Ack(
+        AckKind.TRANSIENT, "wrong last sequence: 3 (err_code 10071)"
+    )
+    assert classify(b'{"error":{}}', None) == Ack(
+        AckKind.TRANSIENT, "unknown error (err_code None)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "headers", "reason"),
+    [
+        (b"", None, "empty reply (status none)"),
+        (b"", {"Status": "408"}, "empty reply (status 408)"),
+        (b"not json", None, "unreadable pub ack"),
+    ],
+)
+def test_replies_that_say_nothing_are_transient(
+    data: bytes, headers: dict[str, str] | None, reason: str
+) -> None:
+    assert classify(data, headers) == Ack(AckKind.TRANSIENT, reason)
