@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from cdc_bridge.core.tracker import Transaction
 from cdc_bridge.source.protocol import PG_EPOCH_OFFSET_US
+
+if TYPE_CHECKING:
+    from cdc_bridge.bridge.status import LiveProgress
 
 # Dead-letter reasons are free text; metrics get a small fixed set of kinds.
 _REASON_KINDS = (
@@ -90,6 +93,11 @@ class Metrics:
         )
 
         self._route_counters: dict[str, Any] = {}
+
+    def watch(self, progress: LiveProgress) -> None:
+        """Read the running session's position and window at every scrape."""
+        self.confirmed_lsn.set_function(progress.confirmed)
+        self.in_flight.set_function(progress.in_flight)
 
     def acked(self, route: str, count: int) -> None:
         """Per ack (hot path; one call for a run of acked events of one route)."""

@@ -27,7 +27,7 @@ from cdc_bridge.core.headers import (
 )
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.tracker import LsnTracker, Transaction
-from cdc_bridge.routing.dead_letters import DeadLetterPolicy, PoisonRowError
+from cdc_bridge.routing.dead_letters import PoisonRowError
 from cdc_bridge.routing.messages import (
     EnvelopeColumns,
     MessageEvent,
@@ -79,7 +79,7 @@ class Pipeline:
         stream: ReplicationStream,
         decoder: Decoder,
         router: Router,
-        publisher_factory: Callable[[DeadLetterPolicy], JetStreamPublisher],
+        publisher: JetStreamPublisher,
         tracker: LsnTracker,
         tables: frozenset[str],
         status_interval: float,
@@ -108,8 +108,7 @@ class Pipeline:
         self._known_duplicates = known_duplicates
         self._in_stream = in_stream
         self._on_dead_letter = on_dead_letter
-        # What the publisher sends instead of a message JetStream can never store.
-        self.publisher = publisher_factory(DeadLetterPolicy(router))
+        self.publisher = publisher
         self._tx: Transaction | None = None
         self._tx_lsn = ""
         self._tx_index = 0

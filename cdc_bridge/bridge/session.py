@@ -1,14 +1,17 @@
-"""One streaming session: connect both sides, reconcile with the stream, run the pipeline."""
+"""One streaming session: connect both sides, reconcile with the stream (a resume point),
+wire the stages, run the pipeline."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamInfo
+from nats.js.client import JetStreamContext
 
 from cdc_bridge.bridge.failures import TRANSIENT_ERRORS
 from cdc_bridge.bridge.metrics import Metrics
@@ -18,6 +21,7 @@ from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.tracker import LsnTracker, Transaction
+from cdc_bridge.routing.change_events import TypeNames
 from cdc_bridge.routing.dead_letters import DeadLetterPolicy
 from cdc_bridge.routing.router import Router
 from cdc_bridge.sink.connect import (
@@ -30,6 +34,7 @@ from cdc_bridge.sink.coverage import check_stream_coverage
 from cdc_bridge.sink.ordering import OrderGuard
 from cdc_bridge.sink.publisher import JetStreamPublisher, PublishError
 from cdc_bridge.sink.reconcile import Position, StreamTail, position_of, read_stream_tail
+from cdc_bridge.source.decoding import Decoder
 from cdc_bridge.source.plugins import decoder_for, envelope_columns, replication_dsn
 from cdc_bridge.source.replication import ReplicationStream, SlotInUse
 from cdc_bridge.source.setup import prepare_postgres
@@ -57,6 +62,54 @@ class BridgeState:
         return self.status.stats
 
 
+@dataclass(frozen=True, slots=True)
+class ResumePoint:
+    """Where a session starts streaming and what the stream already holds past it
+    (reconcile.py): everything the pipeline needs to skip replays and keep order."""
+
+    slot: str
+    start: int  # the slot's confirmed_flush_lsn: the server resends everything after it
+    tail: StreamTail
+    stored_through: Position | None  # our newest stored event past ``start``, if any
+    careful_start: bool  # ack each message for a while: this session may replay stored ones
+    type_names: TypeNames | None  # change tables' column types, for the decoder
+
+
+class SessionProgress:
+    """What /status and the metrics read from a running session, when they ask: the
+    tracker's confirmed position and the publisher's window (never copied)."""
+
+    __slots__ = ("_publisher", "_tracker")
+
+    def __init__(self, tracker: LsnTracker, publisher: JetStreamPublisher) -> None:
+        self._tracker = tracker
+        self._publisher = publisher
+
+    def confirmed(self) -> int:
+        return self._tracker.confirmed
+
+    def in_flight(self) -> int:
+        return self._publisher.in_flight
+
+    def last_ack_at(self) -> float:
+        return self._publisher.last_ack_at
+
+
+class NatsLoss:
+    """The NATS connection's end, as the session learns it: ``lost`` is set when the
+    connection goes, or when the server refuses us something (``denied``)."""
+
+    def __init__(self) -> None:
+        self.lost = asyncio.Event()
+        self.denials: list[NatsPermissionError] = []
+
+    def denied(self, error: NatsPermissionError) -> None:
+        # End the session: a refused publish never gets its ack, a refused inbox
+        # subscription none at all. Waiting would only end in timeouts saying less.
+        self.denials.append(error)
+        self.lost.set()
+
+
 async def run_session(
     config: BridgeConfig,
     router: Router,
@@ -64,133 +117,174 @@ async def run_session(
     state: BridgeState,
     on_streaming: Callable[[], None],
 ) -> None:
-    """Connect both sides and stream until stop (returns) or a failure (raises)."""
-    lost = asyncio.Event()
-    denials: list[NatsPermissionError] = []
-
-    def denied(error: NatsPermissionError) -> None:
-        # End the session: a refused publish never gets its ack, a refused inbox
-        # subscription none at all. Waiting would only end in timeouts saying less.
-        denials.append(error)
-        lost.set()
-
-    nc = await connect_nats(config.nats, lost.set, on_denied=denied)
+    """Connect both sides and stream until stop (returns) or a failure (raises):
+    connect, reconcile (a resume point), wire, run."""
+    loss = NatsLoss()
+    nc = await connect_nats(config.nats, loss.lost.set, on_denied=loss.denied)
     stream: ReplicationStream | None = None
     try:
-        js = nc.jetstream()
-        stream_info = await ensure_stream(nc, config.nats)
-        warn_about_duplicate_window(config, stream_info, state)
-        await check_subjects_have_streams(nc, config, state)
-        router.max_payload = nc.max_payload
-        state.status.nats_version = server_version_text(nc.connected_server_version)
+        stream_info = await prepare_nats(nc, config, router, state)
         stream = await ReplicationStream.connect(
             replication_dsn(config),
             connect_timeout=config.postgres.connect_timeout,
             password=config.postgres.password,
         )
         source = f"{stream.system_id}/{config.postgres.slot}"
-        stream_name = config.nats.stream.name
-
-        async def refuse_if_slot_was_dropped() -> None:
-            newest = (await read_stream_tail(js, stream_name, source, MAX_LSN, 1)).newest
-            if newest is not None:
-                raise FatalError(
-                    f"slot {config.postgres.slot} is missing, but stream {stream_name} holds "
-                    f"its events up to LSN {format_lsn(newest[0])}: the slot was dropped, and "
-                    "events committed since then may never have been published. Reconcile, "
-                    f"then accept the loss with `cdc-bridge slots create {config.postgres.slot}`"
-                )
-
-        slot, wal_head, state.status.postgres_version, names = await prepare_postgres(
-            config, may_create_slot=refuse_if_slot_was_dropped
-        )
-        if slot.active:
-            raise SlotInUse(f"slot {slot.name} is in use by process {slot.active_pid}")
-        start = slot.confirmed_flush_lsn or 0
-        lookback = config.nats.max_in_flight + 64
-        tail = await read_stream_tail(js, stream_name, source, start, lookback)
-        check_tail(tail, wal_head, stream_name)
-        state.known_duplicates = {p for p in state.known_duplicates if p[0] >= start}
-        guard = OrderGuard(tuple(stream_info.config.subjects or ()), tail.last_seq)
-        tracker = LsnTracker(start)
-        decoder, options = decoder_for(config, names)
-        await stream.start(slot=config.postgres.slot, options=options)
-        stored_through = tail.newest if tail.newest and tail.newest[0] >= start else None
-        # Duplicates come from replaying what the stream already holds: the publisher
-        # starts by acking every message then, and in every session after a failed one
-        # (sessions only end by failing or stopping), so a duplicate it did not expect
-        # costs one failed session, never a loop of them (see publisher.py).
-        careful_start = (
-            state.sessions_started > 0
-            or stored_through is not None
-            or not tail.complete
-            or bool(state.known_duplicates)
-        )
-        state.sessions_started += 1
-
-        def make_publisher(dead_letters: DeadLetterPolicy) -> JetStreamPublisher:
-            return JetStreamPublisher(
-                nc,
-                tracker,
-                max_in_flight=config.nats.max_in_flight,
-                ack_timeout=config.nats.ack_timeout,
-                dead_letters=dead_letters,
-                guard=guard,
-                observer=PublishCounter(state),
-                careful_start=careful_start,
-            )
-
-        pipeline = Pipeline(
-            stream=stream,
-            decoder=decoder,
-            router=router,
-            publisher_factory=make_publisher,
-            tracker=tracker,
-            tables=frozenset(config.outbox.tables),
-            status_interval=config.postgres.status_interval,
-            stats=state.stats,
-            source=source,
-            stored_through=stored_through,
-            known_duplicates=state.known_duplicates,
-            in_stream=guard.covers,
-            on_dead_letter=state.metrics.dead_lettered,
-            message_prefixes=frozenset(config.outbox.message_prefixes),
-            envelope_columns=envelope_columns(config),
-        )
-        publisher = pipeline.publisher
-        state.status.confirmed = lambda: tracker.confirmed
-        state.status.in_flight = lambda: publisher.in_flight
-        state.status.last_ack_at = lambda: publisher.last_ack_at
-        state.metrics.confirmed_lsn.set_function(lambda: tracker.confirmed)
-        state.metrics.in_flight.set_function(lambda: publisher.in_flight)
+        resume = await reconcile(config, nc.jetstream(), source, state)
+        decoder, options = decoder_for(config, resume.type_names)
+        await stream.start(slot=resume.slot, options=options)
+        pipeline = wire(config, router, state, nc, stream, stream_info, source, resume, decoder)
         log.info(
             "streaming",
-            slot=slot.name,
-            lsn=format_lsn(start),
-            stream=stream_name,
-            stored_through=format_position(tail.newest),
+            slot=resume.slot,
+            lsn=format_lsn(resume.start),
+            stream=config.nats.stream.name,
+            stored_through=format_position(resume.tail.newest),
         )
         on_streaming()
-        watch_lost = asyncio.create_task(lost.wait())
-        watch_lost.add_done_callback(
-            lambda _: pipeline.publisher.fail(PublishError("NATS connection lost"))
-        )
-        try:
-            await pipeline.run(stop, shutdown_timeout=config.shutdown_timeout)
-        finally:
-            watch_lost.cancel()
-            # Never sent again: an id that repeats an older one would otherwise be
-            # refused as a duplicate in every session, its successor's order with it.
-            remember_already_stored(state, publisher.already_stored, source)
+        await run(pipeline, stop, config, state, loss, source)
     except TRANSIENT_ERRORS as exc:
-        if denials:  # the timeout or lost connection it caused says less than it does
-            raise denials[0] from exc
+        if loss.denials:  # the timeout or lost connection it caused says less than it does
+            raise loss.denials[0] from exc
         raise
     finally:
         if stream is not None:
             await stream.close()
         if not nc.is_closed:
             await nc.close()
+
+
+async def prepare_nats(
+    nc: NatsClient, config: BridgeConfig, router: Router, state: BridgeState
+) -> StreamInfo:
+    """The stream (created when missing), the subject checks, the server's limits."""
+    stream_info = await ensure_stream(nc, config.nats)
+    warn_about_duplicate_window(config, stream_info, state)
+    await check_subjects_have_streams(nc, config, state)
+    router.max_payload = nc.max_payload
+    state.status.nats_version = server_version_text(nc.connected_server_version)
+    return stream_info
+
+
+async def reconcile(
+    config: BridgeConfig, js: JetStreamContext, source: str, state: BridgeState
+) -> ResumePoint:
+    """Get PostgreSQL ready (publication, slot), then read what the stream holds past
+    the slot's confirmed position: the point this session resumes from."""
+    stream_name = config.nats.stream.name
+    slot, wal_head, state.status.postgres_version, names = await prepare_postgres(
+        config,
+        may_create_slot=partial(
+            refuse_if_slot_was_dropped, js, stream_name, source, config.postgres.slot
+        ),
+    )
+    if slot.active:
+        raise SlotInUse(f"slot {slot.name} is in use by process {slot.active_pid}")
+    start = slot.confirmed_flush_lsn or 0
+    lookback = config.nats.max_in_flight + 64
+    tail = await read_stream_tail(js, stream_name, source, start, lookback)
+    check_tail(tail, wal_head, stream_name)
+    state.known_duplicates = {p for p in state.known_duplicates if p[0] >= start}
+    stored_through = tail.newest if tail.newest and tail.newest[0] >= start else None
+    # Duplicates come from replaying what the stream already holds: the publisher
+    # starts by acking every message then, and in every session after a failed one
+    # (sessions only end by failing or stopping), so a duplicate it did not expect
+    # costs one failed session, never a loop of them (see publisher.py).
+    careful_start = (
+        state.sessions_started > 0
+        or stored_through is not None
+        or not tail.complete
+        or bool(state.known_duplicates)
+    )
+    state.sessions_started += 1
+    return ResumePoint(slot.name, start, tail, stored_through, careful_start, names)
+
+
+async def refuse_if_slot_was_dropped(
+    js: JetStreamContext, stream_name: str, source: str, slot: str
+) -> None:
+    """Before a missing slot is created: refuse when the stream holds its events."""
+    newest = (await read_stream_tail(js, stream_name, source, MAX_LSN, 1)).newest
+    if newest is not None:
+        raise FatalError(
+            f"slot {slot} is missing, but stream {stream_name} holds "
+            f"its events up to LSN {format_lsn(newest[0])}: the slot was dropped, and "
+            "events committed since then may never have been published. Reconcile, "
+            f"then accept the loss with `cdc-bridge slots create {slot}`"
+        )
+
+
+def wire(
+    config: BridgeConfig,
+    router: Router,
+    state: BridgeState,
+    nc: NatsClient,
+    stream: ReplicationStream,
+    stream_info: StreamInfo,
+    source: str,
+    resume: ResumePoint,
+    decoder: Decoder,
+) -> Pipeline:
+    """The session's stages, joined: tracker, order guard, publisher, pipeline."""
+    tracker = LsnTracker(resume.start)
+    guard = OrderGuard(tuple(stream_info.config.subjects or ()), resume.tail.last_seq)
+    publisher = JetStreamPublisher(
+        nc,
+        tracker,
+        max_in_flight=config.nats.max_in_flight,
+        ack_timeout=config.nats.ack_timeout,
+        # What the publisher sends instead of a message JetStream can never store.
+        dead_letters=DeadLetterPolicy(router),
+        guard=guard,
+        observer=PublishCounter(state),
+        careful_start=resume.careful_start,
+    )
+    pipeline = Pipeline(
+        stream=stream,
+        decoder=decoder,
+        router=router,
+        publisher=publisher,
+        tracker=tracker,
+        tables=frozenset(config.outbox.tables),
+        status_interval=config.postgres.status_interval,
+        stats=state.stats,
+        source=source,
+        stored_through=resume.stored_through,
+        known_duplicates=state.known_duplicates,
+        in_stream=guard.covers,
+        on_dead_letter=state.metrics.dead_lettered,
+        message_prefixes=frozenset(config.outbox.message_prefixes),
+        envelope_columns=envelope_columns(config),
+    )
+    progress = SessionProgress(tracker, publisher)
+    state.status.progress = progress
+    state.metrics.watch(progress)
+    return pipeline
+
+
+async def run(
+    pipeline: Pipeline,
+    stop: asyncio.Event,
+    config: BridgeConfig,
+    state: BridgeState,
+    loss: NatsLoss,
+    source: str,
+) -> None:
+    """Stream until stopped or failed; a lost NATS connection fails the publisher."""
+    publisher = pipeline.publisher
+    watch_lost = asyncio.create_task(loss.lost.wait())
+    watch_lost.add_done_callback(partial(_fail_publisher, publisher))
+    try:
+        await pipeline.run(stop, shutdown_timeout=config.shutdown_timeout)
+    finally:
+        watch_lost.cancel()
+        # Never sent again: an id that repeats an older one would otherwise be
+        # refused as a duplicate in every session, its successor's order with it.
+        remember_already_stored(state, publisher.already_stored, source)
+
+
+def _fail_publisher(publisher: JetStreamPublisher, _: object) -> None:
+    publisher.fail(PublishError("NATS connection lost"))
 
 
 class PublishCounter:

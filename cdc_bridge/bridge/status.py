@@ -6,12 +6,22 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from cdc_bridge import __version__
 from cdc_bridge.bridge.pipeline import SessionStats
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.redaction import redact
+
+
+class LiveProgress(Protocol):
+    """A running session's progress, read when asked (bridge/session.py's SessionProgress)."""
+
+    def confirmed(self) -> int: ...
+
+    def in_flight(self) -> int: ...
+
+    def last_ack_at(self) -> float: ...  # monotonic time of the newest ack
 
 
 @dataclass
@@ -29,9 +39,7 @@ class BridgeStatus:
     nats_version: str | None = None
     started_at: float = field(default_factory=time.time)
     # Read live from the running session (set while streaming, None otherwise).
-    confirmed: Callable[[], int] | None = None
-    in_flight: Callable[[], int] | None = None
-    last_ack_at: Callable[[], float] | None = None  # monotonic time of the newest ack
+    progress: LiveProgress | None = None
     # /status is served to anyone who can reach the port: errors lose their secrets on
     # the way in. The daemon passes its config's redactor, which knows the literals too.
     redactor: Callable[[str], str] = field(default=redact, repr=False)
@@ -44,16 +52,21 @@ class BridgeStatus:
         """None when ready, else the reason it is not."""
         if self.role != "streaming":
             return f"not streaming ({self.role})"
-        in_flight = self.in_flight() if self.in_flight else 0
-        if in_flight and self.last_ack_at is not None:
-            waited = time.monotonic() - self.last_ack_at()
+        progress = self.progress
+        in_flight = progress.in_flight() if progress is not None else 0
+        if progress is not None and in_flight:
+            waited = time.monotonic() - progress.last_ack_at()
             if waited > stall_timeout:
                 return f"stalled: {in_flight} events unacked, no ack for {waited:.0f}s"
         return None
 
     @property
     def confirmed_lsn(self) -> int | None:
-        return self.confirmed() if self.confirmed else None
+        return self.progress.confirmed() if self.progress is not None else None
+
+    @property
+    def in_flight(self) -> int:
+        return self.progress.in_flight() if self.progress is not None else 0
 
     def to_json(self) -> dict[str, Any]:
         confirmed = self.confirmed_lsn
@@ -65,7 +78,7 @@ class BridgeStatus:
             "confirmed_lsn": format_lsn(confirmed) if confirmed is not None else None,
             "lag_bytes": self.lag_bytes,
             "retained_bytes": self.retained_bytes,
-            "in_flight": self.in_flight() if self.in_flight else 0,
+            "in_flight": self.in_flight,
             "events_published": stats.acked,
             "dead_lettered": stats.dead_lettered,
             "skipped": stats.skipped,
@@ -95,5 +108,5 @@ def progress_fields(status: BridgeStatus, stats: SessionStats, rate: float) -> d
         fields["lsn"] = format_lsn(status.confirmed_lsn)
     if status.lag_bytes is not None:
         fields["lag_bytes"] = status.lag_bytes
-    fields["in_flight"] = status.in_flight() if status.in_flight else 0
+    fields["in_flight"] = status.in_flight
     return fields

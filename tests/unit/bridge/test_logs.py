@@ -40,9 +40,25 @@ def test_the_progress_line_leaves_out_what_is_not_known_yet(
     assert "progress" in line and "None" not in line
 
 
+class FixedProgress:
+    """A session's progress that stands still (status.LiveProgress)."""
+
+    def __init__(self, confirmed_lsn: int) -> None:
+        self._confirmed = confirmed_lsn
+
+    def confirmed(self) -> int:
+        return self._confirmed
+
+    def in_flight(self) -> int:
+        return 0
+
+    def last_ack_at(self) -> float:
+        return 0.0
+
+
 def test_the_progress_line_has_lsn_and_lag_once_known() -> None:
     status = BridgeStatus(slot="s", stream="S", role="streaming", lag_bytes=0)
-    status.confirmed = lambda: 0x16B3748
+    status.progress = FixedProgress(confirmed_lsn=0x16B3748)
     fields = progress_fields(status, SessionStats(), rate=12.34)
     assert (fields["lsn"], fields["lag_bytes"], fields["events_per_second"]) == (
         "0/16B3748", 0, 12.3,
