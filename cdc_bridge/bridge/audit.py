@@ -38,6 +38,7 @@ from typing import IO
 
 from nats.js.client import JetStreamContext
 
+from cdc_bridge.core.headers import REPLAY_HEADER
 from cdc_bridge.core.lsn import parse_lsn
 from cdc_bridge.sink.stream_read import Progress, read_headers
 from cdc_bridge.source.catalog import AsyncConn
@@ -49,7 +50,6 @@ LOOKUP_BATCH = 1_000
 # Messages are stored after their row was created; start reading a window's messages a
 # little earlier than its start all the same, for clocks that disagree between hosts.
 CLOCK_SLACK = timedelta(minutes=5)
-REPLAY_HEADER = "Cdc-Replay"
 _MAX_ORDER_CANDIDATES = 100_000
 
 Key = tuple[str, str]  # (Nats-Msg-Id, Cdc-Table)
@@ -152,7 +152,7 @@ class _OrderCheck:
 class _Lookups:
     """Messages without a row in the window, asked about in batches: is the row there?"""
 
-    def __init__(self, conn: AsyncConn, id_column: str, result: AuditResult) -> None:
+    def __init__(self, conn: AsyncConn | None, id_column: str, result: AuditResult) -> None:
         self._conn = conn
         self._id_column = id_column
         self._result = result
@@ -170,6 +170,9 @@ class _Lookups:
 
     async def _ask(self, table: str) -> None:
         ids = self._pending.pop(table, [])
+        if self._conn is None:  # not asked for (replay): all counted as unretained
+            self._result.unretained += len(ids)
+            return
         found = await existing_ids(self._conn, table, self._id_column, ids)
         self._result.outside_window += len(found)
         self._result.unretained += len(ids) - len(found)
@@ -180,7 +183,7 @@ async def audit_stream(
     stream: str,
     source: str,
     rows: Callable[[], AsyncIterator[list[tuple[str, str]]]],
-    lookup_conn: AsyncConn,
+    lookup_conn: AsyncConn | None,
     *,
     tables: frozenset[str],
     id_column: str,

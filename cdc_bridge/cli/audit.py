@@ -220,7 +220,7 @@ def parse_time(text: str) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _duration(text: str) -> float:
+def duration_argument(text: str) -> float:
     try:
         return parse_age(text)
     except ValueError as exc:
@@ -274,7 +274,10 @@ def register(commands: Subcommands, name: str, summary: str) -> None:
     parser.add_argument("--dsn", metavar="DSN", help="override the config's postgres.dsn")
     start = parser.add_mutually_exclusive_group()
     start.add_argument(
-        "--since", type=_duration, metavar="DURATION", help="rows created this long ago or later"
+        "--since",
+        type=duration_argument,
+        metavar="DURATION",
+        help="rows created this long ago or later",
     )
     start.add_argument(
         "--from",

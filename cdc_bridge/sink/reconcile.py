@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from cdc_bridge.core.headers import REPLAY_HEADER
 from cdc_bridge.core.lsn import parse_lsn
 
 Position = tuple[int, int]  # (commit LSN, index of the event in its transaction)
@@ -60,6 +61,8 @@ async def read_stream_tail(
             scanned += 1
             if headers is None or headers.get("Cdc-Source") != source:
                 continue
+            if REPLAY_HEADER in headers or "Cdc-Lsn" not in headers:
+                continue  # republished by `outbox replay`: it has no place in commit order
             position = (parse_lsn(headers["Cdc-Lsn"]), int(headers.get("Cdc-Index", "0")))
             if newest is None or position > newest:
                 newest = position

@@ -57,10 +57,18 @@ async def server_now(conn: AsyncConn) -> datetime:
 
 
 async def ids_in_order(
-    conn: AsyncConn, tables: Sequence[str], id_column: str, window: Window
+    conn: AsyncConn,
+    tables: Sequence[str],
+    id_column: str,
+    window: Window,
+    only_ids: Sequence[str] | None = None,
 ) -> AsyncIterator[list[tuple[str, str]]]:
-    """Batches of (id, table) of every row in the window, sorted, NULL ids left out."""
+    """Batches of (id, table) of every row in the window (of ``only_ids``, if given),
+    sorted, NULL ids left out."""
     where, params = _window_clause(window)
+    if only_ids is not None:
+        where = where + sql.SQL(" AND {}::text = ANY(%s)").format(sql.Identifier(id_column))
+        params.append(list(only_ids))
     selects = []
     all_params: list[object] = []
     for table in tables:
@@ -135,11 +143,15 @@ async def rows_in_commit_order(
     window: Window,
     *,
     by_commit_timestamp: bool,
+    only_ids: Sequence[str] | None = None,
 ) -> AsyncIterator[list[dict[str, str | None]]]:
     """Batches of whole rows (every column as text, as the WAL decoders give them), in
     commit order as far as it can be told: the commit timestamp of the row's inserting
     transaction when ``track_commit_timestamp`` is on, else created_at; then id."""
     where, params = _window_clause(window)
+    if only_ids is not None:
+        where = where + sql.SQL(" AND {}::text = ANY(%s)").format(sql.Identifier(id_column))
+        params.append(list(only_ids))
     order = (
         sql.SQL("pg_xact_commit_timestamp(xmin) NULLS FIRST, {age}, {id}")
         if by_commit_timestamp
