@@ -13,6 +13,7 @@ from nats.js.api import StreamInfo
 from cdc_bridge.bridge.failures import TRANSIENT_ERRORS
 from cdc_bridge.bridge.metrics import Metrics
 from cdc_bridge.bridge.pipeline import Pipeline, SessionStats
+from cdc_bridge.bridge.recovery import recover_lost_slot
 from cdc_bridge.bridge.status import BridgeStatus
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
@@ -90,9 +91,18 @@ async def run_session(
                 raise FatalError(
                     f"slot {config.postgres.slot} is missing, but stream {stream_name} holds "
                     f"its events up to LSN {format_lsn(newest[0])}: the slot was dropped, and "
-                    "events committed since then may never have been published. Reconcile, "
-                    f"then accept the loss with `cdc-bridge slots create {config.postgres.slot}`"
+                    "events committed since then may never have been published. Recreate it "
+                    f"(`cdc-bridge slots create {config.postgres.slot}`), then `cdc-bridge "
+                    "audit` and `cdc-bridge outbox replay --missing`; or set "
+                    "postgres.on_slot_lost: recover to let the bridge do it"
                 )
+
+        if config.postgres.on_slot_lost == "recover":
+            # Before the stream's tail is read: the order guard starts after the replays.
+            recovery = await recover_lost_slot(config, js, router, source)
+            if recovery is not None:
+                state.metrics.slot_recoveries.inc()
+                state.metrics.rows_recovered.inc(recovery.republished)
 
         slot, wal_head, state.status.postgres_version, names = await prepare_postgres(
             config, may_create_slot=refuse_if_slot_was_dropped

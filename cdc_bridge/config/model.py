@@ -91,6 +91,7 @@ class PostgresConfig:
     # From postgres.password_file: given to libpq as its `password` parameter, never
     # written into the DSN (which is logged, redacted, and shown by the ops commands).
     password: str | None = field(default=None, repr=False)
+    on_slot_lost: str = "fail"  # "fail" | "recover"
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +288,15 @@ def _check_routes(routes: object, problems: Problems) -> None:
         seen_names.setdefault(name, index)
 
 
+def _check_slot_recovery(checked: ConfigFile, problems: Problems) -> None:
+    if checked.postgres.on_slot_lost == "recover" and checked.outbox.message_prefixes:
+        problems.add(
+            ("postgres", "on_slot_lost"),
+            "`recover` republishes outbox rows from the table, and logical messages "
+            "(outbox.message_prefixes) leave no rows to recover from: use `fail`",
+        )
+
+
 def _check_change_routes(checked: ConfigFile, problems: Problems) -> None:
     """`payload: change` publishes change tables' changes: without any it can only fail."""
     if checked.outbox.change_tables:
@@ -312,6 +322,7 @@ def _build(checked: ConfigFile, secrets: SecretValues) -> BridgeConfig:
             status_interval=pg.status_interval,
             connect_timeout=pg.connect_timeout,
             password=secrets.postgres_password,
+            on_slot_lost=pg.on_slot_lost,
         ),
         nats=NatsConfig(
             servers=nats.servers,
@@ -391,6 +402,7 @@ def parse_config(
         problems.raise_if_any()
         raise AssertionError("validation failed without problems") from exc
     _check_change_routes(checked, problems)
+    _check_slot_recovery(checked, problems)
     problems.raise_if_any()
     secrets = load_secrets(checked, problems)
     problems.raise_if_any()

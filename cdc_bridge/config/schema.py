@@ -227,6 +227,10 @@ class PostgresSection(Section):
     # Read at start-up and passed to libpq as its own `password` parameter, so the
     # secret is never part of a DSN string (see _config_secrets).
     password_file: NonEmpty | None = None
+    # What the bridge does when its slot is lost (invalidated, dropped, gone after a
+    # failover): stop (today's behaviour), or republish the retained outbox rows the
+    # stream lacks from a new slot's snapshot and carry on (bridge/recovery.py).
+    on_slot_lost: Literal["fail", "recover"] = "fail"
 
 
 class StreamSection(Section):

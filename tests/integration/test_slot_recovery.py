@@ -1,0 +1,166 @@
+"""`postgres.on_slot_lost`: a slot invalidated while the bridge is down, on a PostgreSQL
+of the test's own with a tiny max_slot_wal_keep_size. With `recover` every retained row
+reaches the stream exactly once, the gap before the rows after; with `fail` the bridge
+stops and `audit` names exactly the rows that are missing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from support.bridge import REPO_ROOT, MakeBridge, log_event, start_bridge
+from support.outbox import (
+    Event,
+    bridge_config,
+    insert_events,
+    stream_messages,
+    wait_for_ids,
+)
+from support.waiting import wait_until
+
+from cdc_bridge.dev.devstack import PostgresServer
+
+
+@pytest.fixture
+def small_wal_dsn(devstack_tmp: Path, unique_name: str) -> Iterator[str]:
+    settings = {"max_slot_wal_keep_size": "1MB", "wal_keep_size": "0"}
+    with PostgresServer(devstack_tmp / "postgres", settings=settings) as server:
+        yield server.create_database(f"db_{unique_name}")
+
+
+def lose_slot(dsn: str, slot: str) -> None:
+    """Write and checkpoint until PostgreSQL removes WAL the slot needs (wal_status lost)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS filler (x text)")
+
+        def lost() -> bool:
+            conn.execute("INSERT INTO filler SELECT repeat('x', 500) FROM generate_series(1, 2000)")
+            conn.execute("SELECT pg_switch_wal()")
+            conn.execute("CHECKPOINT")
+            row = conn.execute(
+                "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+            ).fetchone()
+            return row is not None and row[0] == "lost"
+
+        wait_until(lost, timeout=60, interval=0.05, message=f"slot {slot} never got lost")
+
+
+def audit(config_path: Path) -> tuple[int, dict[str, Any]]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "cdc_bridge", "audit", "--json", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def write_config(tmp_path: Path, config: dict[str, Any]) -> Path:
+    path = tmp_path / "audit.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _setup(
+    dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge, on_slot_lost: str, gap: int
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    config = bridge_config(dsn, nats_url, unique_name, postgres={"on_slot_lost": on_slot_lost})
+    stream = config["nats"]["stream"]["name"]
+    bridge = start_bridge(make_bridge, config)
+    before = insert_events(
+        dsn, [Event(aggregate_id=f"A-{n}") for n in range(3)], in_one_transaction=False
+    )
+    wait_for_ids(nats_url, stream, before)
+    bridge.terminate()
+    # committed while the bridge is down, then their WAL is removed
+    in_gap = insert_events(dsn, [Event(aggregate_id=f"B-{n}") for n in range(gap)])
+    lose_slot(dsn, config["postgres"]["slot"])
+    return config, before, in_gap
+
+
+def test_recover_republishes_the_gap_before_streaming_from_a_new_slot(
+    small_wal_dsn: str, nats_url: str, unique_name: str, tmp_path: Path, make_bridge: MakeBridge
+) -> None:
+    config, before, in_gap = _setup(small_wal_dsn, nats_url, unique_name, make_bridge, "recover", 4)
+    stream = config["nats"]["stream"]["name"]
+    bridge = start_bridge(make_bridge, config)
+    line = bridge.wait_for_log(log_event("slot_recovered"))
+    record = json.loads(line)
+    assert (record["republished"], record["already_in_stream"], record["level"]) == (
+        4,
+        3,
+        "warning",
+    )
+    after = insert_events(small_wal_dsn, [Event(aggregate_id=f"C-{n}") for n in range(3)])
+    messages = wait_for_ids(nats_url, stream, before + in_gap + after)
+    counts = Counter(m.headers["Nats-Msg-Id"] for m in messages)
+    assert set(counts.values()) == {1} and len(counts) == 10
+    seq = {m.headers["Nats-Msg-Id"]: m.seq for m in messages}
+    assert max(seq[i] for i in in_gap) < min(seq[i] for i in after)
+    replayed = {m.headers["Nats-Msg-Id"] for m in messages if "Cdc-Replay" in m.headers}
+    assert replayed == set(in_gap)
+    code, found = audit(write_config(tmp_path, config))
+    assert (code, found["missing"], found["duplicated"], found["rows"]) == (0, 0, 0, 10)
+    bridge.terminate()
+
+
+def test_fail_stops_and_audit_names_exactly_the_missing_rows(
+    small_wal_dsn: str, nats_url: str, unique_name: str, tmp_path: Path, make_bridge: MakeBridge
+) -> None:
+    config, _, in_gap = _setup(small_wal_dsn, nats_url, unique_name, make_bridge, "fail", 4)
+    bridge = make_bridge(config)
+    line = bridge.wait_for_log(log_event("fatal"), timeout=30)
+    assert "wal_status = lost" in line and "on_slot_lost: recover" in line
+    assert bridge.wait_for_exit() == 1
+    code, found = audit(write_config(tmp_path, config))
+    assert (code, found["missing"], sorted(found["missing_ids"])) == (1, 4, sorted(in_gap))
+
+
+def test_a_recovery_killed_midway_ends_exact_after_a_restart(
+    small_wal_dsn: str, nats_url: str, unique_name: str, tmp_path: Path, make_bridge: MakeBridge
+) -> None:
+    config, before, in_gap = _setup(
+        small_wal_dsn, nats_url, unique_name, make_bridge, "recover", 3000
+    )
+    stream = config["nats"]["stream"]["name"]
+    bridge = make_bridge(config)
+    bridge.wait_for_log(log_event("slot_recovering"), timeout=30)
+    wait_until(
+        lambda: len(stream_messages(nats_url, stream)) > 3 + 20,
+        timeout=60,
+        interval=0.05,
+        message="the recovery never published",
+    )
+    bridge.send_signal(signal.SIGKILL)
+    bridge.wait_for_exit()
+    partial = len(stream_messages(nats_url, stream))
+    assert partial < 3 + 3000, "killed too late to test anything"
+
+    bridge = start_bridge(make_bridge, config)
+    record = json.loads(bridge.wait_for_log(log_event("slot_recovered"), timeout=120))
+    assert record["republished"] + record["already_in_stream"] == 3003
+    after = insert_events(small_wal_dsn, [Event(aggregate_id="C")])
+    messages = wait_for_ids(nats_url, stream, before + in_gap + after, timeout=60)
+    counts = Counter(m.headers["Nats-Msg-Id"] for m in messages)
+    assert len(counts) == 3004 and set(counts.values()) == {1}
+    code, found = audit(write_config(tmp_path, config))
+    assert (code, found["missing"], found["duplicated"]) == (0, 0, 0)
+    bridge.terminate()
+    print(
+        f"killed after {partial - 3} of 3000 republished; the restart republished "
+        f"{record['republished']}"
+    )
