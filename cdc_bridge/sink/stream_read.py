@@ -10,12 +10,14 @@ endless.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-import nats.errors
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
@@ -53,35 +55,40 @@ async def read_headers(
     last = span.last_seq if until_seq is None else min(until_seq, span.last_seq)
     if not span.messages or last < span.first_seq:
         return
-    config = ConsumerConfig(
-        ack_policy=AckPolicy.NONE,
-        headers_only=True,
-        deliver_policy=DeliverPolicy.ALL if start_time is None else DeliverPolicy.BY_START_TIME,
-        opt_start_time=start_time,
-        inactive_threshold=_INACTIVE_THRESHOLD,
-        mem_storage=True,
-        num_replicas=1,
-    )
-    sub = await js.pull_subscribe("", stream=stream, config=config)
+    consumer = await _create_consumer(js, stream, start_time)
+    # A plain subscription with a callback, not nats-py's fetch(): fetch waits for each
+    # message with its own task and timeout, which cost more than everything else here.
+    nc = js._nc
+    inbox = nc.new_inbox()
+    received: list[tuple[int, dict[str, str]]] = []
+    ended = asyncio.Event()  # the current pull request is answered in full, or expired
+    wanted = [0]
+
+    async def on_message(msg: Msg) -> None:
+        headers = msg.headers or {}
+        if not msg.reply:  # a status: 404 no messages, 408 request expired
+            if "Status" in headers:
+                ended.set()
+            return
+        received.append((_stream_seq(msg.reply), headers))
+        if len(received) >= wanted[0]:
+            ended.set()
+
+    sub = await nc.subscribe(inbox, cb=on_message, pending_msgs_limit=4 * BATCH)
+    subject = f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
     read = 0
     try:
         while True:
-            try:
-                msgs = await sub.fetch(BATCH, timeout=_FETCH_TIMEOUT)
-            except nats.errors.TimeoutError:
-                return  # nothing more to deliver (the tail was deleted, say)
-            batch: list[tuple[int, dict[str, str]]] = []
-            done = False
-            for msg in msgs:
-                meta = msg.metadata
-                seq = meta.sequence.stream
-                if seq > last:
-                    done = True
-                    break
-                batch.append((seq, msg.headers or {}))
-                if seq == last or meta.num_pending == 0:
-                    done = True
-                    break
+            ended.clear()
+            wanted[0] = BATCH
+            # no_wait: what is stored now comes at once, then a 404 status ends the answer
+            request = {"batch": BATCH, "no_wait": True}
+            await nc.publish(subject, json.dumps(request).encode(), reply=inbox)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), _FETCH_TIMEOUT)
+            batch = [entry for entry in received if entry[0] <= last]
+            done = len(received) < BATCH or len(batch) < len(received) or batch[-1][0] >= last
+            received.clear()
             read += len(batch)
             if progress is not None:
                 progress(read, span.messages)
@@ -90,8 +97,31 @@ async def read_headers(
             if done:
                 return
     finally:
-        consumer = sub._consumer  # the ephemeral name pull_subscribe chose
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
         with contextlib.suppress(Exception):
             await js.delete_consumer(stream, consumer)
+
+
+async def _create_consumer(js: JetStreamContext, stream: str, start_time: datetime | None) -> str:
+    config = ConsumerConfig(
+        name=js._nc._nuid.next().decode(),
+        ack_policy=AckPolicy.NONE,
+        headers_only=True,
+        deliver_policy=DeliverPolicy.ALL if start_time is None else DeliverPolicy.BY_START_TIME,
+        opt_start_time=start_time,
+        inactive_threshold=_INACTIVE_THRESHOLD,
+        mem_storage=True,
+        num_replicas=1,
+    )
+    info = await js.add_consumer(stream, config=config)
+    return str(info.name)
+
+
+def _stream_seq(reply: str) -> int:
+    """The stream sequence in a JetStream delivery's reply subject:
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``
+    (or the newer form with domain and account hash: 12+ tokens, same order from the end).
+    """
+    tokens = reply.split(".")
+    return int(tokens[-4])
