@@ -10,15 +10,16 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import yaml
-from support.bridge import REPO_ROOT, MakeBridge, log_event, start_bridge
+from support.bridge import REPO_ROOT, BridgeProcess, MakeBridge, log_event, start_bridge
 from support.outbox import (
     Event,
     bridge_config,
@@ -76,9 +77,21 @@ def write_config(tmp_path: Path, config: dict[str, Any]) -> Path:
 
 
 def _setup(
-    dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge, on_slot_lost: str, gap: int
+    dsn: str,
+    nats_url: str,
+    unique_name: str,
+    make_bridge: MakeBridge,
+    on_slot_lost: str,
+    gap: int,
+    lose: Callable[[str, str], None] = lose_slot,
 ) -> tuple[dict[str, Any], list[str], list[str]]:
-    config = bridge_config(dsn, nats_url, unique_name, postgres={"on_slot_lost": on_slot_lost})
+    config = bridge_config(
+        dsn,
+        nats_url,
+        unique_name,
+        postgres={"on_slot_lost": on_slot_lost},
+        http={"listen": "127.0.0.1:0"},
+    )
     stream = config["nats"]["stream"]["name"]
     bridge = start_bridge(make_bridge, config)
     before = insert_events(
@@ -88,8 +101,18 @@ def _setup(
     bridge.terminate()
     # committed while the bridge is down, then their WAL is removed
     in_gap = insert_events(dsn, [Event(aggregate_id=f"B-{n}") for n in range(gap)])
-    lose_slot(dsn, config["postgres"]["slot"])
+    lose(dsn, config["postgres"]["slot"])
     return config, before, in_gap
+
+
+def drop_slot(dsn: str, slot: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+
+
+def metrics_text(bridge: BridgeProcess) -> str:
+    with urllib.request.urlopen(f"{bridge.http_url()}/metrics", timeout=5) as reply:
+        return str(reply.read().decode())
 
 
 def test_recover_republishes_the_gap_before_streaming_from_a_new_slot(
@@ -115,6 +138,28 @@ def test_recover_republishes_the_gap_before_streaming_from_a_new_slot(
     assert replayed == set(in_gap)
     code, found = audit(write_config(tmp_path, config))
     assert (code, found["missing"], found["duplicated"], found["rows"]) == (0, 0, 0, 10)
+    text = metrics_text(bridge)
+    assert "cdc_bridge_slot_recoveries_total 1.0" in text
+    assert "cdc_bridge_rows_recovered_total 4.0" in text
+    bridge.terminate()
+
+
+def test_recover_also_replaces_a_dropped_slot(
+    pg_dsn: str, nats_url: str, unique_name: str, tmp_path: Path, make_bridge: MakeBridge
+) -> None:
+    config, before, in_gap = _setup(
+        pg_dsn, nats_url, unique_name, make_bridge, "recover", 2, lose=drop_slot
+    )
+    stream = config["nats"]["stream"]["name"]
+    bridge = start_bridge(make_bridge, config)
+    record = json.loads(bridge.wait_for_log(log_event("slot_recovered")))
+    assert record["republished"] == 2
+    assert "missing (dropped, or not on this server after a failover)" in record["error"]
+    after = insert_events(pg_dsn, [Event(aggregate_id="C")])
+    messages = wait_for_ids(nats_url, stream, before + in_gap + after)
+    assert len(messages) == 6
+    code, _ = audit(write_config(tmp_path, config))
+    assert code == 0
     bridge.terminate()
 
 
