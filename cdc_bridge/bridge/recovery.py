@@ -202,5 +202,10 @@ def _log(config: BridgeConfig, recovery: Recovery) -> None:
         error=f"slot {config.postgres.slot} was {recovery.reason}: republished "
         f"{recovery.republished} retained outbox rows the stream did not hold "
         f"(Cdc-Replay: true) and streams from a new slot at {format_lsn(recovery.lsn)}. "
-        f"Rows deleted before this (retained rows start at {since}) could not be checked",
+        f"Rows deleted before this (retained rows start at {since}) could not be checked"
+        + (
+            "; changes of outbox.change_tables in the gap cannot be recovered (no rows record them)"
+            if config.outbox.change_tables
+            else ""
+        ),
     )

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 # `outbox replay --json`: one object with these keys.
 REPLAY_KEYS = (
     "stream", "order", "published", "would_publish", "dead_lettered", "dedup_refused",
-    "pending_in_slot", "other_stream", "ids",
+    "in_stream", "pending_in_slot", "other_stream", "not_found", "ids",
 )  # fmt: skip
 PENDING_LIMIT = 1_000_000  # changes peeked from the slot at most
 ORDER_COMMIT_TIMESTAMP = "commit_timestamp"
@@ -152,7 +152,7 @@ async def _replay(
             # After the snapshot: every row it sees that the slot still holds is found.
             pending = await pending_in_slot(other, config)
             wanted: set[tuple[str, str]] = set()
-            await audit_stream(
+            audit = await audit_stream(
                 js,
                 stream,
                 source,
@@ -186,7 +186,11 @@ async def _replay(
     finally:
         await nc.close()
     order = ORDER_COMMIT_TIMESTAMP if by_commit_timestamp else ORDER_CREATED_AT
-    return _document(stream, order, result, held, publishing)
+    document = _document(stream, order, result, held, publishing)
+    document["in_stream"] = audit.rows - audit.missing
+    # --ids: the given ids without a retained row (never written, or deleted since)
+    document["not_found"] = len(set(selection.ids)) - audit.rows if selection.ids else 0
+    return {key: document[key] for key in REPLAY_KEYS}
 
 
 def _document(
@@ -216,6 +220,10 @@ def _lines(document: dict[str, object], publishing: bool, dry_run: bool) -> list
     planned = document["would_publish"]
     assert isinstance(planned, int)
     lines = [f"replay into stream {document['stream']}, in order of {order}"]
+    if document["in_stream"]:
+        lines.append(f"already in the stream (left alone): {document['in_stream']} rows")
+    if document["not_found"]:
+        lines.append(f"not found: {document['not_found']} of the given ids have no retained row")
     if document["pending_in_slot"]:
         lines.append(
             f"left for the bridge: {document['pending_in_slot']} missing rows the slot still "

@@ -27,6 +27,7 @@ from support.outbox import (
 )
 
 from cdc_bridge.cli.audit import AUDIT_KEYS
+from cdc_bridge.cli.outbox_replay import REPLAY_KEYS
 
 
 def run_cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -286,6 +287,8 @@ def test_replay_missing_publishes_exactly_what_audit_reports_and_the_bridge_carr
     assert code == 1  # without --yes: shown, not published
     assert (shown["would_publish"], shown["ids"], shown["pending_in_slot"]) == (2, lost, 1)
     assert shown["order"] == "created_at"
+    assert (shown["in_stream"], shown["not_found"]) == (8, 0)
+    assert list(shown) == list(REPLAY_KEYS)
     assert len(stream_messages(nats_url, stream)) == 8
 
     time.sleep(1.2)  # past the duplicate window
@@ -301,6 +304,8 @@ def test_replay_missing_publishes_exactly_what_audit_reports_and_the_bridge_carr
 
     code, again = replay(path, "--missing", "--yes")  # checked, not assumed: nothing left
     assert (code, again["published"], again["would_publish"]) == (0, 0, 0)
+    code, chosen = replay(path, "--ids", lost[0], ids[0], "no-such-id", "--yes")
+    assert (chosen["published"], chosen["in_stream"], chosen["not_found"]) == (0, 2, 1)
 
     # The bridge reads past the replays in its stream tail and publishes what it holds.
     bridge = start_bridge(make_bridge, config)
