@@ -39,7 +39,13 @@ from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.routing.router import Router
 from cdc_bridge.sink.reconcile import read_stream_tail
-from cdc_bridge.source.catalog import AsyncConn, drop_slot, get_slot, table_identifier
+from cdc_bridge.source.catalog import (
+    AsyncConn,
+    current_wal_lsn,
+    drop_slot,
+    get_slot,
+    table_identifier,
+)
 from cdc_bridge.source.outbox_rows import (
     AGE_COLUMN,
     Window,
@@ -108,6 +114,8 @@ async def _lost_reason(
         return None
     if tail.newest is None:
         return None  # a first start: nothing to recover
+    if tail.newest[0] > await current_wal_lsn(conn):
+        return None  # the database was replaced: the session's own checks stop on that
     return (
         f"missing (dropped, or not on this server after a failover), while the stream holds "
         f"its events up to LSN {format_lsn(tail.newest[0])}"

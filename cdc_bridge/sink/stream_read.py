@@ -119,9 +119,8 @@ async def _create_consumer(js: JetStreamContext, stream: str, start_time: dateti
 
 
 def _stream_seq(reply: str) -> int:
-    """The stream sequence in a JetStream delivery's reply subject:
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``
-    (or the newer form with domain and account hash: 12+ tokens, same order from the end).
-    """
+    """The stream sequence in a JetStream delivery's reply subject, in either form:
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...`` (9 tokens), or with
+    ``<domain>.<account hash>`` after ``$JS.ACK`` (12 or more tokens)."""
     tokens = reply.split(".")
-    return int(tokens[-4])
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
