@@ -209,3 +209,46 @@ def test_a_recovery_killed_midway_ends_exact_after_a_restart(
         f"killed after {partial - 3} of 3000 republished; the restart republished "
         f"{record['republished']}"
     )
+
+
+@pytest.fixture
+def commit_ts_dsn(devstack_tmp: Path, unique_name: str) -> Iterator[str]:
+    settings = {
+        "max_slot_wal_keep_size": "1MB",
+        "wal_keep_size": "0",
+        "track_commit_timestamp": "on",
+    }
+    with PostgresServer(devstack_tmp / "postgres", settings=settings) as server:
+        yield server.create_database(f"db_{unique_name}")
+
+
+def test_recovery_publishes_in_commit_order_when_commit_timestamps_are_tracked(
+    commit_ts_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
+) -> None:
+    dsn = commit_ts_dsn
+    config = bridge_config(dsn, nats_url, unique_name, postgres={"on_slot_lost": "recover"})
+    stream = config["nats"]["stream"]["name"]
+    bridge = start_bridge(make_bridge, config)
+    first = insert_events(dsn, [Event(aggregate_id="A")])
+    wait_for_ids(nats_url, stream, first)
+    bridge.terminate()
+    # Committed one after the other, each with an earlier created_at than the one before:
+    # created_at order is the reverse of commit order.
+    gap = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for n in range(4):
+            event = Event(aggregate_id=f"B-{n}")
+            conn.execute(
+                "INSERT INTO public.outbox (id, aggregate_type, aggregate_id, event_type,"
+                " payload, created_at) VALUES (%s, 'ticket', %s, 'created', '{}',"
+                " now() - make_interval(mins => %s))",
+                (event.id, event.aggregate_id, n),
+            )
+            gap.append(event.id)
+    lose_slot(dsn, config["postgres"]["slot"])
+    bridge = start_bridge(make_bridge, config)
+    bridge.wait_for_log(log_event("slot_recovered"))
+    messages = wait_for_ids(nats_url, stream, first + gap)
+    replayed = [m.headers["Nats-Msg-Id"] for m in messages if "Cdc-Replay" in m.headers]
+    assert replayed == gap
+    bridge.terminate()
