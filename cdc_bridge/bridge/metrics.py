@@ -92,6 +92,17 @@ class Metrics:
             "cdc_bridge_events_skipped", "Replayed events the stream already held.", registry=r
         )
 
+        self.slot_recoveries = Counter(
+            "cdc_bridge_slot_recoveries",
+            "Lost slots replaced by postgres.on_slot_lost: recover.",
+            registry=r,
+        )
+        self.rows_recovered = Counter(
+            "cdc_bridge_rows_recovered",
+            "Retained outbox rows republished (Cdc-Replay) while recovering a lost slot.",
+            registry=r,
+        )
+
         self._route_counters: dict[str, Any] = {}
 
     def watch(self, progress: LiveProgress) -> None:

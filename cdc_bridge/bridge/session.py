@@ -16,6 +16,7 @@ from nats.js.client import JetStreamContext
 from cdc_bridge.bridge.failures import TRANSIENT_ERRORS
 from cdc_bridge.bridge.metrics import Metrics
 from cdc_bridge.bridge.pipeline import Pipeline, SessionStats
+from cdc_bridge.bridge.recovery import recover_lost_slot
 from cdc_bridge.bridge.status import BridgeStatus
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
@@ -130,7 +131,7 @@ async def run_session(
             password=config.postgres.password,
         )
         source = f"{stream.system_id}/{config.postgres.slot}"
-        resume = await reconcile(config, nc.jetstream(), source, state)
+        resume = await reconcile(config, nc.jetstream(), router, source, state)
         decoder, options = decoder_for(config, resume.type_names)
         await stream.start(slot=resume.slot, options=options)
         pipeline = wire(config, router, state, nc, stream, stream_info, source, resume, decoder)
@@ -167,11 +168,18 @@ async def prepare_nats(
 
 
 async def reconcile(
-    config: BridgeConfig, js: JetStreamContext, source: str, state: BridgeState
+    config: BridgeConfig, js: JetStreamContext, router: Router, source: str, state: BridgeState
 ) -> ResumePoint:
-    """Get PostgreSQL ready (publication, slot), then read what the stream holds past
-    the slot's confirmed position: the point this session resumes from."""
+    """Get PostgreSQL ready (publication, slot; a lost slot recovered when configured),
+    then read what the stream holds past the slot's confirmed position: the point this
+    session resumes from."""
     stream_name = config.nats.stream.name
+    if config.postgres.on_slot_lost == "recover":
+        # Before the stream's tail is read: the order guard starts after the replays.
+        recovery = await recover_lost_slot(config, js, router, source)
+        if recovery is not None:
+            state.metrics.slot_recoveries.inc()
+            state.metrics.rows_recovered.inc(recovery.republished)
     slot, wal_head, state.status.postgres_version, names = await prepare_postgres(
         config,
         may_create_slot=partial(
@@ -209,8 +217,10 @@ async def refuse_if_slot_was_dropped(
         raise FatalError(
             f"slot {slot} is missing, but stream {stream_name} holds "
             f"its events up to LSN {format_lsn(newest[0])}: the slot was dropped, and "
-            "events committed since then may never have been published. Reconcile, "
-            f"then accept the loss with `cdc-bridge slots create {slot}`"
+            "events committed since then may never have been published. Recreate it "
+            f"(`cdc-bridge slots create {slot}`), then `cdc-bridge "
+            "audit` and `cdc-bridge outbox replay --missing`; or set "
+            "postgres.on_slot_lost: recover to let the bridge do it"
         )
 
 

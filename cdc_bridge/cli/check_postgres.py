@@ -276,8 +276,8 @@ async def _slot(conn: AsyncConn, config: BridgeConfig, slot: SlotInfo | None) ->
             "postgres.slot",
             f"slot {name} is LOST (wal_status = lost): PostgreSQL removed WAL it needed, "
             "events were lost",
-            f"cdc-bridge slots drop {name}, cdc-bridge init, then reconcile the outbox by hand "
-            "(docs/operating.md, 'slot lost')",
+            f"cdc-bridge slots drop {name}, cdc-bridge init, cdc-bridge audit, then cdc-bridge "
+            "outbox replay --missing (docs/operating.md, 'slot lost')",
         )
     head = await wal_head_lsn(conn)
     lag = max(head - (slot.confirmed_flush_lsn or head), 0)

@@ -303,3 +303,6 @@ def register(commands: Subcommands, name: str, summary: str) -> None:
     prune.add_argument("--dry-run", action="store_true", help="only count what would go")
     json_flag(prune)
     prune.set_defaults(handler=_prune)
+    from cdc_bridge.cli.outbox_replay import register_replay
+
+    register_replay(outbox_commands)

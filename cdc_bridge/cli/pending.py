@@ -209,7 +209,7 @@ def check_decodable(slot: SlotInfo, dbname: str) -> None:
         raise OpsError(
             f"slot {slot.name} is lost (wal_status = lost): PostgreSQL already removed WAL it "
             "needed, so its pending changes cannot be read any more. Drop and recreate it, "
-            "and reconcile the outbox by hand (docs/operating.md, 'slot lost')"
+            "then `cdc-bridge outbox replay --missing` (docs/operating.md, 'slot lost')"
         )
     if slot.database != dbname:
         raise OpsError(

@@ -67,7 +67,8 @@ def slot_warnings(slot: SlotInfo) -> list[str]:
         return [
             f"slot {slot.name} is LOST: PostgreSQL removed WAL it still needed "
             "(max_slot_wal_keep_size), so events were lost. Drop it, recreate it, and "
-            "reconcile the outbox by hand (docs/operating.md, 'slot lost')"
+            "republish the gap: `cdc-bridge audit`, then `cdc-bridge outbox replay --missing` "
+            "(docs/operating.md, 'slot lost')"
         ]
     if slot.wal_status == "unreserved":
         return [

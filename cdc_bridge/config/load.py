@@ -89,6 +89,7 @@ def validate(config: BridgeConfig, problems: Problems) -> None:
     """Checks across sections, then the files the config names: read only once the
     rest holds, and kept in the config for the daemon's lifetime."""
     _check_change_routes(config, problems)
+    _check_slot_recovery(config, problems)
     problems.raise_if_any()
     postgres_password, nats_auth = read_secrets(config, problems)
     problems.raise_if_any()
@@ -121,6 +122,15 @@ def _check_routes(routes: object, problems: Problems) -> None:
                 f"{name!r} is also the name of routes[{seen_names[name]}]",
             )
         seen_names.setdefault(name, index)
+
+
+def _check_slot_recovery(config: BridgeConfig, problems: Problems) -> None:
+    if config.postgres.on_slot_lost == "recover" and config.outbox.message_prefixes:
+        problems.add(
+            ("postgres", "on_slot_lost"),
+            "`recover` republishes outbox rows from the table, and logical messages "
+            "(outbox.message_prefixes) leave no rows to recover from: use `fail`",
+        )
 
 
 def _check_change_routes(config: BridgeConfig, problems: Problems) -> None:

@@ -69,6 +69,10 @@ class PostgresConfig(Section):
     status_interval: PositiveDuration = 10.0
     connect_timeout: PositiveDuration = 10.0
     password_file: NonEmpty | None = None
+    # What the bridge does when its slot is lost (invalidated, dropped, gone after a
+    # failover): stop (today's behaviour), or republish the retained outbox rows the
+    # stream lacks from a new slot's snapshot and carry on (bridge/recovery.py).
+    on_slot_lost: Literal["fail", "recover"] = "fail"
     _password: str | None = PrivateAttr(default=None)
 
     @property

@@ -13,6 +13,9 @@ BRIDGE_HEADERS = ("Nats-Msg-Id", "Cdc-Lsn", "Cdc-Index", "Cdc-Table", "Cdc-Sourc
 # Set by the order guard (ordering.py) on messages to the bridge's own stream.
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
+# Set on what `cdc-bridge outbox replay` publishes: a retained row published again, out
+# of its commit position, with no Cdc-Lsn / Cdc-Index (that position is not known).
+REPLAY_HEADER = "Cdc-Replay"
 
 
 # What a header name may be: printable ASCII except ':' (config and headers column alike).

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from cdc_bridge.core.headers import REPLAY_HEADER
 from cdc_bridge.core.lsn import parse_lsn
 
 Position = tuple[int, int]  # (commit LSN, index of the event in its transaction)
@@ -74,8 +75,10 @@ async def read_stream_tail(
 
 
 def position_of(headers: Mapping[str, str], source: str) -> Position | None:
-    """Where in the WAL a message of ours came from; None for another source's message."""
-    if headers.get("Cdc-Source") != source:
+    """Where in the WAL a message of ours came from; None for another source's message,
+    and for one republished by `outbox replay` or a slot recovery (``Cdc-Replay``): those
+    have no place in the commit order the stream's tail is read by."""
+    if headers.get("Cdc-Source") != source or REPLAY_HEADER in headers or "Cdc-Lsn" not in headers:
         return None
     return parse_lsn(headers["Cdc-Lsn"]), int(headers.get("Cdc-Index", "0"))
 

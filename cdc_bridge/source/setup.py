@@ -251,5 +251,6 @@ def check_slot(config: BridgeConfig, slot: SlotInfo, dbname: str) -> None:
         raise FatalError(
             f"slot {name} is invalidated (wal_status = lost): PostgreSQL removed WAL it "
             "still needed, so events were lost. Recreate it (`cdc-bridge slots drop "
-            f"{name}`, then start the bridge) and reconcile the outbox by hand"
+            f"{name}`, then start the bridge), then `cdc-bridge audit` and `cdc-bridge outbox "
+            "replay --missing` (or set postgres.on_slot_lost: recover)"
         )

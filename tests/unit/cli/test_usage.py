@@ -23,6 +23,8 @@ VALID = {
     "init": ["--config", "c.yaml"],
     "status": ["--url", "http://127.0.0.1:1/status"],
     "outbox prune": ["--config", "c.yaml", "--older-than", "7d"],
+    "outbox replay": ["--config", "c.yaml", "--missing"],
+    "audit": ["--config", "c.yaml"],
 }
 
 
