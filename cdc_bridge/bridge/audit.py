@@ -33,14 +33,14 @@ import os
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import IO
 
 from nats.js.client import JetStreamContext
 
 from cdc_bridge.core.headers import REPLAY_HEADER
 from cdc_bridge.core.lsn import parse_lsn
-from cdc_bridge.sink.stream_read import Progress, read_headers
+from cdc_bridge.sink.stream_read import Progress, limits_removed_before, read_headers
 from cdc_bridge.source.catalog import AsyncConn
 from cdc_bridge.source.outbox_rows import Window, existing_ids
 
@@ -71,6 +71,9 @@ class AuditResult:
     unretained: int = 0  # messages whose row is no longer in the table
     outside_window: int = 0  # messages whose row exists, created outside the window
     replayed: int = 0  # messages marked Cdc-Replay
+    # The stream's limits removed every message stored before this: rows created before
+    # it are not compared (their messages may have expired), the window starts here.
+    stream_expired_before: datetime | None = None
     missing_ids: list[str] = field(default_factory=list)
     duplicated_ids: list[str] = field(default_factory=list)
     out_of_order_ids: list[str] = field(default_factory=list)
@@ -182,7 +185,7 @@ async def audit_stream(
     js: JetStreamContext,
     stream: str,
     source: str,
-    rows: Callable[[], AsyncIterator[list[tuple[str, str]]]],
+    rows: Callable[[Window], AsyncIterator[list[tuple[str, str]]]],
     lookup_conn: AsyncConn | None,
     *,
     tables: frozenset[str],
@@ -191,8 +194,14 @@ async def audit_stream(
     progress: Progress | None = None,
     on_missing: Callable[[str, str], None] | None = None,
 ) -> AuditResult:
-    """Compare what ``rows()`` yields (sorted (id, table) batches) with ``stream``."""
+    """Compare what ``rows(window)`` yields (sorted (id, table) batches) with ``stream``.
+
+    The window is narrowed to the stream's oldest remaining message when its limits have
+    removed older ones (``result.window`` is the one used)."""
+    expired = await limits_removed_before(js, stream)
+    window = checkable(window, expired)
     result = AuditResult(stream=stream, source=source, window=window)
+    result.stream_expired_before = expired
     order = _OrderCheck()
     start = window.start - CLOCK_SLACK if window.start is not None else None
     with tempfile.TemporaryDirectory(prefix="cdc-bridge-audit-") as directory:
@@ -213,7 +222,7 @@ async def audit_stream(
                 order.see((msg_id, table), seq, headers)
         await _merge(
             spill.groups(),
-            rows(),
+            rows(window),
             order,
             _Lookups(lookup_conn, id_column, result),
             result,
@@ -271,3 +280,10 @@ async def _merge(
     result.order_checked = order.checked
     result.out_of_order = len(out_of_order) + order.overflow
     result.out_of_order_ids = sorted(key[0] for key in out_of_order)[:LISTED]
+
+
+def checkable(window: Window, expired_before: datetime | None) -> Window:
+    """``window``, starting no earlier than the stream's oldest remaining message."""
+    if expired_before is None or (window.start is not None and window.start >= expired_before):
+        return window
+    return Window(expired_before, window.end)

@@ -146,7 +146,7 @@ async def _republish(
             js,
             config.nats.stream.name,
             source,
-            lambda: ids_in_order(reader, tables, id_column, Window()),
+            lambda chosen: ids_in_order(reader, tables, id_column, chosen),
             None,
             tables=frozenset(tables),
             id_column=id_column,
@@ -163,7 +163,7 @@ async def _republish(
                 wanted,
                 source=source,
                 stream_subjects=tuple(info.config.subjects or ()),
-                window=Window(),
+                window=audit.window,  # narrowed to what the stream still holds
                 by_commit_timestamp=await track_commit_timestamp(reader),
                 publish=True,
             )

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 AUDIT_KEYS = (
     "stream", "source", "from", "until", "rows", "messages", "missing", "duplicated",
     "extra_copies", "out_of_order", "order_checked", "unretained", "outside_window",
-    "replayed", "missing_ids", "duplicated_ids", "out_of_order_ids",
+    "replayed", "stream_expired_before", "missing_ids", "duplicated_ids", "out_of_order_ids",
 )  # fmt: skip
 _SHOWN_IDS = 10  # in the text output; --json lists up to 1,000
 
@@ -124,7 +124,7 @@ async def audit_command(
                 nc.jetstream(),
                 config.nats.stream.name,
                 source,
-                lambda: ids_in_order(snapshot, tables, id_column, window),
+                lambda chosen: ids_in_order(snapshot, tables, id_column, chosen),
                 lookups,
                 tables=frozenset(tables),
                 id_column=id_column,
@@ -151,6 +151,7 @@ def audit_document(result: AuditResult) -> dict[str, object]:
     }
     for key in AUDIT_KEYS[4:]:
         values[key] = getattr(result, key)
+    values["stream_expired_before"] = _time_text(result.stream_expired_before)
     return values
 
 
@@ -184,6 +185,12 @@ def audit_lines(result: AuditResult, config: BridgeConfig) -> list[str]:
             ]
         ),
     ]
+    if result.stream_expired_before is not None:
+        lines.append(
+            f"not checked: rows created before {_time_text(result.stream_expired_before)}; "
+            "the stream's limits (max_age, max_msgs, max_bytes) removed the messages stored "
+            "before then"
+        )
     for label, ids, count in (
         ("missing", result.missing_ids, result.missing),
         ("duplicated", result.duplicated_ids, result.duplicated),

@@ -157,7 +157,7 @@ async def _replay(
                 js,
                 stream,
                 source,
-                lambda: ids_in_order(snapshot, tables, id_column, window, selection.ids),
+                lambda chosen: ids_in_order(snapshot, tables, id_column, chosen, selection.ids),
                 None,
                 tables=frozenset(tables),
                 id_column=id_column,
@@ -177,7 +177,7 @@ async def _replay(
                     wanted,
                     source=source,
                     stream_subjects=tuple(info.config.subjects or ()),
-                    window=window,
+                    window=audit.window,  # narrowed to what the stream still holds
                     by_commit_timestamp=by_commit_timestamp,
                     publish=publishing,
                     only_ids=selection.ids,

@@ -20,6 +20,7 @@ from datetime import datetime
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 
 BATCH = 1_000  # messages per fetch
 _FETCH_TIMEOUT = 5.0  # seconds; an empty fetch this long means nothing is left
@@ -38,6 +39,22 @@ class StreamRange:
 async def stream_range(js: JetStreamContext, stream: str) -> StreamRange:
     state = (await js.stream_info(stream)).state
     return StreamRange(state.first_seq, state.last_seq, state.messages)
+
+
+async def limits_removed_before(js: JetStreamContext, stream: str) -> datetime | None:
+    """When the stream's limits (max_age, max_msgs, max_bytes, per subject) have removed
+    messages: the time its first remaining message was stored. None when they have not."""
+    info = await js.stream_info(stream)
+    config, state = info.config, info.state
+    limits = (config.max_msgs, config.max_bytes, config.max_msgs_per_subject)
+    limited = bool(config.max_age) or any(limit is not None and limit > 0 for limit in limits)
+    if not limited or state.first_seq <= 1 or not state.messages:
+        return None
+    try:
+        first = await js.get_msg(stream, seq=state.first_seq)
+    except NotFoundError:  # removed meanwhile: the next one is later still
+        first = await js.get_msg(stream, seq=state.first_seq, next=True)
+    return first.time
 
 
 async def read_headers(

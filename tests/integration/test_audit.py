@@ -25,6 +25,7 @@ from support.outbox import (
     stream_messages,
     wait_for_ids,
 )
+from support.waiting import wait_until
 
 from cdc_bridge.cli.audit import AUDIT_KEYS
 from cdc_bridge.cli.outbox_replay import REPLAY_KEYS
@@ -163,6 +164,40 @@ def test_audit_refuses_a_config_without_outbox_rows(
     result = run_cli(write_config(tmp_path, config), "audit")
     assert result.returncode == 1
     assert result.stderr.startswith("cdc-bridge: nothing to audit: the config names no outbox")
+
+
+def test_audit_leaves_out_rows_whose_messages_the_stream_limits_removed(
+    pg_dsn: str, nats_url: str, unique_name: str, tmp_path: Path, make_bridge: MakeBridge
+) -> None:
+    config = bridge_config(pg_dsn, nats_url, unique_name)
+    path = write_config(tmp_path, config)
+    stream = config["nats"]["stream"]["name"]
+
+    async def limited_stream() -> None:  # made before the bridge, which keeps it as it is
+        client = await nats.connect(nats_url)
+        try:
+            await client.jetstream().add_stream(
+                name=stream, subjects=[f"{unique_name}.>"], max_msgs=5
+            )
+        finally:
+            await client.close()
+
+    asyncio.run(limited_stream())
+    bridge = start_bridge(make_bridge, config)
+    early = insert_events(pg_dsn, [Event(aggregate_id="early") for _ in range(3)])
+    wait_until(lambda: len(stream_messages(nats_url, stream)) == 3, timeout=20)
+    time.sleep(0.05)  # the rest are created, and stored, measurably later
+    late = insert_events(
+        pg_dsn, [Event(aggregate_id=f"late-{n}") for n in range(5)], in_one_transaction=False
+    )
+    wait_for_ids(nats_url, stream, late)
+    bridge.terminate()
+
+    code, found = audit(path)
+    assert code == 0, found
+    assert found["stream_expired_before"] is not None
+    assert found["missing"] == 0 and 0 < found["rows"] <= 5
+    assert not set(early) & set(found["missing_ids"])
 
 
 # --- a long stream: bounded memory ------------------------------------------------------------
