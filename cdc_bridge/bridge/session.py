@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import psycopg
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamInfo
@@ -23,7 +24,7 @@ from cdc_bridge.sink.connect import NatsPermissionError, connect_nats, ensure_st
 from cdc_bridge.sink.coverage import check_stream_coverage
 from cdc_bridge.sink.ordering import OrderGuard
 from cdc_bridge.sink.publisher import DuplicateHandler, JetStreamPublisher, PublishError, Rejection
-from cdc_bridge.sink.reconcile import Position, StreamTail, read_stream_tail
+from cdc_bridge.sink.reconcile import Position, StreamTail, newest_source, read_stream_tail
 from cdc_bridge.source.plugins import decoder_for, envelope_columns, replication_dsn
 from cdc_bridge.source.replication import ReplicationStream, SlotInUse
 from cdc_bridge.source.setup import prepare_postgres
@@ -85,7 +86,17 @@ async def run_session(
         stream_name = config.nats.stream.name
 
         async def refuse_if_slot_was_dropped() -> None:
+            assert stream is not None
             newest = (await read_stream_tail(js, stream_name, source, MAX_LSN, 1)).newest
+            if newest is not None and stream.timeline > 1:
+                raise FatalError(failover_without_synchronized_slot(config, stream, newest[0]))
+            if newest is None:
+                # The stream's events came from another server under this slot's name: a
+                # different system identifier, so not a restart of the same cluster
+                last = await newest_source(js, stream_name)
+                slot_suffix = f"/{config.postgres.slot}"
+                if last is not None and last[0].endswith(slot_suffix) and last[0] != source:
+                    raise FatalError(failover_without_synchronized_slot(config, stream, last[1]))
             if newest is not None:
                 raise FatalError(
                     f"slot {config.postgres.slot} is missing, but stream {stream_name} holds "
@@ -99,6 +110,8 @@ async def run_session(
         )
         if slot.active:
             raise SlotInUse(f"slot {slot.name} is in use by process {slot.active_pid}")
+        if slot.failover is False and config.postgres.failover is not False:
+            await make_failover_slot(stream, slot.name)
         start = slot.confirmed_flush_lsn or 0
         lookback = config.nats.max_in_flight + 64
         tail = await read_stream_tail(js, stream_name, source, start, lookback)
@@ -199,6 +212,41 @@ class AckCounter:
 
     def transaction_acked(self, tx: Transaction) -> None:
         self._metrics.transaction_acked(tx)
+
+
+def failover_without_synchronized_slot(
+    config: BridgeConfig, stream: ReplicationStream, newest: int
+) -> str:
+    """The one fatal line when a promoted standby lacks the slot whose events we published.
+
+    Creating a new slot there would silently skip everything committed between the
+    last event published and now: never do that, say how to recover instead.
+    """
+    slot = config.postgres.slot
+    return (
+        f"failover without a synchronized slot: slot {slot} is missing on the new primary "
+        f"{stream.server} (timeline {stream.timeline}), and stream "
+        f"{config.nats.stream.name} holds its events up to LSN {format_lsn(newest)}; "
+        "creating a new slot would skip what was committed since. Recover as "
+        "docs/production.md#high-availability says (on PostgreSQL 17+ a failover slot "
+        "synchronized to the standby avoids this)"
+    )
+
+
+async def make_failover_slot(stream: ReplicationStream, slot: str) -> None:
+    """Turn an existing slot into a failover slot, or say why it stays as it is."""
+    try:
+        await stream.enable_failover(slot)
+    except psycopg.Error as exc:
+        log.warning(
+            "slot_not_failover",
+            slot=slot,
+            error=f"slot {slot} is not a failover slot and could not be made one "
+            f"({str(exc).strip().splitlines()[0]}): a failover of the primary would lose it "
+            f"(fix: as a replication role, ALTER_REPLICATION_SLOT {slot} (FAILOVER true))",
+        )
+        return
+    log.info("slot_failover_enabled", slot=slot)
 
 
 def format_position(position: Position | None) -> str | None:

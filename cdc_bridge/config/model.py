@@ -91,6 +91,8 @@ class PostgresConfig:
     # From postgres.password_file: given to libpq as its `password` parameter, never
     # written into the DSN (which is logged, redacted, and shown by the ops commands).
     password: str | None = field(default=None, repr=False)
+    # postgres.failover: None = auto (a failover slot on PostgreSQL 17+), else as set
+    failover: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +314,7 @@ def _build(checked: ConfigFile, secrets: SecretValues) -> BridgeConfig:
             status_interval=pg.status_interval,
             connect_timeout=pg.connect_timeout,
             password=secrets.postgres_password,
+            failover=None if pg.failover == "auto" else bool(pg.failover),
         ),
         nats=NatsConfig(
             servers=nats.servers,

@@ -75,6 +75,15 @@ def _matching(pattern: str, message: str) -> Callable[[str], str]:
     return check
 
 
+def _auto_or_bool(value: object) -> object:
+    # One field, one message: a plain `Literal["auto"] | bool` reports each alternative
+    if value == "auto" or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"expected auto, true or false, got {shown_value(value)}")
+
+
 def _table_name(value: str) -> str:
     parts = value.split(".")
     if len(parts) > 2 or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]*", p) for p in parts):
@@ -222,6 +231,8 @@ class PostgresSection(Section):
         ),
     ] = "cdc_bridge"
     plugin: Literal["pgoutput", "wal2json"] = "pgoutput"
+    # Create the slot as a failover slot (PostgreSQL 17+): auto = on where the server can
+    failover: Annotated[Literal["auto", True, False], BeforeValidator(_auto_or_bool)] = "auto"
     status_interval: PositiveDuration = 10.0
     connect_timeout: PositiveDuration = 10.0
     # Read at start-up and passed to libpq as its own `password` parameter, so the

@@ -31,14 +31,23 @@ class SlotInfo:
     # Bytes of WAL that may still be written before the slot is lost; None when
     # max_slot_wal_keep_size is unlimited (-1) or the slot is already lost.
     safe_wal_size: int | None = None
+    # PostgreSQL 17+ (None before): a failover slot is synchronized to standbys that
+    # run sync_replication_slots; `synced` marks such a copy on a standby (or promoted).
+    failover: bool | None = None
+    synced: bool | None = None
 
 
+# The 17+ columns through to_jsonb, so one query serves every version (NULL before 17)
 _SLOTS_QUERY = """
 SELECT slot_name, plugin, database, active, active_pid,
-       restart_lsn::text, confirmed_flush_lsn::text, wal_status, safe_wal_size
-FROM pg_replication_slots WHERE slot_type = 'logical' AND (%s::text IS NULL OR slot_name = %s)
+       restart_lsn::text, confirmed_flush_lsn::text, wal_status, safe_wal_size,
+       (to_jsonb(s) ->> 'failover')::boolean, (to_jsonb(s) ->> 'synced')::boolean
+FROM pg_replication_slots s
+WHERE slot_type = 'logical' AND (%s::text IS NULL OR slot_name = %s)
 ORDER BY slot_name
 """
+
+FAILOVER_SLOTS_SINCE = 170000  # server_version_num: failover slots, slot synchronization
 
 
 def _lsn_or_none(text: str | None) -> int | None:
@@ -59,6 +68,8 @@ async def list_slots(conn: AsyncConn, name: str | None = None) -> list[SlotInfo]
             confirmed_flush_lsn=_lsn_or_none(row[6]),
             wal_status=row[7],
             safe_wal_size=None if row[8] is None else int(row[8]),
+            failover=row[9],
+            synced=row[10],
         )
         for row in await cur.fetchall()
     ]
@@ -69,8 +80,17 @@ async def get_slot(conn: psycopg.AsyncConnection[TupleRow], name: str) -> SlotIn
     return slots[0] if slots else None
 
 
-async def create_slot(conn: psycopg.AsyncConnection[TupleRow], name: str, plugin: str) -> None:
-    await conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (name, plugin))
+async def create_slot(
+    conn: psycopg.AsyncConnection[TupleRow], name: str, plugin: str, *, failover: bool = False
+) -> None:
+    """``failover`` (PostgreSQL 17+ only): synchronized to standbys, usable after promotion."""
+    if failover:  # arguments: temporary, twophase, failover
+        await conn.execute(
+            "SELECT pg_create_logical_replication_slot(%s, %s, false, false, true)",
+            (name, plugin),
+        )
+    else:
+        await conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (name, plugin))
 
 
 async def publication_exists(conn: psycopg.AsyncConnection[TupleRow], name: str) -> bool:

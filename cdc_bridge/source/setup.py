@@ -19,6 +19,7 @@ from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.templates import ACTION_PSEUDO_COLUMN
 from cdc_bridge.routing.change_events import TypeNames
 from cdc_bridge.source.catalog import (
+    FAILOVER_SLOTS_SINCE,
     SlotInfo,
     column_type_names,
     create_publication,
@@ -208,12 +209,13 @@ async def prepare_postgres(
     async with await psycopg.AsyncConnection.connect(
         connection_string(pg.dsn, pg.connect_timeout), autocommit=True, password=pg.password
     ) as conn:
+        failover = failover_wanted(config, conn.info.server_version)
         await prepare_outbox(conn, config)
         slot = await get_slot(conn, pg.slot)
         if slot is None:
             if may_create_slot is not None:
                 await may_create_slot()
-            await create_slot(conn, pg.slot, pg.plugin)
+            await create_slot(conn, pg.slot, pg.plugin, failover=failover)
             slot = await get_slot(conn, pg.slot)
             assert slot is not None
             log.warning(
@@ -228,6 +230,19 @@ async def prepare_postgres(
             names = TypeNames(await column_type_names(conn, config.outbox.change_tables))
         wal_head = await current_wal_lsn(conn)
         return slot, wal_head, server_version(conn.info.server_version), names
+
+
+def failover_wanted(config: BridgeConfig, server_version_num: int) -> bool:
+    """Whether the slot is to be a failover slot (postgres.failover on this server)."""
+    setting = config.postgres.failover
+    supported = server_version_num >= FAILOVER_SLOTS_SINCE
+    if setting is True and not supported:
+        raise FatalError(
+            "postgres.failover: true needs PostgreSQL 17 or later (failover slots), the "
+            f"server is {server_version(server_version_num)} (fix: set postgres.failover to "
+            "auto or false, and see docs/production.md#high-availability for older servers)"
+        )
+    return supported and setting is not False
 
 
 def server_version(number: int) -> str:

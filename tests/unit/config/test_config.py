@@ -783,3 +783,24 @@ def test_routing_example_config_parses_and_routes_each_feature() -> None:
     assert isinstance(case, Outbound) and case.msg_id == "T-1"
     unsafe = router.route("public.outbox", {**row, "aggregate_type": "x.>"})
     assert isinstance(unsafe, Outbound) and unsafe.subject == "events.dlq"
+
+
+# --- postgres.failover -----------------------------------------------------------------
+
+
+def failover_config(value: str | None) -> str:
+    line = f"  failover: {value}\n" if value is not None else ""
+    text = with_routes('  - subject: "events.{event_type}"\n')
+    return text.replace("postgres:\n", "postgres:\n" + line, 1)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, None), ("auto", None), ("true", True), ("false", False)]
+)
+def test_failover_is_auto_true_or_false(value: str | None, expected: bool | None) -> None:
+    assert parse_config(failover_config(value), env={}).postgres.failover is expected
+
+
+def test_failover_of_another_value_is_one_line() -> None:
+    line = one_problem(failover_config("sometimes"))
+    assert line.startswith("config.yaml:2: postgres.failover:"), line
