@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable
 
 import psycopg
 
+from cdc_bridge.cli.check_failover import failover_checks
 from cdc_bridge.cli.check_results import CheckResult, fail, ok, skip, warn
 from cdc_bridge.cli.errors import OpsError, describe_postgres_error
 from cdc_bridge.cli.render import human_bytes, lsn_text
@@ -39,6 +40,7 @@ POSTGRES_CHECKS = (
     "outbox.read",
     "postgres.publication",
     "postgres.slot",
+    "postgres.failover",
 )
 MIN_VERSION_NUM = 100000  # pgoutput and publications arrived in PostgreSQL 10
 RESTART = "then restart PostgreSQL (a reload is not enough)"
@@ -58,6 +60,7 @@ async def postgres_checks(config: BridgeConfig, dsn: str) -> list[CheckResult]:
             "host and role",
         )
         return [first, *(skip(name, "no connection") for name in POSTGRES_CHECKS[1:])]
+    password = password_for(config, dsn)
     async with conn:
         slot = await get_slot(conn, config.postgres.slot)
         checks: list[tuple[str, Callable[[], Awaitable[CheckResult]]]] = [
@@ -77,6 +80,12 @@ async def postgres_checks(config: BridgeConfig, dsn: str) -> list[CheckResult]:
                 results.append(await check())
             except psycopg.Error as exc:  # e.g. no permission to read a catalog view
                 results.append(fail(name, f"could not check: {describe_postgres_error(exc)}"))
+        try:
+            results.extend(await failover_checks(conn, config, slot, dsn, password))
+        except psycopg.Error as exc:
+            results.append(
+                fail("postgres.failover", f"could not check: {describe_postgres_error(exc)}")
+            )
         return results
 
 

@@ -546,7 +546,9 @@ def test_check_passes_once_everything_is_in_place(
     run = cli(capsys, "check", "--config", config_path, "--json")
     results = run.json()
     assert all(tuple(result) == json_keys.CHECK_KEYS for result in results)
-    assert [r["check"] for r in results] == [*POSTGRES_CHECKS, *NATS_CHECKS]
+    # postgres.failover gives one line per problem (a lone server on 17+ has two)
+    names = list(dict.fromkeys(r["check"] for r in results))
+    assert names == [*POSTGRES_CHECKS, *NATS_CHECKS]
     assert [r for r in results if r["status"] == "FAIL"] == []
     assert run.code == 0
     role = next(r for r in results if r["check"] == "postgres.role")

@@ -1,0 +1,109 @@
+"""``cdc-bridge check``'s failover readiness, on a primary and a standby (PostgreSQL 17+),
+with each readiness setting missing in turn: one line per problem, with its fix."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from support.ha import STANDBY, Pair, primary_and_standby, wait_until_synchronized
+from support.outbox import bridge_config
+
+from cdc_bridge.cli.main import main
+from cdc_bridge.dev.devstack import PgInstall, PostgresServer
+
+pytestmark = pytest.mark.needs_failover_slots
+
+
+@pytest.fixture
+def pair(devstack_tmp: Path, pg_install: PgInstall, unique_name: str) -> Iterator[Pair]:
+    with primary_and_standby(devstack_tmp, pg_install, f"db_{unique_name}") as both:
+        yield both
+
+
+def failover_lines(
+    capsys: pytest.CaptureFixture[str], folder: Path, config: dict[str, Any]
+) -> list[dict[str, Any]]:
+    path = folder / "check.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    capsys.readouterr()
+    main(["check", "--config", str(path), "--json"])
+    results: list[dict[str, Any]] = json.loads(capsys.readouterr().out)
+    return [r for r in results if r["check"] == "postgres.failover"]
+
+
+def set_and_reload(server: PostgresServer, name: str, value: str) -> None:
+    """ALTER SYSTEM and reload; return once the server runs with the new value."""
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+            if row is not None and row[0] == value:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"{name} did not become {value!r}")
+
+
+def create_failover_slot(pair: Pair, name: str) -> None:
+    with psycopg.connect(pair.primary.dsn(pair.database), autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_create_logical_replication_slot(%s, 'pgoutput', false, false, true)",
+            (name,),
+        )
+
+
+def test_check_reports_each_missing_readiness_setting_with_its_fix(
+    pair: Pair,
+    nats_url: str,
+    unique_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = bridge_config(pair.dsn(), nats_url, unique_name)
+    create_failover_slot(pair, unique_name)
+    wait_until_synchronized(pair, unique_name)
+    [ready] = failover_lines(capsys, tmp_path, config)
+    assert ready["status"] == "ok" and "synchronized to every standby" in ready["detail"]
+
+    def one_warning(about: str, fix: str) -> None:
+        lines = failover_lines(capsys, tmp_path, config)
+        assert [line["status"] for line in lines] == ["warn"], lines
+        assert about in lines[0]["detail"] and fix in lines[0]["fix"], lines
+
+    set_and_reload(pair.primary, "synchronized_standby_slots", "")
+    one_warning("synchronized_standby_slots is empty", f"= '{STANDBY}'")
+    set_and_reload(pair.primary, "synchronized_standby_slots", STANDBY)
+
+    for name in ("hot_standby_feedback", "sync_replication_slots"):
+        set_and_reload(pair.standby, name, "off")
+        one_warning(f"{name} is off", f"ALTER SYSTEM SET {name} = on")
+        set_and_reload(pair.standby, name, "on")
+
+    conninfo = f"host=127.0.0.1 port={pair.primary.port} user=postgres application_name={STANDBY}"
+    set_and_reload(pair.standby, "primary_conninfo", conninfo)
+    one_warning("primary_conninfo has no dbname", "add dbname=")
+
+    # A failover slot the standby has not synchronized (it cannot while dbname is missing)
+    late = f"{unique_name}_late"
+    create_failover_slot(pair, late)
+    unsynced = {**config, "postgres": {**config["postgres"], "slot": late}}
+    lines = failover_lines(capsys, tmp_path, unsynced)
+    assert any("is not synchronized there" in line["detail"] for line in lines), lines
+
+    # A slot that is not a failover slot, and a DSN that names only the primary
+    with psycopg.connect(pair.primary.dsn(pair.database), autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (f"{late}_x",))
+    plain = {**config, "postgres": {**config["postgres"], "slot": f"{late}_x"}}
+    [line] = failover_lines(capsys, tmp_path, plain)
+    assert "is not a failover slot" in line["detail"] and "ALTER_REPLICATION_SLOT" in line["fix"]
+    alone = {**config, "postgres": {**config["postgres"], "dsn": pair.primary.dsn(pair.database)}}
+    lines = failover_lines(capsys, tmp_path, alone)
+    assert any("names one host" in line["detail"] for line in lines), lines
