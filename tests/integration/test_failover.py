@@ -1,5 +1,7 @@
-"""``cdc-bridge check``'s failover readiness, on a primary and a standby (PostgreSQL 17+),
-with each readiness setting missing in turn: one line per problem, with its fix."""
+"""Failover slots on a primary and a standby (PostgreSQL 17+): the bridge makes its slot
+a failover slot, and ``cdc-bridge check`` reports each readiness setting missing in turn
+(one line per problem, with its fix). The failovers themselves are in
+tests/chaos/test_chaos_failover.py."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from support.bridge import MakeBridge, log_event, start_bridge
 from support.ha import STANDBY, Pair, primary_and_standby, wait_until_synchronized
-from support.outbox import bridge_config
+from support.outbox import Event, bridge_config, insert_events, wait_for_ids
 
 from cdc_bridge.cli.main import main
 from cdc_bridge.dev.devstack import PgInstall, PostgresServer
@@ -107,3 +110,58 @@ def test_check_reports_each_missing_readiness_setting_with_its_fix(
     alone = {**config, "postgres": {**config["postgres"], "dsn": pair.primary.dsn(pair.database)}}
     lines = failover_lines(capsys, tmp_path, alone)
     assert any("names one host" in line["detail"] for line in lines), lines
+
+
+# --- the bridge and its slot ------------------------------------------------------------
+
+
+def slot_failover(dsn: str, slot: str) -> bool | None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT failover FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        ).fetchone()
+    return None if row is None else bool(row[0])
+
+
+def test_the_bridge_creates_a_failover_slot_and_makes_an_existing_one_a_failover_slot(
+    pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
+) -> None:
+    bridge = start_bridge(make_bridge, bridge_config(pg_dsn, nats_url, unique_name))
+    assert slot_failover(pg_dsn, unique_name) is True
+    bridge.terminate()
+    older = f"{unique_name}_old"  # as an older bridge (or PostgreSQL 16) made it
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (older,))
+    config = bridge_config(pg_dsn, nats_url, unique_name, postgres={"slot": older})
+    bridge = start_bridge(make_bridge, config)
+    assert any(log_event("slot_failover_enabled", slot=older)(line) for line in bridge.lines)
+    assert slot_failover(pg_dsn, older) is True
+    bridge.terminate()
+    kept = f"{unique_name}_kept"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (kept,))
+    off = {"slot": kept, "failover": False}
+    config = bridge_config(pg_dsn, nats_url, unique_name, postgres=off)
+    start_bridge(make_bridge, config).terminate()
+    assert slot_failover(pg_dsn, kept) is False
+
+
+def test_a_slot_missing_on_another_system_is_a_failover_line_not_a_new_slot(
+    pg_dsn: str,
+    isolated_pg_server: PostgresServer,
+    nats_url: str,
+    unique_name: str,
+    make_bridge: MakeBridge,
+) -> None:
+    """The stream's events came from one cluster; the DSN now reaches another (a restored
+    or rebuilt primary) without the slot: creating one there would skip events."""
+    bridge = start_bridge(make_bridge, bridge_config(pg_dsn, nats_url, unique_name))
+    wait_for_ids(nats_url, unique_name.upper(), insert_events(pg_dsn, [Event()]))
+    bridge.terminate()
+    other = isolated_pg_server.create_database(f"db_{unique_name}")
+    bridge = make_bridge(bridge_config(other, nats_url, unique_name))
+    assert bridge.wait_for_exit(30) == 1
+    fatal = [line for line in bridge.lines if log_event("fatal")(line)]
+    assert len(fatal) == 1 and "failover without a synchronized slot" in fatal[0], bridge.lines
+    assert f"127.0.0.1:{isolated_pg_server.port}" in fatal[0]
+    assert slot_failover(other, unique_name) is None  # no slot was created
