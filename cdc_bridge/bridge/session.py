@@ -6,11 +6,15 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import psycopg
 import structlog
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamInfo
 
+from cdc_bridge.bridge.failover import (
+    failover_without_synchronized_slot,
+    make_failover_slot,
+    watch_standbys,
+)
 from cdc_bridge.bridge.failures import TRANSIENT_ERRORS
 from cdc_bridge.bridge.metrics import Metrics
 from cdc_bridge.bridge.pipeline import Pipeline, SessionStats
@@ -110,8 +114,10 @@ async def run_session(
         )
         if slot.active:
             raise SlotInUse(f"slot {slot.name} is in use by process {slot.active_pid}")
+        failover = slot.failover
         if slot.failover is False and config.postgres.failover is not False:
-            await make_failover_slot(stream, slot.name)
+            failover = await make_failover_slot(stream, slot.name)
+        state.status.failover = failover
         start = slot.confirmed_flush_lsn or 0
         lookback = config.nats.max_in_flight + 64
         tail = await read_stream_tail(js, stream_name, source, start, lookback)
@@ -184,10 +190,18 @@ async def run_session(
         watch_lost.add_done_callback(
             lambda _: pipeline.publisher.fail(PublishError("NATS connection lost"))
         )
+        watch = None
+        if failover:
+            confirmed = lambda: tracker.confirmed  # noqa: E731
+            watch = asyncio.create_task(
+                watch_standbys(config, stream, slot.name, confirmed, state.status, state.metrics)
+            )
         try:
             await pipeline.run(stop, shutdown_timeout=config.shutdown_timeout)
         finally:
             watch_lost.cancel()
+            if watch is not None:
+                watch.cancel()
     except TRANSIENT_ERRORS as exc:
         if denials:  # the timeout or lost connection it caused says less than it does
             raise denials[0] from exc
@@ -212,41 +226,6 @@ class AckCounter:
 
     def transaction_acked(self, tx: Transaction) -> None:
         self._metrics.transaction_acked(tx)
-
-
-def failover_without_synchronized_slot(
-    config: BridgeConfig, stream: ReplicationStream, newest: int
-) -> str:
-    """The one fatal line when a promoted standby lacks the slot whose events we published.
-
-    Creating a new slot there would silently skip everything committed between the
-    last event published and now: never do that, say how to recover instead.
-    """
-    slot = config.postgres.slot
-    return (
-        f"failover without a synchronized slot: slot {slot} is missing on the new primary "
-        f"{stream.server} (timeline {stream.timeline}), and stream "
-        f"{config.nats.stream.name} holds its events up to LSN {format_lsn(newest)}; "
-        "creating a new slot would skip what was committed since. Recover as "
-        "docs/production.md#high-availability says (on PostgreSQL 17+ a failover slot "
-        "synchronized to the standby avoids this)"
-    )
-
-
-async def make_failover_slot(stream: ReplicationStream, slot: str) -> None:
-    """Turn an existing slot into a failover slot, or say why it stays as it is."""
-    try:
-        await stream.enable_failover(slot)
-    except psycopg.Error as exc:
-        log.warning(
-            "slot_not_failover",
-            slot=slot,
-            error=f"slot {slot} is not a failover slot and could not be made one "
-            f"({str(exc).strip().splitlines()[0]}): a failover of the primary would lose it "
-            f"(fix: as a replication role, ALTER_REPLICATION_SLOT {slot} (FAILOVER true))",
-        )
-        return
-    log.info("slot_failover_enabled", slot=slot)
 
 
 def format_position(position: Position | None) -> str | None:

@@ -10,7 +10,7 @@ fix, all named ``postgres.failover``; the standbys are the other hosts of the DS
 from __future__ import annotations
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 from cdc_bridge.cli.check_results import CheckResult, fail, ok, skip, warn
 from cdc_bridge.cli.errors import describe_postgres_error
@@ -22,30 +22,11 @@ from cdc_bridge.source.catalog import (
     server_version,
     setting,
 )
+from cdc_bridge.source.standbys import dsn_hosts, host_dsn
 
 CHECK = "postgres.failover"
 DOCS = "docs/production.md#high-availability"
 RELOAD = "SELECT pg_reload_conf()"
-
-
-def dsn_hosts(dsn: str) -> list[tuple[str, str]]:
-    """(host, port) of each host a (multi-host) DSN names, in its order."""
-    params = conninfo_to_dict(dsn)
-    hosts = str(params.get("host") or params.get("hostaddr") or "").split(",")
-    ports = str(params.get("port") or "5432").split(",")
-    if len(ports) == 1:
-        ports = ports * len(hosts)
-    return [(host, port) for host, port in zip(hosts, ports, strict=False) if host]
-
-
-def host_dsn(dsn: str, host: str, port: str) -> str:
-    """The DSN pointed at one host, whatever it is now (primary or standby)."""
-    params = {key: str(value) for key, value in conninfo_to_dict(dsn).items()}
-    params.pop("hostaddr", None)
-    params.update(host=host, port=port, target_session_attrs="any")
-    params.setdefault("application_name", "cdc-bridge-ops")
-    params.setdefault("connect_timeout", "5")
-    return make_conninfo("", **params)
 
 
 async def failover_checks(

@@ -105,9 +105,14 @@ class ReplicationStream:
         self.timeline = 0
 
     @property
+    def address(self) -> tuple[str, str]:
+        """(host, port) of the server libpq chose among the hosts of a multi-host DSN."""
+        return self._conn.info.host, str(self._conn.info.port)
+
+    @property
     def server(self) -> str:
-        """``host:port`` of the server libpq chose (of a multi-host DSN): for messages."""
-        return f"{self._conn.info.host}:{self._conn.info.port}"
+        """``host:port`` of that server: for messages."""
+        return ":".join(self.address)
 
     @classmethod
     async def connect(

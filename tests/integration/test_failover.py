@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from support.bridge import MakeBridge, log_event, start_bridge
 from support.ha import STANDBY, Pair, primary_and_standby, wait_until_synchronized
 from support.outbox import Event, bridge_config, insert_events, wait_for_ids
 
+from cdc_bridge.cli import json_keys
 from cdc_bridge.cli.main import main
 from cdc_bridge.dev.devstack import PgInstall, PostgresServer
 
@@ -165,3 +167,43 @@ def test_a_slot_missing_on_another_system_is_a_failover_line_not_a_new_slot(
     assert len(fatal) == 1 and "failover without a synchronized slot" in fatal[0], bridge.lines
     assert f"127.0.0.1:{isolated_pg_server.port}" in fatal[0]
     assert slot_failover(other, unique_name) is None  # no slot was created
+
+
+def get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return str(reply.read().decode())
+
+
+def test_slots_show_status_and_metrics_show_the_standbys_copy_of_the_slot(
+    pair: Pair,
+    nats_url: str,
+    unique_name: str,
+    make_bridge: MakeBridge,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = bridge_config(pair.dsn(), nats_url, unique_name)
+    bridge = start_bridge(make_bridge, config)
+    wait_until_synchronized(pair, unique_name)
+    server = f"127.0.0.1:{pair.standby.port}"
+    path = tmp_path / "show.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    capsys.readouterr()
+    assert main(["slots", "show", unique_name, "--config", str(path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert tuple(shown) == json_keys.SLOT_KEYS + json_keys.SHOW_EXTRA_KEYS
+    assert shown["failover"] is True
+    [standby] = shown["standbys"]
+    assert tuple(standby) == json_keys.STANDBY_KEYS
+    assert standby["server"] == server and standby["synchronized"] is True
+    assert isinstance(standby["behind_bytes"], int) and standby["error"] is None
+    assert main(["slots", "show", unique_name, "--config", str(path)]) == 0
+    assert f"standby {server}" in capsys.readouterr().out
+    # The bridge looked at the standby when its session began (the copy may not have
+    # been synchronized yet then): /status and the metrics name it
+    base = bridge.http_url()
+    status = json.loads(get_text(f"{base}/status"))
+    assert status["failover"] is True
+    assert [s["server"] for s in status["standbys"]] == [server]
+    metrics = get_text(f"{base}/metrics")
+    assert f'cdc_bridge_failover_slot_synchronized{{standby="{server}"}}' in metrics
