@@ -16,17 +16,27 @@ skip what was committed since).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import psycopg
 import pytest
+import yaml
 from support.bridge import BridgeProcess, log_event, parse_json_line
 from support.chaos import Auditor, BridgeRunner, LoadGenerator, chaos_bridge_config
-from support.ha import Pair, primary_and_standby, slot_on, wait_until_synchronized
+from support.ha import (
+    Pair,
+    primary_and_standby,
+    set_and_reload,
+    slot_on,
+    wait_until_synchronized,
+)
 
+from cdc_bridge.cli.main import main
 from cdc_bridge.core.lsn import parse_lsn
 from cdc_bridge.dev.devstack import PgInstall, PostgresServer
 
@@ -117,13 +127,24 @@ def test_failover_without_a_synchronized_slot_stops_with_one_line_and_skips_noth
     nats_url: str,
     unique_name: str,
     make_bridge: Callable[..., BridgeProcess],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """A failover slot the standby never synchronized (its slot sync worker is off):
+    check warned, and after the failover the bridge stops rather than skip."""
+    set_and_reload(pair.standby, "sync_replication_slots", "off")
     config = chaos_bridge_config(dsn=pair.dsn(), nats_url=nats_url, name=unique_name)
-    config["postgres"]["failover"] = False
     bridge = BridgeRunner(make_bridge, config)
     bridge.start()
     row = slot_on(pair.primary, pair.database, unique_name)
-    assert row is not None and row[0] is False
+    assert row is not None and row[0] is True
+    warnings = [
+        line["detail"]
+        for line in check_lines(capsys, tmp_path, config)
+        if line["check"] == "postgres.failover" and line["status"] == "warn"
+    ]
+    assert any("sync_replication_slots is off" in w for w in warnings), warnings
+    assert any("is not synchronized there" in w for w in warnings), warnings
     load = LoadGenerator(pair.dsn(), rows_per_second=100)
     load.start()
     try:
@@ -147,3 +168,21 @@ def test_failover_without_a_synchronized_slot_stops_with_one_line_and_skips_noth
     # Never skipped: no new slot was made on the new primary
     assert slot_on(pair.standby, pair.database, unique_name) is None
     assert sum(log_event("slot_created")(line) for line in bridge.current.lines) == 1
+    # What was published is a gap-free prefix of what was committed, in commit order:
+    # the rest waits for the recovery (docs/production.md), nothing was skipped
+    auditor = Auditor(pair.dsn(), nats_url, unique_name.upper())
+    committed = [row.id for row in auditor.committed_rows()]
+    stored = [message.msg_id for message in auditor.stored_messages()]
+    assert stored and stored == committed[: len(stored)]
+    print(f"not synchronized: committed {len(committed)}, published {len(stored)} (a prefix)")
+
+
+def check_lines(
+    capsys: pytest.CaptureFixture[str], folder: Path, config: dict[str, Any]
+) -> list[dict[str, Any]]:
+    path = folder / "check.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    capsys.readouterr()
+    main(["check", "--config", str(path), "--json"])
+    results: list[dict[str, Any]] = json.loads(capsys.readouterr().out)
+    return results

@@ -6,7 +6,6 @@ tests/chaos/test_chaos_failover.py."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import psycopg
 import pytest
 import yaml
 from support.bridge import MakeBridge, log_event, start_bridge
-from support.ha import STANDBY, Pair, primary_and_standby, wait_until_synchronized
+from support.ha import STANDBY, Pair, primary_and_standby, set_and_reload, wait_until_synchronized
 from support.outbox import Event, bridge_config, insert_events, wait_for_ids
 
 from cdc_bridge.cli import json_keys
@@ -41,20 +40,6 @@ def failover_lines(
     main(["check", "--config", str(path), "--json"])
     results: list[dict[str, Any]] = json.loads(capsys.readouterr().out)
     return [r for r in results if r["check"] == "postgres.failover"]
-
-
-def set_and_reload(server: PostgresServer, name: str, value: str) -> None:
-    """ALTER SYSTEM and reload; return once the server runs with the new value."""
-    with psycopg.connect(server.dsn(), autocommit=True) as conn:
-        conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
-        conn.execute("SELECT pg_reload_conf()")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
-            if row is not None and row[0] == value:
-                return
-            time.sleep(0.05)
-    raise AssertionError(f"{name} did not become {value!r}")
 
 
 def create_failover_slot(pair: Pair, name: str) -> None:

@@ -84,3 +84,17 @@ def wait_until_synchronized(pair: Pair, slot: str, timeout: float = 60.0) -> Non
             return
         time.sleep(0.2)
     raise AssertionError(f"slot {slot} was not synchronized to the standby in {timeout:g}s")
+
+
+def set_and_reload(server: PostgresServer, name: str, value: str) -> None:
+    """ALTER SYSTEM and reload; return once the server runs with the new value."""
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
+            if row is not None and row[0] == value:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"{name} did not become {value!r}")
