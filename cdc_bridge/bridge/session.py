@@ -32,6 +32,7 @@ from cdc_bridge.sink.reconcile import Position, StreamTail, newest_source, read_
 from cdc_bridge.source.plugins import decoder_for, envelope_columns, replication_dsn
 from cdc_bridge.source.replication import ReplicationStream, SlotInUse
 from cdc_bridge.source.setup import prepare_postgres
+from cdc_bridge.source.standby_source import snapshots_while_idle
 
 log = structlog.get_logger("cdc_bridge.bridge.session")
 
@@ -115,7 +116,8 @@ async def run_session(
         if slot.active:
             raise SlotInUse(f"slot {slot.name} is in use by process {slot.active_pid}")
         failover = slot.failover
-        if slot.failover is False and config.postgres.failover is not False:
+        primary = config.postgres.source == "primary"  # a standby's slot cannot fail over
+        if slot.failover is False and config.postgres.failover is not False and primary:
             failover = await make_failover_slot(stream, slot.name)
         state.status.failover = failover
         start = slot.confirmed_flush_lsn or 0
@@ -196,12 +198,18 @@ async def run_session(
             watch = asyncio.create_task(
                 watch_standbys(config, stream, slot.name, confirmed, state.status, state.metrics)
             )
+        snapshots = (
+            asyncio.create_task(snapshots_while_idle(config, lambda: state.stats.transactions))
+            if config.postgres.source == "standby"
+            else None
+        )
         try:
             await pipeline.run(stop, shutdown_timeout=config.shutdown_timeout)
         finally:
             watch_lost.cancel()
-            if watch is not None:
-                watch.cancel()
+            for task in (watch, snapshots):
+                if task is not None:
+                    task.cancel()
     except TRANSIENT_ERRORS as exc:
         if denials:  # the timeout or lost connection it caused says less than it does
             raise denials[0] from exc

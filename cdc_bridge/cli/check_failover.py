@@ -13,7 +13,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from cdc_bridge.cli.check_results import CheckResult, fail, ok, skip, warn
-from cdc_bridge.cli.errors import describe_postgres_error
+from cdc_bridge.cli.errors import OpsError, describe_postgres_error
+from cdc_bridge.cli.target import connect_postgres
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.source.catalog import (
     FAILOVER_SLOTS_SINCE,
@@ -29,6 +30,56 @@ DOCS = "docs/production.md#high-availability"
 RELOAD = "SELECT pg_reload_conf()"
 
 
+SOURCE_CHECK = "postgres.source"
+
+
+async def source_checks(
+    conn: AsyncConn, config: BridgeConfig, password: str | None
+) -> list[CheckResult]:
+    """postgres.source: where the slot lives; for a standby, what decoding there needs."""
+    where = f"{conn.info.host}:{conn.info.port}"
+    if config.postgres.source == "primary":
+        return [ok(SOURCE_CHECK, f"the slot lives on the primary {where}")]
+    results = []
+    if await setting(conn, "hot_standby_feedback") != "on":
+        results.append(
+            fail(
+                SOURCE_CHECK,
+                f"hot_standby_feedback is off on the standby {where}: the primary may remove "
+                "catalog rows the slot needs, which invalidates it",
+                f"ALTER SYSTEM SET hot_standby_feedback = on; {RELOAD} (on {where})",
+            )
+        )
+    primary_dsn = config.postgres.primary_dsn or ""
+    try:
+        primary = await connect_postgres(
+            primary_dsn, config.postgres.connect_timeout, password=password
+        )
+    except (psycopg.Error, OpsError) as exc:
+        reason = describe_postgres_error(exc) if isinstance(exc, psycopg.Error) else str(exc)
+        return [
+            *results,
+            fail(
+                SOURCE_CHECK,
+                f"cannot connect to postgres.primary_dsn: {reason}",
+                "the publication and standby snapshots are made there: fix primary_dsn",
+            ),
+        ]
+    async with primary:
+        level = await setting(primary, "wal_level")
+    if level != "logical":
+        results.append(
+            fail(
+                SOURCE_CHECK,
+                f"wal_level = {level} on the primary: a standby can decode only logical WAL",
+                "ALTER SYSTEM SET wal_level = logical on the primary, then restart it",
+            )
+        )
+    return results or [
+        ok(SOURCE_CHECK, f"the slot lives on the standby {where}; the primary's WAL is logical")
+    ]
+
+
 async def failover_checks(
     conn: AsyncConn,
     config: BridgeConfig,
@@ -38,6 +89,8 @@ async def failover_checks(
 ) -> list[CheckResult]:
     version, number = await server_version(conn)
     name = config.postgres.slot
+    if config.postgres.source == "standby":
+        return [skip(CHECK, "the slot lives on a standby: PostgreSQL cannot fail it over")]
     if number < FAILOVER_SLOTS_SINCE:
         if config.postgres.failover is True:
             return [

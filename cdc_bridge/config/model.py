@@ -93,6 +93,8 @@ class PostgresConfig:
     password: str | None = field(default=None, repr=False)
     # postgres.failover: None = auto (a failover slot on PostgreSQL 17+), else as set
     failover: bool | None = None
+    source: str = "primary"  # "primary" | "standby": where the slot lives (dsn's server)
+    primary_dsn: str | None = field(default=None, repr=False)  # with source standby
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +230,8 @@ class BridgeConfig:
         """Every secret this config holds or names, as literals for ``redaction.redact``:
         the DSN's password, NATS URLs' passwords and tokens, the ``*_file`` contents."""
         found = secrets_in(self.postgres.dsn) | self.nats.auth.secrets()
+        if self.postgres.primary_dsn is not None:
+            found |= secrets_in(self.postgres.primary_dsn)
         if self.postgres.password is not None:
             found.add(self.postgres.password)
         for server in self.nats.servers:
@@ -315,6 +319,8 @@ def _build(checked: ConfigFile, secrets: SecretValues) -> BridgeConfig:
             connect_timeout=pg.connect_timeout,
             password=secrets.postgres_password,
             failover=None if pg.failover == "auto" else bool(pg.failover),
+            source=pg.source,
+            primary_dsn=pg.primary_dsn,
         ),
         nats=NatsConfig(
             servers=nats.servers,

@@ -233,6 +233,10 @@ class PostgresSection(Section):
     plugin: Literal["pgoutput", "wal2json"] = "pgoutput"
     # Create the slot as a failover slot (PostgreSQL 17+): auto = on where the server can
     failover: Annotated[Literal["auto", True, False], BeforeValidator(_auto_or_bool)] = "auto"
+    # Where the slot lives: the primary, or a hot standby (16+; then primary_dsn is needed
+    # for the publication and standby snapshots, which a standby cannot do)
+    source: Literal["primary", "standby"] = "primary"
+    primary_dsn: NonEmpty | None = None
     status_interval: PositiveDuration = 10.0
     connect_timeout: PositiveDuration = 10.0
     # Read at start-up and passed to libpq as its own `password` parameter, so the

@@ -55,6 +55,12 @@ def load_secrets(checked: ConfigFile, problems: Problems) -> SecretValues:
                 "postgres.dsn has a password too: keep one of them",
             )
     _check_dsn(pg.dsn, problems)
+    if pg.source == "standby" and pg.primary_dsn is None:
+        problems.add(
+            ("postgres", "source"),
+            "a standby source needs postgres.primary_dsn too (the publication and standby "
+            "snapshots are made on the primary): add it, or set postgres.source: primary",
+        )
     nats = checked.nats
     _check_auth_keys(nats, problems)
     _check_tls(nats, problems)

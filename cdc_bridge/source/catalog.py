@@ -6,6 +6,7 @@ the answers mean is the caller's job (the daemon, or the ``cdc_bridge.cli`` comm
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ ORDER BY slot_name
 """
 
 FAILOVER_SLOTS_SINCE = 170000  # server_version_num: failover slots, slot synchronization
+DECODING_ON_STANDBY_SINCE = 160000  # logical slots on a hot standby
 
 
 def _lsn_or_none(text: str | None) -> int | None:
@@ -91,6 +93,26 @@ async def create_slot(
         )
     else:
         await conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (name, plugin))
+
+
+async def log_standby_snapshot(conn: AsyncConn) -> None:
+    """On the primary: write a running-transactions record now. A standby's logical slot
+    is created, and its decoding moves on, only once it replays one; an idle primary
+    writes none by itself."""
+    await conn.execute("SELECT pg_log_standby_snapshot()")
+
+
+async def wait_for_replay(conn: AsyncConn, lsn: int, timeout: float) -> bool:
+    """On a standby: until it has replayed up to ``lsn`` (False at the deadline)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        cur = await conn.execute("SELECT pg_last_wal_replay_lsn()::text")
+        row = await cur.fetchone()
+        if row is not None and row[0] is not None and parse_lsn(row[0]) >= lsn:
+            return True
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
 
 
 async def publication_exists(conn: psycopg.AsyncConnection[TupleRow], name: str) -> bool:
@@ -433,9 +455,13 @@ async def slot_lag(conn: psycopg.AsyncConnection[TupleRow], slot: str) -> tuple[
     """(WAL head minus confirmed_flush_lsn, WAL head minus restart_lsn) in bytes."""
     cur = await conn.execute(
         """
-        SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
-               pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
-        FROM pg_replication_slots WHERE slot_name = %s
+        WITH head AS (
+            SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                        ELSE pg_current_wal_lsn() END AS lsn
+        )
+        SELECT pg_wal_lsn_diff(head.lsn, confirmed_flush_lsn)::bigint,
+               pg_wal_lsn_diff(head.lsn, restart_lsn)::bigint
+        FROM pg_replication_slots, head WHERE slot_name = %s
         """,
         (slot,),
     )

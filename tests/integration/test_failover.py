@@ -192,3 +192,45 @@ def test_slots_show_status_and_metrics_show_the_standbys_copy_of_the_slot(
     assert [s["server"] for s in status["standbys"]] == [server]
     metrics = get_text(f"{base}/metrics")
     assert f'cdc_bridge_failover_slot_synchronized{{standby="{server}"}}' in metrics
+
+
+# --- postgres.source: standby -----------------------------------------------------------
+
+
+def test_check_of_a_standby_source(
+    pair: Pair,
+    nats_url: str,
+    unique_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    source = {
+        "dsn": pair.standby.dsn(pair.database),
+        "source": "standby",
+        "primary_dsn": pair.primary.dsn(pair.database),
+    }
+    config = bridge_config(pair.dsn(), nats_url, unique_name, postgres=source)
+
+    def results() -> dict[str, list[dict[str, Any]]]:
+        path = tmp_path / "standby.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        capsys.readouterr()
+        main(["check", "--config", str(path), "--json"])
+        by_name: dict[str, list[dict[str, Any]]] = {}
+        for result in json.loads(capsys.readouterr().out):
+            by_name.setdefault(result["check"], []).append(result)
+        return by_name
+
+    ready = results()
+    assert [r["status"] for r in ready["postgres.server"]] == ["ok"]
+    assert "hot standby" in ready["postgres.server"][0]["detail"]
+    assert [r["status"] for r in ready["postgres.source"]] == ["ok"]
+    assert [r["status"] for r in ready["postgres.failover"]] == ["skip"]
+    set_and_reload(pair.standby, "hot_standby_feedback", "off")
+    [line] = results()["postgres.source"]
+    assert line["status"] == "FAIL" and "hot_standby_feedback is off" in line["detail"]
+    assert "ALTER SYSTEM SET hot_standby_feedback = on" in line["fix"]
+    set_and_reload(pair.standby, "hot_standby_feedback", "on")
+    config["postgres"]["dsn"] = pair.primary.dsn(pair.database)  # not a standby
+    [line] = results()["postgres.server"]
+    assert line["status"] == "FAIL" and "postgres.source is standby" in line["detail"]

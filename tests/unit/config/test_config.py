@@ -804,3 +804,17 @@ def test_failover_is_auto_true_or_false(value: str | None, expected: bool | None
 def test_failover_of_another_value_is_one_line() -> None:
     line = one_problem(failover_config("sometimes"))
     assert line.startswith("config.yaml:2: postgres.failover:"), line
+
+
+def test_a_standby_source_needs_the_primary_dsn() -> None:
+    text = failover_config(None).replace("postgres:\n", "postgres:\n  source: standby\n", 1)
+    line = one_problem(text)
+    assert line.startswith("config.yaml:2: postgres.source:") and "primary_dsn" in line, line
+    with_primary = text.replace(
+        "  source: standby\n", "  source: standby\n  primary_dsn: host=primary dbname=app\n"
+    )
+    config = parse_config(with_primary, env={})
+    assert (config.postgres.source, config.postgres.primary_dsn) == (
+        "standby",
+        "host=primary dbname=app",
+    )
