@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Make sure the wal2json output plugin is installed for the PostgreSQL the tests will run.
-# It picks the server the way cdc_bridge.devstack does (CDC_BRIDGE_PG_BINDIR, then
-# pg_config --bindir, then the newest /usr/lib/postgresql/*/bin), so both agree on the major.
+# Make sure the wal2json output plugin is installed for the system PostgreSQL, on which the
+# tests run what needs wal2json (the embedded PostgreSQL 18, the default, has none and no
+# package exists for it). It picks the system server the way cdc_bridge.dev.pginstall does
+# (CDC_BRIDGE_PG_BINDIR, then pg_config --bindir, then the newest /usr/lib/postgresql/*/bin),
+# so both agree on the major.
 # Prints one line. Installs with apt-get only as root; otherwise (or if that fails) it warns
 # and exits 0: the tests that need wal2json then say so themselves.
 set -euo pipefail
@@ -32,7 +34,7 @@ find_bindir() {
 
 bindir=$(find_bindir)
 if [[ -z "$bindir" ]]; then
-    echo "ensure-wal2json: WARNING: no PostgreSQL server binaries found (install postgresql-15); not checking wal2json" >&2
+    echo "ensure-wal2json: WARNING: no system PostgreSQL found (apt-get install postgresql postgresql-15-wal2json); the wal2json tests will say they need it" >&2
     exit 0
 fi
 

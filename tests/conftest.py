@@ -16,10 +16,43 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import pg_installs
 from support.bridge import BridgeProcess
 from support.nats_helpers import delete_all_streams
 
-from cdc_bridge.dev.devstack import NatsServer, PostgresServer
+from cdc_bridge.dev.devstack import NatsServer, PgInstall, PostgresServer
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``both_postgres`` tests run once per PostgreSQL major version on the machine."""
+    if "pg_install" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("both_postgres") is None:
+        return
+    versions = pg_installs.by_major()
+    if len(versions) > 1:
+        metafunc.parametrize(
+            "pg_install", versions, ids=[v.name for v in versions], indirect=True
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Drop the variants of a ``both_postgres`` test whose server lacks what it needs
+    (wal2json on the embedded PostgreSQL 18): the other variant covers it."""
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        install = callspec.params.get("pg_install") if callspec is not None else None
+        if isinstance(install, PgInstall) and not pg_installs.satisfies(
+            install, pg_installs.needs_of(item)
+        ):
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")
@@ -44,12 +77,37 @@ def devstack_tmp(devstack_root: Path, request: pytest.FixtureRequest) -> Path:
     return folder
 
 
+@pytest.fixture
+def pg_install(request: pytest.FixtureRequest) -> PgInstall:
+    """The PostgreSQL binaries this test runs on (support/pg_installs.py says which)."""
+    needs = pg_installs.needs_of(request.node)
+    chosen: PgInstall | None = getattr(request, "param", None)
+    if chosen is not None and pg_installs.satisfies(chosen, needs):
+        return chosen
+    return pg_installs.choose(needs)
+
+
 @pytest.fixture(scope="session")
-def pg_server(devstack_root: Path) -> Iterator[PostgresServer]:
-    """The session's PostgreSQL (wal_level=logical). Don't stop or kill it in a test:
-    use ``isolated_pg_server`` for that."""
-    with PostgresServer(devstack_root / "postgres") as server:
-        yield server
+def pg_servers(devstack_root: Path) -> Iterator[dict[Path, PostgresServer]]:
+    """The session's PostgreSQL per install, started on first use, stopped at the end."""
+    servers: dict[Path, PostgresServer] = {}
+    yield servers
+    for server in servers.values():
+        server.close()
+
+
+@pytest.fixture
+def pg_server(
+    pg_servers: dict[Path, PostgresServer], pg_install: PgInstall, devstack_root: Path
+) -> PostgresServer:
+    """The session's PostgreSQL (wal_level=logical) of this test's install. Don't stop or
+    kill it in a test: use ``isolated_pg_server`` for that."""
+    server = pg_servers.get(pg_install.bindir)
+    if server is None:
+        server = PostgresServer(devstack_root / f"postgres-{pg_install.name}", install=pg_install)
+        pg_servers[pg_install.bindir] = server
+    server.start()  # no-op while it runs
+    return server
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +118,9 @@ def nats_server(devstack_root: Path) -> Iterator[NatsServer]:
 
 
 @pytest.fixture
-def isolated_pg_server(devstack_tmp: Path) -> Iterator[PostgresServer]:
+def isolated_pg_server(devstack_tmp: Path, pg_install: PgInstall) -> Iterator[PostgresServer]:
     """A PostgreSQL of this test's own, started: stop, restart or kill it at will."""
-    with PostgresServer(devstack_tmp / "postgres") as server:
+    with PostgresServer(devstack_tmp / "postgres", install=pg_install) as server:
         yield server
 
 

@@ -88,6 +88,19 @@ class Metrics:
             "1 while /readyz answers 200 (streaming, connected, acks progressing), else 0.",
             registry=r,
         )
+        # Per standby of a multi-host DSN, for a failover slot (PostgreSQL 17+) only
+        self.failover_synchronized = Gauge(
+            "cdc_bridge_failover_slot_synchronized",
+            "1 while the standby holds a synchronized, valid copy of the failover slot, else 0.",
+            ["standby"],
+            registry=r,
+        )
+        self.failover_behind = Gauge(
+            "cdc_bridge_failover_slot_behind_bytes",
+            "The bridge's confirmed position minus the standby's copy of the slot.",
+            ["standby"],
+            registry=r,
+        )
         self.skipped = Counter(
             "cdc_bridge_events_skipped", "Replayed events the stream already held.", registry=r
         )
@@ -125,6 +138,15 @@ class Metrics:
 
     def dead_lettered(self, reason: str) -> None:
         self.dead_letters.labels(reason_kind(reason)).inc()
+
+    def standbys(self, states: list[tuple[str, bool, int | None]]) -> None:
+        """(standby, synchronized, behind bytes) of every standby seen now."""
+        for gauge in (self.failover_synchronized, self.failover_behind):
+            gauge.clear()  # a standby no longer seen must not keep its last value
+        for standby, synchronized, behind in states:
+            self.failover_synchronized.labels(standby).set(1 if synchronized else 0)
+            if behind is not None:
+                self.failover_behind.labels(standby).set(behind)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

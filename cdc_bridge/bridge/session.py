@@ -13,6 +13,11 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamInfo
 from nats.js.client import JetStreamContext
 
+from cdc_bridge.bridge.failover import (
+    failover_without_synchronized_slot,
+    make_failover_slot,
+    watch_standbys,
+)
 from cdc_bridge.bridge.failures import TRANSIENT_ERRORS
 from cdc_bridge.bridge.metrics import Metrics
 from cdc_bridge.bridge.pipeline import Pipeline, SessionStats
@@ -34,11 +39,18 @@ from cdc_bridge.sink.connect import (
 from cdc_bridge.sink.coverage import check_stream_coverage
 from cdc_bridge.sink.ordering import OrderGuard
 from cdc_bridge.sink.publisher import JetStreamPublisher, PublishError
-from cdc_bridge.sink.reconcile import Position, StreamTail, position_of, read_stream_tail
+from cdc_bridge.sink.reconcile import (
+    Position,
+    StreamTail,
+    newest_source,
+    position_of,
+    read_stream_tail,
+)
 from cdc_bridge.source.decoding import Decoder
 from cdc_bridge.source.plugins import decoder_for, envelope_columns, replication_dsn
 from cdc_bridge.source.replication import ReplicationStream, SlotInUse
 from cdc_bridge.source.setup import prepare_postgres
+from cdc_bridge.source.standby_source import snapshots_while_idle
 
 log = structlog.get_logger("cdc_bridge.bridge.session")
 
@@ -73,6 +85,7 @@ class ResumePoint:
     tail: StreamTail
     stored_through: Position | None  # our newest stored event past ``start``, if any
     careful_start: bool  # ack each message for a while: this session may replay stored ones
+    failover: bool | None  # the slot is a failover slot (None: the server has no such thing)
     type_names: TypeNames | None  # change tables' column types, for the decoder
 
 
@@ -131,7 +144,7 @@ async def run_session(
             password=config.postgres.password,
         )
         source = f"{stream.system_id}/{config.postgres.slot}"
-        resume = await reconcile(config, nc.jetstream(), router, source, state)
+        resume = await reconcile(config, nc.jetstream(), router, stream, source, state)
         decoder, options = decoder_for(config, resume.type_names)
         await stream.start(slot=resume.slot, options=options)
         pipeline = wire(config, router, state, nc, stream, stream_info, source, resume, decoder)
@@ -143,7 +156,7 @@ async def run_session(
             stored_through=format_position(resume.tail.newest),
         )
         on_streaming()
-        await run(pipeline, stop, config, state, loss, source)
+        await run(pipeline, stop, config, state, loss, stream, source, resume)
     except TRANSIENT_ERRORS as exc:
         if loss.denials:  # the timeout or lost connection it caused says less than it does
             raise loss.denials[0] from exc
@@ -168,7 +181,12 @@ async def prepare_nats(
 
 
 async def reconcile(
-    config: BridgeConfig, js: JetStreamContext, router: Router, source: str, state: BridgeState
+    config: BridgeConfig,
+    js: JetStreamContext,
+    router: Router,
+    stream: ReplicationStream,
+    source: str,
+    state: BridgeState,
 ) -> ResumePoint:
     """Get PostgreSQL ready (publication, slot; a lost slot recovered when configured),
     then read what the stream holds past the slot's confirmed position: the point this
@@ -182,12 +200,15 @@ async def reconcile(
             state.metrics.rows_recovered.inc(recovery.republished)
     slot, wal_head, state.status.postgres_version, names = await prepare_postgres(
         config,
-        may_create_slot=partial(
-            refuse_if_slot_was_dropped, js, stream_name, source, config.postgres.slot
-        ),
+        may_create_slot=partial(refuse_if_slot_was_dropped, config, js, stream, source),
     )
     if slot.active:
         raise SlotInUse(f"slot {slot.name} is in use by process {slot.active_pid}")
+    failover = slot.failover
+    primary = config.postgres.source == "primary"  # a standby's slot cannot fail over
+    if slot.failover is False and config.postgres.failover is not False and primary:
+        failover = await make_failover_slot(stream, slot.name)
+    state.status.failover = failover
     start = slot.confirmed_flush_lsn or 0
     lookback = config.nats.max_in_flight + 64
     tail = await read_stream_tail(js, stream_name, source, start, lookback)
@@ -205,23 +226,34 @@ async def reconcile(
         or bool(state.known_duplicates)
     )
     state.sessions_started += 1
-    return ResumePoint(slot.name, start, tail, stored_through, careful_start, names)
+    return ResumePoint(slot.name, start, tail, stored_through, careful_start, failover, names)
 
 
 async def refuse_if_slot_was_dropped(
-    js: JetStreamContext, stream_name: str, source: str, slot: str
+    config: BridgeConfig, js: JetStreamContext, stream: ReplicationStream, source: str
 ) -> None:
-    """Before a missing slot is created: refuse when the stream holds its events."""
+    """Before a missing slot is created: refuse when the stream holds its events, and say
+    "failover without a synchronized slot" when that is what happened (a new timeline,
+    or the stream's last events from another system under this slot's name)."""
+    slot, stream_name = config.postgres.slot, config.nats.stream.name
     newest = (await read_stream_tail(js, stream_name, source, MAX_LSN, 1)).newest
-    if newest is not None:
-        raise FatalError(
-            f"slot {slot} is missing, but stream {stream_name} holds "
-            f"its events up to LSN {format_lsn(newest[0])}: the slot was dropped, and "
-            "events committed since then may never have been published. Recreate it "
-            f"(`cdc-bridge slots create {slot}`), then `cdc-bridge "
-            "audit` and `cdc-bridge outbox replay --missing`; or set "
-            "postgres.on_slot_lost: recover to let the bridge do it"
-        )
+    if newest is not None and stream.timeline > 1:
+        raise FatalError(failover_without_synchronized_slot(config, stream, newest[0]))
+    if newest is None:
+        # The stream's events came from another server under this slot's name: a
+        # different system identifier, so not a restart of the same cluster
+        last = await newest_source(js, stream_name)
+        if last is not None and last[0].endswith(f"/{slot}") and last[0] != source:
+            raise FatalError(failover_without_synchronized_slot(config, stream, last[1]))
+        return
+    raise FatalError(
+        f"slot {slot} is missing, but stream {stream_name} holds "
+        f"its events up to LSN {format_lsn(newest[0])}: the slot was dropped, and "
+        "events committed since then may never have been published. Recreate it "
+        f"(`cdc-bridge slots create {slot}`), then `cdc-bridge "
+        "audit` and `cdc-bridge outbox replay --missing`; or set "
+        "postgres.on_slot_lost: recover to let the bridge do it"
+    )
 
 
 def wire(
@@ -278,16 +310,35 @@ async def run(
     config: BridgeConfig,
     state: BridgeState,
     loss: NatsLoss,
+    stream: ReplicationStream,
     source: str,
+    resume: ResumePoint,
 ) -> None:
-    """Stream until stopped or failed; a lost NATS connection fails the publisher."""
+    """Stream until stopped or failed; a lost NATS connection fails the publisher. Beside
+    it: the standbys' copies of a failover slot are watched, and a standby source gets
+    standby snapshots while the primary is idle."""
     publisher = pipeline.publisher
     watch_lost = asyncio.create_task(loss.lost.wait())
     watch_lost.add_done_callback(partial(_fail_publisher, publisher))
+    beside: list[asyncio.Task[None]] = []
+    progress = state.status.progress
+    if resume.failover and progress is not None:
+        beside.append(
+            asyncio.create_task(
+                watch_standbys(
+                    config, stream, resume.slot, progress.confirmed, state.status, state.metrics
+                )
+            )
+        )
+    if config.postgres.source == "standby":
+        stats = state.stats
+        beside.append(asyncio.create_task(snapshots_while_idle(config, lambda: stats.transactions)))
     try:
         await pipeline.run(stop, shutdown_timeout=config.shutdown_timeout)
     finally:
         watch_lost.cancel()
+        for task in beside:
+            task.cancel()
         # Never sent again: an id that repeats an older one would otherwise be
         # refused as a duplicate in every session, its successor's order with it.
         remember_already_stored(state, publisher.already_stored, source)

@@ -38,6 +38,10 @@ class BridgeStatus:
     postgres_version: str | None = None
     nats_version: str | None = None
     started_at: float = field(default_factory=time.time)
+    # The slot's failover flag (None before PostgreSQL 17, or before the first session),
+    # and per standby of the DSN: server, synchronized, behind_bytes, invalidated, error
+    failover: bool | None = None
+    standbys: list[dict[str, Any]] = field(default_factory=list)
     # Read live from the running session (set while streaming, None otherwise).
     progress: LiveProgress | None = None
     # /status is served to anyone who can reach the port: errors lose their secrets on
@@ -86,6 +90,8 @@ class BridgeStatus:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "uptime_seconds": round(time.time() - self.started_at, 1),
+            "failover": self.failover,
+            "standbys": self.standbys,
             "versions": {
                 "cdc_bridge": __version__,
                 "python": platform.python_version(),

@@ -12,6 +12,7 @@ from cdc_bridge.bridge.failures import (
     output_plugin_fix,
     replication_role_fix,
 )
+from cdc_bridge.cli.check_failover import failover_checks, source_checks
 from cdc_bridge.cli.check_results import CheckResult, fail, ok, skip, warn
 from cdc_bridge.cli.errors import OpsError, describe_postgres_error
 from cdc_bridge.cli.render import human_bytes, lsn_text
@@ -47,6 +48,8 @@ POSTGRES_CHECKS = (
     "outbox.read",
     "postgres.publication",
     "postgres.slot",
+    "postgres.source",
+    "postgres.failover",
 )
 MIN_VERSION_NUM = 100000  # pgoutput and publications arrived in PostgreSQL 10
 
@@ -65,10 +68,11 @@ async def postgres_checks(config: BridgeConfig, dsn: str) -> list[CheckResult]:
             "host and role",
         )
         return [first, *(skip(name, "no connection") for name in POSTGRES_CHECKS[1:])]
+    password = password_for(config, dsn)
     async with conn:
         slot = await get_slot(conn, config.postgres.slot)
         checks: list[tuple[str, Callable[[], Awaitable[CheckResult]]]] = [
-            ("postgres.server", lambda: _server(conn)),
+            ("postgres.server", lambda: _server(conn, config)),
             ("postgres.wal_level", lambda: _wal_level(conn)),
             ("postgres.replication_slots", lambda: _replication_slots(conn, slot)),
             ("postgres.wal_senders", lambda: _wal_senders(conn, slot)),
@@ -84,10 +88,19 @@ async def postgres_checks(config: BridgeConfig, dsn: str) -> list[CheckResult]:
                 results.append(await check())
             except psycopg.Error as exc:  # e.g. no permission to read a catalog view
                 results.append(fail(name, f"could not check: {describe_postgres_error(exc)}"))
+        extras: list[tuple[str, Callable[[], Awaitable[list[CheckResult]]]]] = [
+            ("postgres.source", lambda: source_checks(conn, config, password)),
+            ("postgres.failover", lambda: failover_checks(conn, config, slot, dsn, password)),
+        ]
+        for name, extra in extras:
+            try:
+                results.extend(await extra())
+            except psycopg.Error as exc:
+                results.append(fail(name, f"could not check: {describe_postgres_error(exc)}"))
         return results
 
 
-async def _server(conn: AsyncConn) -> CheckResult:
+async def _server(conn: AsyncConn, config: BridgeConfig) -> CheckResult:
     version, number = await server_version(conn)
     where = f"{conn.info.host}:{conn.info.port}/{conn.info.dbname} as {conn.info.user}"
     if number < MIN_VERSION_NUM:
@@ -96,7 +109,22 @@ async def _server(conn: AsyncConn) -> CheckResult:
             f"PostgreSQL {version} at {where} is too old",
             "PostgreSQL 10 or newer",
         )
-    if await in_recovery(conn):
+    standby = await in_recovery(conn)
+    if config.postgres.source == "standby":
+        if not standby:
+            return fail(
+                "postgres.server",
+                f"PostgreSQL {version} at {where} is a primary, but postgres.source is standby",
+                "point postgres.dsn at a hot standby, or set postgres.source: primary",
+            )
+        if number < 160000:
+            return fail(
+                "postgres.server",
+                f"PostgreSQL {version} at {where}: a standby decodes from 16 on",
+                "PostgreSQL 16 or newer, or postgres.source: primary",
+            )
+        return ok("postgres.server", f"PostgreSQL {version} at {where} (a hot standby)")
+    if standby:
         return fail(
             "postgres.server",
             f"PostgreSQL {version} at {where} is a standby (in recovery)",

@@ -8,8 +8,10 @@ SLOT_KEYS = (
     "slot_name", "plugin", "database", "active", "active_pid", "restart_lsn",
     "confirmed_flush_lsn", "wal_status", "safe_wal_size", "lag_bytes", "retained_bytes",
 )  # fmt: skip
-# `slots show --json`: one object, SLOT_KEYS plus these two.
-SHOW_EXTRA_KEYS = ("walsender", "publication")
+# `slots show --json`: one object, SLOT_KEYS plus these.
+SHOW_EXTRA_KEYS = ("walsender", "publication", "failover", "standbys")
+# `slots show --json` "standbys" (and /status "standbys"): objects with these keys.
+STANDBY_KEYS = ("server", "synchronized", "behind_bytes", "invalidated", "error")
 # walsender: null when nobody streams; its other fields are null when unknown (not
 # reported yet, or hidden: details_visible false without pg_read_all_stats).
 WALSENDER_KEYS = (

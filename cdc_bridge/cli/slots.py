@@ -28,6 +28,7 @@ from cdc_bridge.cli.slots_lifecycle import register_create_and_drop
 from cdc_bridge.cli.slots_peek import register_peek_and_advance
 from cdc_bridge.cli.target import Target, connect_postgres, require_slot
 from cdc_bridge.core.lsn import wal_behind
+from cdc_bridge.core.redaction import redact
 from cdc_bridge.source.catalog import (
     RoleInfo,
     SlotInfo,
@@ -39,6 +40,7 @@ from cdc_bridge.source.catalog import (
     wal_head_lsn,
     wal_sender,
 )
+from cdc_bridge.source.standbys import behind_bytes, standby_document, standby_slots
 
 if TYPE_CHECKING:
     from cdc_bridge.cli.args import Subcommands
@@ -127,6 +129,13 @@ async def show_command(target: Target, name: str, *, publication: str | None, as
         if sender is not None and not sender.details_visible:
             hidden = hidden_fields_note(await current_role(conn), (await server_version(conn))[1])
         pub = await publication_info(conn, publication) if publication else None
+        # Each other host of a multi-host DSN that is a standby: its copy of the slot
+        connected = (conn.info.host, str(conn.info.port))
+        standbys = (
+            await standby_slots(target.dsn, connected, name, target.password)
+            if slot.failover
+            else []
+        )
     document = slot_document(slot, head)
     document["walsender"] = None if sender is None else walsender_document(sender)
     document["publication"] = (
@@ -139,6 +148,12 @@ async def show_command(target: Target, name: str, *, publication: str | None, as
             "operations": list(pub.operations) if pub else [],
         }
     )
+    document["failover"] = slot.failover
+    confirmed = slot.confirmed_flush_lsn or 0
+    document["standbys"] = [
+        standby_document(standby, behind_bytes(standby, confirmed), redact)
+        for standby in standbys
+    ]
     if as_json:
         print(dumps(document))
         return EXIT_OK
@@ -238,9 +253,29 @@ def _show_lines(
         else:
             what = "DOES NOT EXIST (cdc-bridge init creates it)"
         pairs.append(("publication", f"{pub['name']}: {what}"))
+    pairs.append(("failover", _failover_text(slot.failover)))
+    standbys = document["standbys"]
+    for standby in standbys if isinstance(standbys, list) else []:
+        pairs.append((f"  standby {standby['server']}", _standby_text(standby)))
     lines = key_values(pairs)
     lines += [f"WARNING: {warning}" for warning in slot_warnings(slot)]
     return lines
+
+
+def _failover_text(failover: bool | None) -> str:
+    if failover is None:
+        return "no (PostgreSQL before 17: a failover of the primary loses the slot)"
+    return "yes (synchronized to standbys with sync_replication_slots)" if failover else "no"
+
+
+def _standby_text(standby: dict[str, object]) -> str:
+    if standby["error"]:
+        return f"cannot ask it: {standby['error']}"
+    if standby["synchronized"]:
+        return f"synchronized, {_with_bytes(standby['behind_bytes'])} behind"
+    if standby["invalidated"]:
+        return f"NOT synchronized: its copy is invalidated ({standby['invalidated']})"
+    return "NOT synchronized: a failover to it stops the bridge (see cdc-bridge check)"
 
 
 def _with_bytes(value: object) -> str | None:
@@ -297,7 +332,9 @@ def register(commands: Subcommands, name: str, summary: str) -> None:
         "and the bridge's publication.\n--json: one object with keys "
         f"{key_list(json_keys.SLOT_KEYS + json_keys.SHOW_EXTRA_KEYS)}; walsender is null "
         f"or has {key_list(json_keys.WALSENDER_KEYS)}; publication is null or has "
-        f"{key_list(json_keys.PUBLICATION_KEYS)}.",
+        f"{key_list(json_keys.PUBLICATION_KEYS)}; failover is true, false or null (before "
+        "PostgreSQL 17); standbys (the DSN's other hosts that are standbys, for a failover "
+        f"slot) has objects with {key_list(json_keys.STANDBY_KEYS)}.",
         "  cdc-bridge slots show cdc_bridge --config config.yaml",
     )
     show.add_argument("name", help="the slot's name")

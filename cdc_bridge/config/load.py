@@ -90,6 +90,7 @@ def validate(config: BridgeConfig, problems: Problems) -> None:
     rest holds, and kept in the config for the daemon's lifetime."""
     _check_change_routes(config, problems)
     _check_slot_recovery(config, problems)
+    _check_standby_source(config, problems)
     problems.raise_if_any()
     postgres_password, nats_auth = read_secrets(config, problems)
     problems.raise_if_any()
@@ -122,6 +123,16 @@ def _check_routes(routes: object, problems: Problems) -> None:
                 f"{name!r} is also the name of routes[{seen_names[name]}]",
             )
         seen_names.setdefault(name, index)
+
+
+def _check_standby_source(config: BridgeConfig, problems: Problems) -> None:
+    pg = config.postgres
+    if pg.source == "standby" and pg.primary_dsn is None:
+        problems.add(
+            ("postgres", "source"),
+            "a standby source needs postgres.primary_dsn too (the publication and standby "
+            "snapshots are made on the primary): add it, or set postgres.source: primary",
+        )
 
 
 def _check_slot_recovery(config: BridgeConfig, problems: Problems) -> None:

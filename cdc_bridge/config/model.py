@@ -28,6 +28,7 @@ from cdc_bridge.config.schema import (
     Column,
     ConcreteSubject,
     Duration,
+    FailoverSetting,
     Headers,
     IdColumn,
     Listen,
@@ -73,6 +74,12 @@ class PostgresConfig(Section):
     # failover): stop (today's behaviour), or republish the retained outbox rows the
     # stream lacks from a new slot's snapshot and carry on (bridge/recovery.py).
     on_slot_lost: Literal["fail", "recover"] = "fail"
+    # Create the slot as a failover slot (PostgreSQL 17+): None (auto) = where the server can
+    failover: FailoverSetting = None
+    # Where the slot lives: the primary, or a hot standby (16+; then primary_dsn is needed
+    # for the publication and standby snapshots, which a standby cannot do)
+    source: Literal["primary", "standby"] = "primary"
+    primary_dsn: NonEmpty | None = Field(default=None, repr=False)
     _password: str | None = PrivateAttr(default=None)
 
     @property
@@ -302,6 +309,8 @@ class BridgeConfig(Section):
 
     def _collect_secrets(self) -> None:
         found = secrets_in(self.postgres.dsn) | self.nats.auth.secrets()
+        if self.postgres.primary_dsn is not None:
+            found |= secrets_in(self.postgres.primary_dsn)
         if self.postgres.password is not None:
             found.add(self.postgres.password)
         for server in self.nats.servers:

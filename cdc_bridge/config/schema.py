@@ -175,6 +175,18 @@ def _id_column(value: str) -> str:
     return _column(value)
 
 
+def _failover_setting(value: object) -> object:
+    """postgres.failover: auto (None: a failover slot where the server can), true, false.
+    One field, one message: a plain `Literal["auto"] | bool` reports each alternative."""
+    if value == "auto":
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"expected auto, true or false, got {shown_value(value)}")
+
+
 def _log_level(value: object) -> object:
     if isinstance(value, str):
         lowered = value.strip().lower()
@@ -293,6 +305,8 @@ RouteName = Annotated[str, Field(min_length=1), WrapValidator(_none_as_empty)]
 PayloadColumn = Annotated[str, AfterValidator(_payload_column), WrapValidator(_none_as_empty)]
 IdColumn = Annotated[str, AfterValidator(_id_column), WrapValidator(_none_as_empty)]
 
+# None is `auto`: a failover slot on PostgreSQL 17+, a plain one before
+FailoverSetting = Annotated[bool | None, BeforeValidator(_failover_setting)]
 LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_log_level)]
 Listen = Annotated[
     Annotated[str, AfterValidator(_listen_address)] | None, BeforeValidator(_disabled_listen)

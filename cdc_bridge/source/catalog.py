@@ -6,6 +6,7 @@ the answers mean is the caller's job (the daemon, or the ``cdc_bridge.cli`` comm
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,14 +32,24 @@ class SlotInfo:
     # Bytes of WAL that may still be written before the slot is lost; None when
     # max_slot_wal_keep_size is unlimited (-1) or the slot is already lost.
     safe_wal_size: int | None = None
+    # PostgreSQL 17+ (None before): a failover slot is synchronized to standbys that
+    # run sync_replication_slots; `synced` marks such a copy on a standby (or promoted).
+    failover: bool | None = None
+    synced: bool | None = None
 
 
+# The 17+ columns through to_jsonb, so one query serves every version (NULL before 17)
 _SLOTS_QUERY = """
 SELECT slot_name, plugin, database, active, active_pid,
-       restart_lsn::text, confirmed_flush_lsn::text, wal_status, safe_wal_size
-FROM pg_replication_slots WHERE slot_type = 'logical' AND (%s::text IS NULL OR slot_name = %s)
+       restart_lsn::text, confirmed_flush_lsn::text, wal_status, safe_wal_size,
+       (to_jsonb(s) ->> 'failover')::boolean, (to_jsonb(s) ->> 'synced')::boolean
+FROM pg_replication_slots s
+WHERE slot_type = 'logical' AND (%s::text IS NULL OR slot_name = %s)
 ORDER BY slot_name
 """
+
+FAILOVER_SLOTS_SINCE = 170000  # server_version_num: failover slots, slot synchronization
+DECODING_ON_STANDBY_SINCE = 160000  # logical slots on a hot standby
 
 
 def _lsn_or_none(text: str | None) -> int | None:
@@ -59,6 +70,8 @@ async def list_slots(conn: AsyncConn, name: str | None = None) -> list[SlotInfo]
             confirmed_flush_lsn=_lsn_or_none(row[6]),
             wal_status=row[7],
             safe_wal_size=None if row[8] is None else int(row[8]),
+            failover=row[9],
+            synced=row[10],
         )
         for row in await cur.fetchall()
     ]
@@ -69,8 +82,37 @@ async def get_slot(conn: psycopg.AsyncConnection[TupleRow], name: str) -> SlotIn
     return slots[0] if slots else None
 
 
-async def create_slot(conn: psycopg.AsyncConnection[TupleRow], name: str, plugin: str) -> None:
-    await conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (name, plugin))
+async def create_slot(
+    conn: psycopg.AsyncConnection[TupleRow], name: str, plugin: str, *, failover: bool = False
+) -> None:
+    """``failover`` (PostgreSQL 17+ only): synchronized to standbys, usable after promotion."""
+    if failover:  # arguments: temporary, twophase, failover
+        await conn.execute(
+            "SELECT pg_create_logical_replication_slot(%s, %s, false, false, true)",
+            (name, plugin),
+        )
+    else:
+        await conn.execute("SELECT pg_create_logical_replication_slot(%s, %s)", (name, plugin))
+
+
+async def log_standby_snapshot(conn: AsyncConn) -> None:
+    """On the primary: write a running-transactions record now. A standby's logical slot
+    is created, and its decoding moves on, only once it replays one; an idle primary
+    writes none by itself."""
+    await conn.execute("SELECT pg_log_standby_snapshot()")
+
+
+async def wait_for_replay(conn: AsyncConn, lsn: int, timeout: float) -> bool:
+    """On a standby: until it has replayed up to ``lsn`` (False at the deadline)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        cur = await conn.execute("SELECT pg_last_wal_replay_lsn()::text")
+        row = await cur.fetchone()
+        if row is not None and row[0] is not None and parse_lsn(row[0]) >= lsn:
+            return True
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
 
 
 async def output_plugin_allowlist(conn: AsyncConn) -> list[str] | None:
@@ -438,9 +480,13 @@ async def slot_lag(conn: psycopg.AsyncConnection[TupleRow], slot: str) -> tuple[
     """(WAL head minus confirmed_flush_lsn, WAL head minus restart_lsn) in bytes."""
     cur = await conn.execute(
         """
-        SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
-               pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
-        FROM pg_replication_slots WHERE slot_name = %s
+        WITH head AS (
+            SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                        ELSE pg_current_wal_lsn() END AS lsn
+        )
+        SELECT pg_wal_lsn_diff(head.lsn, confirmed_flush_lsn)::bigint,
+               pg_wal_lsn_diff(head.lsn, restart_lsn)::bigint
+        FROM pg_replication_slots, head WHERE slot_name = %s
         """,
         (slot,),
     )

@@ -125,7 +125,21 @@ class ReplicationStream:
         self._loop = asyncio.get_running_loop()
         self._fd = self._pg.socket
         self._closed = False
-        self.system_id = ""  # the server's system identifier, from IDENTIFY_SYSTEM
+        # From IDENTIFY_SYSTEM. The system identifier is the same on a primary and its
+        # physical standbys (what keeps Cdc-Source stable across a failover); the
+        # timeline grows by one at each promotion.
+        self.system_id = ""
+        self.timeline = 0
+
+    @property
+    def address(self) -> tuple[str, str]:
+        """(host, port) of the server libpq chose among the hosts of a multi-host DSN."""
+        return self._conn.info.host, str(self._conn.info.port)
+
+    @property
+    def server(self) -> str:
+        """``host:port`` of that server: for messages."""
+        return ":".join(self.address)
 
     @classmethod
     async def connect(
@@ -150,7 +164,16 @@ class ReplicationStream:
             raise ReplicationError.from_error(exc) from None
         stream = cls(conn)
         stream.system_id = str(row[0]) if row else "unknown"
+        stream.timeline = int(row[1]) if row else 0
         return stream
+
+    async def enable_failover(self, slot: str) -> None:
+        """Make an existing slot a failover slot (PostgreSQL 17+; before START_REPLICATION).
+
+        Only the replication protocol can alter a slot: there is no SQL function for it.
+        Raises psycopg.Error when the server refuses (the slot is in use, or not ours).
+        """
+        await self._conn.execute(f"ALTER_REPLICATION_SLOT {quote_name(slot)} (FAILOVER true)")
 
     async def start(
         self, *, slot: str, options: Sequence[tuple[str, str]], start_lsn: int = 0

@@ -19,20 +19,29 @@ from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.templates import ACTION_PSEUDO_COLUMN
 from cdc_bridge.routing.change_events import TypeNames
 from cdc_bridge.source.catalog import (
+    FAILOVER_SLOTS_SINCE,
+    AsyncConn,
     SlotInfo,
     column_type_names,
     create_publication,
     create_slot,
-    current_wal_lsn,
     get_slot,
     publication_exists,
     publication_info,
     publication_tables,
     replica_identity,
     table_columns,
+    wal_head_lsn,
 )
 from cdc_bridge.source.plugins import envelope_columns
 from cdc_bridge.source.replication import connection_string
+from cdc_bridge.source.standby_source import (
+    connect_primary,
+    create_slot_on_standby,
+    primary_wal_lsn,
+    require_standby,
+    wait_until_replayed,
+)
 
 log = structlog.get_logger("cdc_bridge.source.setup")
 
@@ -208,26 +217,69 @@ async def prepare_postgres(
     async with await psycopg.AsyncConnection.connect(
         connection_string(pg.dsn, pg.connect_timeout), autocommit=True, password=pg.password
     ) as conn:
+        if pg.source == "standby":
+            return await _prepare_on_standby(conn, config, may_create_slot)
+        failover = failover_wanted(config, conn.info.server_version)
         await prepare_outbox(conn, config)
         slot = await get_slot(conn, pg.slot)
         if slot is None:
             if may_create_slot is not None:
                 await may_create_slot()
-            await create_slot(conn, pg.slot, pg.plugin)
-            slot = await get_slot(conn, pg.slot)
-            assert slot is not None
-            log.info(
-                "slot_created",
-                slot=pg.slot,
-                lsn=format_lsn(slot.confirmed_flush_lsn or 0),
-                detail="new slot: only events committed from now on are streamed",
-            )
-        check_slot(config, slot, str(conn.info.dbname))
-        names = None
-        if pg.plugin == "pgoutput" and config.outbox.change_tables:
-            names = TypeNames(await column_type_names(conn, config.outbox.change_tables))
-        wal_head = await current_wal_lsn(conn)
-        return slot, wal_head, server_version(conn.info.server_version), names
+            await create_slot(conn, pg.slot, pg.plugin, failover=failover)
+        return await _slot_ready(conn, config, slot)
+
+
+async def _prepare_on_standby(
+    conn: AsyncConn, config: BridgeConfig, may_create_slot: Callable[[], Awaitable[None]] | None
+) -> tuple[SlotInfo, int, str, TypeNames | None]:
+    """postgres.source: standby: the publication on the primary, the slot on the standby."""
+    pg = config.postgres
+    await require_standby(conn, config)
+    async with await connect_primary(config) as primary:
+        await prepare_outbox(primary, config)
+        await wait_until_replayed(conn, await primary_wal_lsn(primary))
+        slot = await get_slot(conn, pg.slot)
+        if slot is None:
+            if may_create_slot is not None:
+                await may_create_slot()
+            await create_slot_on_standby(conn, config, primary)
+    return await _slot_ready(conn, config, slot)
+
+
+async def _slot_ready(
+    conn: AsyncConn, config: BridgeConfig, found: SlotInfo | None
+) -> tuple[SlotInfo, int, str, TypeNames | None]:
+    """The slot as it is now (created just now when ``found`` is None), checked."""
+    pg = config.postgres
+    slot = found
+    if slot is None:
+        slot = await get_slot(conn, pg.slot)
+        assert slot is not None
+        log.info(
+            "slot_created",
+            slot=pg.slot,
+            lsn=format_lsn(slot.confirmed_flush_lsn or 0),
+            detail="new slot: only events committed from now on are streamed",
+        )
+    check_slot(config, slot, str(conn.info.dbname))
+    names = None
+    if pg.plugin == "pgoutput" and config.outbox.change_tables:
+        names = TypeNames(await column_type_names(conn, config.outbox.change_tables))
+    wal_head = await wal_head_lsn(conn)
+    return slot, wal_head, server_version(conn.info.server_version), names
+
+
+def failover_wanted(config: BridgeConfig, server_version_num: int) -> bool:
+    """Whether the slot is to be a failover slot (postgres.failover on this server)."""
+    setting = config.postgres.failover
+    supported = server_version_num >= FAILOVER_SLOTS_SINCE
+    if setting is True and not supported:
+        raise FatalError(
+            "postgres.failover: true needs PostgreSQL 17 or later (failover slots), the "
+            f"server is {server_version(server_version_num)} (fix: set postgres.failover to "
+            "auto or false, and see docs/production.md#high-availability for older servers)"
+        )
+    return supported and setting is not False
 
 
 def server_version(number: int) -> str:

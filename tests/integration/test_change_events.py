@@ -105,6 +105,7 @@ def wal2json_own_objects(dsn: str, slot: str) -> list[bytes]:
     ]
 
 
+@pytest.mark.needs_wal2json
 def test_both_plugins_publish_the_changes_wal2json_writes(
     pg_dsn: str,
     nats_url: str,

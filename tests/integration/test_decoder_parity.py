@@ -23,6 +23,7 @@ import os
 from typing import Any
 
 import psycopg
+import pytest
 from support.bridge import MakeBridge
 from support.nats_helpers import StreamMessage
 from support.outbox import (
@@ -35,6 +36,9 @@ from support.outbox import (
 from support.plugins import comparable, run_statements, stream_through_both_plugins
 
 from cdc_bridge.dev.devstack import NatsServer
+
+# Debian packages wal2json for the system PostgreSQL only (support/pg_installs.py)
+pytestmark = pytest.mark.needs_wal2json
 
 TABLES = """
 CREATE TABLE public.blobs (id text PRIMARY KEY, kind text NOT NULL, payload bytea);

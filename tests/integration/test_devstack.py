@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +21,7 @@ from support.bridge import REPO_ROOT, BridgeProcess, log_event
 from support.nats_helpers import fetch_stream_messages, stream_info
 from support.waiting import wait_until, wait_until_async
 
-from cdc_bridge.dev import devstack
+from cdc_bridge.dev import devstack, pginstall
 from cdc_bridge.dev.devstack import DevStack, DevstackError, NatsServer, PostgresServer
 
 # --- PostgreSQL -----------------------------------------------------------------------------
@@ -184,6 +186,49 @@ def test_missing_nats_server_gives_one_clear_line(
 def test_binaries_are_found_by_default() -> None:
     assert (devstack.find_pg_bindir() / "initdb").exists()
     assert devstack.find_nats_server().name == "nats-server"
+
+
+def test_the_default_postgresql_is_the_embedded_18_and_the_system_one_a_choice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(devstack.PG_BINDIR_ENV, raising=False)
+    installs = pginstall.find_pg_installs()
+    assert installs[0].kind == "embedded" and installs[0].major == 18
+    assert installs[0].has_plugin("pgoutput")
+    system = pginstall.system_bindir()
+    if system is not None:  # a machine with PostgreSQL installed may choose it
+        assert [i.bindir for i in installs if i.kind == "system"] == [system]
+        monkeypatch.setenv(devstack.PG_BINDIR_ENV, str(system))
+        assert pginstall.find_pg_install().bindir == system
+
+
+def test_embedded_binaries_the_postgres_account_cannot_reach_are_run_from_a_copy(
+    devstack_tmp: Path, unique_name: str
+) -> None:
+    account = devstack._postgres_account()
+    if account is None:
+        pytest.skip("only root hands the servers to the postgres account")
+    embedded = pginstall.embedded_bindir()
+    assert embedded is not None
+    # A site-packages the postgres account cannot enter, as in a 0700 home folder
+    hidden = Path(tempfile.mkdtemp(prefix="cdcb-hidden-"))
+    try:
+        hidden.chmod(0o700)
+        site = embedded.resolve().parents[2]
+        package = embedded.resolve().parents[1].name
+        for part in (package, f"{package}.libs"):
+            if (site / part).is_dir():
+                shutil.copytree(site / part, hidden / part, symlinks=True)
+        bindir = hidden / package / "pginstall" / "bin"
+        install = pginstall.PgInstall(bindir=bindir, kind="embedded", major=18)
+        with PostgresServer(devstack_tmp / unique_name, install=install) as server:
+            assert not str(server.bindir).startswith(str(hidden))
+            with psycopg.connect(server.dsn()) as conn:
+                row = conn.execute("SHOW server_version").fetchone()
+            assert row is not None and row[0].startswith("18.")
+        shutil.rmtree(server.bindir.parents[2], ignore_errors=True)
+    finally:
+        shutil.rmtree(hidden, ignore_errors=True)
 
 
 # --- NATS -----------------------------------------------------------------------------------

@@ -31,7 +31,10 @@ from support.chaos import (
 from support.nats_helpers import stream_info
 from support.waiting import wait_until
 
-from cdc_bridge.dev.devstack import NatsServer, free_port
+from cdc_bridge.dev.devstack import NatsServer, PgInstall, free_port
+
+# Run on every PostgreSQL major version installed (embedded 18, system 15)
+pytestmark = pytest.mark.both_postgres
 
 TAKEOVER_LIMIT = 10.0  # the promise: a standby streams within 10 s of the loss
 NOT_READY_LIMIT = 10.0  # /readyz must turn 503 within 10 s of NATS going away
@@ -179,7 +182,7 @@ def assert_json_log_lines(lines: Sequence[str]) -> None:
 
 
 def test_probes_status_and_metrics_while_streaming(
-    pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
+    pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge, pg_install: PgInstall
 ) -> None:
     config = routed_config(pg_dsn, nats_url, unique_name)
     bridge = start_streaming(make_bridge, config)
@@ -242,7 +245,7 @@ def test_probes_status_and_metrics_while_streaming(
     assert current["last_error"] is None
     versions = current["versions"]
     assert versions["cdc_bridge"] and versions["python"]
-    assert versions["postgres"] and versions["postgres"].startswith("15")
+    assert versions["postgres"] and versions["postgres"].startswith(f"{pg_install.major}.")
     assert re.fullmatch(r"\d+\.\d+\.\d+([-+].+)?", versions["nats_server"])  # as INFO says
 
     unknown = http_request(f"{base}/no-such-thing")

@@ -56,7 +56,10 @@ from support.outbox import (
 from support.waiting import wait_until
 
 from cdc_bridge.core.lsn import parse_lsn
-from cdc_bridge.dev.devstack import NatsServer, PostgresServer
+from cdc_bridge.dev.devstack import NatsServer, PgInstall, PostgresServer
+
+# Run on every PostgreSQL major version installed (embedded 18, system 15)
+pytestmark = pytest.mark.both_postgres
 
 STATUS_INTERVAL = 0.2  # bridge_config's postgres.status_interval
 SHUTDOWN_TIMEOUT = 5.0  # bridge_config's shutdown_timeout
@@ -684,15 +687,17 @@ def test_publication_and_slot_are_created_when_missing(
     assert slot == ("pgoutput", "logical", pg_dsn.rsplit("/", 1)[1])
 
 
+@pytest.mark.needs_wal2json
 def test_existing_slot_with_another_plugin_is_one_fatal_line(
-    devstack_tmp: Path, nats_url: str, unique_name: str, make_bridge: MakeBridge
+    devstack_tmp: Path,
+    nats_url: str,
+    unique_name: str,
+    make_bridge: MakeBridge,
+    pg_install: PgInstall,
 ) -> None:
-    # This PostgreSQL build only lets listed libraries be output plugins
-    # (output_plugin_libraries, 'pgoutput, test_decoding' by default): a server of our own
-    # that also allows wal2json, rather than reconfiguring the shared one.
-    with PostgresServer(
-        devstack_tmp / "postgres", settings={"output_plugin_libraries": "pgoutput, wal2json"}
-    ) as server:
+    # A server of our own (the devstack lets it load wal2json, also on builds with an
+    # output_plugin_libraries allow-list), rather than a slot on the shared one.
+    with PostgresServer(devstack_tmp / "postgres", install=pg_install) as server:
         dsn = server.create_database("plugin_mismatch")
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(

@@ -29,6 +29,7 @@ import pytest
 import yaml
 from nats.aio.client import RawCredentials
 from psycopg import sql
+from support import pg_installs
 from support.bridge import (
     REPO_ROOT,
     STARTUP_TIMEOUT,
@@ -44,6 +45,9 @@ from support.waiting import wait_until
 
 from cdc_bridge.cli.main import main as cli_main
 from cdc_bridge.dev.devstack import NatsServer, PostgresServer, free_port
+
+# Run on every PostgreSQL major version installed (embedded 18, system 15)
+pytestmark = pytest.mark.both_postgres
 
 ROLE_SQL = REPO_ROOT / "sql" / "role.sql"
 SECURITY_DOC = REPO_ROOT / "docs" / "security.md"
@@ -75,9 +79,11 @@ def wrong_ca(devstack_root: Path) -> ThrowawayCA:
 
 @pytest.fixture(scope="module")
 def tls_pg_server(devstack_root: Path, ca: ThrowawayCA) -> Iterator[PostgresServer]:
+    install = pg_installs.choose(frozenset({pg_installs.TLS}))
     ca.give_server_key_to_postgres()
     server = PostgresServer(
         devstack_root / f"tls-postgres-{uuid.uuid4().hex[:8]}",
+        install=install,
         settings={
             "ssl": "on",
             "ssl_cert_file": str(ca.server.cert),

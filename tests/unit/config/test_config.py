@@ -871,3 +871,38 @@ def test_readme_configuration_table_lists_every_key() -> None:
     [route_row] = [row for row in rows if "`routes[]`" in row[0]]
     route_keys = [field.alias or key for key, field in RouteConfig.model_fields.items()]
     assert [key for key in route_keys if f"`{key}`" not in route_row[2]] == []
+
+
+# --- postgres.failover -----------------------------------------------------------------
+
+
+def failover_config(value: str | None) -> str:
+    line = f"  failover: {value}\n" if value is not None else ""
+    text = with_routes('  - subject: "events.{event_type}"\n')
+    return text.replace("postgres:\n", "postgres:\n" + line, 1)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, None), ("auto", None), ("true", True), ("false", False)]
+)
+def test_failover_is_auto_true_or_false(value: str | None, expected: bool | None) -> None:
+    assert parse_config(failover_config(value), env={}).postgres.failover is expected
+
+
+def test_failover_of_another_value_is_one_line() -> None:
+    line = one_problem(failover_config("sometimes"))
+    assert line.startswith("config.yaml:2: postgres.failover:"), line
+
+
+def test_a_standby_source_needs_the_primary_dsn() -> None:
+    text = failover_config(None).replace("postgres:\n", "postgres:\n  source: standby\n", 1)
+    line = one_problem(text)
+    assert line.startswith("config.yaml:2: postgres.source:") and "primary_dsn" in line, line
+    with_primary = text.replace(
+        "  source: standby\n", "  source: standby\n  primary_dsn: host=primary dbname=app\n"
+    )
+    config = parse_config(with_primary, env={})
+    assert (config.postgres.source, config.postgres.primary_dsn) == (
+        "standby",
+        "host=primary dbname=app",
+    )
