@@ -689,6 +689,53 @@ def test_when_errors(when: str, message: str) -> None:
     assert problem.startswith(f"config.yaml:7: {message}"), problem
 
 
+def test_when_and_templates_read_json_paths() -> None:
+    text = with_routes(
+        "  - when: {payload.priority: high, payload.flags.vip: true, payload.n: [1, false]}\n"
+        "    subject: 'events.{payload.customer.region}'\n"
+        "    headers: {Customer: '{payload.customer-id}'}\n"
+    )
+    config = parse_config(text, env={})
+    assert config.routes[0].when == (
+        ("payload.priority", ("high",)),
+        ("payload.flags.vip", ("true",)),  # a JSON boolean's text
+        ("payload.n", ("1", "false")),
+    )
+    assert "payload" in config.template_columns()
+    assert config.json_paths() == {"payload": ("routes[0].when", "payload.priority")}
+
+
+@pytest.mark.parametrize(
+    ("route", "key", "message"),
+    [
+        (
+            "{when: {table.x: a}, subject: a.b}",
+            "routes[0].when.table.x",
+            "'table.x' reads inside `table`, which is not a JSON column",
+        ),
+        (
+            "{subject: 'a.{table.name}'}",
+            "routes[0].subject",
+            "'table.name' reads inside `table`, which is not a JSON column",
+        ),
+        (
+            "{when: {payload..x: a}, subject: a.b}",
+            "routes[0].when.payload..x",
+            "expected a column name, or a path into a json/jsonb column",
+        ),
+        (
+            "{subject: 'a.{payload.a b}'}",
+            "routes[0].subject",
+            "must name a column, like {event_type}, or a path into a json/jsonb column",
+        ),
+    ],
+)
+def test_json_path_errors(route: str, key: str, message: str) -> None:
+    problem = one_problem(with_routes(f"  - {route}\n"))
+    assert problem.startswith(f"config.yaml:7: {key}: "), problem
+    assert message in problem
+
+
 def test_routes_must_not_be_empty() -> None:
     assert one_problem(BASE + "routes: []\n") == "config.yaml:6: routes: must not be empty"
 
