@@ -582,7 +582,9 @@ def test_the_json_is_parsed_once_per_row(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(router_module, "_parse_json", counting)
     paths = router(PATH_ROUTES)
-    published(paths.route("public.outbox", order({"priority": "low", "customer": {"region": "eu"}})))
+    published(
+        paths.route("public.outbox", order({"priority": "low", "customer": {"region": "eu"}}))
+    )
     assert len(calls) == 1  # two `when` paths, a subject path: one parse
 
 
