@@ -175,6 +175,7 @@ def test_shipped_config_files_parse() -> None:
 def test_example_shows_every_key() -> None:
     from pydantic import BaseModel
 
+
     example = yaml.safe_load((REPO / "config" / "example.yaml").read_text())
 
     def missing(model: type[BaseModel], data: dict[str, object], path: str) -> list[str]:
