@@ -194,6 +194,25 @@ async def table_columns(conn: psycopg.AsyncConnection[TupleRow], table: str) -> 
     return [row[0] for row in rows]
 
 
+async def table_column_types(conn: AsyncConn, table: str) -> dict[str, str]:
+    """Column name -> its type's name (a domain's base type: a domain over jsonb is
+    jsonb) for ``schema.table``; empty when there is no such table."""
+    schema, _, name = table.partition(".")
+    cur = await conn.execute(
+        """
+        SELECT a.attname, format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype
+                                           ELSE a.atttypid END, NULL)
+        FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_type t ON t.oid = a.atttypid
+        WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+        """,
+        (schema, name),
+    )
+    return {str(row[0]): str(row[1]) for row in await cur.fetchall()}
+
+
 def _table_identifier(table: str) -> sql.Identifier:
     schema, _, name = table.partition(".")
     return sql.Identifier(schema, name)

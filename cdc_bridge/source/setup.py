@@ -29,6 +29,7 @@ from cdc_bridge.source.catalog import (
     publication_info,
     publication_tables,
     replica_identity,
+    table_column_types,
     table_columns,
 )
 from cdc_bridge.source.plugins import envelope_columns
@@ -86,6 +87,56 @@ async def outbox_problems(
                 f"add the column, or change the routes/outbox section that names {column!r}",
             )
         )
+    if not problems:
+        problems.extend(await json_path_problems(conn, config))
+    return problems
+
+
+_JSON_TYPES = frozenset(("json", "jsonb"))
+
+
+async def json_path_problems(
+    conn: psycopg.AsyncConnection[TupleRow], config: BridgeConfig
+) -> list[OutboxProblem]:
+    """A path (``{payload.customer.region}``) must read a json or jsonb column in every
+    table that has the column; a logical message's envelope holds JSON only in its
+    payload and headers."""
+    paths = config.json_paths()
+    if not paths:
+        return []
+    outbox = config.outbox
+    types: dict[str, dict[str, str]] = {}
+    for table in (*outbox.tables, *outbox.change_tables):
+        types[table] = await table_column_types(conn, table)
+    if outbox.message_prefixes:
+        envelope = envelope_columns(config)
+        json_columns = {envelope.payload, envelope.headers}
+        types["logical messages"] = {
+            name: "json" if name in json_columns else "text" for name in envelope.names()
+        }
+    problems = []
+    for column, (key, path) in sorted(paths.items()):
+        for table, columns in types.items():
+            type_name = columns.get(column)
+            if type_name is None or type_name in _JSON_TYPES:
+                continue
+            problems.append(
+                OutboxProblem(
+                    key,
+                    f"{{{path}}} reads inside column {column!r} of {table}, which is "
+                    f"{type_name}, not json or jsonb",
+                    f"make it jsonb (ALTER TABLE {table} ALTER COLUMN {column} TYPE jsonb "
+                    f"USING {column}::jsonb), or route on a column instead of a path",
+                )
+                if table != "logical messages"
+                else OutboxProblem(
+                    key,
+                    f"{{{path}}} reads inside the envelope's {column!r}, which is text, "
+                    "not JSON (only the payload and headers of a logical message are)",
+                    f"route on {column!r} itself",
+                )
+            )
+            break
     return problems
 
 
