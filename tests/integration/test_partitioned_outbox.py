@@ -181,3 +181,20 @@ def test_wal2json_refuses_a_partitioned_outbox(
         "after its partition and cannot cover partitions attached later (fix: use plugin "
         "pgoutput (the publication then publishes via the partition root))"
     )
+
+
+def test_init_creates_the_publication_via_the_root(
+    partitioned_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    u = unique_name
+    path = tmp_path / "init.yaml"
+    path.write_text(yaml.safe_dump(config_for(partitioned_dsn, nats_url, u), sort_keys=False))
+    capsys.readouterr()
+    assert cli_main(["init", "--config", str(path)]) == 0, capsys.readouterr().out
+    with psycopg.connect(partitioned_dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pubviaroot FROM pg_publication WHERE pubname = %s", (u,))
+        assert row.fetchone() == (True,)
