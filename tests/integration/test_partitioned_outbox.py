@@ -198,3 +198,50 @@ def test_init_creates_the_publication_via_the_root(
     with psycopg.connect(partitioned_dsn, autocommit=True) as conn:
         row = conn.execute("SELECT pubviaroot FROM pg_publication WHERE pubname = %s", (u,))
         assert row.fetchone() == (True,)
+
+
+SHIPPED_SQL = Path(__file__).resolve().parents[2] / "sql" / "outbox_partitioned.sql"
+
+
+def insert_today(dsn: str, count: int) -> list[str]:
+    ids = [str(uuid.uuid4()) for _ in range(count)]
+    with psycopg.connect(dsn) as conn:
+        for row_id in ids:
+            conn.execute(
+                "INSERT INTO public.events (id, aggregate_type, aggregate_id, event_type, payload)"
+                " VALUES (%s, 'order', 'O-1', 'placed', '{}')",
+                (row_id,),
+            )
+    return ids
+
+
+def test_dropping_partitions_as_housekeeping_loses_nothing(
+    pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
+) -> None:
+    """sql/outbox_partitioned.sql's daily partitions, dropped by its procedure while
+    events in them are not published yet: they still arrive, once, in order."""
+    u = unique_name
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(SHIPPED_SQL.read_text())
+    config = config_for(pg_dsn, nats_url, u)
+    bridge = start_bridge(make_bridge, config)
+    streamed = insert_today(pg_dsn, 3)
+    wait_for_ids(nats_url, u.upper(), streamed, timeout=30)
+    bridge.terminate()
+
+    unpublished = insert_today(pg_dsn, 2)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("CALL public.events_maintain(keep => interval '-5 days')")  # drops all
+        left = conn.execute(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'public.events'::regclass"
+        )
+        assert left.fetchone() == (0,)
+        conn.execute("CALL public.events_maintain()")  # today's and the next two again
+    later = insert_today(pg_dsn, 1)
+
+    start_bridge(make_bridge, config)
+    every_id = [*streamed, *unpublished, *later]
+    messages = wait_for_ids(nats_url, u.upper(), every_id, timeout=30)
+    assert duplicated_ids(messages) == {}
+    assert [m.headers["Nats-Msg-Id"] for m in messages] == every_id
+    assert {m.headers["Cdc-Table"] for m in messages} == {TABLE}

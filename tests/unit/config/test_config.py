@@ -918,3 +918,38 @@ def test_readme_configuration_table_lists_every_key() -> None:
     [route_row] = [row for row in rows if "`routes[]`" in row[0]]
     route_keys = [field.alias or key for key, field in RouteConfig.model_fields.items()]
     assert [key for key in route_keys if f"`{key}`" not in route_row[2]] == []
+
+
+def test_payload_routing_example_routes_on_payload_fields() -> None:
+    from cdc_bridge.routing.router import Outbound, Router
+
+    config = load_config(REPO / "config" / "payload-routing.yaml", env={})
+    assert config.json_paths() == {"payload": ("routes[0].when", "payload.priority")}
+    router = Router(config)
+    row = {
+        "id": "1",
+        "aggregate_type": "order",
+        "aggregate_id": "O-1",
+        "event_type": "placed",
+        "payload": '{"priority": "high", "customer": {"region": "eu", "id": "C-7"}}',
+        "headers": None,
+    }
+    urgent = router.route("public.outbox", row)
+    assert isinstance(urgent, Outbound) and urgent.subject == "orders.urgent.eu"
+    assert urgent.headers["Customer-Id"] == "C-7"
+    vip = router.route("public.outbox", {**row, "payload": '{"customer": {"vip": true}}'})
+    assert isinstance(vip, Outbound) and vip.subject == "orders.vip.placed"
+    lost = router.route("public.outbox", {**row, "payload": '{"priority": "high"}'})
+    assert isinstance(lost, Outbound) and lost.subject == "orders.dlq"
+    assert lost.headers["Cdc-Subject"] == "orders.urgent.{payload.customer.region}"
+
+
+def test_partitioned_example_routes_as_the_root() -> None:
+    from cdc_bridge.routing.router import Outbound, Router
+
+    config = load_config(REPO / "config" / "partitioned.yaml", env={})
+    assert config.outbox.tables == ("public.events",)
+    assert config.postgres.plugin == "pgoutput"
+    row = {"id": "1", "aggregate_type": "order", "event_type": "placed", "payload": "{}"}
+    routed = Router(config).route("public.events", row)
+    assert isinstance(routed, Outbound) and routed.subject == "events.order.placed"
