@@ -22,6 +22,7 @@ from support.bridge import STARTUP_TIMEOUT, MakeBridge, parse_json_line, start_b
 from support.outbox import bridge_config, duplicated_ids, wait_for_ids
 
 from cdc_bridge.cli.main import main as cli_main
+from cdc_bridge.outbox import emit
 
 TABLE = "public.events"
 PARTITIONED_OUTBOX = """
@@ -238,6 +239,12 @@ def test_dropping_partitions_as_housekeeping_loses_nothing(
         assert left.fetchone() == (0,)
         conn.execute("CALL public.events_maintain()")  # today's and the next two again
     later = insert_today(pg_dsn, 1)
+    with psycopg.connect(pg_dsn) as conn:  # the application library, unchanged
+        emitted = emit(
+            conn, aggregate_type="order", aggregate_id="O-2", event_type="placed",
+            payload={"n": 1}, table=TABLE,
+        )  # fmt: skip
+    later.append(str(emitted))
 
     start_bridge(make_bridge, config)
     every_id = [*streamed, *unpublished, *later]
