@@ -28,7 +28,9 @@ from cdc_bridge.source.catalog import (
     get_slot,
     in_recovery,
     output_plugin_allowlist,
+    partitioned_tables,
     publication_info,
+    publication_via_root,
     replication_slot_count,
     server_version,
     setting,
@@ -230,9 +232,12 @@ async def _publication(conn: AsyncConn, config: BridgeConfig, slot: SlotInfo | N
     name = config.postgres.publication
     tables = config.outbox.tables
     info = await publication_info(conn, name)
+    partitioned = await partitioned_tables(conn, tables)
     if info is None:
+        via_root = ", publish_via_partition_root = true" if partitioned else ""
         create = (
-            f"CREATE PUBLICATION {name} FOR TABLE {', '.join(tables)} WITH (publish = 'insert')"
+            f"CREATE PUBLICATION {name} FOR TABLE {', '.join(tables)} "
+            f"WITH (publish = 'insert'{via_root})"
             if tables
             else f"CREATE PUBLICATION {name}"
         )
@@ -246,6 +251,14 @@ async def _publication(conn: AsyncConn, config: BridgeConfig, slot: SlotInfo | N
             "postgres.publication",
             f"publication {name} does not exist{after}",
             f"cdc-bridge init, or {create}",
+        )
+    if partitioned and not await publication_via_root(conn, name):
+        return fail(
+            "postgres.publication",
+            f"{partitioned[0]} is partitioned, and publication {name} does not publish via "
+            "the partition root (pubviaroot is off): events would arrive named as its "
+            "partitions",
+            f"ALTER PUBLICATION {name} SET (publish_via_partition_root = true)",
         )
     uncovered = [t for t in tables if t not in info.tables]
     if uncovered:
@@ -264,7 +277,8 @@ async def _publication(conn: AsyncConn, config: BridgeConfig, slot: SlotInfo | N
             f"{', '.join(info.operations) or 'nothing'})",
             f"ALTER PUBLICATION {name} SET (publish = 'insert')",
         )
-    return ok("postgres.publication", f"{name} publishes inserts of {', '.join(tables)}")
+    root = f", via the partition root of {', '.join(partitioned)}" if partitioned else ""
+    return ok("postgres.publication", f"{name} publishes inserts of {', '.join(tables)}{root}")
 
 
 async def _slot(conn: AsyncConn, config: BridgeConfig, slot: SlotInfo | None) -> CheckResult:

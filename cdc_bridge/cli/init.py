@@ -46,6 +46,7 @@ from cdc_bridge.source.catalog import (
     current_database,
     current_role,
     get_slot,
+    partitioned_tables,
     publication_info,
     table_columns,
     table_identifier,
@@ -92,11 +93,15 @@ def table_sql(table_name: str) -> str:
     return _CREATE_DEFAULT_TABLE.sub(f"CREATE TABLE IF NOT EXISTS {identifier}", text)
 
 
-def publication_sql(name: str, tables: tuple[str, ...], operations: tuple[str, ...]) -> str:
+def publication_sql(
+    name: str, tables: tuple[str, ...], operations: tuple[str, ...], *, via_root: bool = False
+) -> str:
+    """``via_root``: a table is partitioned (create_publication's rule)."""
     if not tables:  # message events only: pgoutput still needs a publication
         return sql.SQL("CREATE PUBLICATION {};").format(sql.Identifier(name)).as_string(None)
     table_list = sql.SQL(", ").join(table_identifier(t) for t in tables)
-    statement = sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {});")
+    root = ", publish_via_partition_root = true" if via_root else ""
+    statement = sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {}" + root + ");")
     return statement.format(
         sql.Identifier(name), table_list, sql.Literal(", ".join(operations))
     ).as_string(None)
@@ -348,7 +353,8 @@ async def _publication_step(conn: AsyncConn, config: BridgeConfig, dry_run: bool
     publishes = ", ".join(operations)
     info = await publication_info(conn, name)
     if info is None:
-        statement = publication_sql(name, tables, operations)
+        via_root = bool(await partitioned_tables(conn, tables))
+        statement = publication_sql(name, tables, operations, via_root=via_root)
         detail = f"for {publishes} of {', '.join(tables)}" if tables else "for messages only"
         if dry_run:
             return InitStep("publication", name, "would create", detail, statement)

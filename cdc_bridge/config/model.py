@@ -55,6 +55,7 @@ from cdc_bridge.core.templates import (
     TABLE_PSEUDO_COLUMN,
     Template,
     parse_template,
+    split_path,
 )
 
 
@@ -232,6 +233,17 @@ class RouteConfig(Section):
     def header_templates(self) -> tuple[tuple[str, Template], ...]:
         return self._header_templates
 
+    def placeholders_by_key(self) -> list[tuple[str, str]]:
+        """(the key, a column or path it reads) for `when`, `subject` and `headers`."""
+        found = [("when", key) for key, _ in self.when]
+        found.extend(("subject", name) for name in self._subject_template.columns)
+        for header, template in self._header_templates:
+            found.extend((f"headers.{header}", name) for name in template.columns)
+        return found
+
+    def placeholders(self) -> set[str]:
+        return {placeholder for _, placeholder in self.placeholders_by_key()}
+
     def with_defaults(self, index: int, outbox: OutboxConfig) -> RouteConfig:
         return self.model_copy(
             update={
@@ -331,10 +343,7 @@ class BridgeConfig(Section):
         """Every real column the routes read, for checking against the live tables."""
         columns: set[str] = set()
         for route in self.routes:
-            columns.update(column for column, _ in route.when)
-            columns.update(route.subject_template.columns)
-            for _, template in route.header_templates:
-                columns.update(template.columns)
+            columns.update(split_path(key)[0] for key in route.placeholders())
             if route.payload not in (ROW_PAYLOAD, CHANGE_PAYLOAD):
                 columns.add(route.payload)
             if route.id_given or route.payload != CHANGE_PAYLOAD:
@@ -343,3 +352,15 @@ class BridgeConfig(Section):
         if self.outbox.change_tables:
             columns.discard(ACTION_PSEUDO_COLUMN)  # a change's action, not a column
         return columns
+
+    def json_paths(self) -> dict[str, tuple[str, str]]:
+        """Column -> (the first key that reads a path inside it, that path), e.g.
+        ``payload`` -> (``routes[0].subject``, ``payload.customer.region``): the columns
+        that must be json or jsonb."""
+        paths: dict[str, tuple[str, str]] = {}
+        for index, route in enumerate(self.routes):
+            for key, placeholder in route.placeholders_by_key():
+                column, keys = split_path(placeholder)
+                if keys:
+                    paths.setdefault(column, (f"routes[{index}].{key}", placeholder))
+        return paths

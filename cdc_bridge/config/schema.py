@@ -20,6 +20,7 @@ from cdc_bridge.core.redaction import shown_value
 from cdc_bridge.core.templates import (
     TABLE_PSEUDO_COLUMN,
     check_concrete_subject,
+    check_placeholder,
     check_subject_filter,
     check_subject_template,
     parse_template,
@@ -155,6 +156,25 @@ def _header_name(value: str) -> str:
     return value
 
 
+def _path_booleans(when: object) -> object:
+    """A JSON true/false under a path key compares as JSON's text: `true`, `false`.
+    Column keys keep refusing booleans (PostgreSQL prints them as t and f)."""
+    if not isinstance(when, dict):
+        return when
+    return {
+        key: _json_booleans(value) if isinstance(key, str) and "." in key else value
+        for key, value in when.items()
+    }
+
+
+def _json_booleans(value: object) -> object:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return [_json_booleans(item) for item in value]
+    return value
+
+
 def _non_empty_when(when: dict[str, tuple[str, ...]] | None) -> dict[str, tuple[str, ...]] | None:
     if when is not None and not when:
         raise ValueError(
@@ -275,17 +295,20 @@ MessagePrefixes = Annotated[
     AfterValidator(_unique),
 ]
 
-# `when:` (column: one or more patterns) -> ((column, patterns), ...); left out: ().
+# A column, or a path into a json/jsonb column (payload.customer.region).
+ColumnOrPath = Annotated[str, AfterValidator(check_placeholder)]
+# `when:` (column or path: one or more patterns) -> ((key, patterns), ...); left out: ().
 When = Annotated[
     tuple[tuple[str, tuple[str, ...]], ...],
     _Pairs(
         Annotated[
             dict[
-                Column,
+                ColumnOrPath,
                 Annotated[tuple[str, ...], BeforeValidator(_patterns), Field(min_length=1)],
             ]
             | None,
             AfterValidator(_non_empty_when),
+            BeforeValidator(_path_booleans),
         ]
     ),
 ]

@@ -15,6 +15,9 @@ TABLE_PSEUDO_COLUMN = "table"  # in `when` and templates: the row's "schema.tabl
 ACTION_PSEUDO_COLUMN = "action"
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A placeholder or `when` key: a column, or a path into a json/jsonb column's value,
+# ``payload.customer.region`` (the column, then object keys).
+_PLACEHOLDER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)*")
 _TEMPLATE_PIECE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _SUBJECT_FORBIDDEN = re.compile(r"[*>\s\x00-\x1f\x7f]")
 
@@ -29,7 +32,30 @@ class Template:
     """
 
     literals: tuple[str, ...]
-    columns: tuple[str, ...]
+    columns: tuple[str, ...]  # placeholders: a column, or a path like payload.customer.region
+
+
+def split_path(placeholder: str) -> tuple[str, tuple[str, ...]]:
+    """``payload.customer.region`` -> (``payload``, (``customer``, ``region``)); a plain
+    column has no keys."""
+    column, *keys = placeholder.split(".")
+    return column, tuple(keys)
+
+
+def check_placeholder(text: str) -> str:
+    """A column or a JSON path into one; ValueError names what is wrong."""
+    if not _PLACEHOLDER.fullmatch(text):
+        raise ValueError(
+            f"expected a column name, or a path into a json/jsonb column like "
+            f"payload.customer.region (keys of letters, digits, '_' and '-'), got {text!r}"
+        )
+    column, keys = split_path(text)
+    if keys and column in (TABLE_PSEUDO_COLUMN, ACTION_PSEUDO_COLUMN):
+        raise ValueError(
+            f"{text!r} reads inside `{column}`, which is not a JSON column; a path starts "
+            "with a json or jsonb column, like payload.customer.region"
+        )
+    return text
 
 
 def parse_template(text: str) -> Template:
@@ -47,7 +73,15 @@ def parse_template(text: str) -> Template:
         elif piece.group(1) is None:
             raise ValueError(f"unmatched {token!r}: write {token * 2} for a literal brace")
         elif not _IDENTIFIER.fullmatch(piece.group(1)):
-            raise ValueError(f"placeholder {token!r} must name a column, like {{event_type}}")
+            if not _PLACEHOLDER.fullmatch(piece.group(1)):
+                raise ValueError(
+                    f"placeholder {token!r} must name a column, like {{event_type}}, or a "
+                    "path into a json/jsonb column, like {payload.customer.region}"
+                )
+            check_placeholder(piece.group(1))
+            literals.append("".join(current))
+            current = []
+            columns.append(piece.group(1))
         else:
             literals.append("".join(current))
             current = []

@@ -13,6 +13,10 @@ Changes of ``outbox.change_tables`` go through ``route_change``: the same rules,
 change's row plus ``action`` (change_events.routing_row); ``payload: change`` publishes
 the wal2json-shaped change, and the message id is ``<commit LSN>-<index>`` unless the
 route names its ``id`` column.
+
+Templates and ``when`` may read inside a json/jsonb column (``{payload.customer.region}``).
+Only a config with such paths pays for them: the JSON of a column is parsed at most once
+per row, when a path into it is first read, and shared by every ``when`` and template.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import fnmatch
 import hashlib
 import json
 import re
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -32,6 +37,7 @@ from cdc_bridge.core.headers import HEADER_NAME, controls_jetstream
 from cdc_bridge.core.templates import (
     TABLE_PSEUDO_COLUMN,
     Template,
+    split_path,
 )
 from cdc_bridge.routing.change_events import change_json, routing_row
 
@@ -54,6 +60,10 @@ _REASON_LIMIT = 500
 _HEADER_BLOCK_OVERHEAD = len("NATS/1.0\r\n\r\n")
 _MSG_ID_HEADER = len("Nats-Msg-Id: \r\n")
 _MISSING = object()
+_UNPARSED = object()  # a JSON column of this row no path has read yet
+# One decoder for every row (json.loads with options builds one per call: twice the
+# cost); numbers keep the text PostgreSQL wrote (1.50 is not turned into 1.5).
+_JSON_TEXT_NUMBERS = json.JSONDecoder(parse_int=str, parse_float=str)
 _SAFE_VALUES_KEPT = 10_000  # per template
 
 
@@ -86,10 +96,27 @@ class _Rejected(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class _Condition:
+class _Path:
+    """A path into a JSON column: ``payload.customer.region``."""
+
+    text: str  # as written, and the key its value is found under in a route's values
     column: str
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Composite:
+    """A path's value that is a JSON object or array: no single text to use."""
+
+    kind: str  # "object" or "array"
+
+
+@dataclass(frozen=True, slots=True)
+class _Condition:
+    column: str  # a column, or a path's text
     exact: frozenset[str]
     glob: Callable[[str], re.Match[str] | None] | None  # all glob patterns as one regex
+    path: _Path | None = None
 
     def matches(self, value: object) -> bool:
         # NULL and bytea never match: a pattern is text.
@@ -166,6 +193,8 @@ class _CompiledRoute:
     id_column: str
     publishes_change: bool  # payload: change
     id_given: bool  # the route names its id column (change events use it only then)
+    paths: tuple[_Path, ...] = ()  # the JSON paths its templates read
+    when_reads_paths: bool = False
 
 
 class Router:
@@ -181,10 +210,15 @@ class Router:
             config.dead_letter.subject if config.dead_letter is not None else None
         )
         self.route_names = tuple(route.name for route in self._routes)
+        self._reads_paths = any(r.paths or r.when_reads_paths for r in self._routes)
 
     def route(self, table: str, row: Mapping[str, ColumnValue]) -> Outbound | Poison:
         """The message for this row, its dead letter, or Poison (no dead_letter)."""
-        compiled = self._match(table, row)
+        values = row  # what templates read: the row, plus its JSON paths' values
+        if self._reads_paths:
+            compiled, values = self._match_with_paths(table, row)
+        else:
+            compiled = self._match(table, row)
         if compiled is None:
             data = _safe_data(self._default_payload_column, row)
             return self._reject(table, row, self._default_id_column, "no route matches", data)
@@ -194,18 +228,18 @@ class Router:
                 f"route {compiled.name!r} publishes change events (payload: change), and "
                 f"{table} is not in outbox.change_tables"
             )
-            intended = compiled.subject.shown(table, row)
+            intended = compiled.subject.shown(table, values)
             return self._reject(table, row, compiled.id_column, reason, data, intended)
         data = b""
         subject: str | None = None
         try:
             data = _payload_data(compiled.payload_column, row)
             msg_id = _id_text(compiled.id_column, row)
-            subject = compiled.subject.render(table, row)
-            headers = self._headers(compiled, table, row)
+            subject = compiled.subject.render(table, values)
+            headers = self._headers(compiled, table, row, values)
         except _Rejected as rejected:
             if subject is None:
-                subject = compiled.subject.shown(table, row)
+                subject = compiled.subject.shown(table, values)
             return self._reject(table, row, compiled.id_column, rejected.reason, data, subject)
         size = len(data) + _headers_size(headers, msg_id)
         if size > self.max_payload:
@@ -221,7 +255,11 @@ class Router:
         """
         table = change.table
         row = routing_row(change)
-        compiled = self._match(table, row)
+        values: Mapping[str, ColumnValue] = row
+        if self._reads_paths:
+            compiled, values = self._match_with_paths(table, row)
+        else:
+            compiled = self._match(table, row)
         if compiled is None:
             return self._reject_change(default_id, "no route matches", change_json(change))
         msg_id = default_id
@@ -234,11 +272,11 @@ class Router:
                 data = _payload_data(compiled.payload_column, row)
             if compiled.id_given:
                 msg_id = _id_text(compiled.id_column, row)
-            subject = compiled.subject.render(table, row)
-            headers = {name: template.render(table, row) for name, template in compiled.headers}
+            subject = compiled.subject.render(table, values)
+            headers = {name: t.render(table, values) for name, t in compiled.headers}
         except _Rejected as rejected:
             if subject is None:
-                subject = compiled.subject.shown(table, row)
+                subject = compiled.subject.shown(table, values)
             return self._reject_change(msg_id, rejected.reason, data, subject)
         size = len(data) + _headers_size(headers, msg_id)
         if size > self.max_payload:
@@ -271,12 +309,41 @@ class Router:
                 return compiled
         return None
 
+    def _match_with_paths(
+        self, table: str, row: Mapping[str, ColumnValue]
+    ) -> tuple[_CompiledRoute | None, Mapping[str, ColumnValue]]:
+        """``_match`` for configs that read JSON paths; with the matched route, the row
+        plus the values of the paths its templates read (keyed by the path's text)."""
+        documents: dict[str, object] = {}  # column -> its parsed JSON, for this row only
+        for compiled in self._routes:
+            for condition in compiled.conditions:
+                if condition.path is not None:
+                    value = _path_value(condition.path, row, documents)
+                else:
+                    column = condition.column
+                    value = table if column == TABLE_PSEUDO_COLUMN else row.get(column)
+                if not condition.matches(value):
+                    break
+            else:
+                if not compiled.paths:
+                    return compiled, row
+                values: dict[str, object] = dict(row)
+                for path in compiled.paths:
+                    values[path.text] = _path_value(path, row, documents)
+                # Path values are text, None or markers the templates turn into reasons.
+                return compiled, typing.cast(Mapping[str, ColumnValue], values)
+        return None, row
+
     def _headers(
-        self, compiled: _CompiledRoute, table: str, row: Mapping[str, ColumnValue]
+        self,
+        compiled: _CompiledRoute,
+        table: str,
+        row: Mapping[str, ColumnValue],
+        values: Mapping[str, ColumnValue],
     ) -> dict[str, str]:
         headers = _column_headers(self._headers_column, row)
         for name, template in compiled.headers:
-            headers[name] = template.render(table, row)
+            headers[name] = template.render(table, values)
         return headers
 
     def _reject(
@@ -315,7 +382,11 @@ def _compile_route(route: RouteConfig) -> _CompiledRoute:
         exact = frozenset(p for p in patterns if p not in globs)
         # fnmatch.translate gives an anchored, case-sensitive regex per pattern.
         glob = re.compile("|".join(fnmatch.translate(p) for p in globs)).match if globs else None
-        conditions.append(_Condition(column, exact, glob))
+        conditions.append(_Condition(column, exact, glob, _path_or_none(column)))
+    placeholders = {*route.subject_template.columns}
+    for _, template in route.header_templates:
+        placeholders.update(template.columns)
+    paths = tuple(path for p in sorted(placeholders) if (path := _path_or_none(p)) is not None)
     return _CompiledRoute(
         name=route.name,
         conditions=tuple(conditions),
@@ -328,7 +399,44 @@ def _compile_route(route: RouteConfig) -> _CompiledRoute:
         id_column=route.id,
         publishes_change=route.payload == CHANGE_PAYLOAD,
         id_given=route.id_given,
+        paths=paths,
+        when_reads_paths=any(condition.path is not None for condition in conditions),
     )
+
+
+def _path_or_none(placeholder: str) -> _Path | None:
+    column, keys = split_path(placeholder)
+    return _Path(placeholder, column, keys) if keys else None
+
+
+def _path_value(
+    path: _Path, row: Mapping[str, ColumnValue], documents: dict[str, object]
+) -> object:
+    """The text at ``path`` in this row (JSON strings as they are, numbers and booleans as
+    JSON writes them); None for a JSON null, a _Composite for an object or an array, and
+    _MISSING when the path leads nowhere (no such key, NULL or invalid JSON). Parses the
+    column's JSON on the first read of this row, into ``documents``."""
+    document = documents.get(path.column, _UNPARSED)
+    if document is _UNPARSED:
+        document = documents[path.column] = _parse_json(row.get(path.column))
+    for key in path.keys:
+        if not isinstance(document, dict):
+            return _MISSING
+        document = document.get(key, _MISSING)
+    if isinstance(document, str) or document is None or document is _MISSING:
+        return document
+    if isinstance(document, bool):
+        return "true" if document else "false"
+    return _Composite("object" if isinstance(document, dict) else "array")
+
+
+def _parse_json(value: object) -> object:
+    if not isinstance(value, str):
+        return _MISSING  # NULL, or bytea: no JSON to read
+    try:
+        return _JSON_TEXT_NUMBERS.decode(value)
+    except (ValueError, RecursionError):
+        return _MISSING
 
 
 def _compile_template(template: Template, *, subject: bool, where: str) -> _CompiledTemplate:
@@ -342,6 +450,13 @@ def _compile_template(template: Template, *, subject: bool, where: str) -> _Comp
 
 
 def _unusable(column: str, value: object, where: str) -> str:
+    if "." in column:  # a JSON path
+        if value is _MISSING:
+            return f"no value at {{{column}}} for the {where}: the JSON has no such path"
+        if value is None:
+            return f"JSON null at {{{column}}} in {where}"
+        kind = value.kind if isinstance(value, _Composite) else "value"
+        return f"{{{column}}} in {where} is a JSON {kind}, not a single value"
     if value is _MISSING:
         return f"column {column!r} is not in the row (needed by the {where})"
     if value is None:
@@ -354,6 +469,8 @@ def _shown_value(value: object) -> str:
         return "NULL"
     if isinstance(value, bytes):
         return "bytea"
+    if isinstance(value, _Composite):
+        return value.kind
     return _clip(str(value))
 
 

@@ -146,13 +146,45 @@ async def create_publication(
     tables: tuple[str, ...],
     operations: tuple[str, ...] = ("insert",),
 ) -> None:
-    """``operations`` are publish actions (insert, update, delete), trusted: not user text."""
+    """``operations`` are publish actions (insert, update, delete), trusted: not user text.
+
+    With a partitioned table among ``tables`` the publication publishes via the root
+    (PostgreSQL 13+): changes arrive named as the root, and partitions attached later
+    are covered without touching the publication."""
     table_list = sql.SQL(", ").join(_table_identifier(table) for table in tables)
+    options = sql.SQL("publish = {}").format(sql.Literal(", ".join(operations)))
+    if await partitioned_tables(conn, tables):
+        options = sql.SQL("{}, publish_via_partition_root = true").format(options)
     await conn.execute(
-        sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH (publish = {})").format(
-            sql.Identifier(name), table_list, sql.Literal(", ".join(operations))
+        sql.SQL("CREATE PUBLICATION {} FOR TABLE {} WITH ({})").format(
+            sql.Identifier(name), table_list, options
         )
     )
+
+
+async def partitioned_tables(conn: AsyncConn, tables: Sequence[str]) -> list[str]:
+    """Those of ``tables`` ("schema.table") that are partitioned tables, in order."""
+    cur = await conn.execute(
+        """
+        SELECT n.nspname || '.' || c.relname FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'p' AND n.nspname || '.' || c.relname = ANY(%s)
+        """,
+        (list(tables),),
+    )
+    found = {str(row[0]) for row in await cur.fetchall()}
+    return [table for table in tables if table in found]
+
+
+async def publication_via_root(conn: AsyncConn, name: str) -> bool | None:
+    """pg_publication.pubviaroot; None without such a publication, or before PostgreSQL
+    13 (which has no such setting: it cannot publish partitioned tables at all)."""
+    cur = await conn.execute(
+        "SELECT (to_jsonb(p) ->> 'pubviaroot')::boolean FROM pg_publication p WHERE pubname = %s",
+        (name,),
+    )
+    row = await cur.fetchone()
+    return None if row is None or row[0] is None else bool(row[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +266,25 @@ async def table_columns(conn: psycopg.AsyncConnection[TupleRow], table: str) -> 
     if not rows:
         return None
     return [row[0] for row in rows]
+
+
+async def table_column_types(conn: AsyncConn, table: str) -> dict[str, str]:
+    """Column name -> its type's name (a domain's base type: a domain over jsonb is
+    jsonb) for ``schema.table``; empty when there is no such table."""
+    schema, _, name = table.partition(".")
+    cur = await conn.execute(
+        """
+        SELECT a.attname, format_type(CASE WHEN t.typtype = 'd' THEN t.typbasetype
+                                           ELSE a.atttypid END, NULL)
+        FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_type t ON t.oid = a.atttypid
+        WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+        """,
+        (schema, name),
+    )
+    return {str(row[0]): str(row[1]) for row in await cur.fetchall()}
 
 
 def _table_identifier(table: str) -> sql.Identifier:

@@ -26,10 +26,13 @@ from cdc_bridge.source.catalog import (
     create_publication,
     create_slot,
     get_slot,
+    partitioned_tables,
     publication_exists,
     publication_info,
     publication_tables,
+    publication_via_root,
     replica_identity,
+    table_column_types,
     table_columns,
     wal_head_lsn,
 )
@@ -95,6 +98,78 @@ async def outbox_problems(
                 f"add the column, or change the routes/outbox section that names {column!r}",
             )
         )
+    if not problems:
+        problems.extend(await partition_problems(conn, config))
+        problems.extend(await json_path_problems(conn, config))
+    return problems
+
+
+async def partition_problems(
+    conn: psycopg.AsyncConnection[TupleRow], config: BridgeConfig
+) -> list[OutboxProblem]:
+    """wal2json cannot stream a partitioned table: it reads no publication, names each
+    change after the partition it went to, and filters add-tables by that name, so the
+    rows of a partition attached later would be skipped without a word."""
+    if config.postgres.plugin != "wal2json":
+        return []
+    outbox = config.outbox
+    partitioned = await partitioned_tables(conn, (*outbox.tables, *outbox.change_tables))
+    return [
+        OutboxProblem(
+            "postgres.plugin",
+            f"{table} is a partitioned table, and wal2json names each change after its "
+            "partition and cannot cover partitions attached later",
+            "use plugin pgoutput (the publication then publishes via the partition root)",
+        )
+        for table in partitioned
+    ]
+
+
+_JSON_TYPES = frozenset(("json", "jsonb"))
+
+
+async def json_path_problems(
+    conn: psycopg.AsyncConnection[TupleRow], config: BridgeConfig
+) -> list[OutboxProblem]:
+    """A path (``{payload.customer.region}``) must read a json or jsonb column in every
+    table that has the column; a logical message's envelope holds JSON only in its
+    payload and headers."""
+    paths = config.json_paths()
+    if not paths:
+        return []
+    outbox = config.outbox
+    types: dict[str, dict[str, str]] = {}
+    for table in (*outbox.tables, *outbox.change_tables):
+        types[table] = await table_column_types(conn, table)
+    if outbox.message_prefixes:
+        envelope = envelope_columns(config)
+        json_columns = {envelope.payload, envelope.headers}
+        types["logical messages"] = {
+            name: "json" if name in json_columns else "text" for name in envelope.names()
+        }
+    problems = []
+    for column, (key, path) in sorted(paths.items()):
+        for table, columns in types.items():
+            type_name = columns.get(column)
+            if type_name is None or type_name in _JSON_TYPES:
+                continue
+            problems.append(
+                OutboxProblem(
+                    key,
+                    f"{{{path}}} reads inside column {column!r} of {table}, which is "
+                    f"{type_name}, not json or jsonb",
+                    f"make it jsonb (ALTER TABLE {table} ALTER COLUMN {column} TYPE jsonb "
+                    f"USING {column}::jsonb), or route on a column instead of a path",
+                )
+                if table != "logical messages"
+                else OutboxProblem(
+                    key,
+                    f"{{{path}}} reads inside the envelope's {column!r}, which is text, "
+                    "not JSON (only the payload and headers of a logical message are)",
+                    f"route on {column!r} itself",
+                )
+            )
+            break
     return problems
 
 
@@ -125,6 +200,7 @@ async def prepare_outbox(conn: psycopg.AsyncConnection[TupleRow], config: Bridge
             ) from None
         log.info("publication_created", publication=pg.publication, tables=list(tables))
         return
+    await check_via_root(conn, pg.publication, tables)
     covered = await publication_tables(conn, pg.publication)
     uncovered = [t for t in tables if t not in covered]
     if uncovered:
@@ -141,6 +217,25 @@ async def prepare_outbox(conn: psycopg.AsyncConnection[TupleRow], config: Bridge
             f"deletes (fix: ALTER PUBLICATION {pg.publication} SET (publish = "
             f"'{', '.join(operations)}'))"
         )
+
+
+async def check_via_root(
+    conn: psycopg.AsyncConnection[TupleRow], publication: str, tables: tuple[str, ...]
+) -> None:
+    """A partitioned table must be published via its root: otherwise pgoutput names each
+    change after its partition, and routes (``table``) would see the partitions."""
+    partitioned = await partitioned_tables(conn, tables)
+    if partitioned and not await publication_via_root(conn, publication):
+        raise FatalError(via_root_problem(publication, partitioned[0]))
+
+
+def via_root_problem(publication: str, table: str) -> str:
+    return (
+        f"postgres.publication: {table} is partitioned, and publication {publication} "
+        "does not publish via the partition root: its events would arrive named as its "
+        f"partitions (fix: ALTER PUBLICATION {publication} SET "
+        "(publish_via_partition_root = true))"
+    )
 
 
 def publication_plan(config: BridgeConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:

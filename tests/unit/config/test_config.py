@@ -689,6 +689,53 @@ def test_when_errors(when: str, message: str) -> None:
     assert problem.startswith(f"config.yaml:7: {message}"), problem
 
 
+def test_when_and_templates_read_json_paths() -> None:
+    text = with_routes(
+        "  - when: {payload.priority: high, payload.flags.vip: true, payload.n: [1, false]}\n"
+        "    subject: 'events.{payload.customer.region}'\n"
+        "    headers: {Customer: '{payload.customer-id}'}\n"
+    )
+    config = parse_config(text, env={})
+    assert config.routes[0].when == (
+        ("payload.priority", ("high",)),
+        ("payload.flags.vip", ("true",)),  # a JSON boolean's text
+        ("payload.n", ("1", "false")),
+    )
+    assert "payload" in config.template_columns()
+    assert config.json_paths() == {"payload": ("routes[0].when", "payload.priority")}
+
+
+@pytest.mark.parametrize(
+    ("route", "key", "message"),
+    [
+        (
+            "{when: {table.x: a}, subject: a.b}",
+            "routes[0].when.table.x",
+            "'table.x' reads inside `table`, which is not a JSON column",
+        ),
+        (
+            "{subject: 'a.{table.name}'}",
+            "routes[0].subject",
+            "'table.name' reads inside `table`, which is not a JSON column",
+        ),
+        (
+            "{when: {payload..x: a}, subject: a.b}",
+            "routes[0].when.payload..x",
+            "expected a column name, or a path into a json/jsonb column",
+        ),
+        (
+            "{subject: 'a.{payload.a b}'}",
+            "routes[0].subject",
+            "must name a column, like {event_type}, or a path into a json/jsonb column",
+        ),
+    ],
+)
+def test_json_path_errors(route: str, key: str, message: str) -> None:
+    problem = one_problem(with_routes(f"  - {route}\n"))
+    assert problem.startswith(f"config.yaml:7: {key}: "), problem
+    assert message in problem
+
+
 def test_routes_must_not_be_empty() -> None:
     assert one_problem(BASE + "routes: []\n") == "config.yaml:6: routes: must not be empty"
 
@@ -906,3 +953,38 @@ def test_a_standby_source_needs_the_primary_dsn() -> None:
         "standby",
         "host=primary dbname=app",
     )
+
+
+def test_payload_routing_example_routes_on_payload_fields() -> None:
+    from cdc_bridge.routing.router import Outbound, Router
+
+    config = load_config(REPO / "config" / "payload-routing.yaml", env={})
+    assert config.json_paths() == {"payload": ("routes[0].when", "payload.priority")}
+    router = Router(config)
+    row = {
+        "id": "1",
+        "aggregate_type": "order",
+        "aggregate_id": "O-1",
+        "event_type": "placed",
+        "payload": '{"priority": "high", "customer": {"region": "eu", "id": "C-7"}}',
+        "headers": None,
+    }
+    urgent = router.route("public.outbox", row)
+    assert isinstance(urgent, Outbound) and urgent.subject == "orders.urgent.eu"
+    assert urgent.headers["Customer-Id"] == "C-7"
+    vip = router.route("public.outbox", {**row, "payload": '{"customer": {"vip": true}}'})
+    assert isinstance(vip, Outbound) and vip.subject == "orders.vip.placed"
+    lost = router.route("public.outbox", {**row, "payload": '{"priority": "high"}'})
+    assert isinstance(lost, Outbound) and lost.subject == "orders.dlq"
+    assert lost.headers["Cdc-Subject"] == "orders.urgent.{payload.customer.region}"
+
+
+def test_partitioned_example_routes_as_the_root() -> None:
+    from cdc_bridge.routing.router import Outbound, Router
+
+    config = load_config(REPO / "config" / "partitioned.yaml", env={})
+    assert config.outbox.tables == ("public.events",)
+    assert config.postgres.plugin == "pgoutput"
+    row = {"id": "1", "aggregate_type": "order", "event_type": "placed", "payload": "{}"}
+    routed = Router(config).route("public.events", row)
+    assert isinstance(routed, Outbound) and routed.subject == "events.order.placed"

@@ -470,3 +470,21 @@ def test_wal2json_options_with_change_tables() -> None:
     only_changes = dict(wal2json_options((), ("orders",), ("public.tickets",)))
     assert only_changes["add-tables"] == "public.tickets" and "filter-tables" not in only_changes
     assert dict(wal2json_options(("public.outbox",), ()))["actions"] == "insert"
+
+
+def test_change_routes_read_json_paths_of_a_changed_row() -> None:
+    routes = """\
+  - when: {table: public.tickets, headers.X: "from the table"}
+    subject: "cdc.tickets.{action}.{headers.X}"
+    payload: change
+  - subject: cdc.other
+    payload: change
+"""
+    outcome = Router(config(routes)).route_change(TICKET, "0/1-0")
+    assert isinstance(outcome, Outbound) and outcome.route == "dead_letter"
+    # Found (the `when` matched), but unsafe in a subject: the path is named.
+    assert outcome.headers["Cdc-Error"].startswith("unsafe value for {headers.X} in subject")
+    assert outcome.data == change_json(TICKET)  # the change itself, untouched
+    missing = RowChange("D", "public", "tickets", (), TICKET.identity)  # no headers column
+    other = Router(config(routes)).route_change(missing, "0/1-1")
+    assert isinstance(other, Outbound) and other.subject == "cdc.other"

@@ -472,3 +472,128 @@ def test_rendered_subject_keeps_the_template_shape(aggregate_type: str, event_ty
     assert len(tokens) == 4
     assert all(tokens) and tokens[-1] == "tail"
     assert not any(c in result.subject for c in "*> \t\r\n")
+
+
+# Routing on payload fields: {payload.customer.region}, when: {payload.priority: high}.
+PATH_ROUTES = """\
+  - name: urgent
+    when: {payload.priority: high, payload.flags.vip: true}
+    subject: "events.urgent.{payload.customer.region}"
+    headers: {Customer: "{payload.customer.id}"}
+  - name: regional
+    subject: "events.region.{payload.customer.region}"
+"""
+
+
+def order(payload: object) -> dict[str, ColumnValue]:
+    return row(payload=json.dumps(payload))
+
+
+def test_paths_read_inside_the_json_payload() -> None:
+    paths = router(PATH_ROUTES)
+    document = {
+        "priority": "high",
+        "flags": {"vip": True},
+        "customer": {"region": "eu", "id": 42},
+    }
+    urgent = published(paths.route("public.outbox", order(document)))
+    assert (urgent.route, urgent.subject) == ("urgent", "events.urgent.eu")
+    assert urgent.headers["Customer"] == "42"  # a number as JSON writes it
+    assert urgent.data == json.dumps(document).encode()  # the payload is published as-is
+    other = published(paths.route("public.outbox", order({**document, "priority": "low"})))
+    assert (other.route, other.subject) == ("regional", "events.region.eu")
+
+
+def test_a_missing_path_does_not_match_and_dead_letters_the_subject() -> None:
+    paths = router(PATH_ROUTES)
+    # No `flags`: `when` does not match; no region: the subject has no value.
+    dead = dead_lettered(paths.route("public.outbox", order({"priority": "high"})))
+    assert dead.dead_letter_reason == (
+        "no value at {payload.customer.region} for the subject: the JSON has no such path"
+    )
+    assert dead.headers["Cdc-Subject"] == "events.region.{payload.customer.region}"
+    assert dead.data == b'{"priority": "high"}'
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "shown"),
+    [
+        (
+            {"customer": {"region": None}},
+            "JSON null at {payload.customer.region} in subject",
+            "{payload.customer.region=NULL}",
+        ),
+        (
+            {"customer": {"region": {"name": "eu"}}},
+            "{payload.customer.region} in subject is a JSON object, not a single value",
+            "{payload.customer.region=object}",
+        ),
+        (
+            {"customer": ["eu"]},
+            "no value at {payload.customer.region} for the subject: the JSON has no such path",
+            "{payload.customer.region}",
+        ),
+        (
+            {"customer": {"region": "e.u"}},
+            "unsafe value for {payload.customer.region} in subject: 'e.u' (a subject token "
+            "may not be empty or contain '.', '*', '>' or whitespace)",
+            "{payload.customer.region='e.u'}",
+        ),
+    ],
+)
+def test_unusable_path_values_are_named(payload: object, reason: str, shown: str) -> None:
+    dead = dead_lettered(router(PATH_ROUTES).route("public.outbox", order(payload)))
+    assert dead.dead_letter_reason == reason
+    assert dead.headers["Cdc-Subject"] == f"events.region.{shown}"
+
+
+@pytest.mark.parametrize("payload", [None, "not json", '"a string"'])
+def test_no_json_to_read_is_no_value(payload: str | None) -> None:
+    dead = dead_lettered(router(PATH_ROUTES).route("public.outbox", row(payload=payload)))
+    assert dead.dead_letter_reason is not None
+    assert dead.dead_letter_reason.startswith("no value at {payload.customer.region}")
+
+
+def test_path_numbers_keep_their_text_and_match_yaml_numbers() -> None:
+    numbers = router(
+        """\
+  - when: {payload.version: 2}
+    subject: "events.v2.{payload.count}"
+    headers: {Amount: "{payload.amount}"}
+  - subject: "events.other"
+"""
+    )
+    document = '{"version": 2, "count": 7, "amount": 1.50}'
+    hit = published(numbers.route("public.outbox", row(payload=document)))
+    assert (hit.subject, hit.headers["Amount"]) == ("events.v2.7", "1.50")
+    miss = published(numbers.route("public.outbox", row(payload='{"version": "3"}')))
+    assert miss.subject == "events.other"
+
+
+def test_the_json_is_parsed_once_per_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cdc_bridge.routing.router as router_module
+
+    calls: list[str] = []
+    real = router_module._parse_json
+
+    def counting(value: object) -> object:
+        calls.append(str(value))
+        return real(value)
+
+    monkeypatch.setattr(router_module, "_parse_json", counting)
+    paths = router(PATH_ROUTES)
+    published(
+        paths.route("public.outbox", order({"priority": "low", "customer": {"region": "eu"}}))
+    )
+    assert len(calls) == 1  # two `when` paths, a subject path: one parse
+
+
+def test_routes_without_paths_never_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cdc_bridge.routing.router as router_module
+
+    def refuse(value: object) -> object:
+        raise AssertionError("parsed JSON for a config without paths")
+
+    monkeypatch.setattr(router_module, "_parse_json", refuse)
+    plain = router('  - subject: "events.{aggregate_type}.{event_type}"\n')
+    assert published(plain.route("public.outbox", row())).subject == "events.ticket.created"
