@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from cdc_bridge.core.lsn import format_lsn
-from cdc_bridge.dev.devstack import find_pg_bindir
+from cdc_bridge.dev.pginstall import find_pg_bindir
 
 
 def recvlogical_binary() -> Path:

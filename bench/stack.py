@@ -18,13 +18,9 @@ import psycopg
 from psycopg import sql
 
 from bench.workload import OUTBOX_TABLE, POLLING_TABLE, POLLING_TABLE_SQL, table_identifier
-from cdc_bridge.dev.devstack import (
-    DEFAULT_PG_SETTINGS,
-    NatsServer,
-    PostgresServer,
-    Service,
-    outbox_schema_sql,
-)
+from cdc_bridge.dev.nats_server import NatsServer
+from cdc_bridge.dev.postgres_server import DEFAULT_PG_SETTINGS, PostgresServer, outbox_schema_sql
+from cdc_bridge.dev.processes import Service
 
 DATABASE = "bench"
 PUBLICATION = "bench"

@@ -20,7 +20,9 @@ from support import pg_installs
 from support.bridge import BridgeProcess
 from support.nats_helpers import delete_all_streams
 
-from cdc_bridge.dev.devstack import NatsServer, PgInstall, PostgresServer
+from cdc_bridge.dev.nats_server import NatsServer
+from cdc_bridge.dev.pginstall import PgInstall
+from cdc_bridge.dev.postgres_server import PostgresServer
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -32,7 +32,8 @@ def dev_command(args: argparse.Namespace) -> int:
     from cdc_bridge.config.load import load_config
     from cdc_bridge.config.problems import ConfigError
     from cdc_bridge.dev.demo import print_events, produce_tickets
-    from cdc_bridge.dev.devstack import DevStack, DevstackError, dev_schema_sql, free_port
+    from cdc_bridge.dev.devstack import DevStack, dev_schema_sql
+    from cdc_bridge.dev.processes import DevstackError, free_port
     from cdc_bridge.source.setup import prepare_postgres
 
     configure_logging(args.log_format or "console", args.log_level or "info")

@@ -11,7 +11,8 @@ from support.bridge import BridgeProcess
 from support.chaos import Auditor, BridgeRunner, LoadGenerator, chaos_bridge_config
 from support.tcp_proxy import TcpProxy
 
-from cdc_bridge.dev.devstack import NatsServer, PostgresServer
+from cdc_bridge.dev.nats_server import NatsServer
+from cdc_bridge.dev.postgres_server import PostgresServer
 
 ACK_TIMEOUT = 2.0
 

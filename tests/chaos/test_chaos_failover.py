@@ -38,7 +38,8 @@ from support.ha import (
 
 from cdc_bridge.cli.main import main
 from cdc_bridge.core.lsn import parse_lsn
-from cdc_bridge.dev.devstack import PgInstall, PostgresServer
+from cdc_bridge.dev.pginstall import PgInstall
+from cdc_bridge.dev.postgres_server import PostgresServer
 
 pytestmark = pytest.mark.needs_failover_slots
 

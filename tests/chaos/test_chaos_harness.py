@@ -17,7 +17,8 @@ from support.chaos import (
 )
 from support.tcp_proxy import TcpProxy
 
-from cdc_bridge.dev.devstack import NatsServer, PostgresServer
+from cdc_bridge.dev.nats_server import NatsServer
+from cdc_bridge.dev.postgres_server import PostgresServer
 
 COMMITTED = [CommittedRow(f"id{n}", txn=n // 2, idx=n % 2) for n in range(6)]
 

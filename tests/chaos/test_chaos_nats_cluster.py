@@ -12,7 +12,8 @@ from support.bridge import BridgeProcess
 from support.chaos import Auditor, BridgeRunner, LoadGenerator, chaos_bridge_config
 from support.waiting import wait_until
 
-from cdc_bridge.dev.devstack import NatsServer, free_port
+from cdc_bridge.dev.nats_server import NatsServer
+from cdc_bridge.dev.processes import free_port
 
 NODES = 3
 

@@ -20,7 +20,7 @@ from support.tcp_proxy import TcpProxy
 from support.waiting import wait_until
 
 from cdc_bridge.core.lsn import format_lsn
-from cdc_bridge.dev.devstack import NatsServer
+from cdc_bridge.dev.nats_server import NatsServer
 
 OUTAGE = 4.0
 

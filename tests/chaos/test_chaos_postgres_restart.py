@@ -15,7 +15,7 @@ from support.chaos import (
     install_chaos_schema,
 )
 
-from cdc_bridge.dev.devstack import PostgresServer
+from cdc_bridge.dev.postgres_server import PostgresServer
 
 
 @pytest.mark.parametrize(

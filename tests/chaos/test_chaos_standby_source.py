@@ -28,7 +28,7 @@ from support.ha import Pair, primary_and_standby, slot_on
 from support.outbox import slot_confirmed_flush_lsn
 from support.waiting import wait_until
 
-from cdc_bridge.dev.devstack import PgInstall
+from cdc_bridge.dev.pginstall import PgInstall
 
 pytestmark = pytest.mark.needs_standby_decoding
 

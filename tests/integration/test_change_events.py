@@ -21,7 +21,7 @@ from support.bridge import STARTUP_TIMEOUT, MakeBridge, log_event, parse_json_li
 from support.outbox import Event, bridge_config, insert_event, wait_for_ids
 from support.plugins import PLUGINS, comparable, run_statements, stream_through_both_plugins
 
-from cdc_bridge.dev.devstack import NatsServer
+from cdc_bridge.dev.nats_server import NatsServer
 from cdc_bridge.source.decoding.wal2json import wal2json_options
 
 TICKETS = """

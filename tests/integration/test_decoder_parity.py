@@ -35,7 +35,7 @@ from support.outbox import (
 )
 from support.plugins import comparable, run_statements, stream_through_both_plugins
 
-from cdc_bridge.dev.devstack import NatsServer
+from cdc_bridge.dev.nats_server import NatsServer
 
 # Debian packages wal2json for the system PostgreSQL only (support/pg_installs.py)
 pytestmark = pytest.mark.needs_wal2json

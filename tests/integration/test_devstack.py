@@ -21,8 +21,11 @@ from support.bridge import REPO_ROOT, BridgeProcess, log_event
 from support.nats_helpers import fetch_stream_messages, stream_info
 from support.waiting import wait_until, wait_until_async
 
-from cdc_bridge.dev import devstack, pginstall
-from cdc_bridge.dev.devstack import DevStack, DevstackError, NatsServer, PostgresServer
+from cdc_bridge.dev import devstack, nats_server, pg_account, pginstall, postgres_server
+from cdc_bridge.dev.devstack import DevStack
+from cdc_bridge.dev.nats_server import NatsServer
+from cdc_bridge.dev.postgres_server import PostgresServer
+from cdc_bridge.dev.processes import DevstackError
 
 # --- PostgreSQL -----------------------------------------------------------------------------
 
@@ -151,7 +154,7 @@ def test_refuses_a_port_in_use(devstack_tmp: Path) -> None:
 
 
 def test_outbox_schema_is_shipped_in_the_package() -> None:
-    text = devstack.outbox_schema_sql()
+    text = postgres_server.outbox_schema_sql()
     assert "CREATE TABLE IF NOT EXISTS public.outbox" in text
     repo_copy = Path(__file__).resolve().parents[2] / "sql" / "outbox.sql"
     assert repo_copy.read_text(encoding="utf-8") == text
@@ -163,19 +166,19 @@ def test_outbox_schema_is_shipped_in_the_package() -> None:
 def test_missing_postgres_binaries_give_one_clear_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv(devstack.PG_BINDIR_ENV, str(tmp_path / "no-such-dir"))
+    monkeypatch.setenv(pginstall.PG_BINDIR_ENV, str(tmp_path / "no-such-dir"))
     with pytest.raises(DevstackError) as caught:
         PostgresServer(tmp_path / "pg")
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith("PostgreSQL server binaries (initdb, postgres) not found")
-    assert "apt-get install postgresql" in message and devstack.PG_BINDIR_ENV in message
+    assert "apt-get install postgresql" in message and pginstall.PG_BINDIR_ENV in message
 
 
 def test_missing_nats_server_gives_one_clear_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv(devstack.NATS_SERVER_ENV, str(tmp_path / "no-such-binary"))
+    monkeypatch.setenv(nats_server.NATS_SERVER_ENV, str(tmp_path / "no-such-binary"))
     with pytest.raises(DevstackError) as caught:
         NatsServer(tmp_path / "nats")
     message = str(caught.value)
@@ -184,28 +187,28 @@ def test_missing_nats_server_gives_one_clear_line(
 
 
 def test_binaries_are_found_by_default() -> None:
-    assert (devstack.find_pg_bindir() / "initdb").exists()
-    assert devstack.find_nats_server().name == "nats-server"
+    assert (pginstall.find_pg_bindir() / "initdb").exists()
+    assert nats_server.find_nats_server().name == "nats-server"
 
 
 def test_the_default_postgresql_is_the_embedded_18_and_the_system_one_a_choice(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv(devstack.PG_BINDIR_ENV, raising=False)
+    monkeypatch.delenv(pginstall.PG_BINDIR_ENV, raising=False)
     installs = pginstall.find_pg_installs()
     assert installs[0].kind == "embedded" and installs[0].major == 18
     assert installs[0].has_plugin("pgoutput")
     system = pginstall.system_bindir()
     if system is not None:  # a machine with PostgreSQL installed may choose it
         assert [i.bindir for i in installs if i.kind == "system"] == [system]
-        monkeypatch.setenv(devstack.PG_BINDIR_ENV, str(system))
+        monkeypatch.setenv(pginstall.PG_BINDIR_ENV, str(system))
         assert pginstall.find_pg_install().bindir == system
 
 
 def test_embedded_binaries_the_postgres_account_cannot_reach_are_run_from_a_copy(
     devstack_tmp: Path, unique_name: str
 ) -> None:
-    account = devstack._postgres_account()
+    account = pg_account.postgres_account()
     if account is None:
         pytest.skip("only root hands the servers to the postgres account")
     embedded = pginstall.embedded_bindir()

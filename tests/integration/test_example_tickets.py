@@ -21,7 +21,7 @@ from support.bridge import REPO_ROOT, BridgeProcess, log_event
 from support.outbox import duplicated_ids, message_ids, wait_for_ids
 
 from cdc_bridge.config.load import load_config
-from cdc_bridge.dev.devstack import NatsServer
+from cdc_bridge.dev.nats_server import NatsServer
 
 MakeBridge = Callable[..., BridgeProcess]
 EXAMPLE = REPO_ROOT / "examples" / "tickets"

@@ -20,7 +20,8 @@ from support.outbox import Event, bridge_config, insert_events, wait_for_ids
 
 from cdc_bridge.cli import json_keys
 from cdc_bridge.cli.main import main
-from cdc_bridge.dev.devstack import PgInstall, PostgresServer
+from cdc_bridge.dev.pginstall import PgInstall
+from cdc_bridge.dev.postgres_server import PostgresServer
 
 pytestmark = pytest.mark.needs_failover_slots
 

@@ -20,7 +20,7 @@ import yaml
 from support.bridge import REPO_ROOT
 
 from cdc_bridge import __version__
-from cdc_bridge.dev.devstack import PostgresServer
+from cdc_bridge.dev.postgres_server import PostgresServer
 
 PIP_TIMEOUT = 240  # a cold pip cache downloads every dependency once
 

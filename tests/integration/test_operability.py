@@ -31,7 +31,9 @@ from support.chaos import (
 from support.nats_helpers import stream_info
 from support.waiting import wait_until
 
-from cdc_bridge.dev.devstack import NatsServer, PgInstall, free_port
+from cdc_bridge.dev.nats_server import NatsServer
+from cdc_bridge.dev.pginstall import PgInstall
+from cdc_bridge.dev.processes import free_port
 
 # Run on every PostgreSQL major version installed (embedded 18, system 15)
 pytestmark = pytest.mark.both_postgres

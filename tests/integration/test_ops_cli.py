@@ -34,7 +34,9 @@ from cdc_bridge.cli.check_nats import NATS_CHECKS
 from cdc_bridge.cli.check_postgres import POSTGRES_CHECKS
 from cdc_bridge.cli.main import main
 from cdc_bridge.core.lsn import parse_lsn
-from cdc_bridge.dev.devstack import PgInstall, PostgresServer, free_port
+from cdc_bridge.dev.pginstall import PgInstall
+from cdc_bridge.dev.postgres_server import PostgresServer
+from cdc_bridge.dev.processes import free_port
 
 # Run on every PostgreSQL major version installed (embedded 18, system 15)
 pytestmark = pytest.mark.both_postgres
@@ -672,7 +674,7 @@ def apply_role_sql(admin_dsn: str) -> str:
 
 
 def psql_file(dsn: str) -> subprocess.CompletedProcess[str]:
-    from cdc_bridge.dev.devstack import find_pg_bindir
+    from cdc_bridge.dev.pginstall import find_pg_bindir
 
     return subprocess.run(
         [str(find_pg_bindir() / "psql"), "-X", "-q", "-d", dsn, "-f", str(ROLE_SQL)],

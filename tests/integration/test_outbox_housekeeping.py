@@ -25,7 +25,7 @@ from support.bridge import (
 from support.outbox import bridge_config, duplicated_ids, message_ids, wait_for_ids
 
 from cdc_bridge.cli import json_keys
-from cdc_bridge.dev.devstack import find_pg_bindir
+from cdc_bridge.dev.pginstall import find_pg_bindir
 from cdc_bridge.outbox import Event, emit, emit_many
 
 SQL_DIR = REPO_ROOT / "sql"

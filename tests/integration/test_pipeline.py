@@ -56,7 +56,9 @@ from support.outbox import (
 from support.waiting import wait_until
 
 from cdc_bridge.core.lsn import parse_lsn
-from cdc_bridge.dev.devstack import NatsServer, PgInstall, PostgresServer
+from cdc_bridge.dev.nats_server import NatsServer
+from cdc_bridge.dev.pginstall import PgInstall
+from cdc_bridge.dev.postgres_server import PostgresServer
 
 # Run on every PostgreSQL major version installed (embedded 18, system 15)
 pytestmark = pytest.mark.both_postgres

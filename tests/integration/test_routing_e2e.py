@@ -33,7 +33,7 @@ from support.outbox import (
 )
 
 from cdc_bridge.core.lsn import parse_lsn
-from cdc_bridge.dev.devstack import NatsServer
+from cdc_bridge.dev.nats_server import NatsServer
 
 MAX_PAYLOAD = 4096
 STATUS_INTERVAL = 0.2  # bridge_config's postgres.status_interval

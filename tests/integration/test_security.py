@@ -44,7 +44,9 @@ from support.outbox import Event, bridge_config, insert_events, wait_for_ids
 from support.waiting import wait_until
 
 from cdc_bridge.cli.main import main as cli_main
-from cdc_bridge.dev.devstack import NatsServer, PostgresServer, free_port
+from cdc_bridge.dev.nats_server import NatsServer
+from cdc_bridge.dev.postgres_server import PostgresServer
+from cdc_bridge.dev.processes import free_port
 
 # Run on every PostgreSQL major version installed (embedded 18, system 15)
 pytestmark = pytest.mark.both_postgres

@@ -29,7 +29,7 @@ from support.outbox import (
 )
 from support.waiting import wait_until
 
-from cdc_bridge.dev.devstack import PostgresServer
+from cdc_bridge.dev.postgres_server import PostgresServer
 
 
 @pytest.fixture

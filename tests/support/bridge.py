@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import yaml
 
-from cdc_bridge.dev.devstack import Service
+from cdc_bridge.dev.processes import Service
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_PLACEHOLDER = "{config}"

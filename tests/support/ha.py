@@ -12,7 +12,8 @@ from typing import Any
 
 import psycopg
 
-from cdc_bridge.dev.devstack import PgInstall, PostgresServer
+from cdc_bridge.dev.pginstall import PgInstall
+from cdc_bridge.dev.postgres_server import PostgresServer
 from support.chaos import install_chaos_schema
 
 STANDBY = "standby1"  # its application_name and its physical slot on the primary

@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from cdc_bridge.dev.devstack import Service
+from cdc_bridge.dev.processes import Service
 
 T = TypeVar("T")
 
