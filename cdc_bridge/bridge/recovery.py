@@ -39,13 +39,7 @@ from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.routing.router import Router
 from cdc_bridge.sink.reconcile import read_stream_tail
-from cdc_bridge.source.catalog import (
-    AsyncConn,
-    current_wal_lsn,
-    drop_slot,
-    get_slot,
-    table_identifier,
-)
+from cdc_bridge.source.catalog import AsyncConn, current_wal_lsn, drop_slot, get_slot
 from cdc_bridge.source.outbox_rows import (
     AGE_COLUMN,
     Window,
@@ -54,6 +48,7 @@ from cdc_bridge.source.outbox_rows import (
 )
 from cdc_bridge.source.replication import connection_string
 from cdc_bridge.source.slot_snapshot import copy_slot, import_snapshot, slot_with_snapshot
+from cdc_bridge.source.tables import table_identifier
 
 log = structlog.get_logger("cdc_bridge.bridge.recovery")
 _MAX_LSN = (1 << 64) - 1

@@ -31,8 +31,9 @@ from cdc_bridge.core.headers import (
 )
 from cdc_bridge.core.subjects import subject_matches
 from cdc_bridge.routing.router import Outbound, Poison, Router
-from cdc_bridge.source.catalog import AsyncConn, table_columns
+from cdc_bridge.source.catalog import AsyncConn
 from cdc_bridge.source.outbox_rows import Window, rows_in_commit_order
+from cdc_bridge.source.tables import table_columns
 
 Key = tuple[str, str]  # (id, table)
 LISTED = 1_000

@@ -25,9 +25,7 @@ from cdc_bridge.core.redaction import redact, redact_dsn
 from cdc_bridge.routing.dead_letters import PoisonRowError
 from cdc_bridge.routing.router import Router
 from cdc_bridge.sink.connect import NatsConnectError, NatsPermissionError, unreachable
-from cdc_bridge.source.catalog import (
-    slot_lag,
-)
+from cdc_bridge.source.catalog import slot_lag
 from cdc_bridge.source.leadership import Leadership
 from cdc_bridge.source.protocol import ProtocolError
 from cdc_bridge.source.replication import (

@@ -22,23 +22,25 @@ from cdc_bridge.core.redaction import redact_dsn
 from cdc_bridge.source.catalog import (
     AsyncConn,
     SlotInfo,
-    can_select,
     current_database,
-    current_role,
     get_slot,
     in_recovery,
     output_plugin_allowlist,
-    partitioned_tables,
-    publication_info,
-    publication_via_root,
     replication_slot_count,
     server_version,
     setting,
-    table_columns,
     wal_head_lsn,
     wal_sender_count,
 )
 from cdc_bridge.source.setup import outbox_problems
+from cdc_bridge.source.tables import (
+    can_select,
+    current_role,
+    partitioned_tables,
+    publication_info,
+    publication_via_root,
+    table_columns,
+)
 
 POSTGRES_CHECKS = (
     "postgres.server",

@@ -40,19 +40,16 @@ from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.sink.connect import ensure_stream
 from cdc_bridge.sink.coverage import check_stream_coverage
 from cdc_bridge.sink.reconcile import read_stream_tail
-from cdc_bridge.source.catalog import (
-    AsyncConn,
-    create_slot,
-    current_database,
+from cdc_bridge.source.catalog import AsyncConn, create_slot, current_database, get_slot
+from cdc_bridge.source.replication import ReplicationError, ReplicationStream
+from cdc_bridge.source.setup import outbox_problems, publication_plan
+from cdc_bridge.source.tables import (
     current_role,
-    get_slot,
     partitioned_tables,
     publication_info,
     table_columns,
     table_identifier,
 )
-from cdc_bridge.source.replication import ReplicationError, ReplicationStream
-from cdc_bridge.source.setup import outbox_problems, publication_plan
 
 if TYPE_CHECKING:
     from cdc_bridge.cli.args import Subcommands

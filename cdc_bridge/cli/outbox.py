@@ -31,7 +31,8 @@ from cdc_bridge.cli.target import connect_postgres, password_for
 from cdc_bridge.config.load import load_config
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.durations import DurationError, parse_duration
-from cdc_bridge.source.catalog import AsyncConn, table_columns, table_identifier
+from cdc_bridge.source.catalog import AsyncConn
+from cdc_bridge.source.tables import table_columns, table_identifier
 
 if TYPE_CHECKING:
     from cdc_bridge.cli.args import Subcommands

@@ -24,9 +24,10 @@ from cdc_bridge.core.changes import Begin, Change, ColumnValue, Commit, Insert, 
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.routing.messages import EnvelopeColumns, default_message_id, message_event
 from cdc_bridge.routing.router import DEAD_LETTER_ROUTE, Outbound, Poison, Router
-from cdc_bridge.source.catalog import RawChange, SlotInfo, peek_changes, publication_names
+from cdc_bridge.source.catalog import RawChange, SlotInfo, peek_changes
 from cdc_bridge.source.decoding import DecodeError, Decoder, pgoutput, wal2json
 from cdc_bridge.source.plugins import decoder_for
+from cdc_bridge.source.tables import publication_names
 
 DEFAULT_ID_COLUMN = "id"  # the outbox.sql column, when no config says otherwise
 ALL_TABLES = "*.*"  # wal2json's add-tables pattern for every table

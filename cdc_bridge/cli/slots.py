@@ -30,17 +30,15 @@ from cdc_bridge.cli.target import Target, connect_postgres, require_slot
 from cdc_bridge.core.lsn import wal_behind
 from cdc_bridge.core.redaction import redact
 from cdc_bridge.source.catalog import (
-    RoleInfo,
     SlotInfo,
     WalSender,
-    current_role,
     list_slots,
-    publication_info,
     server_version,
     wal_head_lsn,
     wal_sender,
 )
 from cdc_bridge.source.standbys import behind_bytes, standby_document, standby_slots
+from cdc_bridge.source.tables import RoleInfo, current_role, publication_info
 
 if TYPE_CHECKING:
     from cdc_bridge.cli.args import Subcommands

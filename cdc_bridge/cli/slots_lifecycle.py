@@ -36,9 +36,9 @@ from cdc_bridge.source.catalog import (
     current_database,
     drop_slot,
     get_slot,
-    publication_info,
     wal_head_lsn,
 )
+from cdc_bridge.source.tables import publication_info
 
 if TYPE_CHECKING:
     from cdc_bridge.cli.args import Subcommands

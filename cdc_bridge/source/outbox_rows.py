@@ -16,7 +16,8 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
-from cdc_bridge.source.catalog import AsyncConn, table_identifier
+from cdc_bridge.source.catalog import AsyncConn
+from cdc_bridge.source.tables import table_identifier
 
 AGE_COLUMN = "created_at"  # sql/outbox.sql's: the window is on the insert time
 FETCH = 10_000  # rows per round trip of a server-side cursor

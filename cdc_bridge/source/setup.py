@@ -22,18 +22,8 @@ from cdc_bridge.source.catalog import (
     FAILOVER_SLOTS_SINCE,
     AsyncConn,
     SlotInfo,
-    column_type_names,
-    create_publication,
     create_slot,
     get_slot,
-    partitioned_tables,
-    publication_exists,
-    publication_info,
-    publication_tables,
-    publication_via_root,
-    replica_identity,
-    table_column_types,
-    table_columns,
     wal_head_lsn,
 )
 from cdc_bridge.source.plugins import envelope_columns
@@ -44,6 +34,18 @@ from cdc_bridge.source.standby_source import (
     primary_wal_lsn,
     require_standby,
     wait_until_replayed,
+)
+from cdc_bridge.source.tables import (
+    column_type_names,
+    create_publication,
+    partitioned_tables,
+    publication_exists,
+    publication_info,
+    publication_tables,
+    publication_via_root,
+    replica_identity,
+    table_column_types,
+    table_columns,
 )
 
 log = structlog.get_logger("cdc_bridge.source.setup")
