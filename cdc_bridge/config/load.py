@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.config.problems import ConfigError, KeyPath, Problems
-from cdc_bridge.config.schema import CHANGE_PAYLOAD
+from cdc_bridge.config.schema import CHANGE_PAYLOADS
 from cdc_bridge.config.secrets import read_secrets
 from cdc_bridge.config.validation import add_validation_problems
 from cdc_bridge.config.yaml_source import expand_env, read_yaml
@@ -124,12 +124,13 @@ def _check_routes(routes: object, problems: Problems) -> None:
 
 
 def _check_change_routes(config: BridgeConfig, problems: Problems) -> None:
-    """`payload: change` publishes change tables' changes: without any it can only fail."""
+    """`payload: change` (or `debezium`) publishes change tables' changes: without any
+    it can only fail."""
     if config.outbox.change_tables:
         return
     for index, route in enumerate(config.routes):
-        if route.payload == CHANGE_PAYLOAD:
+        if route.payload in CHANGE_PAYLOADS:
             problems.add(
                 ("routes", index, "payload"),
-                "`change` publishes changes of outbox.change_tables, and none are listed",
+                f"`{route.payload}` publishes changes of outbox.change_tables, and none are listed",
             )
