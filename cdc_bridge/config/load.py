@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.config.problems import ConfigError, KeyPath, Problems
-from cdc_bridge.config.schema import CHANGE_PAYLOADS
+from cdc_bridge.config.schema import CHANGE_PAYLOADS, PLAIN_FORMAT
 from cdc_bridge.config.secrets import read_secrets
 from cdc_bridge.config.validation import add_validation_problems
 from cdc_bridge.config.yaml_source import expand_env, read_yaml
@@ -89,6 +89,7 @@ def validate(config: BridgeConfig, problems: Problems) -> None:
     """Checks across sections, then the files the config names: read only once the
     rest holds, and kept in the config for the daemon's lifetime."""
     _check_change_routes(config, problems)
+    _check_cloudevents_headers(config, problems)
     problems.raise_if_any()
     postgres_password, nats_auth = read_secrets(config, problems)
     problems.raise_if_any()
@@ -134,3 +135,19 @@ def _check_change_routes(config: BridgeConfig, problems: Problems) -> None:
                 ("routes", index, "payload"),
                 f"`{route.payload}` publishes changes of outbox.change_tables, and none are listed",
             )
+
+
+def _check_cloudevents_headers(config: BridgeConfig, problems: Problems) -> None:
+    """A CloudEvent's ce-* and content-type headers are its attributes: a route header of
+    that name would give the event a second, contradicting value."""
+    for index, route in enumerate(config.routes):
+        if route.format == PLAIN_FORMAT:
+            continue
+        for name, _ in route.headers:
+            lowered = name.lower()
+            if lowered.startswith("ce-") or lowered == "content-type":
+                problems.add(
+                    ("routes", index, "headers", name),
+                    f"{name} is set by the CloudEvents format ({route.format}); set the "
+                    "attribute under the route's `cloudevents` key instead",
+                )

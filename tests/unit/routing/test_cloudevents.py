@@ -334,3 +334,18 @@ def test_routes_test_shows_the_cloudevent() -> None:
     assert shown.headers["ce-type"] == "placed" and shown.headers["ce-cdclsn"] == "0/0"
     assert shown.headers["Nats-Msg-Id"] == shown.headers["ce-id"] == "3f0c"
     assert shown.payload == b'{"n": 1}'
+
+
+def test_attribute_headers_come_from_the_event_only() -> None:
+    headers = '{"ce-type": "forged", "Content-Type": "text/x", "Trace": "t1"}'
+    _, finished_headers = finished(router(BINARY).route("public.outbox", row(headers=headers)))
+    assert finished_headers["ce-type"] == "placed" and finished_headers["Trace"] == "t1"
+    assert "Content-Type" not in finished_headers
+    routes = BINARY + '    headers: {ce-type: "x", Content-Type: "y", Ok: "z"}\n'
+    with pytest.raises(ConfigError) as caught:
+        parse_config(HEAD + "routes:\n" + routes, env={})
+    assert [p.split(": ", 2)[1] for p in caught.value.problems] == [
+        "routes[0].headers.ce-type",
+        "routes[0].headers.Content-Type",
+    ]
+    assert "set the attribute under the route's `cloudevents` key" in caught.value.problems[0]
