@@ -18,7 +18,15 @@ from typing import Any
 
 import structlog
 
-from cdc_bridge.core.changes import Begin, Change, Commit, Insert, LogicalMessage, RowChange
+from cdc_bridge.core.changes import (
+    Begin,
+    Change,
+    Commit,
+    EventPosition,
+    Insert,
+    LogicalMessage,
+    RowChange,
+)
 from cdc_bridge.core.headers import (
     BRIDGE_HEADERS,
     EXPECTED_LAST_MSG_ID,
@@ -112,6 +120,7 @@ class Pipeline:
         self._tx: Transaction | None = None
         self._tx_lsn = ""
         self._tx_index = 0
+        self._tx_xid = 0
         self._table_lines: dict[str, str] = {}  # Cdc-Table and Cdc-Source, by table
         # Checked once per session, not per event: with debug off, the per-event line
         # costs one attribute test.
@@ -217,6 +226,7 @@ class Pipeline:
             self._tx = self._tracker.begin(change.final_lsn, change.commit_time)
             self._tx_lsn = format_lsn(change.final_lsn)
             self._tx_index = 0
+            self._tx_xid = change.xid
         elif type(change) is Commit:
             if self._tx is not None:
                 self._tracker.commit(self._tx, change.end_lsn)
@@ -286,13 +296,20 @@ class Pipeline:
             route_lines = header_lines({k: v for k, v in route_headers.items() if k not in own})
         else:
             route_lines = ""
+        data = outcome.data
+        event = outcome.event
+        if event is not None:
+            # A CloudEvent or Debezium envelope: only here is its position known.
+            at = EventPosition(tx.final_lsn, self._tx_lsn, index, tx.commit_time, self._tx_xid)
+            data, event_lines = event.finish(at)
+            route_lines += event_lines
         lines = (
             f"{route_lines}Nats-Msg-Id: {msg_id}\r\n"
             f"Cdc-Lsn: {self._tx_lsn}\r\nCdc-Index: {index}\r\n{lines}"
         )
         if outcome.dead_letter_reason is not None:
             self._count_dead_letter(msg_id, outcome.dead_letter_reason)
-        self.publisher.publish(outcome.subject, outcome.data, lines, tx, outcome.route, msg_id)
+        self.publisher.publish(outcome.subject, data, lines, tx, outcome.route, msg_id)
         if self._debug:
             log.debug(
                 "published",

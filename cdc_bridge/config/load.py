@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.config.problems import ConfigError, KeyPath, Problems
-from cdc_bridge.config.schema import CHANGE_PAYLOAD
+from cdc_bridge.config.schema import CHANGE_PAYLOADS, PLAIN_FORMAT
 from cdc_bridge.config.secrets import read_secrets
 from cdc_bridge.config.validation import add_validation_problems
 from cdc_bridge.config.yaml_source import expand_env, read_yaml
@@ -91,6 +91,7 @@ def validate(config: BridgeConfig, problems: Problems) -> None:
     _check_change_routes(config, problems)
     _check_slot_recovery(config, problems)
     _check_standby_source(config, problems)
+    _check_cloudevents_headers(config, problems)
     problems.raise_if_any()
     postgres_password, nats_auth = read_secrets(config, problems)
     problems.raise_if_any()
@@ -145,12 +146,29 @@ def _check_slot_recovery(config: BridgeConfig, problems: Problems) -> None:
 
 
 def _check_change_routes(config: BridgeConfig, problems: Problems) -> None:
-    """`payload: change` publishes change tables' changes: without any it can only fail."""
+    """`payload: change` (or `debezium`) publishes change tables' changes: without any
+    it can only fail."""
     if config.outbox.change_tables:
         return
     for index, route in enumerate(config.routes):
-        if route.payload == CHANGE_PAYLOAD:
+        if route.payload in CHANGE_PAYLOADS:
             problems.add(
                 ("routes", index, "payload"),
-                "`change` publishes changes of outbox.change_tables, and none are listed",
+                f"`{route.payload}` publishes changes of outbox.change_tables, and none are listed",
             )
+
+
+def _check_cloudevents_headers(config: BridgeConfig, problems: Problems) -> None:
+    """A CloudEvent's ce-* and content-type headers are its attributes: a route header of
+    that name would give the event a second, contradicting value."""
+    for index, route in enumerate(config.routes):
+        if route.format == PLAIN_FORMAT:
+            continue
+        for name, _ in route.headers:
+            lowered = name.lower()
+            if lowered.startswith("ce-") or lowered == "content-type":
+                problems.add(
+                    ("routes", index, "headers", name),
+                    f"{name} is set by the CloudEvents format ({route.format}); set the "
+                    "attribute under the route's `cloudevents` key instead",
+                )

@@ -9,8 +9,10 @@ host and port, the secrets read from ``*_file`` keys, and the redactor that hide
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -23,21 +25,26 @@ from pydantic import (
 )
 
 from cdc_bridge.config.schema import (
-    CHANGE_PAYLOAD,
-    ROW_PAYLOAD,
+    BUILT_PAYLOADS,
+    CHANGE_PAYLOADS,
+    AttributeTemplate,
     Column,
     ConcreteSubject,
     Duration,
+    Extensions,
     FailoverSetting,
+    Format,
     Headers,
     IdColumn,
     Listen,
     LogLevel,
+    MediaType,
     MessagePrefixes,
     NonEmpty,
     PayloadColumn,
     PositiveDuration,
     PublicationName,
+    RouteFormat,
     RouteName,
     Servers,
     SlotName,
@@ -89,6 +96,33 @@ class PostgresConfig(Section):
         ``password`` parameter, never written into the DSN (which is logged, redacted,
         and shown by the ops commands)."""
         return self._password
+
+    @property
+    def database(self) -> str:
+        """The database the DSN names (for CloudEvents' default source and Debezium's
+        source.db): its dbname, else its user (libpq's default), else "postgres"."""
+        return _dsn_value(self.dsn, "dbname") or _dsn_value(self.dsn, "user") or "postgres"
+
+
+_DSN_KEYWORD = r"(?:^|\s){}\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']+)"
+
+
+def _dsn_value(dsn: str, key: str) -> str | None:
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        query = dict(p.partition("=")[::2] for p in parts.query.split("&") if p)
+        if key in query:
+            return unquote(query[key]) or None
+        if key == "dbname":
+            return unquote(parts.path.lstrip("/")) or None
+        return unquote(parts.username) if parts.username else None
+    found = re.search(_DSN_KEYWORD.format(key), dsn)
+    if found is None:
+        return None
+    value = found.group(1)
+    if value.startswith("'"):
+        value = re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value or None
 
 
 class StreamConfig(Section):
@@ -180,6 +214,7 @@ class OutboxConfig(Section):
     id_column: Column = "id"
     payload_column: Column = "payload"
     headers_column: Column | None = "headers"  # None: rows carry no headers
+    format: Format = "plain"  # every route's, unless the route sets its own
 
     @field_validator("tables")
     @classmethod
@@ -200,6 +235,37 @@ class OutboxConfig(Section):
         return tables
 
 
+class CloudEventsConfig(Section):
+    """A route's CloudEvents attributes (routing/cloudevents.py), as ``{column}``
+    templates; None: the default, filled in per row by the router."""
+
+    source: AttributeTemplate | None = None  # "/cdc-bridge/<database>/{table}"
+    type: AttributeTemplate | None = None  # {event_type}; a change: "{table}.{action}"
+    subject: AttributeTemplate | None = None  # {aggregate_id}, left out when missing
+    datacontenttype: MediaType | None = None  # application/json (octet-stream for bytea)
+    extensions: Extensions = ()  # (name, template)
+    _templates: dict[str, Template | None] = PrivateAttr()
+    _extension_templates: tuple[tuple[str, Template], ...] = PrivateAttr()
+
+    def model_post_init(self, context: Any) -> None:
+        given = {"source": self.source, "type": self.type, "subject": self.subject}
+        self._templates = {k: None if v is None else parse_template(v) for k, v in given.items()}
+        self._extension_templates = tuple((n, parse_template(t)) for n, t in self.extensions)
+
+    def template(self, attribute: str) -> Template | None:
+        """``source``, ``type`` or ``subject`` parsed; None when the file leaves it out."""
+        return self._templates[attribute]
+
+    @property
+    def extension_templates(self) -> tuple[tuple[str, Template], ...]:
+        return self._extension_templates
+
+    def columns(self) -> set[str]:
+        templates = [t for t in self._templates.values() if t is not None]
+        templates += [t for _, t in self._extension_templates]
+        return {column for template in templates for column in template.columns}
+
+
 class RouteConfig(Section):
     # name, payload and id: "" when the file leaves them out, until BridgeConfig fills
     # in their defaults (routes[<index>], outbox.payload_column, outbox.id_column).
@@ -207,8 +273,12 @@ class RouteConfig(Section):
     when: When = ()  # (column, alternatives); empty = every row
     subject: SubjectTemplate
     headers: Headers = ()  # (header name, template)
-    payload: PayloadColumn = ""  # a column, ROW_PAYLOAD or CHANGE_PAYLOAD
+    payload: PayloadColumn = ""  # a column, or row, change, debezium
     id: IdColumn = ""  # the column for Nats-Msg-Id
+    format: RouteFormat = ""  # "" until BridgeConfig fills in outbox.format
+    cloudevents: Annotated[CloudEventsConfig, BeforeValidator(none_is_empty)] = Field(
+        default_factory=CloudEventsConfig
+    )
     _id_given: bool = PrivateAttr()
     _subject_template: Template = PrivateAttr()
     _header_templates: tuple[tuple[str, Template], ...] = PrivateAttr()
@@ -250,6 +320,7 @@ class RouteConfig(Section):
                 "name": self.name or f"routes[{index}]",
                 "payload": self.payload or outbox.payload_column,
                 "id": self.id or outbox.id_column,
+                "format": self.format or outbox.format,
             }
         )
 
@@ -344,9 +415,11 @@ class BridgeConfig(Section):
         columns: set[str] = set()
         for route in self.routes:
             columns.update(split_path(key)[0] for key in route.placeholders())
-            if route.payload not in (ROW_PAYLOAD, CHANGE_PAYLOAD):
+            if route.payload not in BUILT_PAYLOADS:
                 columns.add(route.payload)
-            if route.id_given or route.payload != CHANGE_PAYLOAD:
+            if route.format != "plain":
+                columns.update(split_path(c)[0] for c in route.cloudevents.columns())
+            if route.id_given or route.payload not in CHANGE_PAYLOADS:
                 columns.add(route.id)
         columns.discard(TABLE_PSEUDO_COLUMN)
         if self.outbox.change_tables:

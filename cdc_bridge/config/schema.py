@@ -28,6 +28,22 @@ from cdc_bridge.core.templates import (
 
 ROW_PAYLOAD = "row"  # `payload: row` publishes the whole row as a JSON object
 CHANGE_PAYLOAD = "change"  # `payload: change` publishes a change table's wal2json-shaped change
+DEBEZIUM_PAYLOAD = "debezium"  # `payload: debezium`: the change in Debezium's envelope
+# The payloads that are a change of a change table, not a column of the row.
+CHANGE_PAYLOADS = frozenset({CHANGE_PAYLOAD, DEBEZIUM_PAYLOAD})
+BUILT_PAYLOADS = frozenset({ROW_PAYLOAD, *CHANGE_PAYLOADS})  # made by the bridge: JSON
+# `format:` of a route (or outbox.format): today's messages, or CloudEvents in the binary
+# or structured content mode of the CloudEvents NATS binding (routing/cloudevents.py).
+PLAIN_FORMAT = "plain"
+CLOUDEVENTS_FORMAT = "cloudevents"
+CLOUDEVENTS_STRUCTURED_FORMAT = "cloudevents-structured"
+# CloudEvents attributes the bridge sets; an extension may not reuse their names. The
+# first ten are the spec's own (and the JSON format's data members); the last two carry
+# the transaction position, like Cdc-Lsn and Cdc-Index.
+CLOUDEVENTS_OWN_ATTRIBUTES = (
+    "specversion", "id", "source", "type", "subject", "time", "datacontenttype",
+    "dataschema", "data", "data_base64", "cdclsn", "cdcindex",
+)  # fmt: skip
 # Headers every message gets from the bridge (lower case): a route may not set them.
 _BRIDGE_HEADERS = frozenset(name.lower() for name in BRIDGE_HEADERS)
 
@@ -175,6 +191,38 @@ def _json_booleans(value: object) -> object:
     return value
 
 
+def _extension_name(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]{1,20}", value):
+        raise ValueError(
+            f"invalid CloudEvents extension name {shown_value(value)}: the spec allows "
+            "lowercase letters a-z and digits 0-9 only, at most 20 characters"
+        )
+    if value in CLOUDEVENTS_OWN_ATTRIBUTES:
+        raise ValueError(f"{value} is set by the bridge itself; name the extension otherwise")
+    return value
+
+
+def _attribute_template(value: str) -> str:
+    parse_template(value)  # percent-encoded in headers, escaped in JSON: any text goes
+    return value
+
+
+def _media_type(value: str) -> str:
+    if not re.fullmatch(r"[!#$&^_.+\-A-Za-z0-9]+/[!#$&^_.+\-A-Za-z0-9]+(?:\s*;.*)?", value):
+        raise ValueError(f"expected a media type like application/json, got {shown_value(value)}")
+    if "\r" in value or "\n" in value:
+        raise ValueError("a media type may not contain CR or LF")
+    return value
+
+
+def _format_name(value: str) -> str:
+    if value not in (PLAIN_FORMAT, CLOUDEVENTS_FORMAT, CLOUDEVENTS_STRUCTURED_FORMAT):
+        raise ValueError(
+            "expected 'plain', 'cloudevents' or 'cloudevents-structured', got " + shown_value(value)
+        )
+    return value
+
+
 def _non_empty_when(when: dict[str, tuple[str, ...]] | None) -> dict[str, tuple[str, ...]] | None:
     if when is not None and not when:
         raise ValueError(
@@ -186,7 +234,7 @@ def _non_empty_when(when: dict[str, tuple[str, ...]] | None) -> dict[str, tuple[
 def _payload_column(value: str) -> str:
     if value == TABLE_PSEUDO_COLUMN:
         raise ValueError("`table` is not a column; use a column name or `row`")
-    return value if value in (ROW_PAYLOAD, CHANGE_PAYLOAD) else _column(value)
+    return value if value in BUILT_PAYLOADS else _column(value)
 
 
 def _id_column(value: str) -> str:
@@ -321,6 +369,22 @@ Headers = Annotated[
         ]
     ),
 ]
+# cloudevents.extensions: (name, template) pairs, names by the spec's rule.
+Extensions = Annotated[
+    tuple[tuple[str, str], ...],
+    _Pairs(
+        dict[
+            Annotated[str, AfterValidator(_extension_name)],
+            Annotated[str, AfterValidator(_attribute_template)],
+        ]
+        | None
+    ),
+]
+AttributeTemplate = Annotated[str, Field(min_length=1), AfterValidator(_attribute_template)]
+MediaType = Annotated[str, AfterValidator(_media_type)]
+Format = Literal["plain", "cloudevents", "cloudevents-structured"]
+# "" (left out, or null): outbox.format.
+RouteFormat = Annotated[str, AfterValidator(_format_name), WrapValidator(_none_as_empty)]
 SubjectTemplate = Annotated[str, AfterValidator(_subject_template)]
 ConcreteSubject = Annotated[str, AfterValidator(_concrete_subject)]
 # "" (left out, or null): not given; BridgeConfig fills in the route's default.

@@ -83,3 +83,19 @@ class RowChange:
 
 
 Change = Begin | Insert | LogicalMessage | Commit | RowChange
+
+
+@dataclass(frozen=True, slots=True)
+class EventPosition:
+    """Where an event sits in the WAL: what the pipeline knows and the router does not.
+
+    Only events in a format that carries their position in the body or its attributes
+    (CloudEvents, the Debezium envelope) are handed one; plain messages get the same
+    facts as the pipeline's Cdc-Lsn and Cdc-Index headers.
+    """
+
+    lsn: int  # the commit record's LSN (the transaction's, shared by its events)
+    lsn_text: str  # the same as Cdc-Lsn shows it: "0/16B3748"
+    index: int  # the event's place in its transaction: Cdc-Index
+    commit_time: int  # microseconds since 2000-01-01 UTC; 0 when the plugin omits it
+    xid: int  # the transaction id; 0 when the plugin omits it

@@ -134,7 +134,7 @@ def _columns_json(columns: tuple[ChangeColumn, ...]) -> str:
             + ',"type":'
             + _json_string(column.type)
             + ',"value":'
-            + _value_json(column)
+            + column_value_json(column)
             + "}"
             for column in columns
         )
@@ -142,7 +142,7 @@ def _columns_json(columns: tuple[ChangeColumn, ...]) -> str:
     )
 
 
-def _value_json(column: ChangeColumn) -> str:
+def column_value_json(column: ChangeColumn) -> str:
     value = column.value
     if value is None:
         return "null"

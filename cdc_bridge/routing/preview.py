@@ -15,7 +15,8 @@ from decimal import Decimal
 from typing import Literal
 
 from cdc_bridge.config.model import BridgeConfig, DeadLetterConfig
-from cdc_bridge.core.changes import ColumnValue
+from cdc_bridge.core.changes import ColumnValue, EventPosition
+from cdc_bridge.core.headers import parse_header_lines
 from cdc_bridge.routing.router import DEAD_LETTER_ROUTE, Outbound, Router
 
 Outcome = Literal["routed", "dead_letter", "poison"]
@@ -25,6 +26,8 @@ DEFAULT_MAX_PAYLOAD = 1024 * 1024
 # A dead letter subject for asking the router what it would have rendered when the
 # config has none; never shown as a destination.
 _STAND_IN_DEAD_LETTER = "cdc-bridge.preview.dead-letter"
+# Where a previewed CloudEvent sits: a row has no WAL position until it commits.
+_PREVIEW_POSITION = EventPosition(lsn=0, lsn_text="0/0", index=0, commit_time=0, xid=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,10 @@ def preview_row(
 
 def _from_outbound(outbound: Outbound) -> RoutePreview:
     dead = outbound.route == DEAD_LETTER_ROUTE
+    data, headers = outbound.data, outbound.headers
+    if outbound.event is not None:  # a CloudEvent: as the pipeline would finish it
+        data, lines = outbound.event.finish(_PREVIEW_POSITION)
+        headers = {**headers, **parse_header_lines(lines)}
     return RoutePreview(
         outcome="dead_letter" if dead else "routed",
         route=outbound.route,
@@ -128,8 +135,8 @@ def _from_outbound(outbound: Outbound) -> RoutePreview:
         intended_subject=outbound.headers.get("Cdc-Subject") if dead else None,
         msg_id=outbound.msg_id,
         # The publisher adds the id header; show it with the others.
-        headers={**outbound.headers, "Nats-Msg-Id": outbound.msg_id},
-        payload=outbound.data,
+        headers={**headers, "Nats-Msg-Id": outbound.msg_id},
+        payload=data,
         reason=outbound.dead_letter_reason,
     )
 

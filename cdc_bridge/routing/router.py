@@ -12,11 +12,17 @@ subject, comes back as ``Poison`` for the caller to stop on.
 Changes of ``outbox.change_tables`` go through ``route_change``: the same rules, on the
 change's row plus ``action`` (change_events.routing_row); ``payload: change`` publishes
 the wal2json-shaped change, and the message id is ``<commit LSN>-<index>`` unless the
-route names its ``id`` column.
+route names its ``id`` column; ``payload: debezium`` publishes it in Debezium's envelope
+(debezium.py).
 
 Templates and ``when`` may read inside a json/jsonb column (``{payload.customer.region}``).
 Only a config with such paths pays for them: the JSON of a column is parsed at most once
 per row, when a path into it is first read, and shared by every ``when`` and template.
+
+A route's ``format`` (compiled once, like the rest) may make the message a CloudEvent
+(cloudevents.py). Such messages, and Debezium envelopes, come back with ``event`` set:
+the pipeline finishes them with the transaction position it alone knows. Plain messages
+have ``event`` None and cost nothing more.
 """
 
 from __future__ import annotations
@@ -31,15 +37,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from cdc_bridge.config.model import BridgeConfig, RouteConfig
-from cdc_bridge.config.schema import CHANGE_PAYLOAD, ROW_PAYLOAD
+from cdc_bridge.config.schema import (
+    BUILT_PAYLOADS,
+    CHANGE_PAYLOADS,
+    CLOUDEVENTS_STRUCTURED_FORMAT,
+    DEBEZIUM_PAYLOAD,
+    PLAIN_FORMAT,
+)
 from cdc_bridge.core.changes import ColumnValue, RowChange
 from cdc_bridge.core.headers import HEADER_NAME, controls_jetstream
 from cdc_bridge.core.templates import (
+    ACTION_PSEUDO_COLUMN,
     TABLE_PSEUDO_COLUMN,
     Template,
     split_path,
 )
 from cdc_bridge.routing.change_events import change_json, routing_row
+from cdc_bridge.routing.cloudevents import EventFormat, InvalidEvent, PendingEvent
+from cdc_bridge.routing.debezium import debezium_event
 
 DEAD_LETTER_ROUTE = "dead_letter"
 # Cdc-Subject of a dead letter no route was applied to (no route matched, or a logical
@@ -50,6 +65,7 @@ NO_ROUTE_SUBJECT = "(no route)"
 # only rejects ASCII whitespace, refusing all of \s is stricter and costs nothing.
 _UNSAFE_SUBJECT_VALUE = re.compile(r"\A\Z|[.*>\s\x00-\x1f\x7f]")
 _UNSAFE_HEADER_VALUE = re.compile(r"[\r\n]")
+_NOTHING_UNSAFE = re.compile(r"(?!)")  # CloudEvents attributes: any text
 _SUBJECT_TOKEN_RULE = "a subject token may not be empty or contain '.', '*', '>' or whitespace"
 _HEADER_VALUE_RULE = "a header value may not contain CR or LF"
 _REASON_VALUE_LIMIT = 60
@@ -77,6 +93,8 @@ class Outbound:
     msg_id: str  # Nats-Msg-Id
     route: str  # route name, or "dead_letter"
     dead_letter_reason: str | None = None  # set when this is a dead-letter message
+    # A CloudEvent or Debezium envelope: the pipeline finishes it (data, more headers).
+    event: PendingEvent | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +209,10 @@ class _CompiledRoute:
     headers: tuple[tuple[str, _CompiledTemplate], ...]
     payload_column: str | None  # None: the whole row as JSON (or the change)
     id_column: str
-    publishes_change: bool  # payload: change
+    publishes_change: bool  # payload: change or debezium
+    debezium: bool  # payload: debezium
     id_given: bool  # the route names its id column (change events use it only then)
+    event_format: EventFormat | None  # None: format: plain
     paths: tuple[_Path, ...] = ()  # the JSON paths its templates read
     when_reads_paths: bool = False
 
@@ -202,7 +222,8 @@ class Router:
 
     def __init__(self, config: BridgeConfig, *, max_payload: int = 1024 * 1024) -> None:
         self.max_payload = max_payload  # the server's value replaces this at connect time
-        self._routes = tuple(_compile_route(route) for route in config.routes)
+        self._database = config.postgres.database
+        self._routes = tuple(_compile_route(route, self._database) for route in config.routes)
         self._default_id_column = config.outbox.id_column
         self._default_payload_column = config.outbox.payload_column
         self._headers_column = config.outbox.headers_column
@@ -224,12 +245,15 @@ class Router:
             return self._reject(table, row, self._default_id_column, "no route matches", data)
         if compiled.publishes_change:
             data = _safe_data(self._default_payload_column, row)
+            payload = DEBEZIUM_PAYLOAD if compiled.debezium else "change"
             reason = (
-                f"route {compiled.name!r} publishes change events (payload: change), and "
+                f"route {compiled.name!r} publishes change events (payload: {payload}), and "
                 f"{table} is not in outbox.change_tables"
             )
             intended = compiled.subject.shown(table, values)
             return self._reject(table, row, compiled.id_column, reason, data, intended)
+        if compiled.event_format is not None:
+            return self._route_event(compiled, compiled.event_format, table, row, values)
         data = b""
         subject: str | None = None
         try:
@@ -246,6 +270,36 @@ class Router:
             reason = f"payload of {size} bytes exceeds the server's max_payload {self.max_payload}"
             return self._reject(table, row, compiled.id_column, reason, b"", subject)
         return Outbound(subject, data, headers, msg_id, compiled.name)
+
+    def _route_event(
+        self,
+        compiled: _CompiledRoute,
+        event_format: EventFormat,
+        table: str,
+        row: Mapping[str, ColumnValue],
+        values: Mapping[str, ColumnValue],
+    ) -> Outbound | Poison:
+        """``route`` for a route with a CloudEvents format: apart, so that plain routes
+        pay one test for it. ``values`` is what templates read (the row and its paths)."""
+        data = b""
+        subject: str | None = None
+        column = compiled.payload_column
+        try:
+            data = _payload_data(column, row)
+            msg_id = _id_text(compiled.id_column, row)
+            subject = compiled.subject.render(table, values)
+            headers = _without_attribute_headers(self._headers(compiled, table, row, values))
+            given = None if column is not None and row.get(column) is None else data
+            event = _draft(event_format, table, row, given, msg_id, column)
+        except _Rejected as rejected:
+            if subject is None:
+                subject = compiled.subject.shown(table, values)
+            return self._reject(table, row, compiled.id_column, rejected.reason, data, subject)
+        size = len(data) + _headers_size(headers, msg_id) + event.size_bound()
+        if size > self.max_payload:
+            reason = f"payload of {size} bytes exceeds the server's max_payload {self.max_payload}"
+            return self._reject(table, row, compiled.id_column, reason, b"", subject)
+        return Outbound(subject, data, headers, msg_id, compiled.name, None, event)
 
     def route_change(self, change: RowChange, default_id: str) -> Outbound | Poison:
         """The message for a change of a change table, its dead letter, or Poison.
@@ -265,8 +319,11 @@ class Router:
         msg_id = default_id
         data = b""
         subject: str | None = None
+        event: PendingEvent | None = None
         try:
-            if compiled.publishes_change:
+            if compiled.debezium:
+                event = debezium_event(change, self._database)
+            elif compiled.publishes_change:
                 data = change_json(change)
             else:
                 data = _payload_data(compiled.payload_column, row)
@@ -274,15 +331,25 @@ class Router:
                 msg_id = _id_text(compiled.id_column, row)
             subject = compiled.subject.render(table, values)
             headers = {name: t.render(table, values) for name, t in compiled.headers}
+            if compiled.event_format is not None:
+                column = compiled.payload_column
+                given: bytes | PendingEvent | None = event or data
+                if column is not None and row.get(column) is None:
+                    given = None
+                event = _draft(compiled.event_format, table, row, given, msg_id, column, True)
         except _Rejected as rejected:
             if subject is None:
                 subject = compiled.subject.shown(table, values)
+            if compiled.debezium and not data:
+                data = change_json(change)  # the change itself, as payload: change has it
             return self._reject_change(msg_id, rejected.reason, data, subject)
         size = len(data) + _headers_size(headers, msg_id)
+        if event is not None:
+            size += event.size_bound()
         if size > self.max_payload:
             reason = f"payload of {size} bytes exceeds the server's max_payload {self.max_payload}"
             return self._reject_change(msg_id, reason, b"", subject)
-        return Outbound(subject, data, headers, msg_id, compiled.name)
+        return Outbound(subject, data, headers, msg_id, compiled.name, None, event)
 
     def _reject_change(
         self, msg_id: str, reason: str, data: bytes, subject: str | None = None
@@ -375,7 +442,7 @@ class Router:
         return Outbound(self._dead_letter_subject, data, headers, msg_id, DEAD_LETTER_ROUTE, reason)
 
 
-def _compile_route(route: RouteConfig) -> _CompiledRoute:
+def _compile_route(route: RouteConfig, database: str) -> _CompiledRoute:
     conditions = []
     for column, patterns in route.when:
         globs = [p for p in patterns if "*" in p or "?" in p]
@@ -395,12 +462,14 @@ def _compile_route(route: RouteConfig) -> _CompiledRoute:
             (name, _compile_template(template, subject=False, where=f"header {name!r}"))
             for name, template in route.header_templates
         ),
-        payload_column=None if route.payload in (ROW_PAYLOAD, CHANGE_PAYLOAD) else route.payload,
+        payload_column=None if route.payload in BUILT_PAYLOADS else route.payload,
         id_column=route.id,
-        publishes_change=route.payload == CHANGE_PAYLOAD,
+        publishes_change=route.payload in CHANGE_PAYLOADS,
+        debezium=route.payload == DEBEZIUM_PAYLOAD,
         id_given=route.id_given,
         paths=paths,
         when_reads_paths=any(condition.path is not None for condition in conditions),
+        event_format=None if route.format == PLAIN_FORMAT else _event_format(route, database),
     )
 
 
@@ -437,6 +506,71 @@ def _parse_json(value: object) -> object:
         return _JSON_TEXT_NUMBERS.decode(value)
     except (ValueError, RecursionError):
         return _MISSING
+
+
+def _event_format(route: RouteConfig, database: str) -> EventFormat:
+    settings = route.cloudevents
+
+    def render(
+        attribute: str, default: Template
+    ) -> Callable[[str, Mapping[str, ColumnValue]], str]:
+        template = settings.template(attribute) or default
+        return _attribute_template(template, f"cloudevents.{attribute}").render
+
+    # Fixed at start-up: the database's name is literal text, braces and all.
+    source = Template((f"/cdc-bridge/{database}/", ""), (TABLE_PSEUDO_COLUMN,))
+    subject = settings.template("subject")
+    return EventFormat(
+        structured=route.format == CLOUDEVENTS_STRUCTURED_FORMAT,
+        source=render("source", source),
+        type=render("type", Template(("", ""), ("event_type",))),
+        change_type=render(
+            "type", Template(("", ".", ""), (TABLE_PSEUDO_COLUMN, ACTION_PSEUDO_COLUMN))
+        ),
+        subject=None if subject is None else render("subject", subject),
+        extensions=tuple(
+            (name, _attribute_template(template, f"cloudevents.extensions.{name}").render)
+            for name, template in settings.extension_templates
+        ),
+        content_type=settings.datacontenttype,
+    )
+
+
+def _attribute_template(template: Template, where: str) -> _CompiledTemplate:
+    # Any text makes an attribute: percent-encoded in a header, escaped in JSON.
+    return _CompiledTemplate(
+        first=template.literals[0],
+        rest=tuple(zip(template.columns, template.literals[1:], strict=True)),
+        unsafe=_NOTHING_UNSAFE.search,
+        where=where,
+        rule="",
+    )
+
+
+def _without_attribute_headers(headers: dict[str, str]) -> dict[str, str]:
+    """A CloudEvent's ce-* and content-type headers are its attributes: same-named
+    entries of the row's headers column are left out (the config refuses them in a
+    route's `headers`)."""
+    return {
+        name: value
+        for name, value in headers.items()
+        if not name.lower().startswith("ce-") and name.lower() != "content-type"
+    }
+
+
+def _draft(
+    event_format: EventFormat,
+    table: str,
+    row: Mapping[str, ColumnValue],
+    data: bytes | PendingEvent | None,
+    msg_id: str,
+    payload_column: str | None,
+    change: bool = False,
+) -> PendingEvent:
+    try:
+        return event_format.draft(table, row, data, msg_id, change=change, payload=payload_column)
+    except InvalidEvent as invalid:
+        raise _Rejected(f"not a valid CloudEvent: {invalid}") from None
 
 
 def _compile_template(template: Template, *, subject: bool, where: str) -> _CompiledTemplate:

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import psycopg
+import psycopg.conninfo
 import pytest
 from support.bridge import STARTUP_TIMEOUT, MakeBridge, log_event, parse_json_line
 from support.outbox import Event, bridge_config, insert_event, wait_for_ids
@@ -245,3 +247,83 @@ def test_an_existing_publication_without_updates_and_deletes_is_one_fatal_line(
     assert fatal[0]["error"].endswith(
         f"(fix: ALTER PUBLICATION {publication} SET (publish = 'insert, update, delete'))"
     )
+
+
+def debezium_config(dsn: str, nats_url: str, name: str, plugin: str) -> dict[str, Any]:
+    config = change_config(dsn, nats_url, name, plugin)
+    config["routes"] = [
+        {"when": {"table": "public.tickets"}, "subject": f"{name}.tickets.{{action}}",
+         "payload": "debezium"},
+        {"subject": f"{name}.{{aggregate_type}}.{{event_type}}"},
+    ]  # fmt: skip
+    return config
+
+
+def test_debezium_envelopes_under_default_and_full_on_both_plugins(
+    pg_dsn: str,
+    nats_url: str,
+    isolated_nats_server: NatsServer,
+    unique_name: str,
+    make_bridge: MakeBridge,
+) -> None:
+    """The same workload as above (DEFAULT, then FULL) with `payload: debezium`: both
+    plugins publish identical envelopes, each with what Debezium's connector writes."""
+    run_statements(pg_dsn, TICKETS)
+    servers = {"pgoutput": nats_url, "wal2json": isolated_nats_server.url}
+    stream = unique_name.upper()
+    stored = stream_through_both_plugins(
+        make_bridge,
+        lambda url, plugin: debezium_config(pg_dsn, url, unique_name, plugin),
+        servers,
+        stream,
+        lambda: run_workload(pg_dsn),
+    )
+    pgoutput, wal2json = stored["pgoutput"], stored["wal2json"]
+    assert [comparable(nats_url, stream, m) for m in pgoutput] == [
+        comparable(isolated_nats_server.url, stream, m) for m in wal2json
+    ]
+    changes = [m for m in pgoutput if m.subject.startswith(f"{unique_name}.tickets.")]
+    envelopes = [json.loads(m.data) for m in changes]
+    database = psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"]
+    for message, envelope in zip(changes, envelopes, strict=True):
+        assert list(envelope) == ["before", "after", "source", "op", "ts_ms"]
+        source = envelope["source"]
+        assert (source["db"], source["schema"], source["table"]) == (database, "public", "tickets")
+        assert source["connector"] == "postgresql" and source["snapshot"] == "false"
+        high, low = message.headers["Cdc-Lsn"].split("/")
+        assert source["lsn"] == (int(high, 16) << 32) + int(low, 16)  # the commit LSN
+        assert isinstance(source["txId"], int) and source["txId"] > 0
+        assert abs(source["ts_ms"] - time.time() * 1000) < 600_000
+        assert envelope["ts_ms"] == source["ts_ms"]
+        assert message.headers["Nats-Msg-Id"] == f"{message.headers['Cdc-Lsn']}-" + (
+            message.headers["Cdc-Index"]
+        )
+    check_debezium(envelopes)
+
+
+def check_debezium(envelopes: list[dict[str, Any]]) -> None:
+    inserted, inserted_nan, closed, rekeyed, deleted, reopened, deleted_full = envelopes
+    assert [e["op"] for e in envelopes] == ["c", "c", "u", "u", "d", "u", "d"]
+    # one transaction: one txId; the next: another
+    assert inserted["source"]["txId"] == inserted_nan["source"]["txId"]
+    assert inserted["source"]["txId"] != closed["source"]["txId"]
+    every = ["id", "title", "status", "priority", "estimate", "done", "attachment", "body"]
+    assert inserted["before"] is None and list(inserted["after"]) == every
+    after = inserted["after"]
+    assert (after["id"], after["title"], after["priority"], after["estimate"]) == (
+        1, "Printer jam", 2, 12.5
+    )  # fmt: skip
+    assert after["done"] is False and after["attachment"] == "AP8="  # bytea: base64
+    assert len(after["body"]) == 8000
+    assert inserted_nan["after"]["estimate"] is None and inserted_nan["after"]["status"] is None
+    # DEFAULT: no old row in the WAL, so no `before` (as Debezium); unchanged TOAST left out
+    assert closed["before"] is None and list(closed["after"]) == every[:-1]
+    assert closed["after"]["status"] == "closed" and closed["after"]["done"] is True
+    assert rekeyed["before"] is None and rekeyed["after"]["id"] == 2
+    assert deleted["before"] == {"id": 3} and deleted["after"] is None
+    # FULL: the whole old row, TOASTed body included
+    assert list(reopened["before"]) == every
+    assert reopened["before"]["status"] == "closed" and len(reopened["before"]["body"]) == 8000
+    assert reopened["after"]["status"] == "reopened" and "body" not in reopened["after"]
+    assert list(deleted_full["before"]) == every and deleted_full["after"] is None
+    assert deleted_full["before"]["status"] == "reopened"

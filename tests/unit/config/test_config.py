@@ -1,3 +1,4 @@
+import json
 import typing
 from pathlib import Path
 
@@ -170,6 +171,59 @@ def test_shipped_config_files_parse() -> None:
     assert dev.postgres.status_interval == 1.0
     example = load_config(REPO / "config" / "example.yaml", env={})
     assert example.routes
+
+
+def test_cloudevents_and_debezium_examples_load() -> None:
+    from cdc_bridge.routing.router import Outbound, Router
+
+    cloudevents = load_config(REPO / "config" / "cloudevents.yaml", env={})
+    assert cloudevents.outbox.format == "cloudevents"
+    assert [r.format for r in cloudevents.routes] == [
+        "cloudevents-structured",
+        "cloudevents",
+        "cloudevents",
+    ]
+    orders = cloudevents.routes[0].cloudevents
+    assert orders.extensions == (("aggregatetype", "{aggregate_type}"),)
+    assert {"aggregate_type", "aggregate_id", "event_type"} <= cloudevents.template_columns()
+    debezium = load_config(REPO / "config" / "debezium.yaml", env={})
+    assert debezium.routes[0].payload == "debezium"
+    assert debezium.postgres.database == "app"
+    row = {"id": "1", "aggregate_type": "order", "aggregate_id": "O-1", "event_type": "placed",
+           "payload": "{}", "headers": None, "created_at": None}  # fmt: skip
+    outcome = Router(cloudevents).route("public.outbox", row)
+    assert isinstance(outcome, Outbound) and outcome.event is not None
+
+
+def test_template_columns_leave_out_plain_routes_cloudevents_keys() -> None:
+    routes = (
+        "  - when: {event_type: a}\n    subject: events.a\n"
+        '    cloudevents: {type: "{never_read}"}\n'
+        "  - subject: events.b\n    format: cloudevents\n"
+        '    cloudevents: {extensions: {tenant: "{tenant}"}}\n'
+    )
+    columns = parse_config(with_routes(routes), env={}).template_columns()
+    assert "tenant" in columns and "never_read" not in columns
+
+
+@pytest.mark.parametrize(
+    ("dsn", "database"),
+    [
+        ("postgresql://app:pw@db:5432/shop", "shop"),
+        ("postgresql://app@db/", "app"),
+        ("postgresql://db/x?dbname=other", "other"),
+        ("host=db dbname=shop user=app", "shop"),
+        ("host=db dbname='my shop'", "my shop"),
+        ("host=db user=app", "app"),
+        ("host=db", "postgres"),
+    ],
+)
+def test_the_database_a_dsn_names(dsn: str, database: str) -> None:
+    text = BASE.replace("postgresql://app:hunter2@127.0.0.1:5432/app", json.dumps(dsn))
+    assert parse_config(with_routes("  - subject: events.x\n"), env={}).postgres.database == "app"
+    assert parse_config(text + "routes:\n  - subject: events.x\n", env={}).postgres.database == (
+        database
+    )
 
 
 def test_example_shows_every_key() -> None:
