@@ -259,6 +259,7 @@ def debezium_config(dsn: str, nats_url: str, name: str, plugin: str) -> dict[str
     return config
 
 
+@pytest.mark.needs_wal2json
 def test_debezium_envelopes_under_default_and_full_on_both_plugins(
     pg_dsn: str,
     nats_url: str,
