@@ -571,7 +571,7 @@ def test_path_numbers_keep_their_text_and_match_yaml_numbers() -> None:
 
 
 def test_the_json_is_parsed_once_per_row(monkeypatch: pytest.MonkeyPatch) -> None:
-    import cdc_bridge.routing.router as router_module
+    import cdc_bridge.routing.rules as router_module
 
     calls: list[str] = []
     real = router_module._parse_json
@@ -589,7 +589,7 @@ def test_the_json_is_parsed_once_per_row(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_routes_without_paths_never_parse(monkeypatch: pytest.MonkeyPatch) -> None:
-    import cdc_bridge.routing.router as router_module
+    import cdc_bridge.routing.rules as router_module
 
     def refuse(value: object) -> object:
         raise AssertionError("parsed JSON for a config without paths")
