@@ -171,7 +171,17 @@ async def _stream_steps_connected(
         document = stream_document(config.nats)
         if dry_run:
             return [InitStep("stream", wanted.name, "would create", detail, None, document)]
-        await ensure_stream(nc, config.nats)
+        try:
+            await ensure_stream(nc, config.nats)
+        except (nats.errors.Error, TimeoutError) as exc:
+            # A user that may not create streams is often refused without a word (the
+            # request just times out): say what creating it takes, and who can.
+            needs = (
+                f"creating it needs a NATS user that may publish to "
+                f"$JS.API.STREAM.CREATE.{wanted.name} (docs/security.md): an administrator "
+                "runs `cdc-bridge init --config FILE` once with such a user's credentials"
+            )
+            return [InitStep("stream", wanted.name, "problem", f"{describe_error(exc)}; {needs}")]
         step = InitStep("stream", wanted.name, "created", detail, None, document)
     else:
         live = tuple(info.config.subjects or ())

@@ -579,3 +579,33 @@ def test_no_password_reaches_any_output(
     assert "PostgreSQL" in everything and "NATS" in everything  # the paths were exercised
     assert pg_secret not in everything
     assert nats_secret not in everything
+
+
+def test_init_says_what_creating_the_stream_needs_when_its_user_may_not(
+    pg_dsn: str, devstack_tmp: Path, tmp_path: Path, unique_name: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The stream is one of init's objects: refused (a NATS user that may not publish to
+    $JS.API.STREAM.CREATE.*), its step says what creating it takes and who can."""
+    server = start_nats(
+        devstack_tmp / "nats",
+        "authorization {\n  users = [\n"
+        '    { user: bridge, password: "bridge-pw", permissions: {\n'
+        '        publish: { allow: [">"], deny: ["$JS.API.STREAM.CREATE.>"] },\n'
+        '        subscribe: { allow: [">"] } } }\n  ]\n}\n',
+    )
+    try:
+        config = bridge_config(
+            pg_dsn, server.url.replace("nats://", "nats://bridge:bridge-pw@"), unique_name
+        )
+        capsys.readouterr()
+        code = cli_main(["init", "--config", write_config(tmp_path, config), "--json"])
+        out, err = capsys.readouterr()
+        output = out + err
+        stream = unique_name.upper()
+        [step] = [step for step in json.loads(out) if step["kind"] == "stream"]
+        assert code == 1 and step["action"] == "problem", output
+        assert f"$JS.API.STREAM.CREATE.{stream}" in step["detail"]
+        assert "bridge-pw" not in output
+    finally:
+        server.close()
