@@ -241,36 +241,18 @@ class PostgresServer(ServerProcess):
             require_reachable(self.base_dir, self._account)
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
         self._give_to_server(self.data_dir)
-        with self.log_path.open("ab") as log:
-            result = subprocess.run(
-                [
-                    str(self._bindir / "pg_basebackup"),
-                    "--pgdata",
-                    str(self.data_dir),
-                    "--dbname",
-                    f"host=127.0.0.1 port={primary.port} user=postgres",
-                    "--slot",
-                    slot,
-                    "--wal-method=stream",
-                    "--checkpoint=fast",
-                    "--no-sync",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.base_dir,
-                env=_server_environment(),
-                timeout=START_TIMEOUT,
-                check=False,
-                user=self._run_as_uid,
-                group=self._run_as_gid,
-                extra_groups=self._run_as_groups,
-            )
-        if result.returncode != 0:
-            raise DevstackError(
-                f"pg_basebackup failed with code {result.returncode}; log {self.log_path}: "
-                f"{log_tail(self.log_path)}"
-            )
+        self._run_tool(
+            "pg_basebackup",
+            "--pgdata",
+            str(self.data_dir),
+            "--dbname",
+            f"host=127.0.0.1 port={primary.port} user=postgres",
+            "--slot",
+            slot,
+            "--wal-method=stream",
+            "--checkpoint=fast",
+            "--no-sync",
+        )
         signal_file = self.data_dir / "standby.signal"
         signal_file.touch()
         self._give_to_server(signal_file)
@@ -345,19 +327,12 @@ class PostgresServer(ServerProcess):
         if self._account is not None:
             os.chown(path, self._account.uid, self._account.gid)
 
-    def _initdb(self) -> None:
+    def _run_tool(self, tool: str, *args: str) -> None:
+        """One of the install's programs (initdb, pg_basebackup) as the server's account,
+        its output in the server's log; one line with the log's tail if it fails."""
         with self.log_path.open("ab") as log:
             result = subprocess.run(
-                [
-                    str(self._bindir / "initdb"),
-                    "-D",
-                    str(self.data_dir),
-                    "--username=postgres",
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "--locale=C",
-                    "--no-sync",  # throwaway: nobody cares about a power cut during initdb
-                ],
+                [str(self._bindir / tool), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -371,9 +346,21 @@ class PostgresServer(ServerProcess):
             )
         if result.returncode != 0:
             raise DevstackError(
-                f"initdb failed with code {result.returncode}; log {self.log_path}: "
+                f"{tool} failed with code {result.returncode}; log {self.log_path}: "
                 f"{log_tail(self.log_path)}"
             )
+
+    def _initdb(self) -> None:
+        self._run_tool(
+            "initdb",
+            "-D",
+            str(self.data_dir),
+            "--username=postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",  # throwaway: nobody cares about a power cut during initdb
+        )
         with (self.data_dir / "postgresql.conf").open("a", encoding="utf-8") as conf:
             conf.write(
                 f"\n# cdc_bridge.dev.devstack settings (rewritten on every start)\n"
