@@ -33,7 +33,13 @@ from cdc_bridge.sink.connect import (
 from cdc_bridge.sink.coverage import check_stream_coverage
 from cdc_bridge.sink.ordering import OrderGuard
 from cdc_bridge.sink.publisher import JetStreamPublisher, PublishError
-from cdc_bridge.sink.reconcile import Position, StreamTail, position_of, read_stream_tail
+from cdc_bridge.sink.reconcile import (
+    Position,
+    StreamTail,
+    position_of,
+    read_space_tail,
+    read_stream_tail,
+)
 from cdc_bridge.source.decoding import Decoder
 from cdc_bridge.source.plugins import decoder_for, envelope_columns, replication_dsn
 from cdc_bridge.source.replication import ReplicationStream, SlotInUse
@@ -43,6 +49,8 @@ log = structlog.get_logger("cdc_bridge.bridge.session")
 
 
 MAX_LSN = (1 << 64) - 1
+# The first JetStream with Nats-Expected-Last-Subject-Sequence-Subject.
+SUBJECT_GUARD_VERSION = (2, 11)
 
 
 @dataclass
@@ -54,6 +62,7 @@ class BridgeState:
     known_duplicates: set[Position] = field(default_factory=set)
     warned_duplicate_window: bool = False
     warned_uncovered_routes: bool = False
+    told_guard_scope: bool = False
     sessions_started: int = 0  # that reached streaming set-up
     has_streamed: bool = False  # since the process started: then failures are retried
 
@@ -73,6 +82,7 @@ class ResumePoint:
     stored_through: Position | None  # our newest stored event past ``start``, if any
     careful_start: bool  # ack each message for a while: this session may replay stored ones
     type_names: TypeNames | None  # change tables' column types, for the decoder
+    space: str | None = None  # the subject space the order guard and the tail read use
 
 
 class SessionProgress:
@@ -130,7 +140,8 @@ async def run_session(
             password=config.postgres.password,
         )
         source = f"{stream.system_id}/{config.postgres.slot}"
-        resume = await reconcile(config, nc.jetstream(), source, state)
+        space = guarded_space(config, nc, state)
+        resume = await reconcile(config, nc.jetstream(), source, state, space)
         decoder, options = decoder_for(config, resume.type_names)
         await stream.start(slot=resume.slot, options=options)
         pipeline = wire(config, router, state, nc, stream, stream_info, source, resume, decoder)
@@ -166,8 +177,41 @@ async def prepare_nats(
     return stream_info
 
 
+def guarded_space(config: BridgeConfig, nc: NatsClient, state: BridgeState) -> str | None:
+    """The subject space the order guard and the tail read keep to, when the server
+    can check it (2.11+); None: stream-wide. Said once at start-up either way."""
+    space = config.subject_space
+    version = nc.connected_server_version
+    try:
+        supported = (version.major, version.minor) >= SUBJECT_GUARD_VERSION
+    except ValueError:  # not semver: assume an old server, the safe side
+        supported = False
+    told, state.told_guard_scope = state.told_guard_scope, True
+    if space is not None and supported:
+        if not told:
+            log.info("order_guard", scope=space, stream=config.nats.stream.name)
+        return space
+    if not told:
+        reason = (
+            f"NATS {server_version_text(version)} checks no subject-scoped expectation "
+            "(2.11+ does)"
+            if space is not None
+            else "the routes and dead-letter subject share no prefix: set nats.subject_space"
+        )
+        log.warning(
+            "order_guard_stream_wide",
+            stream=config.nats.stream.name,
+            error=f"{reason}; another writer of the stream will fail this bridge's sessions",
+        )
+    return None
+
+
 async def reconcile(
-    config: BridgeConfig, js: JetStreamContext, source: str, state: BridgeState
+    config: BridgeConfig,
+    js: JetStreamContext,
+    source: str,
+    state: BridgeState,
+    space: str | None = None,
 ) -> ResumePoint:
     """Get PostgreSQL ready (publication, slot), then read what the stream holds past
     the slot's confirmed position: the point this session resumes from."""
@@ -175,14 +219,14 @@ async def reconcile(
     slot, wal_head, state.status.postgres_version, names = await prepare_postgres(
         config,
         may_create_slot=partial(
-            refuse_if_slot_was_dropped, js, stream_name, source, config.postgres.slot
+            refuse_if_slot_was_dropped, js, stream_name, source, config.postgres.slot, space
         ),
     )
     if slot.active:
         raise SlotInUse(f"slot {slot.name} is in use by process {slot.active_pid}")
     start = slot.confirmed_flush_lsn or 0
     lookback = config.nats.max_in_flight + 64
-    tail = await read_stream_tail(js, stream_name, source, start, lookback)
+    tail = await read_tail(js, stream_name, source, start, lookback, space)
     check_tail(tail, wal_head, stream_name)
     state.known_duplicates = {p for p in state.known_duplicates if p[0] >= start}
     stored_through = tail.newest if tail.newest and tail.newest[0] >= start else None
@@ -197,14 +241,27 @@ async def reconcile(
         or bool(state.known_duplicates)
     )
     state.sessions_started += 1
-    return ResumePoint(slot.name, start, tail, stored_through, careful_start, names)
+    return ResumePoint(slot.name, start, tail, stored_through, careful_start, names, space)
+
+
+async def read_tail(
+    js: JetStreamContext,
+    stream_name: str,
+    source: str,
+    since_lsn: int,
+    lookback: int,
+    space: str | None,
+) -> StreamTail:
+    if space is None:
+        return await read_stream_tail(js, stream_name, source, since_lsn, lookback)
+    return await read_space_tail(js, stream_name, space, source, since_lsn, lookback)
 
 
 async def refuse_if_slot_was_dropped(
-    js: JetStreamContext, stream_name: str, source: str, slot: str
+    js: JetStreamContext, stream_name: str, source: str, slot: str, space: str | None = None
 ) -> None:
     """Before a missing slot is created: refuse when the stream holds its events."""
-    newest = (await read_stream_tail(js, stream_name, source, MAX_LSN, 1)).newest
+    newest = (await read_tail(js, stream_name, source, MAX_LSN, 1, space)).newest
     if newest is not None:
         raise FatalError(
             f"slot {slot} is missing, but stream {stream_name} holds "
@@ -227,7 +284,9 @@ def wire(
 ) -> Pipeline:
     """The session's stages, joined: tracker, order guard, publisher, pipeline."""
     tracker = LsnTracker(resume.start)
-    guard = OrderGuard(tuple(stream_info.config.subjects or ()), resume.tail.last_seq)
+    guard = OrderGuard(
+        tuple(stream_info.config.subjects or ()), resume.tail.last_seq, resume.space
+    )
     publisher = JetStreamPublisher(
         nc,
         tracker,

@@ -13,6 +13,9 @@ BRIDGE_HEADERS = ("Nats-Msg-Id", "Cdc-Lsn", "Cdc-Index", "Cdc-Table", "Cdc-Sourc
 # Set by the order guard (ordering.py) on messages to the bridge's own stream.
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
+# JetStream 2.11+: the last message on subjects matching the filter has this sequence.
+EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 
 
 # What a header name may be: printable ASCII except ':' (config and headers column alike).

@@ -161,7 +161,8 @@ class JetStreamPublisher:
             self._tracker.sent(tx)
         guard = self._guard
         chained = guard is not None and guard.covers(subject)
-        expectation = guard.expectation() if guard is not None and chained else ""
+        # Nothing in flight: the predecessor's stream sequence is known (ordering.py).
+        expectation = guard.expectation(not book.in_flight) if guard is not None and chained else ""
         block = header_block(header_lines, expectation)
         block_size = len(block)
         size = block_size + len(data)
@@ -241,12 +242,14 @@ class JetStreamPublisher:
         before = self._book.in_flight
         if kind is _STORED:
             self._settle(self._book.stored(entry))
+            self._guard_stored(entry, msg)
         elif kind is _DUPLICATE:
             settled = self._book.duplicate(entry)
             if settled is None:
                 self._refused(entry, "a duplicate id among messages not yet acked one by one")
             else:
                 self._settle(settled)
+                self._guard_stored(entry, msg)
         elif entry.chained:
             self._refused(entry, ack.reason)
         elif kind is _NO_RESPONDERS:
@@ -264,6 +267,14 @@ class JetStreamPublisher:
             self._empty.set()
         if self._debug:
             _log_ack(msg, entry, ack, before - in_flight, in_flight)
+
+    def _guard_stored(self, entry: InFlight, msg: Msg) -> None:
+        """A chained ack gives the guard its sequence: the predecessor the next message
+        names once nothing is in flight (the last chained message always gets an ack)."""
+        guard = self._guard
+        if guard is not None and entry.chained and guard.space is not None:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                guard.stored(int(json.loads(msg.data)["seq"]))
 
     def _settle(self, settled: Settlement) -> None:
         """The one place where what an ack settled is accounted for: the tracker (which

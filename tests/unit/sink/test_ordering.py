@@ -26,3 +26,37 @@ def test_covers_uses_the_stream_subjects() -> None:
     assert guard.covers("audit.x")
     assert not guard.covers("audit.x.y")
     assert not guard.covers("other.x")
+
+
+SPACE_HEADER = "Nats-Expected-Last-Subject-Sequence-Subject: events.orders.>\r\n"
+
+
+def test_with_a_space_a_settled_message_names_the_last_sequence_in_the_space() -> None:
+    guard = OrderGuard(("events.>",), last_seq=7, space="events.orders.>")
+    assert guard.expectation(settled=True) == (
+        "Nats-Expected-Last-Subject-Sequence: 7\r\n" + SPACE_HEADER
+    )
+    guard.advance("a")
+    guard.stored(12)  # its ack: stream sequence 12, other writers' messages before it
+    assert guard.expectation(settled=True) == (
+        "Nats-Expected-Last-Subject-Sequence: 12\r\n" + SPACE_HEADER
+    )
+
+
+def test_with_a_space_the_first_message_names_the_space_even_when_not_settled() -> None:
+    guard = OrderGuard(("events.>",), last_seq=0, space="events.orders.>")
+    assert guard.expectation() == "Nats-Expected-Last-Subject-Sequence: 0\r\n" + SPACE_HEADER
+
+
+def test_with_a_space_a_pipelined_message_names_its_predecessor_by_id() -> None:
+    # Its predecessor's sequence is not known before its ack.
+    guard = OrderGuard(("events.>",), last_seq=7, space="events.orders.>")
+    guard.advance("a")
+    assert guard.expectation(settled=False) == "Nats-Expected-Last-Msg-Id: a\r\n"
+
+
+def test_without_a_space_settled_changes_nothing() -> None:
+    guard = OrderGuard(("events.>",), last_seq=41)
+    assert guard.expectation(settled=True) == "Nats-Expected-Last-Sequence: 41\r\n"
+    guard.advance("a")
+    assert guard.expectation(settled=True) == "Nats-Expected-Last-Msg-Id: a\r\n"
