@@ -284,8 +284,13 @@ def wire(
 ) -> Pipeline:
     """The session's stages, joined: tracker, order guard, publisher, pipeline."""
     tracker = LsnTracker(resume.start)
+    tail = resume.tail
     guard = OrderGuard(
-        tuple(stream_info.config.subjects or ()), resume.tail.last_seq, resume.space
+        tuple(stream_info.config.subjects or ()),
+        tail.last_seq,
+        resume.space,
+        # Others wrote the stream after our last message: probably still do.
+        shared=resume.space is not None and tail.stream_last_seq != tail.last_seq,
     )
     publisher = JetStreamPublisher(
         nc,

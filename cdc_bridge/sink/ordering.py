@@ -17,11 +17,14 @@ How a message names its predecessor:
 * A message sent while its predecessor is still unacked cannot name its sequence (the
   stream assigns it at store time, and other writers move it): it names the
   predecessor's id with ``Nats-Expected-Last-Msg-Id``, which JetStream checks
-  stream-wide. A message of another writer stored between the two breaks it: the
-  session fails (nothing is lost or reordered) and starts over. That happens only
-  inside a burst the bridge sends faster than one ack round trip, so it is rare;
+  stream-wide. A message of another writer stored between the two would break it.
   JetStream has no per-message header that names an unacked predecessor within a
-  subject filter (its fast-ingest batches, 2.14+, would: see docs/production.md).
+  subject filter (its fast-ingest batches, 2.14+, would: see docs/production.md), so
+  the guard watches for other writers instead: when the stream's last sequence is not
+  the space's at the start, or an ack's sequence jumps past the messages it settles,
+  the stream is ``shared`` and the publisher sends one chained message per ack round
+  trip, each naming its predecessor's sequence within the space. Pipelining comes back
+  after ``QUIET_ACKS`` acks in a row without another writer's message in between.
 * Without a space (older servers, or routes that share no prefix), today's stream-wide
   guard: the first message names the stream's last sequence
   (``Nats-Expected-Last-Sequence``), every later one its predecessor's id. Another
@@ -39,23 +42,38 @@ from cdc_bridge.core.headers import (
 from cdc_bridge.core.subjects import subject_matches
 
 _CACHE_LIMIT = 10_000
+# Acks in a row with no other writer's message between ours before pipelining again.
+QUIET_ACKS = 1000
 
 
 class OrderGuard:
     def __init__(
-        self, stream_subjects: tuple[str, ...], last_seq: int, space: str | None = None
+        self,
+        stream_subjects: tuple[str, ...],
+        last_seq: int,
+        space: str | None = None,
+        *,
+        shared: bool = False,
     ) -> None:
         """``last_seq``: the last sequence within ``space`` when the session started (the
-        stream's last sequence when there is no space)."""
+        stream's last sequence when there is no space); ``shared``: others write the
+        stream too (only with a space)."""
         self._patterns = stream_subjects
         self._covers: dict[str, bool] = {}
         self._space = space
         self._last_seq = last_seq
         self._last_msg_id: str | None = None
+        self._shared = shared and space is not None
+        self._quiet = 0
 
     @property
     def space(self) -> str | None:
         return self._space
+
+    @property
+    def shared(self) -> bool:
+        """Others write the stream: chained messages go one per ack round trip."""
+        return self._shared
 
     def covers(self, subject: str) -> bool:
         """Does the guarded stream capture this subject? (cached: subjects repeat)"""
@@ -85,6 +103,15 @@ class OrderGuard:
         one's predecessor."""
         self._last_msg_id = msg_id
 
-    def stored(self, seq: int) -> None:
-        """Every message sent so far is acked, the newest at stream sequence ``seq``."""
+    def stored(self, seq: int, settled: int = 1) -> None:
+        """An ack of ours at stream sequence ``seq`` settled ``settled`` chained messages
+        (the newest sent, when nothing is left in flight)."""
+        if self._space is not None:
+            interleaved = seq != self._last_seq + settled
+            if interleaved:
+                self._shared, self._quiet = True, 0
+            elif self._shared:
+                self._quiet += 1
+                if self._quiet >= QUIET_ACKS:
+                    self._shared = False
         self._last_seq = seq

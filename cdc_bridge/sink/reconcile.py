@@ -46,6 +46,7 @@ class StreamTail:
     newest: Position | None  # our highest stored position, None when none was found
     scanned: int
     complete: bool  # False when MAX_SCANNED ended the walk early
+    stream_last_seq: int = 0  # the stream's, when last_seq is the subject space's
 
 
 async def read_stream_tail(
@@ -97,7 +98,7 @@ async def read_space_tail(
     try:
         last = (await js.get_msg(stream, subject=space)).seq or 0
     except NotFoundError:
-        return StreamTail(0, None, 0, complete=True)
+        return StreamTail(0, None, 0, complete=True, stream_last_seq=info.state.last_seq)
     newest: Position | None = None
     ours = scanned = 0
     high, width = last, _FIRST_RANGE
@@ -112,11 +113,11 @@ async def read_space_tail(
                 newest = position
             ours += 1
             if position[0] < since_lsn or ours >= lookback:
-                return StreamTail(last, newest, scanned, complete=True)
+                return StreamTail(last, newest, scanned, True, info.state.last_seq)
         if scanned >= MAX_SCANNED:
-            return StreamTail(last, newest, scanned, complete=False)
+            return StreamTail(last, newest, scanned, False, info.state.last_seq)
         high, width = low - 1, width * 2
-    return StreamTail(last, newest, scanned, complete=True)
+    return StreamTail(last, newest, scanned, True, info.state.last_seq)
 
 
 async def _space_range(

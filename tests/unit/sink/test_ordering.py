@@ -60,3 +60,28 @@ def test_without_a_space_settled_changes_nothing() -> None:
     assert guard.expectation(settled=True) == "Nats-Expected-Last-Sequence: 41\r\n"
     guard.advance("a")
     assert guard.expectation(settled=True) == "Nats-Expected-Last-Msg-Id: a\r\n"
+
+
+def test_an_ack_that_jumps_past_our_messages_means_another_writer() -> None:
+    guard = OrderGuard(("events.>",), last_seq=10, space="events.orders.>")
+    guard.stored(13, settled=3)  # 11, 12, 13 are ours: alone so far
+    assert not guard.shared
+    guard.stored(15, settled=1)  # 14 is someone else's
+    assert guard.shared
+
+
+def test_pipelining_resumes_after_enough_quiet_acks() -> None:
+    from cdc_bridge.sink.ordering import QUIET_ACKS
+
+    guard = OrderGuard(("events.>",), last_seq=10, space="events.orders.>", shared=True)
+    for seq in range(11, 11 + QUIET_ACKS - 1):
+        guard.stored(seq)
+    assert guard.shared
+    guard.stored(10 + QUIET_ACKS)
+    assert not guard.shared
+
+
+def test_without_a_space_the_stream_is_never_treated_as_shared() -> None:
+    guard = OrderGuard(("events.>",), last_seq=10, shared=True)
+    guard.stored(20)
+    assert not guard.shared
