@@ -4,6 +4,7 @@ wire the stages, run the pipeline."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -141,7 +142,9 @@ async def run_session(
         )
         source = f"{stream.system_id}/{config.postgres.slot}"
         space = guarded_space(config, nc, state)
+        reconcile_started = time.monotonic()
         resume = await reconcile(config, nc.jetstream(), source, state, space)
+        reconciled_in = time.monotonic() - reconcile_started
         decoder, options = decoder_for(config, resume.type_names)
         await stream.start(slot=resume.slot, options=options)
         pipeline = wire(config, router, state, nc, stream, stream_info, source, resume, decoder)
@@ -151,6 +154,9 @@ async def run_session(
             lsn=format_lsn(resume.start),
             stream=config.nats.stream.name,
             stored_through=format_position(resume.tail.newest),
+            # What finding the stream's tail cost: messages read, seconds with the slot.
+            tail_read=resume.tail.scanned,
+            reconciled_in=round(reconciled_in, 3),
         )
         on_streaming()
         await run(pipeline, stop, config, state, loss, source)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 import pytest
@@ -56,7 +57,7 @@ def databases(pg_server: PostgresServer, unique_name: str) -> Iterator[Callable[
         pg_server.drop_database(name)
 
 
-def _config(dsn: str, nats_url: str, stream_name: str, shard: str) -> dict[str, object]:
+def _config(dsn: str, nats_url: str, stream_name: str, shard: str) -> dict[str, Any]:
     config = chaos_bridge_config(dsn=dsn, nats_url=nats_url, name=shard)
     nats_section = config["nats"]
     nats_section["stream"]["name"] = stream_name.upper()
@@ -166,3 +167,89 @@ def test_bridges_sharing_a_stream_do_not_thrash(
         assert not other_writer, other_writer
         assert len(failures) <= 3 * rounds, failures
     print("\n".join(lines))
+
+
+def test_overlapping_subject_spaces_are_refused_at_start_up_naming_both(
+    databases: Callable[[int], list[str]],
+    nats_url: str,
+    unique_name: str,
+    make_bridge: Callable[..., BridgeProcess],
+) -> None:
+    first_dsn, second_dsn = databases(2)
+    first = BridgeRunner(make_bridge, _config(first_dsn, nats_url, unique_name, f"{unique_name}a"))
+    first.start()
+    scope = [r for r in first.current.json_records() if r.get("event") == "order_guard"]
+    assert scope and scope[0]["scope"] == f"{unique_name}.{unique_name}a.>"
+    load = LoadGenerator(first_dsn, rows_per_second=100.0)
+    load.start()
+    try:
+        load.wait_for_rows(50)
+    finally:
+        load.stop()
+    # The second bridge's space covers the whole stream, the first's space with it.
+    config = _config(second_dsn, nats_url, unique_name, f"{unique_name}b")
+    config["nats"]["subject_space"] = f"{unique_name}.>"
+    second = make_bridge(config)
+    assert second.wait_for_exit(30) == 1
+    fatal = [r for r in second.json_records() if r.get("event") == "fatal"]
+    assert len(fatal) == 1, "\n".join(second.lines)
+    error = str(fatal[0]["error"])
+    assert f"/{unique_name}a" in error and f"/{unique_name}b" in error, error
+    assert "nats.subject_space" in error
+    assert not any("Traceback" in line for line in second.lines)
+    assert first.current.running  # the first bridge is left alone
+
+
+@pytest.mark.parametrize(
+    "seconds", [pytest.param(8, id="short"), pytest.param(60, id="minute", marks=pytest.mark.slow)]
+)
+def test_ten_bridges_into_one_stream(
+    databases: Callable[[int], list[str]],
+    nats_url: str,
+    unique_name: str,
+    make_bridge: Callable[..., BridgeProcess],
+    chaos_seed: int,
+    seconds: float,
+) -> None:
+    runners, loads = [], []
+    for n, dsn in enumerate(databases(10)):
+        config = _config(dsn, nats_url, unique_name, f"{unique_name}s{n}")
+        runners.append(BridgeRunner(make_bridge, config))
+        loads.append(LoadGenerator(dsn, rows_per_second=30.0, writers=1, seed=chaos_seed + n))
+    for runner in runners:
+        runner.start(wait_streaming=False)
+    for runner in runners:
+        runner.wait_streaming(timeout=60)
+    for load in loads:
+        load.start()
+    try:
+        time.sleep(seconds)
+        # A restart with nine busy writers' messages in the stream: its tail read must
+        # only read its own.
+        runners[0].kill()
+        restarted = runners[0].start()
+    finally:
+        reports = [load.stop() for load in loads]
+    streaming = [r for r in restarted.json_records() if r.get("event") == "streaming"]
+    lines = []
+    for n, (runner, report) in enumerate(zip(runners, reports, strict=True)):
+        auditor = Auditor(
+            runner.config["postgres"]["dsn"],
+            nats_url,
+            unique_name.upper(),
+            f"{unique_name}.{unique_name}s{n}.>",
+        )
+        result = auditor.audit(f"ten bridges, bridge {n}")
+        Auditor.assert_clean(result, runner.notable_lines())
+        assert result.committed == report.rows_committed
+        failures = failed_sessions(runner)
+        assert failures == [], failures
+        lines.append(f"bridge {n}: {result.committed} rows exact, 0 failed sessions")
+    record = streaming[0]
+    lines.append(
+        f"restarted bridge 0: tail read {record['tail_read']} messages in "
+        f"{record['reconciled_in'] * 1000:.0f} ms (reconcile with the slot)"
+    )
+    print("\n".join(lines))
+    assert record["tail_read"] <= 4096 + 64  # its own lookback, never the others'
+    assert record["reconciled_in"] < 10
