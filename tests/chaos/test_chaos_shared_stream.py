@@ -8,6 +8,7 @@ expectation the other bridge's messages broke).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from support.chaos import (
     LoadGenerator,
     chaos_bridge_config,
     install_chaos_schema,
+    read_stream,
 )
 
 from cdc_bridge.dev.devstack import NatsServer, PostgresServer
@@ -253,3 +255,49 @@ def test_ten_bridges_into_one_stream(
     print("\n".join(lines))
     assert record["tail_read"] <= 4096 + 64  # its own lookback, never the others'
     assert record["reconciled_in"] < 10
+
+
+def test_one_database_sharded_by_outbox_table(
+    chaos_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    make_bridge: Callable[..., BridgeProcess],
+) -> None:
+    """Two bridges on one database, one outbox table (slot, publication) each, one
+    stream: each table's rows arrive in its own space, in commit order."""
+    with psycopg.connect(chaos_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.outbox_b (LIKE public.outbox INCLUDING ALL)")
+    runners = []
+    for shard, table in (("a", "public.outbox"), ("b", "public.outbox_b")):
+        config = _config(chaos_dsn, nats_url, unique_name, f"{unique_name}{shard}")
+        config["outbox"] = {"table": table}
+        runners.append(BridgeRunner(make_bridge, config))
+        runners[-1].start()
+    expected: dict[str, list[str]] = {"outbox": [], "outbox_b": []}
+    with psycopg.connect(chaos_dsn) as conn:
+        for n in range(150):
+            # Some transactions write both tables: each half goes through its own bridge.
+            tables = ["outbox", "outbox_b"] if n % 3 == 0 else [("outbox", "outbox_b")[n % 2]]
+            for table in tables:
+                row = conn.execute(
+                    f"INSERT INTO public.{table} (aggregate_type, aggregate_id, event_type,"
+                    " payload) VALUES ('order', %s, 'created', '{}') RETURNING id::text",
+                    (str(n),),
+                ).fetchone()
+                assert row is not None
+                expected[table].append(str(row[0]))
+            conn.commit()
+    for shard, table in (("a", "outbox"), ("b", "outbox_b")):
+        space = f"{unique_name}.{unique_name}{shard}.>"
+        deadline = time.monotonic() + 30
+        while True:
+            stored = [
+                m.msg_id
+                for m in asyncio.run(read_stream(nats_url, unique_name.upper(), subjects=space))
+            ]
+            if len(stored) >= len(expected[table]) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert stored == expected[table]
+    for runner in runners:
+        assert failed_sessions(runner) == []
