@@ -21,6 +21,7 @@ from cdc_bridge.bridge.status import BridgeStatus
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import format_lsn
+from cdc_bridge.core.subjects import filter_within
 from cdc_bridge.core.tracker import LsnTracker, Transaction
 from cdc_bridge.routing.change_events import TypeNames
 from cdc_bridge.routing.dead_letters import DeadLetterPolicy
@@ -290,13 +291,9 @@ def wire(
 ) -> Pipeline:
     """The session's stages, joined: tracker, order guard, publisher, pipeline."""
     tracker = LsnTracker(resume.start)
-    tail = resume.tail
+    subjects = tuple(stream_info.config.subjects or ())
     guard = OrderGuard(
-        tuple(stream_info.config.subjects or ()),
-        tail.last_seq,
-        resume.space,
-        # Others wrote the stream after our last message: probably still do.
-        shared=resume.space is not None and tail.stream_last_seq != tail.last_seq,
+        subjects, resume.tail.last_seq, resume.space, shared=may_be_shared(subjects, resume)
     )
     publisher = JetStreamPublisher(
         nc,
@@ -330,6 +327,20 @@ def wire(
     state.status.progress = progress
     state.metrics.watch(progress)
     return pipeline
+
+
+def may_be_shared(stream_subjects: tuple[str, ...], resume: ResumePoint) -> bool:
+    """Start as if others wrote the stream (one message per ack round trip, see
+    ordering.py) when they did since our last message, or when the stream takes subjects
+    outside our space at all: a writer that starts while we pipeline a burst would break
+    it. Quiet acks bring pipelining back (ordering.QUIET_ACKS)."""
+    space = resume.space
+    if space is None:
+        return False
+    tail = resume.tail
+    if tail.stream_last_seq != tail.last_seq:
+        return True
+    return not all(filter_within(subject, space) for subject in stream_subjects)
 
 
 async def run(
