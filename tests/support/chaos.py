@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -364,7 +364,7 @@ class StoredMessage:
     seq: int
     msg_id: str
     lsn: int  # the transaction's commit LSN, from the bridge's Cdc-Lsn header (0 if absent)
-    stored_at: float = 0.0  # when JetStream stored it (epoch seconds)
+    stored_at: float = field(default=0.0, compare=False)  # when stored (epoch seconds)
 
 
 async def read_stream(
