@@ -4,6 +4,7 @@ wire the stages, run the pipeline."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,6 +27,7 @@ from cdc_bridge.bridge.status import BridgeStatus
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import format_lsn
+from cdc_bridge.core.subjects import filter_within
 from cdc_bridge.core.tracker import LsnTracker, Transaction
 from cdc_bridge.routing.change_events import TypeNames
 from cdc_bridge.routing.dead_letters import DeadLetterPolicy
@@ -44,6 +46,7 @@ from cdc_bridge.sink.reconcile import (
     StreamTail,
     newest_source,
     position_of,
+    read_space_tail,
     read_stream_tail,
 )
 from cdc_bridge.source.decoding import Decoder
@@ -56,6 +59,8 @@ log = structlog.get_logger("cdc_bridge.bridge.session")
 
 
 MAX_LSN = (1 << 64) - 1
+# The first JetStream with Nats-Expected-Last-Subject-Sequence-Subject.
+SUBJECT_GUARD_VERSION = (2, 11)
 
 
 @dataclass
@@ -67,6 +72,7 @@ class BridgeState:
     known_duplicates: set[Position] = field(default_factory=set)
     warned_duplicate_window: bool = False
     warned_uncovered_routes: bool = False
+    told_guard_scope: bool = False
     sessions_started: int = 0  # that reached streaming set-up
     has_streamed: bool = False  # since the process started: then failures are retried
 
@@ -87,6 +93,7 @@ class ResumePoint:
     careful_start: bool  # ack each message for a while: this session may replay stored ones
     failover: bool | None  # the slot is a failover slot (None: the server has no such thing)
     type_names: TypeNames | None  # change tables' column types, for the decoder
+    space: str | None = None  # the subject space the order guard and the tail read use
 
 
 class SessionProgress:
@@ -144,7 +151,10 @@ async def run_session(
             password=config.postgres.password,
         )
         source = f"{stream.system_id}/{config.postgres.slot}"
-        resume = await reconcile(config, nc.jetstream(), router, stream, source, state)
+        space = guarded_space(config, nc, state)
+        reconcile_started = time.monotonic()
+        resume = await reconcile(config, nc.jetstream(), router, stream, source, state, space)
+        reconciled_in = time.monotonic() - reconcile_started
         decoder, options = decoder_for(config, resume.type_names)
         await stream.start(slot=resume.slot, options=options)
         pipeline = wire(config, router, state, nc, stream, stream_info, source, resume, decoder)
@@ -154,6 +164,9 @@ async def run_session(
             lsn=format_lsn(resume.start),
             stream=config.nats.stream.name,
             stored_through=format_position(resume.tail.newest),
+            # What finding the stream's tail cost: messages read, seconds with the slot.
+            tail_read=resume.tail.scanned,
+            reconciled_in=round(reconciled_in, 3),
         )
         on_streaming()
         await run(pipeline, stop, config, state, loss, stream, source, resume)
@@ -180,6 +193,35 @@ async def prepare_nats(
     return stream_info
 
 
+def guarded_space(config: BridgeConfig, nc: NatsClient, state: BridgeState) -> str | None:
+    """The subject space the order guard and the tail read keep to, when the server
+    can check it (2.11+); None: stream-wide. Said once at start-up either way."""
+    space = config.subject_space
+    version = nc.connected_server_version
+    try:
+        supported = (version.major, version.minor) >= SUBJECT_GUARD_VERSION
+    except ValueError:  # not semver: assume an old server, the safe side
+        supported = False
+    told, state.told_guard_scope = state.told_guard_scope, True
+    if space is not None and supported:
+        if not told:
+            log.info("order_guard", scope=space, stream=config.nats.stream.name)
+        return space
+    if not told:
+        reason = (
+            f"NATS {server_version_text(version)} checks no subject-scoped expectation "
+            "(2.11+ does)"
+            if space is not None
+            else "the routes and dead-letter subject share no prefix: set nats.subject_space"
+        )
+        log.warning(
+            "order_guard_stream_wide",
+            stream=config.nats.stream.name,
+            error=f"{reason}; another writer of the stream will fail this bridge's sessions",
+        )
+    return None
+
+
 async def reconcile(
     config: BridgeConfig,
     js: JetStreamContext,
@@ -187,6 +229,7 @@ async def reconcile(
     stream: ReplicationStream,
     source: str,
     state: BridgeState,
+    space: str | None = None,
 ) -> ResumePoint:
     """Get PostgreSQL ready (publication, slot; a lost slot recovered when configured),
     then read what the stream holds past the slot's confirmed position: the point this
@@ -200,7 +243,7 @@ async def reconcile(
             state.metrics.rows_recovered.inc(recovery.republished)
     slot, wal_head, state.status.postgres_version, names = await prepare_postgres(
         config,
-        may_create_slot=partial(refuse_if_slot_was_dropped, config, js, stream, source),
+        may_create_slot=partial(refuse_if_slot_was_dropped, config, js, stream, source, space),
     )
     if slot.active:
         raise SlotInUse(f"slot {slot.name} is in use by process {slot.active_pid}")
@@ -211,7 +254,7 @@ async def reconcile(
     state.status.failover = failover
     start = slot.confirmed_flush_lsn or 0
     lookback = config.nats.max_in_flight + 64
-    tail = await read_stream_tail(js, stream_name, source, start, lookback)
+    tail = await read_tail(js, stream_name, source, start, lookback, space)
     check_tail(tail, wal_head, stream_name)
     state.known_duplicates = {p for p in state.known_duplicates if p[0] >= start}
     stored_through = tail.newest if tail.newest and tail.newest[0] >= start else None
@@ -226,26 +269,45 @@ async def reconcile(
         or bool(state.known_duplicates)
     )
     state.sessions_started += 1
-    return ResumePoint(slot.name, start, tail, stored_through, careful_start, failover, names)
+    return ResumePoint(
+        slot.name, start, tail, stored_through, careful_start, failover, names, space
+    )
+
+
+async def read_tail(
+    js: JetStreamContext,
+    stream_name: str,
+    source: str,
+    since_lsn: int,
+    lookback: int,
+    space: str | None,
+) -> StreamTail:
+    if space is None:
+        return await read_stream_tail(js, stream_name, source, since_lsn, lookback)
+    return await read_space_tail(js, stream_name, space, source, since_lsn, lookback)
 
 
 async def refuse_if_slot_was_dropped(
-    config: BridgeConfig, js: JetStreamContext, stream: ReplicationStream, source: str
+    config: BridgeConfig,
+    js: JetStreamContext,
+    stream: ReplicationStream,
+    source: str,
+    space: str | None = None,
 ) -> None:
     """Before a missing slot is created: refuse when the stream holds its events, and say
     "failover without a synchronized slot" when that is what happened (a new timeline,
-    or the stream's last events from another system under this slot's name)."""
+    or the last events in this bridge's space from another system under this slot's
+    name). That is asked first: the space's tail read would call the other system's
+    messages another bridge's."""
     slot, stream_name = config.postgres.slot, config.nats.stream.name
-    newest = (await read_stream_tail(js, stream_name, source, MAX_LSN, 1)).newest
-    if newest is not None and stream.timeline > 1:
-        raise FatalError(failover_without_synchronized_slot(config, stream, newest[0]))
+    last = await newest_source(js, stream_name, space)
+    if last is not None and last[0].endswith(f"/{slot}") and last[0] != source:
+        raise FatalError(failover_without_synchronized_slot(config, stream, last[1]))
+    newest = (await read_tail(js, stream_name, source, MAX_LSN, 1, space)).newest
     if newest is None:
-        # The stream's events came from another server under this slot's name: a
-        # different system identifier, so not a restart of the same cluster
-        last = await newest_source(js, stream_name)
-        if last is not None and last[0].endswith(f"/{slot}") and last[0] != source:
-            raise FatalError(failover_without_synchronized_slot(config, stream, last[1]))
         return
+    if stream.timeline > 1:
+        raise FatalError(failover_without_synchronized_slot(config, stream, newest[0]))
     raise FatalError(
         f"slot {slot} is missing, but stream {stream_name} holds "
         f"its events up to LSN {format_lsn(newest[0])}: the slot was dropped, and "
@@ -269,7 +331,10 @@ def wire(
 ) -> Pipeline:
     """The session's stages, joined: tracker, order guard, publisher, pipeline."""
     tracker = LsnTracker(resume.start)
-    guard = OrderGuard(tuple(stream_info.config.subjects or ()), resume.tail.last_seq)
+    subjects = tuple(stream_info.config.subjects or ())
+    guard = OrderGuard(
+        subjects, resume.tail.last_seq, resume.space, shared=may_be_shared(subjects, resume)
+    )
     publisher = JetStreamPublisher(
         nc,
         tracker,
@@ -302,6 +367,20 @@ def wire(
     state.status.progress = progress
     state.metrics.watch(progress)
     return pipeline
+
+
+def may_be_shared(stream_subjects: tuple[str, ...], resume: ResumePoint) -> bool:
+    """Start as if others wrote the stream (one message per ack round trip, see
+    ordering.py) when they did since our last message, or when the stream takes subjects
+    outside our space at all: a writer that starts while we pipeline a burst would break
+    it. Quiet acks bring pipelining back (ordering.QUIET_ACKS)."""
+    space = resume.space
+    if space is None:
+        return False
+    tail = resume.tail
+    if tail.stream_last_seq != tail.last_seq:
+        return True
+    return not all(filter_within(subject, space) for subject in stream_subjects)
 
 
 async def run(

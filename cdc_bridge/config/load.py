@@ -31,6 +31,7 @@ from cdc_bridge.config.secrets import read_secrets
 from cdc_bridge.config.validation import add_validation_problems
 from cdc_bridge.config.yaml_source import expand_env, read_yaml
 from cdc_bridge.core.redaction import shown_value
+from cdc_bridge.core.subjects import filter_within
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> BridgeConfig:
@@ -92,6 +93,7 @@ def validate(config: BridgeConfig, problems: Problems) -> None:
     _check_slot_recovery(config, problems)
     _check_standby_source(config, problems)
     _check_cloudevents_headers(config, problems)
+    _check_subject_space(config, problems)
     problems.raise_if_any()
     postgres_password, nats_auth = read_secrets(config, problems)
     problems.raise_if_any()
@@ -172,3 +174,25 @@ def _check_cloudevents_headers(config: BridgeConfig, problems: Problems) -> None
                     f"{name} is set by the CloudEvents format ({route.format}); set the "
                     "attribute under the route's `cloudevents` key instead",
                 )
+
+
+def _check_subject_space(config: BridgeConfig, problems: Problems) -> None:
+    """What the bridge publishes must lie inside its space: the order guard and
+    reconcile look only there, so a subject outside would be unguarded and unseen."""
+    space = config.nats.subject_space
+    if space is None:
+        return
+    for index, route in enumerate(config.routes):
+        produced = "*".join(route.subject_template.literals)
+        if not filter_within(produced, space):
+            problems.add(
+                ("routes", index, "subject"),
+                f"{route.subject!r} can produce subjects outside nats.subject_space "
+                f"{space!r}: widen the space or change the subject",
+            )
+    if config.dead_letter is not None and not filter_within(config.dead_letter.subject, space):
+        problems.add(
+            ("dead_letter", "subject"),
+            f"{config.dead_letter.subject!r} is outside nats.subject_space {space!r}: "
+            "widen the space or change the subject",
+        )

@@ -49,6 +49,7 @@ from cdc_bridge.config.schema import (
     Servers,
     SlotName,
     StreamName,
+    SubjectFilter,
     SubjectFilters,
     SubjectTemplate,
     TableNames,
@@ -57,6 +58,7 @@ from cdc_bridge.config.schema import (
     none_is_empty,
 )
 from cdc_bridge.core.redaction import Redactor, secrets_in
+from cdc_bridge.core.subjects import common_space
 from cdc_bridge.core.templates import (
     ACTION_PSEUDO_COLUMN,
     TABLE_PSEUDO_COLUMN,
@@ -181,6 +183,9 @@ class NatsConfig(Section):
     ack_timeout: PositiveDuration = 5.0
     max_in_flight: Annotated[int, Field(ge=1)] = 4096
     connect_timeout: PositiveDuration = 5.0
+    # The subjects only this bridge writes (the order guard and reconcile look only
+    # there); None: BridgeConfig.subject_space derives it from the routes.
+    subject_space: SubjectFilter | None = None
     tls: NatsTlsConfig | None = None  # None: plain TCP, unless a tls:// server URL says TLS
     # One way to authenticate, at most: config/secrets.py checks the combination and
     # reads the files; `auth` holds the outcome.
@@ -369,6 +374,7 @@ class BridgeConfig(Section):
     http: Annotated[HttpConfig, BeforeValidator(disabled_http)] = Field(default_factory=HttpConfig)
     _secrets: frozenset[str] = PrivateAttr()
     _redactor: Redactor = PrivateAttr()
+    _subject_space: str | None = PrivateAttr()
 
     @field_validator("routes")
     @classmethod
@@ -382,6 +388,21 @@ class BridgeConfig(Section):
 
     def model_post_init(self, context: Any) -> None:
         self._collect_secrets()
+        self._subject_space = self.nats.subject_space or common_space(self.produced_subjects())
+
+    def produced_subjects(self) -> list[str]:
+        """Every subject the bridge can publish to, as filters (a placeholder is one
+        token: ``*``): the routes' subjects and the dead-letter subject."""
+        filters = ["*".join(route.subject_template.literals) for route in self.routes]
+        if self.dead_letter is not None:
+            filters.append(self.dead_letter.subject)
+        return filters
+
+    @property
+    def subject_space(self) -> str | None:
+        """``nats.subject_space``, or the one prefix the routes and dead-letter subject
+        share; None when they share none (the order guard is then stream-wide)."""
+        return self._subject_space
 
     def hold_secrets(self, postgres_password: str | None, nats_auth: NatsAuth) -> None:
         """The secrets read from the ``*_file`` keys. Called once, by config/load.py

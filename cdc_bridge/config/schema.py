@@ -328,6 +328,8 @@ SubjectFilters = Annotated[
     BeforeValidator(_one_or_many),
     Field(min_length=1),
 ]
+# One filter (wildcards allowed): the subjects this bridge alone writes in its stream.
+SubjectFilter = Annotated[str, AfterValidator(check_subject_filter)]
 Servers = Annotated[tuple[NonEmpty, ...], BeforeValidator(_server_list), Field(min_length=1)]
 
 # "schema.table" (a bare name means public.name), each listed once.

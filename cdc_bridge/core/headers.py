@@ -16,6 +16,9 @@ EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
 # Set on what `cdc-bridge outbox replay` publishes: a retained row published again, out
 # of its commit position, with no Cdc-Lsn / Cdc-Index (that position is not known).
 REPLAY_HEADER = "Cdc-Replay"
+# JetStream 2.11+: the last message on subjects matching the filter has this sequence.
+EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 
 
 # What a header name may be: printable ASCII except ':' (config and headers column alike).

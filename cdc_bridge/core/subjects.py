@@ -24,3 +24,40 @@ def subject_matches(pattern: str, subject: str) -> bool:
         if token != _ONE_TOKEN and token != subject_tokens[index]:
             return False
     return len(pattern_tokens) == len(subject_tokens)
+
+
+def filter_within(inner: str, outer: str) -> bool:
+    """True when every subject ``inner`` (a filter) captures, ``outer`` captures too."""
+    inner_tokens = inner.split(".")
+    outer_tokens = outer.split(".")
+    for index, token in enumerate(outer_tokens):
+        if token == _REST and index == len(outer_tokens) - 1:
+            return len(inner_tokens) > index
+        if index >= len(inner_tokens):
+            return False
+        mine = inner_tokens[index]
+        if mine == _REST:
+            return False  # inner reaches deeper than a one-token position of outer
+        if token != _ONE_TOKEN and token != mine:
+            return False
+    return len(inner_tokens) == len(outer_tokens)
+
+
+def common_space(filters: list[str]) -> str | None:
+    """The narrowest ``prefix.>`` (or the one subject) that captures every filter, built
+    from their shared literal leading tokens; None when they share none."""
+    if not filters:
+        return None
+    if len(set(filters)) == 1 and _ONE_TOKEN not in filters[0] and _REST not in filters[0]:
+        return filters[0]
+    token_lists = [f.split(".") for f in filters]
+    prefix: list[str] = []
+    for tokens in zip(*token_lists, strict=False):
+        first = tokens[0]
+        if first in (_ONE_TOKEN, _REST) or any(t != first for t in tokens):
+            break
+        prefix.append(first)
+    # `a.>` does not capture `a` itself: the prefix must leave every filter a token.
+    while prefix and any(len(t) <= len(prefix) for t in token_lists):
+        prefix.pop()
+    return ".".join(prefix) + ".>" if prefix else None

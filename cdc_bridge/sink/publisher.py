@@ -117,9 +117,16 @@ class JetStreamPublisher:
         return self._book.in_flight
 
     @property
+    def window(self) -> int:
+        """Messages in flight at most now: one while others write the stream (the order
+        guard then names every predecessor by its sequence, see ordering.py)."""
+        guard = self._guard
+        return 1 if guard is not None and guard.shared else self._max_in_flight
+
+    @property
     def full(self) -> bool:
         """The window is full: call ``wait_for_room`` before publishing more."""
-        return self._book.in_flight >= self._max_in_flight
+        return self._book.in_flight >= self.window
 
     @property
     def already_stored(self) -> list[dict[str, str]]:
@@ -130,7 +137,7 @@ class JetStreamPublisher:
     async def wait_for_room(self) -> None:
         """Send what is queued, then wait until acks make room in the window."""
         await self.flush()
-        while self._book.in_flight >= self._max_in_flight:
+        while self._book.in_flight >= self.window:
             self._space.clear()
             await self._wait_or_fail(self._space)
 
@@ -161,7 +168,8 @@ class JetStreamPublisher:
             self._tracker.sent(tx)
         guard = self._guard
         chained = guard is not None and guard.covers(subject)
-        expectation = guard.expectation() if guard is not None and chained else ""
+        # Nothing in flight: the predecessor's stream sequence is known (ordering.py).
+        expectation = guard.expectation(not book.in_flight) if guard is not None and chained else ""
         block = header_block(header_lines, expectation)
         block_size = len(block)
         size = block_size + len(data)
@@ -240,13 +248,16 @@ class JetStreamPublisher:
         kind = ack.kind
         before = self._book.in_flight
         if kind is _STORED:
-            self._settle(self._book.stored(entry))
+            stored = self._book.stored(entry)
+            self._settle(stored)
+            self._guard_stored(entry, msg, stored)
         elif kind is _DUPLICATE:
             settled = self._book.duplicate(entry)
             if settled is None:
                 self._refused(entry, "a duplicate id among messages not yet acked one by one")
             else:
                 self._settle(settled)
+                self._guard_stored(entry, msg, settled)
         elif entry.chained:
             self._refused(entry, ack.reason)
         elif kind is _NO_RESPONDERS:
@@ -258,12 +269,22 @@ class JetStreamPublisher:
         else:
             self._refused(entry, ack.reason)
         in_flight = self._book.in_flight
-        if in_flight < self._max_in_flight:
+        if in_flight < self.window:
             self._space.set()
         if not in_flight:
             self._empty.set()
         if self._debug:
             _log_ack(msg, entry, ack, before - in_flight, in_flight)
+
+    def _guard_stored(self, entry: InFlight, msg: Msg, settled: Settlement) -> None:
+        """A chained ack gives the guard its sequence: the predecessor the next message
+        names once nothing is in flight (the last chained message always gets an ack),
+        and whether another writer's messages came in between."""
+        guard = self._guard
+        if guard is not None and entry.chained and guard.space is not None:
+            count = sum(n for _, n in settled.transactions)
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                guard.stored(int(json.loads(msg.data)["seq"]), count)
 
     def _settle(self, settled: Settlement) -> None:
         """The one place where what an ack settled is accounted for: the tracker (which

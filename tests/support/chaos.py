@@ -17,11 +17,12 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 import psycopg
 from nats.aio.msg import Msg
 from psycopg.types.json import Jsonb
@@ -363,10 +364,13 @@ class StoredMessage:
     seq: int
     msg_id: str
     lsn: int  # the transaction's commit LSN, from the bridge's Cdc-Lsn header (0 if absent)
+    stored_at: float = field(default=0.0, compare=False)  # when stored (epoch seconds)
 
 
-async def read_stream(url: str, stream: str, timeout: float = 120.0) -> list[StoredMessage]:
-    """Every message the stream holds now, in sequence order.
+async def read_stream(
+    url: str, stream: str, timeout: float = 120.0, subjects: str = ">"
+) -> list[StoredMessage]:
+    """Every message the stream holds now on ``subjects``, in sequence order.
 
     Through an ordered push consumer with a callback: about five times faster than pull
     fetches or one direct get per message (nats-py makes a task per fetched message), and a
@@ -381,6 +385,11 @@ async def read_stream(url: str, stream: str, timeout: float = 120.0) -> list[Sto
             if not state.messages:
                 return []
             last_seq = state.last_seq
+            if subjects != ">":
+                try:
+                    last_seq = (await js.get_msg(stream, subject=subjects)).seq or 0
+                except nats.js.errors.NotFoundError:
+                    return []
             stored: list[StoredMessage] = []
             complete = asyncio.Event()
 
@@ -396,13 +405,14 @@ async def read_stream(url: str, stream: str, timeout: float = 120.0) -> list[Sto
                         seq=seq,
                         msg_id=headers.get("Nats-Msg-Id", ""),
                         lsn=parse_lsn(lsn_text) if lsn_text else 0,
+                        stored_at=msg.metadata.timestamp.timestamp(),
                     )
                 )
                 if seq == last_seq:
                     complete.set()
 
             subscription = await js.subscribe(
-                ">",
+                subjects,
                 stream=stream,
                 cb=collect,
                 ordered_consumer=True,
@@ -546,10 +556,11 @@ def _ranges(numbers: list[int], limit: int = 12) -> str:
 class Auditor:
     """Compares the outbox table with the stream once the bridge has caught up."""
 
-    def __init__(self, dsn: str, nats_url: str, stream: str) -> None:
+    def __init__(self, dsn: str, nats_url: str, stream: str, subjects: str = ">") -> None:
         self.dsn = dsn
         self.nats_url = nats_url
         self.stream = stream
+        self.subjects = subjects  # one bridge's space, when the stream has several writers
 
     def committed_rows(self) -> list[CommittedRow]:
         with psycopg.connect(self.dsn, connect_timeout=5) as conn:
@@ -560,7 +571,7 @@ class Auditor:
         return [CommittedRow(row[0], int(row[1]), int(row[2])) for row in rows]
 
     def stored_messages(self) -> list[StoredMessage]:
-        return asyncio.run(read_stream(self.nats_url, self.stream))
+        return asyncio.run(read_stream(self.nats_url, self.stream, subjects=self.subjects))
 
     def audit(self, scenario: str, *, timeout: float = 60.0) -> AuditResult:
         """Wait (up to ``timeout``) until every committed row is in the stream, then compare.

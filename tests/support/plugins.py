@@ -27,9 +27,14 @@ def run_statements(dsn: str, *statements: str) -> None:
 
 
 def comparable(nats_url: str, stream: str, message: StreamMessage) -> tuple[str, bytes, bytes]:
-    """Subject, body and the raw header block without its Cdc-Source line."""
+    """Subject, body and the raw header block without its Cdc-Source line and the order
+    guard's expectation (which form it takes depends on ack timing: ordering.py)."""
     block = raw_stored_headers(nats_url, stream, message.seq)
-    lines = [line for line in block.split(b"\r\n") if not line.startswith(b"Cdc-Source:")]
+    lines = [
+        line
+        for line in block.split(b"\r\n")
+        if not line.startswith((b"Cdc-Source:", b"Nats-Expected-Last-"))
+    ]
     return message.subject, message.data, b"\r\n".join(lines)
 
 

@@ -120,6 +120,7 @@ nats:
   ack_timeout: 2s
   max_in_flight: 10
   connect_timeout: 1s
+  subject_space: events.>
 outbox:
   table: [outbox, billing.outbox]
   id_column: event_id
@@ -1042,3 +1043,49 @@ def test_partitioned_example_routes_as_the_root() -> None:
     row = {"id": "1", "aggregate_type": "order", "event_type": "placed", "payload": "{}"}
     routed = Router(config).route("public.events", row)
     assert isinstance(routed, Outbound) and routed.subject == "events.order.placed"
+
+
+# --- the subject space (issue 17) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("routes", "dead_letter", "space"),
+    [
+        (["events.orders.{event_type}"], "events.orders.dead", "events.orders.>"),
+        (["events.orders.created", "events.orders.{t}.x"], None, "events.orders.>"),
+        (["events.orders"], None, "events.orders"),
+        (["events.orders", "events.orders.x"], None, "events.>"),
+        (["events.{aggregate_type}"], "dlq.events", None),
+        (["{aggregate_type}.x"], None, None),
+    ],
+)
+def test_subject_space_defaults_to_the_prefix_routes_share(
+    routes: list[str], dead_letter: str | None, space: str | None
+) -> None:
+    when = "    when: {aggregate_type: a}\n"
+    text = with_routes("".join(f'  - subject: "{r}"\n{when}' for r in routes))
+    if dead_letter is not None:
+        text += f"dead_letter: {{subject: {dead_letter}}}\n"
+    config = parse_config(text, source="config.yaml", env={})
+    assert config.nats.subject_space is None
+    assert config.subject_space == space
+
+
+def test_a_given_subject_space_is_used() -> None:
+    text = BASE + "  subject_space: events.>\nroutes:\n  - subject: events.orders.{t}\n"
+    assert parse_config(text, source="config.yaml", env={}).subject_space == "events.>"
+
+
+def test_routes_outside_the_subject_space_are_refused() -> None:
+    text = (
+        BASE
+        + "  subject_space: events.orders.>\n"
+        + "routes:\n  - subject: events.orders.{t}\n    when: {t: a}\n"
+        + "  - subject: events.{aggregate_type}.x\n"
+        + "dead_letter: {subject: events.dlq}\n"
+    )
+    found = problems(text)
+    assert len(found) == 2, found
+    assert "routes[1].subject: 'events.{aggregate_type}.x' can produce subjects outside " \
+        "nats.subject_space 'events.orders.>'" in found[0]
+    assert "dead_letter.subject: 'events.dlq' is outside nats.subject_space" in found[1]

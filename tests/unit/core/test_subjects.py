@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_bridge.core.subjects import subject_matches
+from cdc_bridge.core.subjects import common_space, filter_within, subject_matches
 
 
 @pytest.mark.parametrize(
@@ -93,3 +93,28 @@ def test_literal_patterns_match_only_the_same_subject(
 ) -> None:
     pattern, subject = ".".join(pattern_tokens), ".".join(subject_tokens)
     assert subject_matches(pattern, subject) is (pattern == subject)
+
+
+@pytest.mark.parametrize(
+    ("inner", "outer", "expected"),
+    [
+        ("events.orders.*", "events.orders.>", True),
+        ("events.orders.>", "events.orders.>", True),
+        ("events.orders", "events.orders.>", False),
+        ("events.*.x", "events.orders.>", False),
+        ("events.orders.x", "events.*.x", True),
+        ("events.orders.>", "events.orders.*", False),
+        ("events.a.b", "events.a.b", True),
+        ("events.a.b.c", "events.a.*", False),
+    ],
+)
+def test_filter_within(inner: str, outer: str, expected: bool) -> None:
+    assert filter_within(inner, outer) is expected
+
+
+def test_common_space() -> None:
+    assert common_space(["a.b.*", "a.b.c.d"]) == "a.b.>"
+    assert common_space(["a.b", "a.b"]) == "a.b"
+    assert common_space(["a.b", "a.c"]) == "a.>"
+    assert common_space(["a.*", "b.*"]) is None
+    assert common_space([]) is None
