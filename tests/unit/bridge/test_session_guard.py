@@ -1,6 +1,7 @@
 """Whether a session starts as if others wrote its stream (issue 17)."""
 
-from cdc_bridge.bridge.session import ResumePoint, may_be_shared
+from cdc_bridge.bridge.session import ResumePoint
+from cdc_bridge.bridge.stream_checks import may_be_shared
 from cdc_bridge.sink.reconcile import StreamTail
 
 
