@@ -9,10 +9,8 @@ host and port, the secrets read from ``*_file`` keys, and the redactor that hide
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -57,6 +55,7 @@ from cdc_bridge.config.schema import (
     disabled_http,
     none_is_empty,
 )
+from cdc_bridge.core.dsn import dsn_value
 from cdc_bridge.core.redaction import Redactor, secrets_in
 from cdc_bridge.core.subjects import common_space
 from cdc_bridge.core.templates import (
@@ -103,28 +102,7 @@ class PostgresConfig(Section):
     def database(self) -> str:
         """The database the DSN names (for CloudEvents' default source and Debezium's
         source.db): its dbname, else its user (libpq's default), else "postgres"."""
-        return _dsn_value(self.dsn, "dbname") or _dsn_value(self.dsn, "user") or "postgres"
-
-
-_DSN_KEYWORD = r"(?:^|\s){}\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']+)"
-
-
-def _dsn_value(dsn: str, key: str) -> str | None:
-    if "://" in dsn:
-        parts = urlsplit(dsn)
-        query = dict(p.partition("=")[::2] for p in parts.query.split("&") if p)
-        if key in query:
-            return unquote(query[key]) or None
-        if key == "dbname":
-            return unquote(parts.path.lstrip("/")) or None
-        return unquote(parts.username) if parts.username else None
-    found = re.search(_DSN_KEYWORD.format(key), dsn)
-    if found is None:
-        return None
-    value = found.group(1)
-    if value.startswith("'"):
-        value = re.sub(r"\\(.)", r"\1", value[1:-1])
-    return value or None
+        return dsn_value(self.dsn, "dbname") or dsn_value(self.dsn, "user") or "postgres"
 
 
 class StreamConfig(Section):
