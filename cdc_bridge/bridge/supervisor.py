@@ -36,7 +36,12 @@ from cdc_bridge.source.replication import (
 )
 
 STANDBY_POLL_SECONDS = 1.0  # a standby takes over within about this after the lock frees
-HEALTHY_AFTER_SECONDS = 10.0  # a session up this long resets the reconnect backoff
+# A session up this long that confirmed something (or had nothing to publish) has
+# recovered: the reconnect backoff is reset, and `recovered` logged (see has_recovered).
+HEALTHY_AFTER_SECONDS = 10.0
+# How often a session up that long but with events still unconfirmed is looked at again:
+# one with a backlog whose first confirmation is slow still recovers once it confirms.
+RECHECK_SECONDS = 1.0
 
 log = structlog.get_logger("cdc_bridge.bridge.supervisor")
 
@@ -56,6 +61,45 @@ class Backoff:
 
     def reset(self) -> None:
         self._next = self._first
+
+
+def has_recovered(
+    up_for: float, *, alive: bool, confirmed: bool, idle: bool, healthy_after: float
+) -> bool:
+    """Whether a session counts as recovered: still up after ``healthy_after`` seconds,
+    and it either confirmed something (the slot's confirmed position moved) or had
+    nothing to publish (nothing failed). Time alone is not enough: a session that dies
+    is never recovered, or a loop of sessions failing soon after starting would keep
+    resetting the backoff instead of backing off to its cap."""
+    return alive and up_for >= healthy_after and (confirmed or idle)
+
+
+class SessionHealth:
+    """What has_recovered is asked about the running session, read from the counters it
+    keeps for /status (its live progress and the stats): the supervisor only reads them,
+    the session is told nothing."""
+
+    def __init__(self, state: BridgeState, started_at: float, healthy_after: float) -> None:
+        self._progress = state.status.progress  # this session's: wired before streaming
+        self._stats = state.stats
+        self._started_at = started_at
+        self._healthy_after = healthy_after
+        self._confirmed_at_start = self._progress.confirmed() if self._progress else None
+        self._rows_at_start = self._stats.rows
+        self.alive = True  # until the session ends, however it ends
+
+    def recovered(self, now: float) -> bool:
+        progress, start = self._progress, self._confirmed_at_start
+        confirmed = progress is not None and start is not None and progress.confirmed() > start
+        in_flight = progress.in_flight() if progress is not None else 0
+        idle = in_flight == 0 and self._stats.rows == self._rows_at_start
+        return has_recovered(
+            now - self._started_at,
+            alive=self.alive,
+            confirmed=confirmed,
+            idle=idle,
+            healthy_after=self._healthy_after,
+        )
 
 
 class FailureLog:
@@ -171,11 +215,18 @@ async def become_leader(
 
 
 async def lead(
-    config: BridgeConfig, leadership: Leadership, stop: asyncio.Event, state: BridgeState
+    config: BridgeConfig,
+    leadership: Leadership,
+    stop: asyncio.Event,
+    state: BridgeState,
+    *,
+    backoff: Backoff | None = None,
+    healthy_after: float = HEALTHY_AFTER_SECONDS,
 ) -> int | None:
-    """Run sessions while leader. An exit code ends the process; None: leadership lost."""
+    """Run sessions while leader. An exit code ends the process; None: leadership lost.
+    ``backoff`` and ``healthy_after`` are the defaults' (tests shorten them)."""
     router = Router(config)
-    backoff = Backoff()
+    backoff = backoff or Backoff()
     failures = FailureLog()
     session_stop = asyncio.Event()
     lost_leadership = asyncio.create_task(leadership.hold())
@@ -187,25 +238,44 @@ async def lead(
     lost_leadership.add_done_callback(end_sessions)
     forward_stop.add_done_callback(end_sessions)
 
-    healthy: asyncio.TimerHandle | None = None
+    loop = asyncio.get_running_loop()
+    health: SessionHealth | None = None
+    check: asyncio.TimerHandle | None = None
 
-    def recovered() -> None:
-        backoff.reset()
-        failures.streaming()
+    def check_health() -> None:
+        nonlocal check
+        check = None
+        if health is None:
+            return
+        if health.recovered(loop.time()):
+            backoff.reset()
+            failures.streaming()
+        elif health.alive:
+            check = loop.call_later(min(RECHECK_SECONDS, healthy_after), check_health)
 
     def streaming() -> None:
-        # Count it as recovered only once the session has held up for a while: one that
-        # fails right after starting (a poisoned message, say) keeps backing off.
-        nonlocal healthy
+        # Count it as recovered only once the session has held up for a while and
+        # confirmed something (or had nothing to): one that fails right after starting
+        # (a poisoned message, say) keeps backing off.
+        nonlocal health, check
         state.status.role = "streaming"
         state.has_streamed = True
-        healthy = asyncio.get_running_loop().call_later(HEALTHY_AFTER_SECONDS, recovered)
+        health = SessionHealth(state, loop.time(), healthy_after)
+        check = loop.call_later(healthy_after, check_health)
+
+    def session_ended() -> None:
+        # At once, not when the next session starts: a check left pending through the
+        # backoff's wait would find the dead session "up long enough" and reset it.
+        nonlocal check
+        if health is not None:
+            health.alive = False
+        if check is not None:
+            check.cancel()
+            check = None
 
     try:
         while not session_stop.is_set():
             state.status.role = "connecting"
-            if healthy is not None:
-                healthy.cancel()
             try:
                 await run_session(config, router, session_stop, state, streaming)
                 break
@@ -226,14 +296,15 @@ async def lead(
                 failures.failed(message, delay)
                 state.status.failed(message)
                 state.metrics.reconnects.labels(failure_target(exc)).inc()
+            finally:
+                session_ended()  # before any wait: the handlers above never await
             state.status.role = "reconnecting"
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(session_stop.wait(), delay)
             if not session_stop.is_set() and not await leadership.still_held():
                 break  # e.g. PostgreSQL restarted: win the lock again before streaming
     finally:
-        if healthy is not None:
-            healthy.cancel()
+        session_ended()
         lost_leadership.cancel()
         forward_stop.cancel()
     if stop.is_set():
