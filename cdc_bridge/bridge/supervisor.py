@@ -7,6 +7,7 @@ import contextlib
 import re
 import signal
 import time
+from collections.abc import Callable
 
 import nats.errors
 import psycopg
@@ -22,6 +23,7 @@ from cdc_bridge.bridge.status import BridgeStatus, progress_fields
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.redaction import redact, redact_dsn
+from cdc_bridge.core.wire_text import shown
 from cdc_bridge.routing.dead_letters import PoisonRowError
 from cdc_bridge.routing.router import Router
 from cdc_bridge.sink.connect import NatsConnectError, NatsPermissionError, unreachable
@@ -214,6 +216,26 @@ async def become_leader(
     return False
 
 
+def _reserved_header_warning() -> Callable[[str], None]:
+    """A warning, once per name, for each of the bridge's header names that a row's
+    headers column sets: the router leaves them out (a consumer would take them for the
+    bridge's own)."""
+    warned: set[str] = set()
+
+    def warn(name: str) -> None:
+        if name not in warned:
+            warned.add(name)
+            log.warning(
+                "reserved_header_dropped",
+                header=shown(name),
+                error=f"a row's headers column sets {shown(name)}, a header the bridge "
+                "itself sets: it is left out of every message (warned once per name); "
+                "rename it in the application",
+            )
+
+    return warn
+
+
 async def lead(
     config: BridgeConfig,
     leadership: Leadership,
@@ -225,7 +247,7 @@ async def lead(
 ) -> int | None:
     """Run sessions while leader. An exit code ends the process; None: leadership lost.
     ``backoff`` and ``healthy_after`` are the defaults' (tests shorten them)."""
-    router = Router(config)
+    router = Router(config, on_reserved_header=_reserved_header_warning())
     backoff = backoff or Backoff()
     failures = FailureLog()
     session_stop = asyncio.Event()

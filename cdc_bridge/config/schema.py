@@ -25,6 +25,7 @@ from cdc_bridge.core.templates import (
     check_subject_template,
     parse_template,
 )
+from cdc_bridge.core.wire_text import SENDABLE_TEXT_RULE, UNSAFE_TEXT
 
 ROW_PAYLOAD = "row"  # `payload: row` publishes the whole row as a JSON object
 CHANGE_PAYLOAD = "change"  # `payload: change` publishes a change table's wal2json-shaped change
@@ -141,8 +142,8 @@ def _subject_template(value: str) -> str:
 
 def _header_template(value: str) -> str:
     template = parse_template(value)
-    if any("\r" in lit or "\n" in lit for lit in template.literals):
-        raise ValueError("a header value may not contain CR or LF")
+    if any(UNSAFE_TEXT.search(literal) for literal in template.literals):
+        raise ValueError(f"a header value may not contain {SENDABLE_TEXT_RULE}")
     return value
 
 
@@ -210,8 +211,8 @@ def _attribute_template(value: str) -> str:
 def _media_type(value: str) -> str:
     if not re.fullmatch(r"[!#$&^_.+\-A-Za-z0-9]+/[!#$&^_.+\-A-Za-z0-9]+(?:\s*;.*)?", value):
         raise ValueError(f"expected a media type like application/json, got {shown_value(value)}")
-    if "\r" in value or "\n" in value:
-        raise ValueError("a media type may not contain CR or LF")
+    if UNSAFE_TEXT.search(value):
+        raise ValueError(f"a media type may not contain {SENDABLE_TEXT_RULE}")
     return value
 
 

@@ -16,6 +16,23 @@ EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
 # Set on what `cdc-bridge outbox replay` publishes: a retained row published again, out
 # of its commit position, with no Cdc-Lsn / Cdc-Index (that position is not known).
 REPLAY_HEADER = "Cdc-Replay"
+# On dead letters: why, where the message was meant to go, and (when the body had to be
+# left out to fit) how large it was.
+DEAD_LETTER_ERROR = "Cdc-Error"
+DEAD_LETTER_SUBJECT = "Cdc-Subject"
+BODY_DROPPED = "Cdc-Body-Dropped"
+# Every header name the bridge sets, lower-cased: a row's headers column may not set
+# them in any spelling (they would sit beside the bridge's own and be taken for them).
+RESERVED_NAMES = frozenset(
+    name.lower()
+    for name in (
+        *BRIDGE_HEADERS,
+        REPLAY_HEADER,
+        DEAD_LETTER_ERROR,
+        DEAD_LETTER_SUBJECT,
+        BODY_DROPPED,
+    )
+)
 # JetStream 2.11+: the last message on subjects matching the filter has this sequence.
 EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
@@ -31,10 +48,14 @@ def controls_jetstream(name: str) -> bool:
     return name.lower().startswith("nats-")
 
 
+def reserved_by_bridge(name: str) -> bool:
+    return name.lower() in RESERVED_NAMES
+
+
 def header_lines(headers: dict[str, str]) -> str:
     """Headers as the lines of a NATS/1.0 header block. Names and values were checked
-    where they were made (config, router); none holds CR or LF, so nothing needs
-    escaping here."""
+    where they were made (config, router, by core/wire_text.py's rules); none holds CR
+    or LF, so nothing needs escaping here."""
     return "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
 
 

@@ -9,6 +9,7 @@ back into the pipeline.
 from __future__ import annotations
 
 from cdc_bridge.core.headers import BRIDGE_HEADERS
+from cdc_bridge.core.wire_text import printable
 from cdc_bridge.routing.router import Outbound, Poison, Router
 
 
@@ -34,7 +35,7 @@ class DeadLetterPolicy:
         outcome = self._router.dead_letter(original, reason, msg_id)
         if type(outcome) is Poison:
             raise PoisonRowError(
-                f"row id={msg_id} ({headers.get('Cdc-Table')}): {reason}; no "
+                f"row id={printable(msg_id)} ({headers.get('Cdc-Table')}): {reason}; no "
                 "dead_letter is configured, so the bridge stops without confirming past it"
             )
         assert type(outcome) is Outbound
@@ -43,4 +44,5 @@ class DeadLetterPolicy:
         replacement_headers = outcome.headers
         for key in BRIDGE_HEADERS:
             replacement_headers[key] = headers[key]
+        replacement_headers["Nats-Msg-Id"] = outcome.msg_id  # made sendable by the router
         return outcome.subject, outcome.data, replacement_headers

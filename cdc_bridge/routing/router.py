@@ -28,7 +28,7 @@ have ``event`` None and cost nothing more.
 from __future__ import annotations
 
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cdc_bridge.config.model import BridgeConfig
@@ -36,8 +36,17 @@ from cdc_bridge.config.schema import (
     DEBEZIUM_PAYLOAD,
 )
 from cdc_bridge.core.changes import ColumnValue, RowChange
+from cdc_bridge.core.headers import BODY_DROPPED, DEAD_LETTER_ERROR, DEAD_LETTER_SUBJECT
 from cdc_bridge.core.templates import (
     TABLE_PSEUDO_COLUMN,
+)
+from cdc_bridge.core.wire_text import (
+    MAX_HEADER_BLOCK,
+    id_problem,
+    printable,
+    sendable_id,
+    subject_limit,
+    subject_problem,
 )
 from cdc_bridge.routing.change_events import change_json, routing_row
 from cdc_bridge.routing.cloudevents import EventFormat, InvalidEvent, PendingEvent
@@ -69,6 +78,16 @@ NO_ROUTE_SUBJECT = "(no route)"
 _REASON_LIMIT = 500
 
 
+# What the pipeline's own headers (Cdc-Lsn, Cdc-Table...) usually take: a dead letter
+# keeps its body only with this much room to spare (the publisher drops it if the
+# finished frame is too large all the same).
+_BRIDGE_HEADERS_ROOM = 512
+
+
+# A dead letter's Cdc-Subject keeps this much of a subject that was too long to send.
+_INTENDED_SUBJECT_LIMIT = 1024
+
+
 @dataclass(slots=True)  # not frozen: one per event, and frozen init costs a call per field
 class Outbound:
     """One message to publish; the publisher adds ``Nats-Msg-Id: msg_id`` itself."""
@@ -94,8 +113,18 @@ class Poison:
 class Router:
     """Compiled routing rules: ``route(table, row)`` for each outbox insert."""
 
-    def __init__(self, config: BridgeConfig, *, max_payload: int = 1024 * 1024) -> None:
+    def __init__(
+        self,
+        config: BridgeConfig,
+        *,
+        max_payload: int = 1024 * 1024,
+        on_reserved_header: Callable[[str], None] | None = None,
+    ) -> None:
         self.max_payload = max_payload  # the server's value replaces this at connect time
+        self.max_subject = subject_limit()  # bytes of subject an HPUB line can carry
+        # Told the name of each of the bridge's own headers a row's headers column set
+        # (they are left out).
+        self._on_reserved_header = on_reserved_header
         self._database = config.postgres.database
         self._routes = tuple(compile_route(route, self._database) for route in config.routes)
         self._default_id_column = config.outbox.id_column
@@ -140,9 +169,9 @@ class Router:
                 subject = compiled.subject.shown(table, values)
             return self._reject(table, row, compiled.id_column, rejected.reason, data, subject)
         size = len(data) + headers_size(headers, msg_id)
-        if size > self.max_payload:
-            reason = f"payload of {size} bytes exceeds the server's max_payload {self.max_payload}"
-            return self._reject(table, row, compiled.id_column, reason, b"", subject)
+        problem = self._unsendable(subject, size, headers, msg_id)
+        if problem is not None:
+            return self._reject(table, row, compiled.id_column, problem, b"", subject)
         return Outbound(subject, data, headers, msg_id, compiled.name)
 
     def _route_event(
@@ -170,9 +199,9 @@ class Router:
                 subject = compiled.subject.shown(table, values)
             return self._reject(table, row, compiled.id_column, rejected.reason, data, subject)
         size = len(data) + headers_size(headers, msg_id) + event.size_bound()
-        if size > self.max_payload:
-            reason = f"payload of {size} bytes exceeds the server's max_payload {self.max_payload}"
-            return self._reject(table, row, compiled.id_column, reason, b"", subject)
+        problem = self._unsendable(subject, size, headers, msg_id)
+        if problem is not None:
+            return self._reject(table, row, compiled.id_column, problem, b"", subject)
         return Outbound(subject, data, headers, msg_id, compiled.name, None, event)
 
     def route_change(self, change: RowChange, default_id: str) -> Outbound | Poison:
@@ -220,23 +249,40 @@ class Router:
         size = len(data) + headers_size(headers, msg_id)
         if event is not None:
             size += event.size_bound()
-        if size > self.max_payload:
-            reason = f"payload of {size} bytes exceeds the server's max_payload {self.max_payload}"
-            return self._reject_change(msg_id, reason, b"", subject)
+        problem = self._unsendable(subject, size, headers, msg_id)
+        if problem is not None:
+            return self._reject_change(msg_id, problem, b"", subject)
         return Outbound(subject, data, headers, msg_id, compiled.name, None, event)
+
+    def _unsendable(
+        self, subject: str, size: int, headers: Mapping[str, str], msg_id: str
+    ) -> str | None:
+        """Why a routed message can never be stored, or None: the router's one check of
+        what it made against the wire's rules (core/wire_text.py) and the server's
+        limits. Header values and subject tokens were checked as they were rendered; the
+        publisher checks the finished frame (with the bridge's own headers) once more."""
+        problem = id_problem(msg_id) or subject_problem(subject, self.max_subject)
+        if problem is not None:
+            return problem
+        if size > self.max_payload:
+            return f"payload of {size} bytes exceeds the server's max_payload {self.max_payload}"
+        header_size = headers_size(headers, msg_id)
+        if header_size > MAX_HEADER_BLOCK:
+            return f"headers of {header_size} bytes exceed the server's {MAX_HEADER_BLOCK}"
+        return None
 
     def _reject_change(
         self, msg_id: str, reason: str, data: bytes, subject: str | None = None
     ) -> Outbound | Poison:
         if self._dead_letter_subject is None:
-            return Poison(msg_id, reason)
+            return Poison(printable(msg_id), reason)
         return self._dead_letter_message(reason, msg_id, data, subject)
 
     def dead_letter(self, original: Outbound, reason: str, row_id: str) -> Outbound | Poison:
         """Redirect a message the server refused for good (e.g. no stream for its subject)."""
         if self._dead_letter_subject is None or original.route == DEAD_LETTER_ROUTE:
             # A dead letter that cannot be published has nowhere further to go.
-            return Poison(row_id, reason)
+            return Poison(printable(row_id), reason)
         return self._dead_letter_message(reason, row_id, original.data, original.subject)
 
     def _match(self, table: str, row: Mapping[str, ColumnValue]) -> CompiledRoute | None:
@@ -282,7 +328,7 @@ class Router:
         row: Mapping[str, ColumnValue],
         values: Mapping[str, ColumnValue],
     ) -> dict[str, str]:
-        headers = column_headers(self._headers_column, row)
+        headers = column_headers(self._headers_column, row, self._on_reserved_header)
         for name, template in compiled.headers:
             headers[name] = template.render(table, values)
         return headers
@@ -298,7 +344,7 @@ class Router:
     ) -> Outbound | Poison:
         row_id = id_or_none(row.get(id_column))
         if self._dead_letter_subject is None:
-            return Poison(row_id, reason)
+            return Poison(None if row_id is None else printable(row_id), reason)
         msg_id = row_id if row_id is not None else null_id(table, row)
         return self._dead_letter_message(reason, msg_id, data, subject)
 
@@ -306,13 +352,22 @@ class Router:
         self, reason: str, msg_id: str, data: bytes, intended_subject: str | None
     ) -> Outbound:
         assert self._dead_letter_subject is not None
-        # The reason travels in a header: no line breaks, bounded length.
-        reason = reason.replace("\r", " ").replace("\n", " ")[:_REASON_LIMIT]
+        # A dead letter must always be sendable: its id (the row's may be why it is
+        # here), its headers and its size are made to fit.
+        msg_id = sendable_id(msg_id)
+        # The reason travels in a header: one line, bounded length.
+        reason = printable(reason.replace("\r", " ").replace("\n", " "))[:_REASON_LIMIT]
         # Every dead letter names where it was meant to go, so consumers need no special
         # case; a value with a space can never be taken for a real subject.
-        headers = {"Cdc-Error": reason, "Cdc-Subject": intended_subject or NO_ROUTE_SUBJECT}
-        if len(data) + headers_size(headers, msg_id) > self.max_payload:
-            data = b""  # the reason still gets through; the body is in the outbox table
+        intended = printable(intended_subject or NO_ROUTE_SUBJECT)
+        if len(intended) > _INTENDED_SUBJECT_LIMIT:
+            intended = intended[: _INTENDED_SUBJECT_LIMIT - 3] + "..."
+        headers = {DEAD_LETTER_ERROR: reason, DEAD_LETTER_SUBJECT: intended}
+        size = len(data) + headers_size(headers, msg_id) + _BRIDGE_HEADERS_ROOM
+        if data and size > self.max_payload:
+            # The reason still gets through; the body stays in the outbox table.
+            headers[BODY_DROPPED] = f"{len(data)} bytes"
+            data = b""
         return Outbound(self._dead_letter_subject, data, headers, msg_id, DEAD_LETTER_ROUTE, reason)
 
 

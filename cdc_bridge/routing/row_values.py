@@ -6,10 +6,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from cdc_bridge.core.changes import ColumnValue
-from cdc_bridge.core.headers import HEADER_NAME, controls_jetstream
+from cdc_bridge.core.headers import HEADER_NAME, controls_jetstream, reserved_by_bridge
+from cdc_bridge.core.wire_text import id_problem, shown, utf8_size
 from cdc_bridge.routing.rules import HEADER_VALUE_RULE, MISSING, UNSAFE_HEADER_VALUE, Rejected, clip
 
 # The fixed part of a NATS header block ("NATS/1.0\r\n" ... "\r\n"), and the id header
@@ -25,7 +26,7 @@ def payload_data(column: str | None, row: Mapping[str, ColumnValue]) -> bytes:
         return row_json(row)
     value = row.get(column, MISSING)
     if isinstance(value, str):
-        return value.encode("utf-8")
+        return _utf8(value, f"payload column {column!r}")
     if isinstance(value, bytes):
         return value
     if value is None:
@@ -47,7 +48,17 @@ def row_json(row: Mapping[str, ColumnValue]) -> bytes:
         column: base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
         for column, value in row.items()
     }
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _utf8(json.dumps(document, ensure_ascii=False, separators=(",", ":")), "the row")
+
+
+def _utf8(text: str, where: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate, from JSON's "\ud800" escape
+        bad = shown(exc.object[exc.start : exc.end])
+        raise Rejected(
+            f"{where} holds text that is not valid Unicode ({bad} at character {exc.start})"
+        ) from None
 
 
 def id_text(column: str, row: Mapping[str, ColumnValue]) -> str:
@@ -57,6 +68,9 @@ def id_text(column: str, row: Mapping[str, ColumnValue]) -> str:
     row_id = id_or_none(value)
     if row_id is None:
         raise Rejected(f"NULL id column {column!r}")
+    problem = id_problem(row_id)
+    if problem is not None:
+        raise Rejected(problem)
     return row_id
 
 
@@ -77,7 +91,13 @@ def null_id(table: str, row: Mapping[str, ColumnValue]) -> str:
     return "null-id:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 
-def column_headers(column: str | None, row: Mapping[str, ColumnValue]) -> dict[str, str]:
+def column_headers(
+    column: str | None,
+    row: Mapping[str, ColumnValue],
+    on_reserved: Callable[[str], None] | None = None,
+) -> dict[str, str]:
+    """The entries of a row's headers column. The bridge's own names (any spelling) are
+    left out, and ``on_reserved`` told of each."""
     raw = row.get(column) if column is not None else None
     if raw is None:  # no headers column, or NULL in it
         return {}
@@ -97,6 +117,10 @@ def column_headers(column: str | None, row: Mapping[str, ColumnValue]) -> dict[s
             raise Rejected(f"invalid header name in headers column: {clip(name)}")
         if name.lower() == "nats-msg-id":
             continue  # the id column decides deduplication, not the row's headers
+        if reserved_by_bridge(name):
+            if on_reserved is not None:
+                on_reserved(name)
+            continue
         if controls_jetstream(name):
             raise Rejected(
                 f"header {clip(name)} in headers column {column!r} is reserved: "
@@ -112,8 +136,8 @@ def column_headers(column: str | None, row: Mapping[str, ColumnValue]) -> dict[s
 
 
 def headers_size(headers: Mapping[str, str], msg_id: str) -> int:
-    size = _HEADER_BLOCK_OVERHEAD + _MSG_ID_HEADER + len(msg_id.encode())
+    size = _HEADER_BLOCK_OVERHEAD + _MSG_ID_HEADER + utf8_size(msg_id)
     for name, value in headers.items():
         # ": " and "\r\n"; names are ASCII, values are measured in UTF-8 bytes.
-        size += len(name) + (len(value) if value.isascii() else len(value.encode())) + 4
+        size += len(name) + utf8_size(value) + 4
     return size

@@ -25,23 +25,27 @@ from cdc_bridge.core.templates import (
     Template,
     split_path,
 )
+from cdc_bridge.core.wire_text import SENDABLE_TEXT_RULE, UNENCODABLE_TEXT, UNSAFE_TEXT
 from cdc_bridge.routing.cloudevents import EventFormat
 
 # What one subject token may not be or contain (\A\Z: the empty string); NATS itself
 # only rejects ASCII whitespace, refusing all of \s is stricter and costs nothing.
-_UNSAFE_SUBJECT_VALUE = re.compile(r"\A\Z|[.*>\s\x00-\x1f\x7f]")
+_UNSAFE_SUBJECT_VALUE = re.compile(r"\A\Z|[.*>\s\x00-\x1f\x7f\ud800-\udfff]")
 
 
-UNSAFE_HEADER_VALUE = re.compile(r"[\r\n]")
+UNSAFE_HEADER_VALUE = UNSAFE_TEXT  # the wire's rule (core/wire_text.py)
 
 
-_NOTHING_UNSAFE = re.compile(r"(?!)")  # CloudEvents attributes: any text
+# CloudEvents attributes: any text that can be encoded (it is percent-encoded in a
+# header, escaped in JSON).
+_ATTRIBUTE_UNSAFE = UNENCODABLE_TEXT
 
 
+# (Control characters and lone surrogates are refused too: too rare to lengthen it.)
 _SUBJECT_TOKEN_RULE = "a subject token may not be empty or contain '.', '*', '>' or whitespace"
 
 
-HEADER_VALUE_RULE = "a header value may not contain CR or LF"
+HEADER_VALUE_RULE = f"a header value may not hold {SENDABLE_TEXT_RULE}"
 
 
 REASON_VALUE_LIMIT = 60
@@ -267,7 +271,7 @@ def _attribute_template(template: Template, where: str) -> CompiledTemplate:
     return CompiledTemplate(
         first=template.literals[0],
         rest=tuple(zip(template.columns, template.literals[1:], strict=True)),
-        unsafe=_NOTHING_UNSAFE.search,
+        unsafe=_ATTRIBUTE_UNSAFE.search,
         where=where,
         rule="",
     )

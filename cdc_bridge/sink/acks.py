@@ -11,9 +11,18 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-# JetStream API error codes for a message that will fail the same way every time.
-_ERR_MESSAGE_TOO_LARGE = 10054
-PERMANENT_ERR_CODES = frozenset({_ERR_MESSAGE_TOO_LARGE})
+# JetStream error codes (nats-server's errors.json) for a refusal that is a property of
+# the message itself, so it would fail the same way on every replay: such a message is
+# dead-lettered. Refusals that depend on the stream's state or settings (limits, a wrong
+# expectation, counters or schedules turned off) stay transient: the message is fine.
+PERMANENT_ERR_CODES = frozenset(
+    {
+        10054,  # message size exceeds maximum allowed (the stream's max_msg_size)
+        10097,  # header size exceeds maximum allowed of 64k
+        10165,  # invalid per-message TTL
+        10227,  # message stream source header is not allowed
+    }
+)
 
 
 class AckKind(enum.Enum):

@@ -32,10 +32,11 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from cdc_bridge.core.headers import header_lines, parse_header_lines
+from cdc_bridge.core.headers import BODY_DROPPED, header_lines, parse_header_lines
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.tracker import LsnTracker, Transaction
-from cdc_bridge.routing.dead_letters import DeadLetterPolicy
+from cdc_bridge.core.wire_text import MAX_HEADER_BLOCK, frame_problem, printable, subject_limit
+from cdc_bridge.routing.dead_letters import DeadLetterPolicy, PoisonRowError
 from cdc_bridge.routing.router import DEAD_LETTER_ROUTE
 from cdc_bridge.sink.ack_book import AckBook, InFlight, Settlement, UnrepliedRun
 from cdc_bridge.sink.acks import Ack, AckKind, classify
@@ -85,6 +86,7 @@ class JetStreamPublisher:
         self._guard = guard
         self._observer = observer
         self.last_ack_at = time.monotonic()  # for stall detection
+        self._max_subject = subject_limit()  # bytes of subject an HPUB line can carry
         inbox = nc.new_inbox()
         self._inbox = inbox
         self._prefix_len = len(inbox) + 1
@@ -170,20 +172,29 @@ class JetStreamPublisher:
         chained = guard is not None and guard.covers(subject)
         # Nothing in flight: the predecessor's stream sequence is known (ordering.py).
         expectation = guard.expectation(not book.in_flight) if guard is not None and chained else ""
-        block = header_block(header_lines, expectation)
+        try:
+            block = header_block(header_lines, expectation)
+        except UnicodeEncodeError:  # the router refuses such text: the last line of defence
+            block = b""
         block_size = len(block)
         size = block_size + len(data)
-        if size > self._nc.max_payload and route != DEAD_LETTER_ROUTE:
-            # The router checked the row, but our own headers came on top: the server
-            # would close the connection on it, on every replay. Dead-letter it instead
-            # (before it is chained: it must not become the next message's predecessor).
-            entry = InFlight(subject, data, header_lines, tx, time.monotonic(), route)
-            reason = (
-                f"message of {size} bytes with headers exceeds the server's max_payload "
-                f"{self._nc.max_payload}"
-            )
-            self._replace(entry, reason)
-            return
+        if (
+            not block
+            or size > self._nc.max_payload
+            or block_size > MAX_HEADER_BLOCK
+            or len(subject) * 4 > self._max_subject
+        ):
+            problem = self._frame_problem(subject, block, size)
+            if problem is not None:
+                if route == DEAD_LETTER_ROUTE:
+                    self._shed_body(subject, data, header_lines, tx, msg_id, problem)
+                    return
+                # The server would refuse it for good, or close the connection on it, on
+                # every replay. Dead-letter it instead (before it is chained: it must not
+                # become the next message's predecessor).
+                entry = InFlight(subject, data, header_lines, tx, time.monotonic(), route)
+                self._replace(entry, problem)
+                return
         frames = self._frames
         if not frames.parts:
             book.batch_started = time.monotonic()
@@ -196,6 +207,33 @@ class JetStreamPublisher:
         else:
             token = book.add(subject, data, header_lines, tx, route)
         frames.add(subject, token, block, data, block_size, size)
+
+    def _frame_problem(self, subject: str, block: bytes, size: int) -> str | None:
+        if not block:
+            return "headers hold text that is not valid Unicode (a lone surrogate)"
+        max_payload = self._nc.max_payload
+        return frame_problem(subject, len(block), size, max_payload, self._max_subject)
+
+    def _shed_body(
+        self,
+        subject: str,
+        data: bytes,
+        header_lines: str,
+        tx: Transaction,
+        msg_id: str,
+        problem: str,
+    ) -> None:
+        """A dead letter that does not fit: it goes without its body (the row keeps it),
+        saying so in a header. One that still cannot be sent stops the bridge."""
+        if data and "max_payload" in problem:
+            lines = f"{header_lines}{BODY_DROPPED}: {len(data)} bytes\r\n"
+            self.publish(subject, b"", lines, tx, DEAD_LETTER_ROUTE, msg_id, replacing=True)
+            return
+        self.fail(
+            PoisonRowError(
+                f"the dead letter of id {printable(msg_id)} cannot be sent either: {problem}"
+            )
+        )
 
     def committed(self, tx: Transaction) -> None:
         """The pipeline saw the commit; if every event was acked already, it is done."""

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 from support.bridge import MakeBridge, start_bridge
-from support.nats_helpers import StreamMessage
+from support.nats_helpers import StreamMessage, nats_with_max_payload
 from support.outbox import (
     bridge_config,
     current_wal_lsn,
@@ -57,12 +57,8 @@ class Row:
 
 @pytest.fixture
 def small_nats(devstack_tmp: Path) -> Iterator[NatsServer]:
-    config = devstack_tmp / "nats.conf"
-    config.write_text(f"max_payload: {MAX_PAYLOAD}\n")
-    server = NatsServer(devstack_tmp / "nats", extra_args=["-c", str(config)])
-    server.start()
-    yield server
-    server.close()
+    with nats_with_max_payload(devstack_tmp, MAX_PAYLOAD) as server:
+        yield server
 
 
 @pytest.fixture

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nats
 from nats.aio.client import Client
 from nats.js.api import StreamInfo
 from nats.js.errors import NotFoundError
 from nats.js.manager import JetStreamManager
+
+from cdc_bridge.dev.nats_server import NatsServer
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,3 +87,16 @@ async def delete_all_streams(url: str, timeout: float = 10.0) -> list[str]:
         for name in names:
             await jsm.delete_stream(name)
     return names
+
+
+@contextmanager
+def nats_with_max_payload(folder: Path, max_payload: int) -> Iterator[NatsServer]:
+    """A test's own nats-server whose max_payload is ``max_payload``."""
+    config = folder / "nats.conf"
+    config.write_text(f"max_payload: {max_payload}\n")
+    server = NatsServer(folder / "nats", extra_args=["-c", str(config)])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()

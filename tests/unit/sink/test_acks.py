@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from cdc_bridge.sink.acks import (
@@ -54,3 +56,23 @@ def test_replies_that_say_nothing_are_transient(
     data: bytes, headers: dict[str, str] | None, reason: str
 ) -> None:
     assert classify(data, headers) == Ack(AckKind.TRANSIENT, reason)
+
+
+@pytest.mark.parametrize(
+    ("err_code", "description"),
+    [
+        (10097, "header size exceeds maximum allowed of 64k"),
+        (10165, "invalid per-message TTL"),
+        (10227, "message stream source header is not allowed"),
+    ],
+)
+def test_every_refusal_of_the_message_itself_is_permanent(err_code: int, description: str) -> None:
+    reply = json.dumps({"error": {"code": 400, "err_code": err_code, "description": description}})
+    assert classify(reply.encode(), None) == Ack(
+        AckKind.PERMANENT, f"{description} (err_code {err_code})"
+    )
+
+
+def test_refusals_by_the_streams_state_stay_transient() -> None:
+    limits = b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}'
+    assert classify(limits, None).kind is AckKind.TRANSIENT
