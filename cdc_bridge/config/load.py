@@ -7,7 +7,8 @@ a DSN, password or token are shown as ``<redacted>``, and any echoed URL loses i
 password.
 
 The stages, one function each:
-  read      YAML -> plain data, each key's line recorded (yaml_source.read_yaml)
+  read      YAML -> plain data, each key's line recorded (yaml_source.read_yaml), and
+            refused beyond the size limits (limits.py)
   expand    ``${VAR}`` and ``${VAR:-default}`` in values (yaml_source.expand_env)
   parse     into the frozen BridgeConfig (model.py): the models' defaults fill in what
             the file leaves out, schema.py's key types check each key
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from cdc_bridge.config.limits import MAX_FILE_BYTES, file_size_problem, routes_problem
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.config.problems import ConfigError, KeyPath, Problems
 from cdc_bridge.config.schema import CHANGE_PAYLOADS, PLAIN_FORMAT
@@ -37,7 +39,10 @@ from cdc_bridge.core.subjects import filter_within
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> BridgeConfig:
     """Read and validate a config file (``env`` defaults to the process environment)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        # One character past the limit is enough for read() to refuse the file, which
+        # may be huge (or endless: /dev/zero); even then at most 4 bytes a character.
+        with Path(path).open(encoding="utf-8") as file:
+            text = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the config file: {exc.strerror or exc}"]) from exc
     except UnicodeDecodeError as exc:
@@ -59,6 +64,10 @@ def parse_config(
 
 
 def read(text: str, problems: Problems) -> dict[str, object]:
+    too_large = file_size_problem(len(text.encode("utf-8")))
+    if too_large is not None:  # refused before parsing: the parser's memory is its size
+        problems.add((), too_large)
+        problems.raise_if_any()
     data = read_yaml(text, problems)
     problems.raise_if_any()
     if not isinstance(data, dict):
@@ -76,6 +85,7 @@ def expand(
 
 
 def parse(data: dict[str, object], problems: Problems, failed: set[KeyPath]) -> BridgeConfig:
+    _check_route_count(data.get("routes"), problems)
     _check_routes(data.get("routes"), problems)
     try:
         config = BridgeConfig.model_validate(data)
@@ -98,6 +108,15 @@ def validate(config: BridgeConfig, problems: Problems) -> None:
     postgres_password, nats_auth = read_secrets(config, problems)
     problems.raise_if_any()
     config.hold_secrets(postgres_password, nats_auth)
+
+
+def _check_route_count(routes: object, problems: Problems) -> None:
+    """Refused before the routes are validated, which is what takes the time: each
+    becomes a model with its templates parsed."""
+    too_many = routes_problem(len(routes)) if isinstance(routes, list) else None
+    if too_many is not None:
+        problems.add(("routes",), too_many)
+        problems.raise_if_any()
 
 
 def _check_routes(routes: object, problems: Problems) -> None:

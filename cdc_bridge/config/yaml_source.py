@@ -10,16 +10,21 @@ from collections.abc import Mapping
 
 import yaml
 
+from cdc_bridge.config.bounded_yaml import MERGE_TAG, BoundedLoader
+from cdc_bridge.config.limits import MAX_DEPTH, MAX_VALUES, LimitExceeded, too_deep, too_many_values
 from cdc_bridge.config.problems import KeyPath, Problems
 
 
 def read_yaml(text: str, problems: Problems) -> object:
-    loader = yaml.SafeLoader(text)
+    loader = BoundedLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
-        return _build_value(loader, node, (), problems, set())
+        return _ValueBuilder(loader, problems).build(node, ())
+    except LimitExceeded as exc:
+        # Stopped at once: nothing past the limit is built, and what was is dropped.
+        problems.add((), exc.message, exc.line)
     except yaml.MarkedYAMLError as exc:
         # Only the problem and its position: the exception's own text quotes the
         # source line, which may be a DSN with a password.
@@ -33,58 +38,75 @@ def read_yaml(text: str, problems: Problems) -> object:
     return None
 
 
-def _build_value(
-    loader: yaml.SafeLoader,
-    node: yaml.Node,
-    path: KeyPath,
-    problems: Problems,
-    active: set[int],
-) -> object:
-    if isinstance(node, yaml.ScalarNode):
-        return loader.construct_object(node)
-    if id(node) in active:
-        problems.add(path, "a YAML alias refers to itself")
-        return None
-    active.add(id(node))
-    try:
-        if isinstance(node, yaml.SequenceNode):
-            items: list[object] = []
-            for index, child in enumerate(node.value):
-                problems.lines[(*path, index)] = child.start_mark.line + 1
-                items.append(_build_value(loader, child, (*path, index), problems, active))
-            return items
-        assert isinstance(node, yaml.MappingNode)
-        _check_duplicate_keys(node, path, problems)
+class _ValueBuilder:
+    """Plain values from the composed nodes, node by node, each key path's line recorded.
+
+    An alias is built again at each reference, as the config sees it: each value built
+    counts toward the limit (limits.py), and building stops at once when it is reached,
+    so that an alias bomb costs no more than a file that size written out."""
+
+    def __init__(self, loader: BoundedLoader, problems: Problems) -> None:
+        self._loader = loader
+        self._problems = problems
+        self._built = 0
+        self._active: set[int] = set()  # being built: met again, an alias inside itself
+
+    def build(self, node: yaml.Node, path: KeyPath) -> object:
+        self._built += 1
+        if self._built > MAX_VALUES:
+            raise too_many_values()
+        # len(path) + 1 levels, counted as the composer counts them (the root is one).
+        if len(path) >= MAX_DEPTH:
+            raise too_deep(node.start_mark.line + 1)
+        if isinstance(node, yaml.ScalarNode):
+            return self._loader.construct_object(node)
+        if id(node) in self._active:
+            self._problems.add(path, "a YAML alias refers to itself")
+            return None
+        self._active.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return self._build_list(node, path)
+            assert isinstance(node, yaml.MappingNode)
+            return self._build_mapping(node, path)
+        finally:
+            self._active.discard(id(node))
+
+    def _build_list(self, node: yaml.SequenceNode, path: KeyPath) -> list[object]:
+        items: list[object] = []
+        for index, child in enumerate(node.value):
+            self._problems.lines[(*path, index)] = child.start_mark.line + 1
+            items.append(self.build(child, (*path, index)))
+        return items
+
+    def _build_mapping(self, node: yaml.MappingNode, path: KeyPath) -> dict[str, object]:
+        _check_duplicate_keys(node, path, self._problems)
         # Resolves `<<: *anchor` merge keys; merged pairs come first, so keys written
         # out in this mapping override them (last one wins below).
-        loader.flatten_mapping(node)
+        self._loader.flatten_mapping(node)
         mapping: dict[str, object] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
-                problems.add(path, "keys must be plain text", key_node.start_mark.line + 1)
+                line = key_node.start_mark.line + 1
+                self._problems.add(path, "keys must be plain text", line)
                 continue
             # The key's source text, not its YAML type: `on:` stays "on", not True.
             key = str(key_node.value)
-            problems.lines[(*path, key)] = key_node.start_mark.line + 1
-            mapping[key] = _build_value(loader, value_node, (*path, key), problems, active)
+            self._problems.lines[(*path, key)] = key_node.start_mark.line + 1
+            mapping[key] = self.build(value_node, (*path, key))
         return mapping
-    finally:
-        active.discard(id(node))
 
 
 def _check_duplicate_keys(node: yaml.MappingNode, path: KeyPath, problems: Problems) -> None:
     first_lines: dict[str, int] = {}
     for key_node, _ in node.value:
-        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == MERGE_TAG:
             continue
         line = key_node.start_mark.line + 1
         first = first_lines.setdefault(str(key_node.value), line)
         if first != line:
             key_path = (*path, str(key_node.value))
             problems.add(key_path, f"duplicate key (first on line {first})", line)
-
-
-_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 # ---------------------------------------------------------------------------------------
