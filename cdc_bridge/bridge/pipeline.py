@@ -117,6 +117,7 @@ class Pipeline:
         self._in_stream = in_stream
         self._on_dead_letter = on_dead_letter
         self.publisher = publisher
+        self.tracker = tracker  # read (and held at a ceiling) by the catalog watch
         self._tx: Transaction | None = None
         self._tx_lsn = ""
         self._tx_index = 0
@@ -147,7 +148,7 @@ class Pipeline:
             await self.publisher.close()
             # Confirming what is acked is always safe, even after a failure.
             with contextlib.suppress(Exception):
-                self._stream.send_status(self._tracker.received, self._tracker.confirmed)
+                self._stream.send_status(self._tracker.received, self._tracker.confirmable)
             await self._stream.close()
 
     async def _shut_down(self, reader: asyncio.Task[None], timeout: float) -> None:
@@ -165,8 +166,8 @@ class Pipeline:
                 "they are sent again on the next start",
             )
         tracker = self._tracker
-        await self._stream.finish(tracker.received, tracker.confirmed)
-        log.info("stopped", lsn=format_lsn(tracker.confirmed))
+        await self._stream.finish(tracker.received, tracker.confirmable)
+        log.info("stopped", lsn=format_lsn(tracker.confirmable))
 
     async def _send_status_periodically(self) -> None:
         """Confirm progress soon after it happens, and at least every status interval.
@@ -181,9 +182,10 @@ class Pipeline:
         sent_at = 0.0
         while True:
             now = loop.time()
-            if tracker.confirmed != sent_confirmed or now - sent_at >= self._status_interval:
-                self._stream.send_status(tracker.received, tracker.confirmed)
-                sent_confirmed = tracker.confirmed
+            confirmable = tracker.confirmable
+            if confirmable != sent_confirmed or now - sent_at >= self._status_interval:
+                self._stream.send_status(tracker.received, confirmable)
+                sent_confirmed = confirmable
                 sent_at = now
             await asyncio.sleep(tick)
 
@@ -212,7 +214,7 @@ class Pipeline:
                 if type(parsed) is Keepalive:
                     tracker.keepalive(parsed.wal_end)
                     if parsed.reply_requested:
-                        stream.send_status(tracker.received, tracker.confirmed)
+                        stream.send_status(tracker.received, tracker.confirmable)
             if last_xlog is not None:
                 tracker.saw(xlog_wal_end(last_xlog))
             await publisher.flush()  # one write for the whole batch read

@@ -14,6 +14,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamInfo
 from nats.js.client import JetStreamContext
 
+from cdc_bridge.bridge.catalog_watch import watch_catalog
 from cdc_bridge.bridge.failover import (
     make_failover_slot,
     watch_standbys,
@@ -322,6 +323,11 @@ async def run(
     if config.postgres.source == "standby":
         stats = state.stats
         beside.append(asyncio.create_task(snapshots_while_idle(config, lambda: stats.transactions)))
+    else:  # (a standby source's catalog is the primary's: not watched yet)
+        interval = config.postgres.status_interval
+        watch = asyncio.create_task(watch_catalog(config, pipeline.tracker, interval))
+        watch.add_done_callback(partial(_fail_publisher_with, publisher))
+        beside.append(watch)
     try:
         await pipeline.run(stop, shutdown_timeout=config.shutdown_timeout)
     finally:
@@ -335,6 +341,12 @@ async def run(
 
 def _fail_publisher(publisher: JetStreamPublisher, _: object) -> None:
     publisher.fail(PublishError("NATS connection lost"))
+
+
+def _fail_publisher_with(publisher: JetStreamPublisher, task: asyncio.Task[None]) -> None:
+    """A watch beside the pipeline ended: its error ends the session."""
+    if not task.cancelled() and isinstance(error := task.exception(), Exception):
+        publisher.fail(error)
 
 
 class PublishCounter:

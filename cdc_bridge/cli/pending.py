@@ -22,6 +22,7 @@ from cdc_bridge.cli.errors import OpsError, UsageError
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.changes import Begin, Change, ColumnValue, Commit, Insert, LogicalMessage
 from cdc_bridge.core.lsn import format_lsn
+from cdc_bridge.core.wire_text import printable
 from cdc_bridge.routing.messages import EnvelopeColumns, default_message_id, message_event
 from cdc_bridge.routing.router import DEAD_LETTER_ROUTE, Outbound, Poison, Router
 from cdc_bridge.source.catalog import RawChange, SlotInfo, peek_changes
@@ -115,9 +116,10 @@ class RowDescriber:
             route = DEAD_LETTER_ROUTE if config.dead_letter is not None else None
             subject = config.dead_letter.subject if config.dead_letter is not None else None
             note = f"invalid message envelope: {event.problem}"
-            return PendingRow(xid, lsn, event.table, "message", event.msg_id, route, subject, note)
+            shown_id = printable(event.msg_id)
+            return PendingRow(xid, lsn, event.table, "message", shown_id, route, subject, note)
         outcome = self._router.route(event.table, event.row)
-        return self._routed(xid, lsn, event.table, "message", event.msg_id, outcome)
+        return self._routed(xid, lsn, event.table, "message", printable(event.msg_id), outcome)
 
     @staticmethod
     def _routed(
@@ -138,9 +140,11 @@ class RowDescriber:
 
 
 def _text(value: ColumnValue) -> str | None:
+    """An id as shown: control characters and lone surrogates escaped (a row's id may
+    hold them; it is dead-lettered, and must still print)."""
     if isinstance(value, bytes):
         return value.hex()
-    return value
+    return None if value is None else printable(value)
 
 
 def decode_transactions(

@@ -34,6 +34,18 @@ class LsnTracker:
         self._pending: deque[Transaction] = deque()  # committed or open, oldest first
         self._open: Transaction | None = None
         self.in_flight = 0  # events sent and not yet acked, across all transactions
+        # The highest position found safe by a check of the catalog made after it was
+        # received (bridge/catalog_watch.py); None: not watched. Status updates confirm
+        # no further: a publication dropped at X makes PostgreSQL skip rows after X
+        # without a word, and only a check made after X was read can tell.
+        self.ceiling: int | None = None
+
+    @property
+    def confirmable(self) -> int:
+        """What a status update may confirm: ``confirmed``, held at ``ceiling``."""
+        ceiling = self.ceiling
+        confirmed = self.confirmed
+        return confirmed if ceiling is None or confirmed <= ceiling else ceiling
 
     @property
     def idle(self) -> bool:

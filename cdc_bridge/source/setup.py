@@ -175,8 +175,11 @@ async def json_path_problems(
     return problems
 
 
-async def prepare_outbox(conn: psycopg.AsyncConnection[TupleRow], config: BridgeConfig) -> None:
-    """Check the outbox tables and the routes' columns; create the publication if missing."""
+async def prepare_outbox(
+    conn: psycopg.AsyncConnection[TupleRow], config: BridgeConfig, *, slot_exists: bool = False
+) -> None:
+    """Check the outbox tables and the routes' columns; create the publication if missing
+    (for pgoutput, only while the slot is new: see ``publication_dropped``)."""
     pg = config.postgres
     problems = await outbox_problems(conn, config)
     if problems:
@@ -185,6 +188,8 @@ async def prepare_outbox(conn: psycopg.AsyncConnection[TupleRow], config: Bridge
     # The publication must exist before the slot: pgoutput looks it up as of each
     # change's position, and fails on changes from before it existed.
     if not await publication_exists(conn, pg.publication):
+        if slot_exists and pg.plugin == "pgoutput":
+            raise FatalError(publication_dropped(pg.publication, pg.slot))
         try:
             if tables:
                 await create_publication(conn, pg.publication, tables, operations)
@@ -202,33 +207,59 @@ async def prepare_outbox(conn: psycopg.AsyncConnection[TupleRow], config: Bridge
             ) from None
         log.info("publication_created", publication=pg.publication, tables=list(tables))
         return
-    await check_via_root(conn, pg.publication, tables)
+    problem = await publication_problem(conn, config)
+    if problem is not None:
+        raise FatalError(problem)
+
+
+# What brings back the rows a gap left out, once the cause is fixed: the bridge delivers
+# what the slot still has, then (the order guard needs it stopped) the audit finds what
+# the stream lacks and the replay publishes it (Cdc-Replay: true).
+REPAIR_AFTER_A_GAP = (
+    "start the bridge until it has caught up, stop it, run `cdc-bridge audit --config "
+    "<this file>` and `cdc-bridge outbox replay --config <this file> --missing --yes`, "
+    "and start it again"
+)
+
+
+def publication_dropped(publication: str, slot: str) -> str:
+    """A pgoutput slot whose publication is gone: pgoutput skipped (or will skip) every
+    row committed while it was missing, saying so only in PostgreSQL's own log."""
+    return (
+        f"postgres.publication: publication {publication} does not exist, but slot {slot} "
+        "does: it was dropped, and PostgreSQL skips the rows committed while it is missing "
+        "(they are not in the stream). Repair: create it again (cdc-bridge init --config "
+        f"<this file> --dsn <an admin's DSN>); then {REPAIR_AFTER_A_GAP}"
+    )
+
+
+async def publication_problem(
+    conn: psycopg.AsyncConnection[TupleRow], config: BridgeConfig
+) -> str | None:
+    """Why the existing publication would not deliver every event, or None: a table
+    not in it, a partitioned table not published via its root, missing operations."""
+    pg = config.postgres
+    tables, operations = publication_plan(config)
+    partitioned = await partitioned_tables(conn, tables)
+    if partitioned and not await publication_via_root(conn, pg.publication):
+        return via_root_problem(pg.publication, partitioned[0])
     covered = await publication_tables(conn, pg.publication)
     uncovered = [t for t in tables if t not in covered]
     if uncovered:
-        raise FatalError(
+        return (
             f"postgres.publication: publication {pg.publication} does not include "
             f"{uncovered[0]}; its events would never arrive (fix: ALTER PUBLICATION "
             f"{pg.publication} ADD TABLE {uncovered[0]})"
         )
     info = await publication_info(conn, pg.publication)
     if info is not None and not set(operations) <= set(info.operations):
-        raise FatalError(
+        return (
             f"postgres.publication: publication {pg.publication} publishes only "
             f"{', '.join(info.operations) or 'nothing'}; change events need updates and "
             f"deletes (fix: ALTER PUBLICATION {pg.publication} SET (publish = "
             f"'{', '.join(operations)}'))"
         )
-
-
-async def check_via_root(
-    conn: psycopg.AsyncConnection[TupleRow], publication: str, tables: tuple[str, ...]
-) -> None:
-    """A partitioned table must be published via its root: otherwise pgoutput names each
-    change after its partition, and routes (``table``) would see the partitions."""
-    partitioned = await partitioned_tables(conn, tables)
-    if partitioned and not await publication_via_root(conn, publication):
-        raise FatalError(via_root_problem(publication, partitioned[0]))
+    return None
 
 
 def via_root_problem(publication: str, table: str) -> str:
@@ -317,8 +348,8 @@ async def prepare_postgres(
         if pg.source == "standby":
             return await _prepare_on_standby(conn, config, may_create_slot)
         failover = failover_wanted(config, conn.info.server_version)
-        await prepare_outbox(conn, config)
         slot = await get_slot(conn, pg.slot)
+        await prepare_outbox(conn, config, slot_exists=slot is not None)
         if slot is None:
             if may_create_slot is not None:
                 await may_create_slot()
@@ -333,7 +364,8 @@ async def _prepare_on_standby(
     pg = config.postgres
     await require_standby(conn, config)
     async with await connect_primary(config) as primary:
-        await prepare_outbox(primary, config)
+        slot = await get_slot(conn, pg.slot)
+        await prepare_outbox(primary, config, slot_exists=slot is not None)
         await wait_until_replayed(conn, await primary_wal_lsn(primary))
         slot = await get_slot(conn, pg.slot)
         if slot is None:

@@ -11,6 +11,9 @@ the headers the bridge meant: no injected header anywhere.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from support.bridge import MakeBridge, start_bridge
+from support.bridge import REPO_ROOT, MakeBridge, start_bridge
 from support.nats_helpers import StreamMessage, nats_with_max_payload
 from support.outbox import bridge_config, wait_for_ids, wait_for_slot_past
 
@@ -163,3 +166,28 @@ def test_hostile_rows_are_dead_lettered_and_the_rows_after_them_flow(
     # One warning per reserved name the headers column set.
     warned = [r for r in bridge.json_records() if r.get("event") == "reserved_header_dropped"]
     assert sorted(r["header"] for r in warned) == ["'Cdc-Error'", "'cdc-lsn'"]
+
+
+def test_slots_peek_shows_hostile_rows_escaped_instead_of_crashing(
+    outbox_dsn: str, roomy_nats: NatsServer, unique_name: str, make_bridge: MakeBridge
+) -> None:
+    u = unique_name
+    bridge = start_bridge(make_bridge, config_for(outbox_dsn, roomy_nats.url, u))
+    assert bridge.terminate() == 0  # the slot stays, and what follows waits in it
+    with psycopg.connect(outbox_dsn, autocommit=True) as conn:
+        insert(conn, aggregate_type="by_id", aggregate_id=INJECTED)
+        insert(conn, hdrs='{"X-A": "bad \\ud800 text"}')
+        emit(conn, json.dumps({"id": "lone \ud800", "aggregate_type": "t", "aggregate_id": "A",
+                               "event_type": "e", "payload": {}}, ensure_ascii=True))  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONIOENCODING": "utf-8"}
+    peek = subprocess.run(
+        [sys.executable, "-m", "cdc_bridge", "slots", "peek", u, "--config",
+         str(bridge.config_path), "--json"],
+        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=env, check=False,
+    )  # fmt: skip
+    assert peek.returncode == 0, peek.stderr
+    assert "Traceback" not in peek.stderr
+    shown = peek.stdout
+    assert "x\\\\r\\\\nInjected-Hdr" in shown  # the id, escaped (and JSON-escaped again)
+    assert "lone \\\\ud800" in shown
+    assert shown.count('"route": "dead_letter"') == 3, shown

@@ -108,3 +108,16 @@ def test_confirmed_is_the_end_of_the_longest_fully_acked_prefix(
         assert tracker.confirmed == _end_of_fully_acked_prefix(event_counts, acked)
     assert tracker.confirmed == len(event_counts) * 10
     assert tracker.in_flight == 0
+
+
+def test_a_ceiling_holds_what_status_updates_confirm() -> None:
+    tracker = LsnTracker(100)
+    assert tracker.confirmable == 100  # not watched: what is confirmed
+    tracker.ceiling = 100
+    tracker.keepalive(500)
+    assert tracker.confirmed == 500
+    assert tracker.confirmable == 100  # no check has vouched for past 100 yet
+    tracker.ceiling = 300
+    assert tracker.confirmable == 300
+    tracker.ceiling = 900
+    assert tracker.confirmable == 500  # never past what is acked
