@@ -55,6 +55,10 @@ class BridgeStatus:
     def readiness(self, stall_timeout: float) -> str | None:
         """None when ready, else the reason it is not."""
         if self.role != "streaming":
+            # Between sessions, the failure that ended the last one says why (a full
+            # stream, an unreachable server...): "reconnecting" alone does not.
+            if self.role == "reconnecting" and self.last_error:
+                return f"not streaming (reconnecting): {self.last_error}"
             return f"not streaming ({self.role})"
         progress = self.progress
         in_flight = progress.in_flight() if progress is not None else 0

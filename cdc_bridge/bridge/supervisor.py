@@ -27,6 +27,7 @@ from cdc_bridge.core.wire_text import shown
 from cdc_bridge.routing.dead_letters import PoisonRowError
 from cdc_bridge.routing.router import Router
 from cdc_bridge.sink.connect import NatsConnectError, NatsPermissionError, unreachable
+from cdc_bridge.sink.publisher import StreamLimitError
 from cdc_bridge.source.catalog import slot_lag
 from cdc_bridge.source.leadership import Leadership
 from cdc_bridge.source.protocol import ProtocolError
@@ -307,7 +308,9 @@ async def lead(
                 return 1
             except SlotInUse as exc:
                 delay = backoff.next_delay()
-                failures.failed(f"{exc} (waiting for it to be released)", delay)
+                message = f"{exc} (waiting for it to be released)"
+                failures.failed(message, delay)
+                state.status.failed(message)  # /readyz's reason while reconnecting
             except TRANSIENT_ERRORS as exc:
                 if (fatal := give_up(exc, config, state)) is not None:
                     state.status.failed(fatal)
@@ -427,7 +430,7 @@ def describe(exc: BaseException, config: BridgeConfig) -> str:
         return f"PostgreSQL at {where}: {_SEVERITY.sub('', detail) or type(exc).__name__}"
     if isinstance(exc, nats.errors.NoServersError):
         return unreachable(config.nats.servers, None)
-    if isinstance(exc, NatsPermissionError | NatsConnectError):
+    if isinstance(exc, NatsPermissionError | NatsConnectError | StreamLimitError):
         return detail  # already says what it is and where
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 

@@ -11,6 +11,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cdc_bridge.sink.stream_limits import StreamLimit, refused_limit
+
 # JetStream error codes (nats-server's errors.json) for a refusal that is a property of
 # the message itself, so it would fail the same way on every replay: such a message is
 # dead-lettered. Refusals that depend on the stream's state or settings (limits, a wrong
@@ -37,6 +39,8 @@ class AckKind(enum.Enum):
 class Ack:
     kind: AckKind
     reason: str = ""  # for the refusals: what the server said
+    stream: str = ""  # the stream that refused (JetStream names it in the reply)
+    limit: StreamLimit | None = None  # the stream is full: this limit refused (discard new)
 
 
 STORED = Ack(AckKind.STORED)
@@ -60,5 +64,11 @@ def classify(data: bytes, headers: Mapping[str, str] | None) -> Ack:
     if error is None:
         return DUPLICATE if reply.get("duplicate") else STORED
     err_code = error.get("err_code")
+    description = str(error.get("description", "unknown error"))
+    reason = f"{description} (err_code {err_code})"
+    stream = str(reply.get("stream") or "")
+    limit = refused_limit(err_code, description)
+    if limit is not None:  # transient: the message is fine, the stream has no room
+        return Ack(AckKind.TRANSIENT, reason, stream, limit)
     kind = AckKind.PERMANENT if err_code in PERMANENT_ERR_CODES else AckKind.TRANSIENT
-    return Ack(kind, f"{error.get('description', 'unknown error')} (err_code {err_code})")
+    return Ack(kind, reason, stream)

@@ -41,6 +41,7 @@ from cdc_bridge.routing.router import DEAD_LETTER_ROUTE
 from cdc_bridge.sink.ack_book import AckBook, InFlight, Settlement, UnrepliedRun
 from cdc_bridge.sink.acks import Ack, AckKind, classify
 from cdc_bridge.sink.ordering import OrderGuard
+from cdc_bridge.sink.stream_limits import StreamLimit, describe_limit_refusal
 from cdc_bridge.sink.wire import Frames, header_block
 
 log = structlog.get_logger("cdc_bridge.sink.publisher")
@@ -53,6 +54,18 @@ _PERMANENT = AckKind.PERMANENT
 
 class PublishError(Exception):
     """The pipeline cannot go on: restart the session and replay from the slot."""
+
+
+class StreamLimitError(PublishError):
+    """The stream is full (a limit with discard: new): transient like every PublishError,
+    since the message is fine; its text names the stream, the limit and the fix."""
+
+    def __init__(
+        self, stream: str, limit: StreamLimit, config: dict[str, object] | None, subject: str
+    ) -> None:
+        super().__init__(describe_limit_refusal(stream, limit, config, subject))
+        self.stream = stream
+        self.limit = limit
 
 
 class PublishObserver(Protocol):
@@ -103,6 +116,7 @@ class JetStreamPublisher:
         self._watchdog: asyncio.Task[None] | None = None
         # Checked once per session: a debug line per ack, or nothing per ack at all.
         self._debug = log.is_enabled_for(logging.DEBUG)
+        self._limit_refused = False  # a full stream was reported (see _refused_by_limit)
 
     async def start(self) -> None:
         await self._nc.subscribe(self._inbox + ".*", cb=self._on_ack)
@@ -296,6 +310,8 @@ class JetStreamPublisher:
             else:
                 self._settle(settled)
                 self._guard_stored(entry, msg, settled)
+        elif ack.limit is not None:
+            await self._refused_by_limit(entry, ack.stream, ack.limit)
         elif entry.chained:
             self._refused(entry, ack.reason)
         elif kind is _NO_RESPONDERS:
@@ -340,6 +356,25 @@ class JetStreamPublisher:
 
     def _refused(self, entry: InFlight, reason: str) -> None:
         self.fail(PublishError(f"JetStream refused a message on {entry.subject}: {reason}"))
+
+    async def _refused_by_limit(self, entry: InFlight, stream: str, limit: StreamLimit) -> None:
+        """A full stream: the failure names the limit's configured value, read from the
+        stream's info now (it may have been edited since the session started). Only the
+        first refusal asks: the pipeline has failed by the time the next one comes."""
+        if self._limit_refused:
+            return
+        self._limit_refused = True
+        config: dict[str, object] | None = None
+        if stream:
+            try:
+                reply = await self._nc.request(
+                    f"$JS.API.STREAM.INFO.{stream}", b"", timeout=min(self._ack_timeout, 2.0)
+                )
+                found = json.loads(reply.data).get("config")
+                config = found if isinstance(found, dict) else None
+            except Exception:  # the line just lacks the value: the refusal is what counts
+                config = None
+        self.fail(StreamLimitError(stream or "<stream>", limit, config, entry.subject))
 
     async def _flush_or_fail(self) -> None:
         with contextlib.suppress(PublishError):  # flush has failed the pipeline already

@@ -23,6 +23,8 @@ from cdc_bridge.bridge.supervisor import describe, give_up
 from cdc_bridge.config.load import parse_config
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.sink.connect import unreachable
+from cdc_bridge.sink.publisher import StreamLimitError
+from cdc_bridge.sink.stream_limits import StreamLimit
 from cdc_bridge.source.replication import ReplicationError, server_address
 
 REFUSED = 'connection failed: connection to server at "10.0.0.5", port 5433 failed: FATAL:  '
@@ -179,3 +181,9 @@ def test_server_address_and_unreachable_nats() -> None:
     assert server_address("host=x password=p x") == "(unparsable postgres.dsn)"
     line = unreachable(["nats://u:s3cret@h:4222", "tls://tok3n@h2"], ConnectionRefusedError(111))
     assert line == "cannot connect to NATS at nats://u:***@h:4222, tls://***@h2: 111"
+
+
+def test_a_full_stream_is_described_by_its_own_words() -> None:
+    error = StreamLimitError("S", StreamLimit("max_msgs", "--max-msgs"), {"max_msgs": 3}, "e.x")
+    assert describe(error, config()) == str(error)
+    assert describe(error, config()).startswith("stream S is full: max_msgs 3 is reached")
