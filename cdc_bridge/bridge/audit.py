@@ -15,6 +15,17 @@ window are looked up by id (batched, on a second connection that sees rows commi
 since the snapshot): a row outside the window is not this audit's business, no row at
 all means it was deleted ("unretained": expected after `outbox prune`).
 
+When the stream's own limits (max_age, max_msgs, max_bytes, per subject; discard: old)
+have removed its oldest messages, the rows of those messages are expected to be missing,
+and every other row must still be checked. The stream holds this bridge's messages in
+commit order, so the cut is the row of the first of them it still holds: rows created
+before that row (``Window.retained_from``) that have no message are counted apart
+("outside_retention"), rows created since are checked as usual, and every message still
+held is checked for copies and order. Rows come with their insert time (created_at, the
+transaction's start), not their commit position: a transaction that ran across the cut
+can land on the wrong side of it. A cut by the time the first message was stored left
+out every row created before it, which after a backlog was every row the stream held.
+
 Commit order is checked while reading: the bridge's messages carry their commit position
 (Cdc-Lsn, Cdc-Index) and, stored in order, those never go down. A message below the
 highest position before it is out of order, unless it is a second copy of an id (then it
@@ -31,7 +42,7 @@ import heapq
 import itertools
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import IO
@@ -51,8 +62,12 @@ LOOKUP_BATCH = 1_000
 # little earlier than its start all the same, for clocks that disagree between hosts.
 CLOCK_SLACK = timedelta(minutes=5)
 _MAX_ORDER_CANDIDATES = 100_000
+# The first messages held, in stream order, looked up for the cut: the first whose row
+# is still there gives it (the very first one's may have been pruned).
+CUT_CANDIDATES = 100
 
 Key = tuple[str, str]  # (Nats-Msg-Id, Cdc-Table)
+Row = tuple[str, str, bool]  # (id, table, created before the stream's retention)
 
 
 @dataclass
@@ -60,7 +75,7 @@ class AuditResult:
     stream: str
     source: str
     window: Window
-    rows: int = 0  # retained rows in the window
+    rows: int = 0  # retained rows in the window, compared (outside_retention not among them)
     messages: int = 0  # stream messages read
     ours: int = 0  # of them, this bridge's outbox messages
     missing: int = 0  # rows no message holds
@@ -70,9 +85,12 @@ class AuditResult:
     order_checked: int = 0  # messages whose commit position was compared
     unretained: int = 0  # messages whose row is no longer in the table
     outside_window: int = 0  # messages whose row exists, created outside the window
+    # Rows without a message created before the row of the stream's first held message:
+    # the stream's limits removed their messages (expected, not a failure).
+    outside_retention: int = 0
     replayed: int = 0  # messages marked Cdc-Replay
-    # The stream's limits removed every message stored before this: rows created before
-    # it are not compared (their messages may have expired), the window starts here.
+    # The stream's limits removed messages: the created_at of the row of the first one it
+    # still holds (the cut of outside_retention).
     stream_expired_before: datetime | None = None
     missing_ids: list[str] = field(default_factory=list)
     duplicated_ids: list[str] = field(default_factory=list)
@@ -135,14 +153,15 @@ class _OrderCheck:
         self.candidates: dict[Key, int] = {}  # key -> seq of a message below the highest
         self.overflow = 0  # candidates past the bound: counted, not told apart
 
-    def see(self, key: Key, seq: int, headers: dict[str, str]) -> None:
+    def see(self, key: Key, seq: int, headers: dict[str, str]) -> bool:
+        """False for a message not in commit order by design (a replay, a dead letter)."""
         lsn = headers.get("Cdc-Lsn")
         if lsn is None or REPLAY_HEADER in headers or "Cdc-Error" in headers:
-            return
+            return False
         try:
             position = (parse_lsn(lsn), int(headers.get("Cdc-Index", "0")))
         except ValueError:
-            return
+            return False
         self.checked += 1
         if self.highest is None or position >= self.highest:
             self.highest = position
@@ -150,6 +169,7 @@ class _OrderCheck:
             self.candidates.setdefault(key, seq)
         else:
             self.overflow += 1
+        return True
 
 
 class _Lookups:
@@ -185,25 +205,26 @@ async def audit_stream(
     js: JetStreamContext,
     stream: str,
     source: str,
-    rows: Callable[[Window], AsyncIterator[list[tuple[str, str]]]],
+    rows: Callable[[Window], AsyncIterator[list[Row]]],
     lookup_conn: AsyncConn | None,
     *,
     tables: frozenset[str],
     id_column: str,
     window: Window,
+    created_at: Callable[[list[Key]], Awaitable[dict[Key, datetime]]],
     progress: Progress | None = None,
     on_missing: Callable[[str, str], None] | None = None,
 ) -> AuditResult:
-    """Compare what ``rows(window)`` yields (sorted (id, table) batches) with ``stream``.
-
-    The window is narrowed to the stream's oldest remaining message when its limits have
-    removed older ones (``result.window`` is the one used)."""
+    """Compare what ``rows(window)`` yields (sorted (id, table, early) batches) with
+    ``stream``. ``created_at`` gives the insert time of rows (source/outbox_rows.py's
+    created_times): for the cut, when the stream's limits have removed messages."""
     expired = await limits_removed_before(js, stream)
-    window = checkable(window, expired)
-    result = AuditResult(stream=stream, source=source, window=window)
-    result.stream_expired_before = expired
+    if window.start is not None and expired is not None and window.start >= expired:
+        expired = None  # the whole window was stored after the limits' last removal
     order = _OrderCheck()
+    firsts: list[Key] = []  # this bridge's first messages still held, for the cut
     start = window.start - CLOCK_SLACK if window.start is not None else None
+    result = AuditResult(stream=stream, source=source, window=window)
     with tempfile.TemporaryDirectory(prefix="cdc-bridge-audit-") as directory:
         spill = _SortedSpill(directory)
         async for batch in read_headers(js, stream, start_time=start, progress=progress):
@@ -219,7 +240,13 @@ async def audit_stream(
                 if REPLAY_HEADER in headers:
                     result.replayed += 1
                 spill.add(msg_id, table, seq)
-                order.see((msg_id, table), seq, headers)
+                in_order = order.see((msg_id, table), seq, headers)
+                if in_order and expired is not None and len(firsts) < CUT_CANDIDATES:
+                    firsts.append((msg_id, table))
+        if expired is not None:
+            window = Window(window.start, window.end, await _cut(firsts, created_at, expired))
+        result.window = window
+        result.stream_expired_before = window.retained_from
         await _merge(
             spill.groups(),
             rows(window),
@@ -231,9 +258,24 @@ async def audit_stream(
     return result
 
 
+async def _cut(
+    firsts: list[Key],
+    created_at: Callable[[list[Key]], Awaitable[dict[Key, datetime]]],
+    first_stored: datetime,
+) -> datetime:
+    """Where the stream's retention starts among the rows: the created_at of the row of
+    the first message of ours it holds; without one (none held, or every row pruned), the
+    time its first message was stored, as no later row can have been removed."""
+    found = await created_at(firsts)
+    for key in firsts:
+        if key in found:
+            return found[key]
+    return first_stored
+
+
 async def _merge(
     groups: Iterator[tuple[Key, list[int]]],
-    rows: AsyncIterator[list[tuple[str, str]]],
+    rows: AsyncIterator[list[Row]],
     order: _OrderCheck,
     lookups: _Lookups,
     result: AuditResult,
@@ -254,7 +296,8 @@ async def _merge(
     current = next(groups, None)
     previous: Key | None = None
     async for batch in rows:
-        for key in batch:
+        for row_id, table, early in batch:
+            key = (row_id, table)
             if key == previous:
                 continue  # a table without a unique id: its rows share one message
             previous = key
@@ -262,11 +305,15 @@ async def _merge(
                 stored(*current)
                 await lookups.add(current[0])
                 current = next(groups, None)
-            result.rows += 1
             if current is not None and current[0] == key:
+                result.rows += 1
                 stored(*current)
                 current = next(groups, None)
                 continue
+            if early:  # its message was among those the stream's limits removed
+                result.outside_retention += 1
+                continue
+            result.rows += 1
             result.missing += 1
             if len(result.missing_ids) < LISTED:
                 result.missing_ids.append(key[0])
@@ -280,10 +327,3 @@ async def _merge(
     result.order_checked = order.checked
     result.out_of_order = len(out_of_order) + order.overflow
     result.out_of_order_ids = sorted(key[0] for key in out_of_order)[:LISTED]
-
-
-def checkable(window: Window, expired_before: datetime | None) -> Window:
-    """``window``, starting no earlier than the stream's oldest remaining message."""
-    if expired_before is None or (window.start is not None and window.start >= expired_before):
-        return window
-    return Window(expired_before, window.end)

@@ -43,6 +43,7 @@ from cdc_bridge.source.catalog import AsyncConn, current_wal_lsn, drop_slot, get
 from cdc_bridge.source.outbox_rows import (
     AGE_COLUMN,
     Window,
+    created_times,
     ids_in_order,
     track_commit_timestamp,
 )
@@ -146,6 +147,7 @@ async def _republish(
             tables=frozenset(tables),
             id_column=id_column,
             window=Window(),
+            created_at=lambda keys: created_times(reader, id_column, keys),
             on_missing=lambda row_id, table: wanted.add((row_id, table)),
         )
         info = await js.stream_info(config.nats.stream.name)

@@ -25,7 +25,13 @@ from cdc_bridge.cli.target import connect_postgres, password_for
 from cdc_bridge.config.load import load_config
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.source.catalog import AsyncConn
-from cdc_bridge.source.outbox_rows import Window, begin_snapshot, ids_in_order, server_now
+from cdc_bridge.source.outbox_rows import (
+    Window,
+    begin_snapshot,
+    created_times,
+    ids_in_order,
+    server_now,
+)
 from cdc_bridge.source.replication import ReplicationStream
 
 if TYPE_CHECKING:
@@ -35,7 +41,8 @@ if TYPE_CHECKING:
 AUDIT_KEYS = (
     "stream", "source", "from", "until", "rows", "messages", "missing", "duplicated",
     "extra_copies", "out_of_order", "order_checked", "unretained", "outside_window",
-    "replayed", "stream_expired_before", "missing_ids", "duplicated_ids", "out_of_order_ids",
+    "outside_retention", "replayed", "stream_expired_before", "missing_ids", "duplicated_ids",
+    "out_of_order_ids",
 )  # fmt: skip
 _SHOWN_IDS = 10  # in the text output; --json lists up to 1,000
 
@@ -129,6 +136,7 @@ async def audit_command(
                 tables=frozenset(tables),
                 id_column=id_column,
                 window=window,
+                created_at=lambda keys: created_times(snapshot, id_column, keys),
                 progress=terminal_progress(f"reading stream {config.nats.stream.name}"),
             )
     finally:
@@ -182,14 +190,19 @@ def audit_lines(result: AuditResult, config: BridgeConfig) -> list[str]:
                     f"{result.unretained} (row no longer retained: deleted or pruned, expected)",
                 ),
                 ("outside window", result.outside_window),
+                (
+                    "outside retention",
+                    f"{result.outside_retention} (rows whose messages the stream's limits "
+                    "removed: expected)",
+                ),
             ]
         ),
     ]
     if result.stream_expired_before is not None:
         lines.append(
-            f"not checked: rows created before {_time_text(result.stream_expired_before)}; "
-            "the stream's limits (max_age, max_msgs, max_bytes) removed the messages stored "
-            "before then"
+            "the stream's limits (max_age, max_msgs, max_bytes) removed its oldest messages: "
+            f"rows created before {_time_text(result.stream_expired_before)} (the row of "
+            "the first message it holds) that have no message are outside its retention"
         )
     for label, ids, count in (
         ("missing", result.missing_ids, result.missing),

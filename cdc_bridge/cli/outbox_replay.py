@@ -41,6 +41,7 @@ from cdc_bridge.source.catalog import AsyncConn, get_slot
 from cdc_bridge.source.leadership import Leadership
 from cdc_bridge.source.outbox_rows import (
     begin_snapshot,
+    created_times,
     ids_in_order,
     track_commit_timestamp,
 )
@@ -162,6 +163,7 @@ async def _replay(
                 tables=frozenset(tables),
                 id_column=id_column,
                 window=window,
+                created_at=lambda keys: created_times(snapshot, id_column, keys),
                 progress=terminal_progress(f"checking stream {stream}"),
                 on_missing=lambda row_id, table: wanted.add((row_id, table)),
             )
@@ -177,7 +179,7 @@ async def _replay(
                     wanted,
                     source=source,
                     stream_subjects=tuple(info.config.subjects or ()),
-                    window=audit.window,  # narrowed to what the stream still holds
+                    window=audit.window,
                     by_commit_timestamp=by_commit_timestamp,
                     publish=publishing,
                     only_ids=selection.ids,
@@ -190,7 +192,8 @@ async def _replay(
     document = _document(stream, order, result, held, publishing)
     document["in_stream"] = audit.rows - audit.missing
     # --ids: the given ids without a retained row (never written, or deleted since)
-    document["not_found"] = len(set(selection.ids)) - audit.rows if selection.ids else 0
+    found = audit.rows + audit.outside_retention
+    document["not_found"] = len(set(selection.ids)) - found if selection.ids else 0
     return {key: document[key] for key in REPLAY_KEYS}
 
 

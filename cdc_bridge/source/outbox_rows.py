@@ -25,10 +25,15 @@ FETCH = 10_000  # rows per round trip of a server-side cursor
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """Rows created in [start, end); None: unbounded on that side."""
+    """Rows created in [start, end); None: unbounded on that side.
+
+    ``retained_from`` does not narrow the window: ``ids_in_order`` flags the rows created
+    before it, whose messages the stream's own limits may have removed (see
+    bridge/audit.py)."""
 
     start: datetime | None = None
     end: datetime | None = None
+    retained_from: datetime | None = None
 
 
 def _window_clause(window: Window) -> tuple[sql.Composable, list[object]]:
@@ -63,23 +68,29 @@ async def ids_in_order(
     id_column: str,
     window: Window,
     only_ids: Sequence[str] | None = None,
-) -> AsyncIterator[list[tuple[str, str]]]:
-    """Batches of (id, table) of every row in the window (of ``only_ids``, if given),
-    sorted, NULL ids left out."""
+) -> AsyncIterator[list[tuple[str, str, bool]]]:
+    """Batches of (id, table, early) of every row in the window (of ``only_ids``, if
+    given), sorted, NULL ids left out; ``early``: created before the window's
+    ``retained_from``."""
     where, params = _window_clause(window)
     if only_ids is not None:
         where = where + sql.SQL(" AND {}::text = ANY(%s)").format(sql.Identifier(id_column))
         params.append(list(only_ids))
+    early: sql.Composable = sql.SQL("false")
+    if window.retained_from is not None:
+        early = sql.SQL("{} < %s").format(sql.Identifier(AGE_COLUMN))
+        params.insert(0, window.retained_from)  # the select list comes before WHERE
     selects = []
     all_params: list[object] = []
     for table in tables:
         selects.append(
             sql.SQL(
-                'SELECT {id}::text COLLATE "C" AS id, {name}::text COLLATE "C" AS tbl FROM {table}'
-                " WHERE {id} IS NOT NULL{where}"
+                'SELECT {id}::text COLLATE "C" AS id, {name}::text COLLATE "C" AS tbl,'
+                " {early} AS early FROM {table} WHERE {id} IS NOT NULL{where}"
             ).format(
                 id=sql.Identifier(id_column),
                 name=sql.Literal(table),
+                early=early,
                 table=table_identifier(table),
                 where=where,
             )
@@ -89,35 +100,57 @@ async def ids_in_order(
     async with conn.cursor(name="cdc_bridge_audit_ids") as cur:
         await cur.execute(query, all_params)
         while rows := await cur.fetchmany(FETCH):
-            yield [(str(row[0]), str(row[1])) for row in rows]
+            yield [(str(row[0]), str(row[1]), bool(row[2])) for row in rows]
 
 
 async def existing_ids(conn: AsyncConn, table: str, id_column: str, ids: Sequence[str]) -> set[str]:
     """Which of ``ids`` still have a row in ``table`` (in any window)."""
+    return {str(row[0]) for row in await _rows_by_id(conn, table, id_column, ids, ())}
+
+
+async def created_times(
+    conn: AsyncConn, id_column: str, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], datetime]:
+    """The created_at of each (id, table) of ``keys`` that still has a row."""
+    by_table: dict[str, list[str]] = {}
+    for row_id, table in keys:
+        by_table.setdefault(table, []).append(row_id)
+    found: dict[tuple[str, str], datetime] = {}
+    for table, ids in by_table.items():
+        for row in await _rows_by_id(conn, table, id_column, ids, (AGE_COLUMN,)):
+            if isinstance(row[1], datetime):
+                found[(str(row[0]), table)] = row[1]
+    return found
+
+
+async def _rows_by_id(
+    conn: AsyncConn, table: str, id_column: str, ids: Sequence[str], columns: Sequence[str]
+) -> list[tuple[object, ...]]:
+    """(id as text, *columns) of the rows of ``table`` with one of ``ids``."""
     if not ids:
-        return set()
-    query = sql.SQL("SELECT {id}::text FROM {table} WHERE {id}::text = ANY(%s)").format(
-        id=sql.Identifier(id_column), table=table_identifier(table)
+        return []
+    selected = sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(c)) for c in columns)
+    as_text = sql.SQL("SELECT {id}::text{cols} FROM {table} WHERE {id}::text = ANY(%s)").format(
+        id=sql.Identifier(id_column), cols=selected, table=table_identifier(table)
     )
+    query = as_text
     typed = await _id_type(conn, table, id_column)
     if typed is not None:
         # The column's own type, so its index answers; an id that is not valid text
         # for the type cannot be a row of it.
-        query = sql.SQL("SELECT {id}::text FROM {table} WHERE {id} = ANY(%s::{t}[])").format(
-            id=sql.Identifier(id_column), table=table_identifier(table), t=sql.SQL(typed)
+        query = sql.SQL("SELECT {id}::text{cols} FROM {table} WHERE {id} = ANY(%s::{t}[])").format(
+            id=sql.Identifier(id_column),
+            cols=selected,
+            table=table_identifier(table),
+            t=sql.SQL(typed),
         )
     try:
         async with conn.transaction():  # a savepoint: a failed cast must not end the snapshot
             cur = await conn.execute(query, (list(ids),))
-            return {str(row[0]) for row in await cur.fetchall()}
+            return [tuple(row) for row in await cur.fetchall()]
     except psycopg.errors.DataError:
-        cur = await conn.execute(
-            sql.SQL("SELECT {id}::text FROM {table} WHERE {id}::text = ANY(%s)").format(
-                id=sql.Identifier(id_column), table=table_identifier(table)
-            ),
-            (list(ids),),
-        )
-        return {str(row[0]) for row in await cur.fetchall()}
+        cur = await conn.execute(as_text, (list(ids),))
+        return [tuple(row) for row in await cur.fetchall()]
 
 
 async def _id_type(conn: AsyncConn, table: str, id_column: str) -> str | None:

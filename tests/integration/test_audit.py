@@ -196,8 +196,51 @@ def test_audit_leaves_out_rows_whose_messages_the_stream_limits_removed(
     code, found = audit(path)
     assert code == 0, found
     assert found["stream_expired_before"] is not None
-    assert found["missing"] == 0 and 0 < found["rows"] <= 5
+    assert (found["missing"], found["rows"], found["outside_retention"]) == (0, 5, 3)
     assert not set(early) & set(found["missing_ids"])
+
+
+def test_audit_checks_every_row_the_limited_stream_still_holds(
+    pg_dsn: str, nats_url: str, unique_name: str, tmp_path: Path, make_bridge: MakeBridge
+) -> None:
+    """discard: old with max_msgs below the rows published in one backlog: the rows of the
+    removed messages are expected to be missing, the ones the stream holds are checked
+    (every row was created before any message was stored: a cut by time checked none)."""
+    held, total = 4, 10
+    config = bridge_config(pg_dsn, nats_url, unique_name)
+    path = write_config(tmp_path, config)
+    stream = config["nats"]["stream"]["name"]
+
+    async def limited_stream() -> None:  # made before the bridge, which keeps it as it is
+        client = await nats.connect(nats_url)
+        try:
+            await client.jetstream().add_stream(
+                name=stream, subjects=[f"{unique_name}.>"], max_msgs=held, discard="old"
+            )
+        finally:
+            await client.close()
+
+    asyncio.run(limited_stream())
+    start_bridge(make_bridge, config).terminate()  # the slot exists: the rows wait in it
+    ids = insert_events(
+        pg_dsn, [Event(aggregate_id=f"T-{n}") for n in range(total)], in_one_transaction=False
+    )
+    bridge = start_bridge(make_bridge, config)
+    kept = wait_for_ids(nats_url, stream, ids[-held:])
+    bridge.terminate()
+    assert [m.headers["Nats-Msg-Id"] for m in kept] == ids[-held:]
+
+    code, found = audit(path)
+    assert code == 0, found
+    assert (found["rows"], found["missing"], found["outside_retention"]) == (held, 0, total - held)
+    assert (found["order_checked"], found["duplicated"]) == (held, 0)
+
+    lost = ids[-2]  # a message the stream still holds, deleted by someone
+    asyncio.run(_tamper(nats_url, stream, [by_id(kept)[lost].seq], []))
+    code, found = audit(path)
+    assert code == 1
+    assert (found["missing"], found["missing_ids"]) == (1, [lost])
+    assert (found["rows"], found["outside_retention"]) == (held, total - held)
 
 
 # --- a long stream: bounded memory ------------------------------------------------------------

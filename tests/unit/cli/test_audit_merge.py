@@ -42,7 +42,7 @@ class _NoLookups:
         return None
 
 
-async def _rows(keys: list[tuple[str, str]]) -> AsyncIterator[list[tuple[str, str]]]:
+async def _rows(keys: list[tuple[str, str, bool]]) -> AsyncIterator[list[tuple[str, str, bool]]]:
     for start in range(0, len(keys), 2):
         yield keys[start : start + 2]
 
@@ -52,11 +52,12 @@ def _walk(
     rows: list[str],
     order: _OrderCheck,
     existing: set[str],
+    early: frozenset[str] = frozenset(),
 ) -> AuditResult:
     result = AuditResult("S", "1/slot", Window())
     lookups: Any = _NoLookups(result, existing)
     groups = iter(sorted(stored.items()))
-    keys = [(row, "t") for row in sorted(rows)]
+    keys = [(row, "t", row in early) for row in sorted(rows)]
     asyncio.run(_merge(groups, _rows(keys), order, lookups, result, None))
     return result
 
@@ -68,6 +69,17 @@ def test_the_merge_walk_counts_each_disagreement_once() -> None:
     assert (result.duplicated, result.extra_copies, result.duplicated_ids) == (1, 1, ["b"])
     assert (result.unretained, result.outside_window) == (0, 1)
     assert result.clean is False
+
+
+def test_rows_before_the_streams_retention_are_expected_missing_the_rest_checked() -> None:
+    # a and b were created before the row of the stream's first held message (c): a's
+    # message was removed by the stream's limits, b's is still held; e's was deleted.
+    stored = {("b", "t"): [7], ("c", "t"): [8], ("d", "t"): [9, 11]}
+    result = _walk(
+        stored, ["a", "b", "c", "d", "e"], _OrderCheck(), set(), early=frozenset({"a", "b"})
+    )
+    assert (result.outside_retention, result.rows) == (1, 4)
+    assert (result.missing, result.missing_ids, result.duplicated) == (1, ["e"], 1)
 
 
 def test_a_later_copy_is_a_duplicate_not_a_reordering() -> None:
