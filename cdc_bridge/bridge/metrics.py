@@ -115,6 +115,14 @@ class Metrics:
             "Retained outbox rows republished (Cdc-Replay) while recovering a lost slot.",
             registry=r,
         )
+        # The process exits right after (stream_watch.py): a restart starts it at 0 again,
+        # so the alert looks for any increase, however short-lived the series.
+        self.stream_lost = Counter(
+            "cdc_bridge_stream_lost",
+            "The stream was deleted, re-created, went back, or stopped covering a route "
+            "while the bridge ran (it then exits).",
+            registry=r,
+        )
 
         self._route_counters: dict[str, Any] = {}
 

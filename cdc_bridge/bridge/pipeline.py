@@ -123,21 +123,41 @@ class Pipeline:
         self._tx_index = 0
         self._tx_xid = 0
         self._table_lines: dict[str, str] = {}  # Cdc-Table and Cdc-Source, by table
+        self._halt: asyncio.Future[None] | None = None  # see run
         # Checked once per session, not per event: with debug off, the per-event line
         # costs one attribute test.
         self._debug = log.is_enabled_for(logging.DEBUG)
 
-    async def run(self, stop: asyncio.Event, *, shutdown_timeout: float) -> None:
-        """Stream until ``stop`` is set (clean end) or something fails (raises)."""
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        shutdown_timeout: float,
+        halt: asyncio.Future[None] | None = None,
+    ) -> None:
+        """Stream until ``stop`` is set (clean end) or something fails (raises).
+
+        ``halt`` ends the session when it fails, and from that moment nothing more is
+        confirmed, not even what is acked: it fails when the stream lost what it acked
+        (stream_watch.py), and a confirmation would move the slot past events that
+        nobody holds any more.
+        """
+        self._halt = halt
         await self.publisher.start()
         status = asyncio.create_task(self._send_status_periodically(), name="status")
         reader = asyncio.create_task(self._read_forever(), name="reader")
         stopping = asyncio.create_task(stop.wait(), name="stop")
         try:
             watched: set[asyncio.Future[Any]] = {reader, stopping, self.publisher.failed}
+            if halt is not None:
+                watched.add(halt)
             done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            if halt is not None and self._halted():
+                halt.result()  # raises why
             if stopping in done:
                 await self._shut_down(reader, shutdown_timeout)
+                if halt is not None and self._halted():
+                    halt.result()
                 return
             failed = reader if reader in done else self.publisher.failed
             failed.result()  # raises the reader's or the publisher's error
@@ -146,9 +166,9 @@ class Pipeline:
             for task in (status, reader, stopping):
                 task.cancel()
             await self.publisher.close()
-            # Confirming what is acked is always safe, even after a failure.
+            # Confirming what is acked is safe after any other failure.
             with contextlib.suppress(Exception):
-                self._stream.send_status(self._tracker.received, self._tracker.confirmable)
+                self._confirm()
             await self._stream.close()
 
     async def _shut_down(self, reader: asyncio.Task[None], timeout: float) -> None:
@@ -165,9 +185,23 @@ class Pipeline:
                 error=f"not every in-flight event was acked within {timeout:g}s; "
                 "they are sent again on the next start",
             )
+        if self._halted():
+            return  # run raises why, and confirms nothing more
         tracker = self._tracker
         await self._stream.finish(tracker.received, tracker.confirmable)
         log.info("stopped", lsn=format_lsn(tracker.confirmable))
+
+    def _confirm(self) -> None:
+        """A standby status update confirming what is acked (as far as the catalog watch
+        vouches for), unless halted (see run)."""
+        if not self._halted():
+            self._stream.send_status(self._tracker.received, self._tracker.confirmable)
+
+    def _halted(self) -> bool:
+        halt = self._halt
+        if halt is None or not halt.done() or halt.cancelled():
+            return False
+        return halt.exception() is not None
 
     async def _send_status_periodically(self) -> None:
         """Confirm progress soon after it happens, and at least every status interval.
@@ -184,7 +218,7 @@ class Pipeline:
             now = loop.time()
             confirmable = tracker.confirmable
             if confirmable != sent_confirmed or now - sent_at >= self._status_interval:
-                self._stream.send_status(tracker.received, confirmable)
+                self._confirm()
                 sent_confirmed = confirmable
                 sent_at = now
             await asyncio.sleep(tick)
@@ -214,7 +248,7 @@ class Pipeline:
                 if type(parsed) is Keepalive:
                     tracker.keepalive(parsed.wal_end)
                     if parsed.reply_requested:
-                        stream.send_status(tracker.received, tracker.confirmable)
+                        self._confirm()
             if last_xlog is not None:
                 tracker.saw(xlog_wal_end(last_xlog))
             await publisher.flush()  # one write for the whole batch read

@@ -33,6 +33,7 @@ from cdc_bridge.bridge.stream_checks import (
     refuse_if_slot_was_dropped,
     warn_about_duplicate_window,
 )
+from cdc_bridge.bridge.stream_watch import check_stream_again, remember_stream, watch_stream
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.tracker import LsnTracker, Transaction
@@ -52,6 +53,7 @@ from cdc_bridge.sink.reconcile import (
     StreamTail,
     position_of,
 )
+from cdc_bridge.sink.stream_loss import StreamSeen
 from cdc_bridge.source.decoding import Decoder
 from cdc_bridge.source.plugins import decoder_for, envelope_columns, replication_dsn
 from cdc_bridge.source.replication import ReplicationStream, SlotInUse
@@ -73,6 +75,8 @@ class BridgeState:
     told_guard_scope: bool = False
     sessions_started: int = 0  # that reached streaming set-up
     has_streamed: bool = False  # since the process started: then failures are retried
+    # The stream as last seen: a later session refuses to carry on with another one.
+    stream_seen: StreamSeen | None = None
 
     @property
     def stats(self) -> SessionStats:
@@ -167,7 +171,7 @@ async def run_session(
             reconciled_in=round(reconciled_in, 3),
         )
         on_streaming()
-        await run(pipeline, stop, config, state, loss, stream, source, resume)
+        await run(pipeline, stop, config, state, loss, nc, stream, source, resume)
     except TRANSIENT_ERRORS as exc:
         if loss.denials:  # the timeout or lost connection it caused says less than it does
             raise loss.denials[0] from exc
@@ -182,8 +186,11 @@ async def run_session(
 async def prepare_nats(
     nc: NatsClient, config: BridgeConfig, router: Router, state: BridgeState
 ) -> StreamInfo:
-    """The stream (created when missing), the subject checks, the server's limits."""
+    """The stream (created when missing, unless this process saw it before: then it was
+    lost), the subject checks, the server's limits."""
+    await check_stream_again(nc, config, state)
     stream_info = await ensure_stream(nc, config.nats)
+    remember_stream(config, stream_info, state)
     warn_about_duplicate_window(config, stream_info, state)
     await check_subjects_have_streams(nc, config, state)
     router.max_payload = nc.max_payload
@@ -300,18 +307,23 @@ async def run(
     config: BridgeConfig,
     state: BridgeState,
     loss: NatsLoss,
+    nc: NatsClient,
     stream: ReplicationStream,
     source: str,
     resume: ResumePoint,
 ) -> None:
     """Stream until stopped or failed; a lost NATS connection fails the publisher. Beside
-    it: the standbys' copies of a failover slot are watched, and a standby source gets
-    standby snapshots while the primary is idle."""
+    it: the stream is watched (stream_watch.py), so are the standbys' copies of a
+    failover slot, and a standby source gets standby snapshots while the primary is idle."""
     publisher = pipeline.publisher
     watch_lost = asyncio.create_task(loss.lost.wait())
     watch_lost.add_done_callback(partial(_fail_publisher, publisher))
     beside: list[asyncio.Task[None]] = []
     progress = state.status.progress
+    # Watched from the start: the pipeline confirms nothing once it fails.
+    confirmed = progress.confirmed if progress is not None else lambda: resume.start
+    stream_watch = asyncio.create_task(watch_stream(nc, config, state, confirmed))
+    beside.append(stream_watch)
     if resume.failover and progress is not None:
         beside.append(
             asyncio.create_task(
@@ -329,7 +341,7 @@ async def run(
         watch.add_done_callback(partial(_fail_publisher_with, publisher))
         beside.append(watch)
     try:
-        await pipeline.run(stop, shutdown_timeout=config.shutdown_timeout)
+        await pipeline.run(stop, shutdown_timeout=config.shutdown_timeout, halt=stream_watch)
     finally:
         watch_lost.cancel()
         for task in beside:

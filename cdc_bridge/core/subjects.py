@@ -61,3 +61,20 @@ def common_space(filters: list[str]) -> str | None:
     while prefix and any(len(t) <= len(prefix) for t in token_lists):
         prefix.pop()
     return ".".join(prefix) + ".>" if prefix else None
+
+
+def filters_overlap(first: str, second: str) -> bool:
+    """True when some subject is captured by both filters: ``events.*`` and
+    ``events.ticket`` overlap, ``events.>`` and ``orders.>`` do not."""
+    first_tokens = first.split(".")
+    second_tokens = second.split(".")
+    for index in range(max(len(first_tokens), len(second_tokens))):
+        mine = first_tokens[index] if index < len(first_tokens) else None
+        theirs = second_tokens[index] if index < len(second_tokens) else None
+        if mine == _REST or theirs == _REST:
+            return mine is not None and theirs is not None  # '>' needs a token to match
+        if mine is None or theirs is None:
+            return False
+        if _ONE_TOKEN not in (mine, theirs) and mine != theirs:
+            return False
+    return True

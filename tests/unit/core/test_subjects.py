@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc_bridge.core.subjects import common_space, filter_within, subject_matches
+from cdc_bridge.core.subjects import common_space, filter_within, filters_overlap, subject_matches
 
 
 @pytest.mark.parametrize(
@@ -118,3 +118,37 @@ def test_common_space() -> None:
     assert common_space(["a.b", "a.c"]) == "a.>"
     assert common_space(["a.*", "b.*"]) is None
     assert common_space([]) is None
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ("events.*", "events.ticket", True),
+        ("events.>", "events.ticket.created", True),
+        ("events.>", "orders.>", False),
+        ("events.*.*", "events.ticket", False),
+        ("events.>", "events", False),  # '>' needs a token
+        ("*.ticket", "events.*", True),
+        ("events.a", "events.b", False),
+        (">", "anything.at.all", True),
+    ],
+)
+def test_filters_overlap(first: str, second: str, expected: bool) -> None:
+    assert filters_overlap(first, second) is expected
+    assert filters_overlap(second, first) is expected
+
+
+_TOKENS = st.sampled_from(["a", "b", "*"])
+
+
+@given(
+    st.lists(_TOKENS, min_size=1, max_size=3),
+    st.lists(_TOKENS, min_size=1, max_size=3),
+    st.lists(st.sampled_from(["a", "b"]), min_size=1, max_size=4),
+)
+def test_a_subject_both_capture_means_they_overlap(
+    first: list[str], second: list[str], subject: list[str]
+) -> None:
+    a, b, s = ".".join(first), ".".join(second), ".".join(subject)
+    if subject_matches(a, s) and subject_matches(b, s):
+        assert filters_overlap(a, b)
