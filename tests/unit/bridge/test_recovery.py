@@ -5,10 +5,11 @@ something or had nothing to publish. Only then is the reconnect backoff reset an
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from cdc_bridge.bridge import supervisor
@@ -31,6 +32,28 @@ routes:
 """
 
 HEALTHY_AFTER = 0.05  # the product's 10 s, shortened
+
+
+@pytest.fixture(autouse=True)
+def unfiltered_logs() -> Iterator[None]:
+    """Other tests configure structlog (a level filter would drop the info line
+    `recovered` before capture_logs sees it): these start from the defaults."""
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    yield
+    structlog.configure(**saved)
+
+
+async def logged(logs: Sequence[Mapping[str, Any]], event: str, timeout: float = 5.0) -> bool:
+    """Whether ``event`` is logged within ``timeout``: a condition, not a fixed sleep,
+    so a loaded machine is not a failure."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while event not in events(logs):
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 def test_the_rule() -> None:
@@ -155,7 +178,7 @@ async def test_a_session_up_with_nothing_to_publish_has_recovered(
     async def idle_then_fails(state: BridgeState, on_streaming: Callable[[], None]) -> None:
         state.status.progress = FakeProgress()  # nothing in flight, no rows, ever
         on_streaming()
-        await asyncio.sleep(HEALTHY_AFTER * 3)
+        await logged(logs, "recovered")
         raise PublishError("NATS connection lost")
 
     backoff = RecordingBackoff(first=0.01, cap=0.16)
@@ -182,8 +205,7 @@ async def test_a_session_recovers_when_it_confirms_not_before(
         await asyncio.sleep(HEALTHY_AFTER * 3)
         seen.append("recovered" if "recovered" in events(logs) else "waiting")
         progress.confirmed_lsn, progress.waiting = 200, 0  # acked; the slot confirmed
-        await asyncio.sleep(HEALTHY_AFTER * 3)
-        seen.append("recovered" if "recovered" in events(logs) else "waiting")
+        seen.append("recovered" if await logged(logs, "recovered") else "waiting")
         raise PublishError("NATS connection lost")
 
     backoff = RecordingBackoff(first=0.01, cap=0.16)
