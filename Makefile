@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DEV_STAMP := $(VENV)/.installed-dev
 FULL_STAMP := $(VENV)/.installed-full
 
-.PHONY: venv venv-dev test lint dev bench clean
+.PHONY: venv venv-dev test test-quick lint dev bench clean
 
 venv: $(FULL_STAMP)
 venv-dev: $(DEV_STAMP)
@@ -31,6 +31,10 @@ test: $(FULL_STAMP)
 	bash scripts/ensure-wal2json.sh
 	bash scripts/ensure-promtool.sh
 	$(BIN)/python -m pytest -q
+
+# The inner loop while coding: the unit tests (pure packages, no servers), in seconds.
+test-quick: $(FULL_STAMP)
+	$(BIN)/python -m pytest -q tests/unit
 
 lint: $(FULL_STAMP)
 	$(BIN)/ruff check

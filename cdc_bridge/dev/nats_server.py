@@ -17,6 +17,7 @@ from cdc_bridge.dev.processes import (
     START_TIMEOUT,
     DevstackError,
     ServerProcess,
+    dies_with_parent,
     free_port,
     require_port_free,
     wait_for,
@@ -111,6 +112,7 @@ class NatsServer(ServerProcess):
             stderr=subprocess.STDOUT,
             cwd=self.base_dir,
             start_new_session=True,
+            preexec_fn=dies_with_parent(signal.SIGKILL),
         )
         try:
             wait_for(

@@ -31,6 +31,7 @@ from cdc_bridge.dev.processes import (
     STOP_TIMEOUT,
     DevstackError,
     ServerProcess,
+    dies_with_parent,
     free_port,
     log_tail,
     require_port_free,
@@ -190,6 +191,9 @@ class PostgresServer(ServerProcess):
             user=self._run_as_uid,
             group=self._run_as_gid,
             extra_groups=self._run_as_groups,
+            # SIGQUIT: an immediate shutdown, which still ends the backends and frees
+            # the shared memory (SIGKILL would leave both behind).
+            preexec_fn=dies_with_parent(signal.SIGQUIT),
         )
         try:
             wait_for(

@@ -4,11 +4,13 @@ condition with a deadline, stop in order, kill the whole process group."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +24,27 @@ STOP_TIMEOUT = 30.0
 
 
 POLL_INTERVAL = 0.05
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def dies_with_parent(signum: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send ``signum`` to the child when the thread
+    that started it dies, however it dies (kill -9 of a test run or of ``cdc-bridge
+    dev`` included), so no throwaway server outlives its owner. Linux only: None
+    elsewhere. ``subprocess`` calls it after switching user (a change of credentials
+    clears the setting), just before exec; start servers from a thread that lives as
+    long as they do (the main thread, here)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def set_parent_death_signal() -> None:
+        if libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+    return set_parent_death_signal
 
 
 class Service:

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -458,3 +459,76 @@ async def test_wait_until_async_accepts_coroutines() -> None:
     assert await wait_until_async(second_time, timeout=5, interval=0.001) is True
     with pytest.raises(AssertionError, match="nope"):
         await wait_until_async(lambda: None, timeout=0.05, message="nope")
+
+
+# --- no server outlives its owner -----------------------------------------------------------
+
+HOLD_SERVERS = """
+import json
+import time
+from pathlib import Path
+
+from cdc_bridge.dev.nats_server import NatsServer
+from cdc_bridge.dev.postgres_server import PostgresServer
+
+
+def test_hold_servers() -> None:
+    base = Path({base!r})
+    nats = NatsServer(base / "nats")
+    nats.start()
+    pg = PostgresServer(base / "pg")
+    pg.start()
+    Path({pids!r}).write_text(json.dumps([nats.pid, pg.pid]))
+    time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone in all but name (its parent, the killed run, is gone too).
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "\nState:\tZ" not in status.read_text()
+
+
+def test_a_killed_test_run_leaves_no_server_behind(devstack_tmp: Path) -> None:
+    """kill -9 of a pytest run that holds a PostgreSQL and a nats-server: the kernel ends
+    both (dev/processes.py dies_with_parent), with every PostgreSQL backend."""
+    pids_file = devstack_tmp / "pids.json"
+    inner = devstack_tmp / "test_hold.py"
+    inner.write_text(HOLD_SERVERS.format(base=str(devstack_tmp), pids=str(pids_file)))
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", os.devnull,
+         "--rootdir", str(devstack_tmp), str(inner)],
+        cwd=devstack_tmp, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(pids_file.exists, timeout=120, message="the inner run never started its servers")
+        nats_pid, pg_pid = json.loads(pids_file.read_text())
+        assert _alive(nats_pid) and _alive(pg_pid)
+        children = _children_of(pg_pid)
+        assert children, "a running postmaster has its background processes"
+    finally:
+        run.kill()
+        run.wait()
+    survivors = [*children, nats_pid, pg_pid]
+    wait_until(
+        lambda: not any(_alive(pid) for pid in survivors),
+        timeout=30,
+        message=f"servers outlived their killed test run: {[p for p in survivors if _alive(p)]}",
+    )
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
