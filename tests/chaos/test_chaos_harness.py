@@ -10,9 +10,12 @@ import psycopg
 import pytest
 from support.chaos import (
     CommittedRow,
+    DeadLetters,
+    ExpectedDeadLetter,
     LoadGenerator,
     StoredMessage,
     compare,
+    compare_dead_letters,
     read_stream,
 )
 from support.tcp_proxy import TcpProxy
@@ -49,6 +52,36 @@ def test_compare_counts_each_kind_of_damage() -> None:
 def test_compare_counts_a_replayed_tail_as_duplicates_not_reorders() -> None:
     result = compare("x", COMMITTED, stored("id0", "id1", "id2", "id3", "id2", "id3", "id4", "id5"))
     assert (result.lost, result.duplicated, result.reordered) == (0, 2, 0)
+
+
+def test_compare_dead_letters_wants_each_hostile_row_once_with_its_reason() -> None:
+    dead = DeadLetters(
+        "x.dlq",
+        {"r1": ExpectedDeadLetter("d1", "too big"), "r2": ExpectedDeadLetter("d2", "bad id"),
+         "r3": ExpectedDeadLetter("d3", "bad id"), "r4": ExpectedDeadLetter("d4", "x")},
+    )  # fmt: skip
+
+    def letter(seq: int, msg_id: str, error: str, subject: str = "x.dlq") -> StoredMessage:
+        return StoredMessage(seq=seq, msg_id=msg_id, lsn=0, subject=subject, error=error)
+
+    as_expected, faults = compare_dead_letters(
+        dead,
+        ["r1", "r2", "r3", "r9"],  # r4 declared but not committed, r9 never declared
+        [
+            letter(1, "d1", "payload too big"),
+            letter(2, "d2", "something else"),  # wrong reason
+            letter(3, "d3", "bad id"),
+            letter(4, "d3", "bad id"),  # a copy
+            letter(5, "id0", "oops"),  # a good row dead-lettered
+        ],
+    )
+    assert as_expected == 1
+    assert len(faults) == 5, faults
+    assert any("'d2'" in f and "lacks 'bad id'" in f for f in faults)
+    assert any("'d3': 2 on x.dlq" in f for f in faults)
+    assert any("unexpected dead letter 'id0'" in f for f in faults)
+    assert any("r4 is not in the table" in f for f in faults)
+    assert any("r9 is neither" in f for f in faults)
 
 
 async def test_read_stream_returns_ids_and_positions_in_order(nats_url: str) -> None:

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -365,6 +365,9 @@ class StoredMessage:
     msg_id: str
     lsn: int  # the transaction's commit LSN, from the bridge's Cdc-Lsn header (0 if absent)
     stored_at: float = field(default=0.0, compare=False)  # when stored (epoch seconds)
+    subject: str = field(default="", compare=False)
+    header_names: frozenset[str] = field(default=frozenset(), compare=False)
+    error: str = field(default="", compare=False)  # Cdc-Error: a dead letter's reason
 
 
 async def read_stream(
@@ -406,6 +409,9 @@ async def read_stream(
                         msg_id=headers.get("Nats-Msg-Id", ""),
                         lsn=parse_lsn(lsn_text) if lsn_text else 0,
                         stored_at=msg.metadata.timestamp.timestamp(),
+                        subject=msg.subject,
+                        header_names=frozenset(headers),
+                        error=headers.get("Cdc-Error", ""),
                     )
                 )
                 if seq == last_seq:
@@ -457,17 +463,29 @@ class AuditResult:
     reordered: int
     extra: int
     examples: tuple[str, ...]
+    # Only when the auditor was told of rows that must be dead-lettered (DeadLetters):
+    dead_lettered: int = 0  # such rows found once on the dead-letter subject, as expected
+    dead_letter_faults: int = 0  # missing, copied, unexpected, misplaced or wrong reason
 
     @property
     def clean(self) -> bool:
-        return not (self.lost or self.duplicated or self.reordered or self.extra)
+        return not (
+            self.lost or self.duplicated or self.reordered or self.extra
+            or self.dead_letter_faults
+        )  # fmt: skip
 
     def summary(self) -> str:
-        return (
+        text = (
             f"scenario {self.scenario}: committed {self.committed}, lost {self.lost}, "
             f"duplicated {self.duplicated}, reordered {self.reordered}, extra {self.extra} "
             f"(stream holds {self.stored})"
         )
+        if self.dead_lettered or self.dead_letter_faults:
+            text += (
+                f"; dead-lettered as expected {self.dead_lettered}, dead-letter faults "
+                f"{self.dead_letter_faults}"
+            )
+        return text
 
     def report(self) -> str:
         return "\n".join([self.summary(), *(f"  {line}" for line in self.examples)])
@@ -541,6 +559,69 @@ def compare(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ExpectedDeadLetter:
+    """What one committed row must become: one message on the dead-letter subject."""
+
+    msg_id: str  # its Nats-Msg-Id: the row's id, or the stand-in for an id that cannot be sent
+    reason: str  # a part of its Cdc-Error
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetters:
+    """Rows the auditor must find dead-lettered instead of delivered, by outbox row id.
+
+    Every other row must be a load row (with ``txn``/``idx`` in its payload), delivered on
+    its own subject; a row of neither kind in the table is a fault, not a blind spot.
+    """
+
+    subject: str
+    expected: Mapping[str, ExpectedDeadLetter]
+
+
+def compare_dead_letters(
+    dead_letters: DeadLetters, hostile_row_ids: list[str], stored: list[StoredMessage]
+) -> tuple[int, list[str]]:
+    """The dead-letter subject's messages against the hostile rows committed: each once,
+    with its reason; nothing else there. Returns (how many as expected, the faults)."""
+    faults: list[str] = []
+    declared = dead_letters.expected
+    wanted: dict[str, ExpectedDeadLetter] = {}
+    for row_id in hostile_row_ids:
+        expected = declared.get(row_id)
+        if expected is None:
+            faults.append(f"row {row_id} is neither a load row nor declared hostile")
+        else:
+            wanted[expected.msg_id] = expected
+    committed_ids = set(hostile_row_ids)
+    faults += [f"declared hostile row {r} is not in the table" for r in declared
+               if r not in committed_ids]  # fmt: skip
+    found: dict[str, list[StoredMessage]] = {}
+    for message in stored:
+        found.setdefault(message.msg_id, []).append(message)
+    as_expected = 0
+    for msg_id, expected in wanted.items():
+        copies = found.get(msg_id, [])
+        on_subject = [m for m in copies if m.subject == dead_letters.subject]
+        if len(copies) != 1 or len(on_subject) != 1:
+            faults.append(
+                f"dead letter {msg_id!r}: {len(on_subject)} on {dead_letters.subject}, "
+                f"{len(copies)} in all, at seqs {[m.seq for m in copies]}"
+            )
+        elif expected.reason not in on_subject[0].error:
+            faults.append(
+                f"dead letter {msg_id!r} at seq {on_subject[0].seq}: Cdc-Error "
+                f"{on_subject[0].error!r} lacks {expected.reason!r}"
+            )
+        else:
+            as_expected += 1
+    unexpected = [m for m in stored if m.subject == dead_letters.subject
+                  and m.msg_id not in wanted]  # fmt: skip
+    faults += [f"unexpected dead letter {m.msg_id!r} at seq {m.seq}: {m.error!r}"
+               for m in unexpected]  # fmt: skip
+    return as_expected, faults
+
+
 def _ranges(numbers: list[int], limit: int = 12) -> str:
     """[1,2,3,7,9,10] -> '1-3, 7, 9-10' (the first ``limit`` runs)."""
     runs: list[tuple[int, int]] = []
@@ -556,19 +637,34 @@ def _ranges(numbers: list[int], limit: int = 12) -> str:
 class Auditor:
     """Compares the outbox table with the stream once the bridge has caught up."""
 
-    def __init__(self, dsn: str, nats_url: str, stream: str, subjects: str = ">") -> None:
+    def __init__(
+        self,
+        dsn: str,
+        nats_url: str,
+        stream: str,
+        subjects: str = ">",
+        dead_letters: DeadLetters | None = None,
+    ) -> None:
         self.dsn = dsn
         self.nats_url = nats_url
         self.stream = stream
         self.subjects = subjects  # one bridge's space, when the stream has several writers
+        self.dead_letters = dead_letters
 
     def committed_rows(self) -> list[CommittedRow]:
+        return self._table_rows()[0]
+
+    def _table_rows(self) -> tuple[list[CommittedRow], list[str]]:
+        """The load rows in commit order, and the ids of the rows that are not load rows
+        (no ``txn`` in the payload: only expected with ``dead_letters``)."""
         with psycopg.connect(self.dsn, connect_timeout=5) as conn:
             rows = conn.execute(
                 "SELECT id::text, (payload->>'txn')::bigint, (payload->>'idx')::int"
                 " FROM public.outbox ORDER BY 2, 3"
             ).fetchall()
-        return [CommittedRow(row[0], int(row[1]), int(row[2])) for row in rows]
+        load = [CommittedRow(row[0], int(row[1]), int(row[2])) for row in rows
+                if row[1] is not None]  # fmt: skip
+        return load, [row[0] for row in rows if row[1] is None]
 
     def stored_messages(self) -> list[StoredMessage]:
         return asyncio.run(read_stream(self.nats_url, self.stream, subjects=self.subjects))
@@ -578,18 +674,44 @@ class Auditor:
 
         Returns the comparison as it stands at the deadline if rows are still missing.
         """
-        committed = self.committed_rows()
+        committed, others = self._table_rows()
         deadline = time.monotonic() + timeout
         while True:
             caught_up = asyncio.run(stream_message_count(self.nats_url, self.stream)) >= len(
                 committed
-            )
+            ) + len(others)
             # The count alone can mislead: duplicates may fill it while rows are still missing
             if caught_up or time.monotonic() >= deadline:
-                result = compare(scenario, committed, self.stored_messages())
+                result = self._compare(scenario, committed, others, self.stored_messages())
                 if result.lost == 0 or time.monotonic() >= deadline:
                     return result
             time.sleep(0.25)
+
+    def _compare(
+        self,
+        scenario: str,
+        committed: list[CommittedRow],
+        others: list[str],
+        stored: list[StoredMessage],
+    ) -> AuditResult:
+        dead_letters = self.dead_letters
+        if dead_letters is None:
+            if others:
+                raise AssertionError(f"outbox rows without a txn number: {others[:5]}")
+            return compare(scenario, committed, stored)
+        # The dead-letter subject is audited on its own; everything else as always (a
+        # load row that was dead-lettered shows there as unexpected, and here as lost).
+        result = compare(
+            scenario, committed, [m for m in stored if m.subject != dead_letters.subject]
+        )
+        as_expected, faults = compare_dead_letters(dead_letters, others, stored)
+        return replace(
+            result,
+            stored=len(stored),
+            dead_lettered=as_expected,
+            dead_letter_faults=len(faults),
+            examples=(*result.examples, *faults[:_EXAMPLES]),
+        )
 
     @staticmethod
     def assert_clean(result: AuditResult, context: str = "") -> None:
