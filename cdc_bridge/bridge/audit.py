@@ -214,10 +214,13 @@ async def audit_stream(
     created_at: Callable[[list[Key]], Awaitable[dict[Key, datetime]]],
     progress: Progress | None = None,
     on_missing: Callable[[str, str], None] | None = None,
+    chunk: int = CHUNK,
 ) -> AuditResult:
     """Compare what ``rows(window)`` yields (sorted (id, table, early) batches) with
     ``stream``. ``created_at`` gives the insert time of rows (source/outbox_rows.py's
-    created_times): for the cut, when the stream's limits have removed messages."""
+    created_times): for the cut, when the stream's limits have removed messages.
+    ``chunk``: entries sorted at once, the longest step that does not wait on I/O (the
+    daemon's audit shares the event loop with publishing: bridge/continuous_audit.py)."""
     expired = await limits_removed_before(js, stream)
     if window.start is not None and expired is not None and window.start >= expired:
         expired = None  # the whole window was stored after the limits' last removal
@@ -226,7 +229,7 @@ async def audit_stream(
     start = window.start - CLOCK_SLACK if window.start is not None else None
     result = AuditResult(stream=stream, source=source, window=window)
     with tempfile.TemporaryDirectory(prefix="cdc-bridge-audit-") as directory:
-        spill = _SortedSpill(directory)
+        spill = _SortedSpill(directory, chunk)
         async for batch in read_headers(js, stream, start_time=start, progress=progress):
             result.messages += len(batch)
             for seq, headers in batch:

@@ -124,6 +124,23 @@ class Metrics:
             registry=r,
         )
 
+        # The leader's continuous audit (audit.interval): the last run's findings.
+        self.audit_missing = Gauge(
+            "cdc_bridge_audit_missing",
+            "Outbox rows of the last audit's window that the stream does not hold.",
+            registry=r,
+        )
+        self.audit_duplicated = Gauge(
+            "cdc_bridge_audit_duplicated",
+            "Outbox row ids the stream held more than once at the last audit.",
+            registry=r,
+        )
+        self.audit_last_run = Gauge(
+            "cdc_bridge_audit_last_run_timestamp_seconds",
+            "When the last audit that completed ended (Unix time); 0: none yet.",
+            registry=r,
+        )
+
         self._route_counters: dict[str, Any] = {}
 
     def watch(self, progress: LiveProgress) -> None:
@@ -155,6 +172,11 @@ class Metrics:
             self.failover_synchronized.labels(standby).set(1 if synchronized else 0)
             if behind is not None:
                 self.failover_behind.labels(standby).set(behind)
+
+    def audited(self, missing: int, duplicated: int) -> None:
+        self.audit_missing.set(missing)
+        self.audit_duplicated.set(duplicated)
+        self.audit_last_run.set(time.time())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -15,6 +15,7 @@ from nats.js.api import StreamInfo
 from nats.js.client import JetStreamContext
 
 from cdc_bridge.bridge.catalog_watch import watch_catalog
+from cdc_bridge.bridge.continuous_audit import audit_continuously
 from cdc_bridge.bridge.failover import (
     make_failover_slot,
     watch_standbys,
@@ -314,7 +315,8 @@ async def run(
 ) -> None:
     """Stream until stopped or failed; a lost NATS connection fails the publisher. Beside
     it: the stream is watched (stream_watch.py), so are the standbys' copies of a
-    failover slot, and a standby source gets standby snapshots while the primary is idle."""
+    failover slot, a standby source gets standby snapshots while the primary is idle,
+    and the stream is audited every audit.interval (continuous_audit.py)."""
     publisher = pipeline.publisher
     watch_lost = asyncio.create_task(loss.lost.wait())
     watch_lost.add_done_callback(partial(_fail_publisher, publisher))
@@ -340,6 +342,8 @@ async def run(
         watch = asyncio.create_task(watch_catalog(config, pipeline.tracker, interval))
         watch.add_done_callback(partial(_fail_publisher_with, publisher))
         beside.append(watch)
+    if config.audit.interval:  # its failures are its own: never the session's
+        beside.append(asyncio.create_task(audit_continuously(config, source, state.metrics)))
     try:
         await pipeline.run(stop, shutdown_timeout=config.shutdown_timeout, halt=stream_watch)
     finally:

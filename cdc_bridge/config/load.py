@@ -104,6 +104,7 @@ def validate(config: BridgeConfig, problems: Problems) -> None:
     _check_standby_source(config, problems)
     _check_cloudevents_headers(config, problems)
     _check_subject_space(config, problems)
+    _check_audit(config, problems)
     problems.raise_if_any()
     postgres_password, nats_auth = read_secrets(config, problems)
     problems.raise_if_any()
@@ -214,4 +215,32 @@ def _check_subject_space(config: BridgeConfig, problems: Problems) -> None:
             ("dead_letter", "subject"),
             f"{config.dead_letter.subject!r} is outside nats.subject_space {space!r}: "
             "widen the space or change the subject",
+        )
+
+
+def _check_audit(config: BridgeConfig, problems: Problems) -> None:
+    """The continuous audit compares outbox rows by one id column, in a window that
+    must not be empty: refused at load rather than warned about every interval."""
+    audit = config.audit
+    if not audit.interval:
+        return
+    if not config.outbox.tables:
+        problems.add(
+            ("audit", "interval"),
+            "nothing to audit: the config names no outbox table (outbox.table); logical "
+            "messages (outbox.message_prefixes) leave no rows to compare the stream with",
+        )
+    columns = {route.id for route in config.routes} | {config.outbox.id_column}
+    if len(columns) > 1:
+        problems.add(
+            ("audit", "interval"),
+            f"routes take Nats-Msg-Id from different columns ({', '.join(sorted(columns))}): "
+            "the audit compares by one id column; give every route the same `id` (or none, "
+            "for outbox.id_column)",
+        )
+    if audit.settle >= audit.window:
+        problems.add(
+            ("audit", "settle"),
+            "must be shorter than audit.window: each run looks at the rows created from "
+            "`window` ago until `settle` ago",
         )

@@ -336,6 +336,17 @@ class HttpConfig(Section):
         return self._port
 
 
+class AuditConfig(Section):
+    """The audit the leading bridge runs while it streams (bridge/continuous_audit.py):
+    the same comparison as `cdc-bridge audit`, over the rows created in
+    [now - window, now - settle)."""
+
+    interval: Duration = 0.0  # seconds between runs; 0 = no continuous audit
+    window: PositiveDuration = 3600.0  # how far back each run looks
+    # Rows younger than this are left out: the bridge may not have published them yet.
+    settle: Duration = 60.0
+
+
 class BridgeConfig(Section):
     postgres: PostgresConfig
     nats: NatsConfig
@@ -350,6 +361,9 @@ class BridgeConfig(Section):
     shutdown_timeout: Duration = 10.0
     stall_timeout: Duration = 60.0  # events in flight but no ack for this long: not ready
     http: Annotated[HttpConfig, BeforeValidator(disabled_http)] = Field(default_factory=HttpConfig)
+    audit: Annotated[AuditConfig, BeforeValidator(none_is_empty)] = Field(
+        default_factory=AuditConfig
+    )
     _secrets: frozenset[str] = PrivateAttr()
     _redactor: Redactor = PrivateAttr()
     _subject_space: str | None = PrivateAttr()

@@ -115,7 +115,8 @@ def test_exported_names_include_the_issues_metrics() -> None:
         "cdc_bridge_publish_latency_seconds_bucket", "cdc_bridge_confirmed_lsn",
         "cdc_bridge_replication_lag_bytes", "cdc_bridge_slot_retained_bytes",
         "cdc_bridge_in_flight", "cdc_bridge_reconnects_total", "cdc_bridge_is_leader",
-        "cdc_bridge_ready",
+        "cdc_bridge_ready", "cdc_bridge_audit_missing", "cdc_bridge_audit_duplicated",
+        "cdc_bridge_audit_last_run_timestamp_seconds",
     ):
         assert name in names
 
@@ -180,7 +181,7 @@ def test_alert_rules_cover_the_issue() -> None:
     rules = {rule["alert"]: rule for rule in alert_rules()}
     assert {
         "CdcBridgeSlotLagHigh", "CdcBridgeNotReady", "CdcBridgeDeadLetters",
-        "CdcBridgeNoProgress", "CdcBridgeNoLeader",
+        "CdcBridgeNoProgress", "CdcBridgeNoLeader", "CdcBridgeAuditFoundGaps",
     } <= rules.keys()
     assert "sum(cdc_bridge_is_leader)" in rules["CdcBridgeNoLeader"]["expr"]
     no_progress = rules["CdcBridgeNoProgress"]["expr"]
