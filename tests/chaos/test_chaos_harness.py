@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from dataclasses import replace
 
 import nats
 import psycopg
@@ -52,6 +53,15 @@ def test_compare_counts_each_kind_of_damage() -> None:
 def test_compare_counts_a_replayed_tail_as_duplicates_not_reorders() -> None:
     result = compare("x", COMMITTED, stored("id0", "id1", "id2", "id3", "id2", "id3", "id4", "id5"))
     assert (result.lost, result.duplicated, result.reordered) == (0, 2, 0)
+
+
+def test_compare_leaves_replays_out_of_the_order_check_but_not_out_of_the_count() -> None:
+    messages = stored("id0", "id3", "id4", "id5", "id1", "id2", "id1")
+    late = [replace(m, replayed=m.seq in (5, 6, 7)) for m in messages]
+    result = compare("x", COMMITTED, late)
+    assert (result.lost, result.duplicated, result.reordered) == (0, 1, 0)
+    # Not flagged as replays, the same messages are out of order.
+    assert compare("x", COMMITTED, messages).reordered == 1
 
 
 def test_compare_dead_letters_wants_each_hostile_row_once_with_its_reason() -> None:
