@@ -15,39 +15,76 @@ import asyncio
 
 import psycopg
 import structlog
+from psycopg.rows import TupleRow
 
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.tracker import LsnTracker
-from cdc_bridge.source.catalog_watch import REPAIR_AFTER_A_GAP, catalog_problem, read_identity
+from cdc_bridge.source.catalog_watch import (
+    REPAIR_AFTER_A_GAP,
+    CatalogIdentity,
+    catalog_problem,
+    read_identity,
+)
 from cdc_bridge.source.replication import connection_string
 
 log = structlog.get_logger("cdc_bridge.bridge.catalog_watch")
 
 
-async def watch_catalog(config: BridgeConfig, tracker: LsnTracker, interval: float) -> None:
-    """Runs until cancelled; raises FatalError when the catalog no longer delivers every
-    event as configured (the caller fails the session with it)."""
-    pg = config.postgres
-    held_at = tracker.confirmed
-    tracker.ceiling = held_at
-    async with await psycopg.AsyncConnection.connect(
-        connection_string(pg.dsn, pg.connect_timeout), autocommit=True, password=pg.password
-    ) as conn:
-        watched = pg.plugin == "pgoutput"
-        started = await read_identity(conn, config) if watched else None
-        while True:
-            candidate = tracker.confirmed
-            problem = await catalog_problem(conn, config, started)
-            if problem is not None:
-                raise FatalError(_stopped(config, problem, held_at))
-            held_at = max(held_at, candidate)
-            tracker.ceiling = held_at
-            await asyncio.sleep(interval)
+class CatalogWatch:
+    """``run`` beside the pipeline until cancelled; ``final_check`` at a clean stop, so
+    the last status update may confirm everything acked (a restart then replays
+    nothing)."""
+
+    def __init__(self, config: BridgeConfig, tracker: LsnTracker, interval: float) -> None:
+        self._config = config
+        self._tracker = tracker
+        self._interval = interval
+        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
+        self._started: CatalogIdentity | None = None
+        self._held_at = tracker.confirmed
+        tracker.ceiling = self._held_at
+
+    async def run(self) -> None:
+        """Raises FatalError when the catalog no longer delivers every event as
+        configured (the caller fails the session with it)."""
+        pg = self._config.postgres
+        async with await psycopg.AsyncConnection.connect(
+            connection_string(pg.dsn, pg.connect_timeout), autocommit=True, password=pg.password
+        ) as conn:
+            if pg.plugin == "pgoutput":
+                self._started = await read_identity(conn, self._config)
+            self._conn = conn
+            try:
+                while True:
+                    await self._check(conn)
+                    await asyncio.sleep(self._interval)
+            finally:
+                self._conn = None
+
+    async def final_check(self) -> None:
+        """One more check, after the last ack: a good one lets the final status update
+        confirm all of it. A problem is only logged here: start-up refuses it again."""
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            await self._check(conn)
+        except Exception as exc:  # the stop goes on; what was vouched for stays confirmed
+            log.warning("catalog_check_failed", error=str(exc))
+
+    async def _check(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        tracker = self._tracker
+        candidate = tracker.confirmed
+        problem = await catalog_problem(conn, self._config, self._started)
+        if problem is not None:
+            raise FatalError(_stopped(problem, self._held_at))
+        self._held_at = max(self._held_at, candidate)
+        tracker.ceiling = self._held_at
 
 
-def _stopped(config: BridgeConfig, problem: str, held_at: int) -> str:
+def _stopped(problem: str, held_at: int) -> str:
     return (
         f"{problem}, while the bridge was streaming. Rows committed since may not have been "
         f"decoded: the slot is held at {format_lsn(held_at)}, the last position checked. "

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +118,9 @@ class Pipeline:
         self._on_dead_letter = on_dead_letter
         self.publisher = publisher
         self.tracker = tracker  # read (and held at a ceiling) by the catalog watch
+        # Awaited at a clean stop, after the last ack and before the final confirmation
+        # (the catalog watch's last check: see catalog_watch.py).
+        self.final_check: Callable[[], Awaitable[None]] | None = None
         self._tx: Transaction | None = None
         self._tx_lsn = ""
         self._tx_index = 0
@@ -187,6 +190,8 @@ class Pipeline:
             )
         if self._halted():
             return  # run raises why, and confirms nothing more
+        if self.final_check is not None:
+            await self.final_check()
         tracker = self._tracker
         await self._stream.finish(tracker.received, tracker.confirmable)
         log.info("stopped", lsn=format_lsn(tracker.confirmable))

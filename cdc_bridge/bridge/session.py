@@ -14,7 +14,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamInfo
 from nats.js.client import JetStreamContext
 
-from cdc_bridge.bridge.catalog_watch import watch_catalog
+from cdc_bridge.bridge.catalog_watch import CatalogWatch
 from cdc_bridge.bridge.continuous_audit import audit_continuously
 from cdc_bridge.bridge.failover import (
     make_failover_slot,
@@ -338,8 +338,9 @@ async def run(
         stats = state.stats
         beside.append(asyncio.create_task(snapshots_while_idle(config, lambda: stats.transactions)))
     else:  # (a standby source's catalog is the primary's: not watched yet)
-        interval = config.postgres.status_interval
-        watch = asyncio.create_task(watch_catalog(config, pipeline.tracker, interval))
+        catalog = CatalogWatch(config, pipeline.tracker, config.postgres.status_interval)
+        pipeline.final_check = catalog.final_check
+        watch = asyncio.create_task(catalog.run())
         watch.add_done_callback(partial(_fail_publisher_with, publisher))
         beside.append(watch)
     if config.audit.interval:  # its failures are its own: never the session's
