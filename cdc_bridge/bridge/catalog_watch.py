@@ -49,12 +49,8 @@ class CatalogWatch:
     async def run(self) -> None:
         """Raises FatalError when the catalog no longer delivers every event as
         configured (the caller fails the session with it)."""
-        pg = self._config.postgres
-        async with await psycopg.AsyncConnection.connect(
-            connection_string(pg.dsn, pg.connect_timeout), autocommit=True, password=pg.password
-        ) as conn:
-            if pg.plugin == "pgoutput":
-                self._started = await read_identity(conn, self._config)
+        async with await self._connect() as conn:
+            await self._identify(conn)
             self._conn = conn
             try:
                 while True:
@@ -66,13 +62,28 @@ class CatalogWatch:
     async def final_check(self) -> None:
         """One more check, after the last ack: a good one lets the final status update
         confirm all of it. A problem is only logged here: start-up refuses it again."""
-        conn = self._conn
-        if conn is None:
-            return
         try:
-            await self._check(conn)
+            conn = self._conn
+            if conn is not None:
+                await self._check(conn)
+                return
+            # Stopped before the watch was connected: a connection of its own.
+            async with await self._connect() as own:
+                await self._identify(own)
+                await self._check(own)
         except Exception as exc:  # the stop goes on; what was vouched for stays confirmed
             log.warning("catalog_check_failed", error=str(exc))
+
+    async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
+        pg = self._config.postgres
+        return await psycopg.AsyncConnection.connect(
+            connection_string(pg.dsn, pg.connect_timeout), autocommit=True, password=pg.password
+        )
+
+    async def _identify(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
+        """The identities later checks compare with (the first reading wins)."""
+        if self._started is None and self._config.postgres.plugin == "pgoutput":
+            self._started = await read_identity(conn, self._config)
 
     async def _check(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
         tracker = self._tracker

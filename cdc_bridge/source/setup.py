@@ -349,12 +349,18 @@ async def prepare_postgres(
             return await _prepare_on_standby(conn, config, may_create_slot)
         failover = failover_wanted(config, conn.info.server_version)
         slot = await get_slot(conn, pg.slot)
-        await prepare_outbox(conn, config, slot_exists=slot is not None)
+        await prepare_outbox(conn, config, slot_exists=_streams_from(slot, pg.plugin))
         if slot is None:
             if may_create_slot is not None:
                 await may_create_slot()
             await create_slot(conn, pg.slot, pg.plugin, failover=failover)
         return await _slot_ready(conn, config, slot)
+
+
+def _streams_from(slot: SlotInfo | None, plugin: str) -> bool:
+    """The slot exists and is this bridge's to stream from (one of another plugin gets
+    its own fatal line from check_slot)."""
+    return slot is not None and slot.plugin == plugin
 
 
 async def _prepare_on_standby(
@@ -365,7 +371,7 @@ async def _prepare_on_standby(
     await require_standby(conn, config)
     async with await connect_primary(config) as primary:
         slot = await get_slot(conn, pg.slot)
-        await prepare_outbox(primary, config, slot_exists=slot is not None)
+        await prepare_outbox(primary, config, slot_exists=_streams_from(slot, pg.plugin))
         await wait_until_replayed(conn, await primary_wal_lsn(primary))
         slot = await get_slot(conn, pg.slot)
         if slot is None:
