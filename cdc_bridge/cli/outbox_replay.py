@@ -7,7 +7,9 @@ Two writers would break the bridge's order guard (every message names its predec
 so publishing takes the slot's leadership lock, the one a bridge holds while it streams:
 while a bridge streams, replay refuses; while replay publishes, a starting bridge waits
 as a standby would. Rows the slot still holds (not yet confirmed) are left out: the
-bridge publishes them itself when it streams again.
+bridge publishes them itself when it streams again. Showing (--dry-run, or no --yes)
+writes nothing and takes no lock, so it works beside a streaming bridge; the slot cannot
+be read then, and rows the bridge has yet to publish may be listed (said in a line).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
 # `outbox replay --json`: one object with these keys.
 REPLAY_KEYS = (
     "stream", "order", "published", "would_publish", "dead_lettered", "dedup_refused",
-    "in_stream", "pending_in_slot", "other_stream", "not_found", "ids",
+    "in_stream", "pending_in_slot", "slot_in_use", "other_stream", "not_found", "ids",
 )  # fmt: skip
 PENDING_LIMIT = 1_000_000  # changes peeked from the slot at most
 ORDER_COMMIT_TIMESTAMP = "commit_timestamp"
@@ -67,17 +69,24 @@ class Selection:
     since: float | None = None
 
 
-async def pending_in_slot(conn: AsyncConn, config: BridgeConfig) -> set[tuple[str, str]]:
-    """(id, table) of outbox inserts the slot still holds: the bridge will publish those."""
+async def pending_in_slot(
+    conn: AsyncConn, config: BridgeConfig, *, publishing: bool = True
+) -> set[tuple[str, str]] | None:
+    """(id, table) of outbox inserts the slot still holds: the bridge will publish those.
+    None when only showing and a bridge streams from the slot (it cannot be read then)."""
     slot = await get_slot(conn, config.postgres.slot)
     if slot is None or slot.wal_status == "lost":
         return set()  # nothing comes through it any more
+    if slot.active and not publishing:
+        return None
     try:
         pending = await read_pending(
             conn, slot, config=config, publication=config.postgres.publication,
             limit=PENDING_LIMIT,
         )  # fmt: skip
     except psycopg.errors.ObjectInUse:
+        if not publishing:  # taken between the look and the read
+            return None
         raise OpsError(
             f"slot {slot.name} is in use (a bridge is streaming from it): stop it, then replay"
         ) from None
@@ -152,7 +161,7 @@ async def _replay(
             window = await resolve_window(snapshot, selection.since, None, None)
             by_commit_timestamp = await track_commit_timestamp(snapshot)
             # After the snapshot: every row it sees that the slot still holds is found.
-            pending = await pending_in_slot(other, config)
+            pending = await pending_in_slot(other, config, publishing=publishing)
             wanted: set[tuple[str, str]] = set()
             audit = await audit_stream(
                 js,
@@ -167,8 +176,8 @@ async def _replay(
                 progress=terminal_progress(f"checking stream {stream}"),
                 on_missing=lambda row_id, table: wanted.add((row_id, table)),
             )
-            held = len(wanted & pending)
-            wanted -= pending
+            held = len(wanted & pending) if pending is not None else 0
+            wanted -= pending or set()
             info = await js.stream_info(stream)
             try:
                 result = await replay_rows(
@@ -190,6 +199,7 @@ async def _replay(
         await nc.close()
     order = ORDER_COMMIT_TIMESTAMP if by_commit_timestamp else ORDER_CREATED_AT
     document = _document(stream, order, result, held, publishing)
+    document["slot_in_use"] = pending is None
     document["in_stream"] = audit.rows - audit.missing
     # --ids: the given ids without a retained row (never written, or deleted since)
     found = audit.rows + audit.outside_retention
@@ -232,6 +242,11 @@ def _lines(document: dict[str, object], publishing: bool, dry_run: bool) -> list
         lines.append(
             f"left for the bridge: {document['pending_in_slot']} missing rows the slot still "
             "holds (it publishes them when it streams)"
+        )
+    if document["slot_in_use"]:
+        lines.append(
+            "a bridge is streaming from the slot, which cannot be read meanwhile: rows it has "
+            "yet to publish may be listed below (--yes needs it stopped)"
         )
     if document["other_stream"]:
         lines.append(
@@ -292,6 +307,7 @@ def register_replay(outbox_commands: Subcommands) -> None:
         "`audit` does), never assumed. --missing replays what `audit` reports missing.\n"
         "Order: commit order when track_commit_timestamp is on, else created_at, id.\n"
         "Publishing takes the slot's leadership lock: it refuses while a bridge streams.\n"
+        "--dry-run (or no --yes) writes nothing and works beside a streaming bridge.\n"
         "Without --yes it only shows what it would publish, and exits 1.\n\n"
         f"--json keys: {', '.join(REPLAY_KEYS)}.\n\n"
         "Exit codes: 0 published (or --dry-run), 1 refused or nothing published, 2 usage.",

@@ -397,3 +397,33 @@ def test_replay_missing_publishes_exactly_what_audit_reports_and_the_bridge_carr
     assert refused.returncode == 1
     assert "holds the leadership lock" in refused.stderr
     bridge.terminate()
+
+
+def test_replay_dry_run_shows_beside_a_streaming_bridge_and_yes_still_refuses(
+    pg_dsn: str, nats_url: str, unique_name: str, tmp_path: Path, make_bridge: MakeBridge
+) -> None:
+    config = bridge_config(pg_dsn, nats_url, unique_name)
+    path = write_config(tmp_path, config)
+    stream = config["nats"]["stream"]["name"]
+    bridge = start_bridge(make_bridge, config)
+    ids = insert_events(
+        pg_dsn, [Event(aggregate_id=f"T-{n}") for n in range(4)], in_one_transaction=False
+    )
+    stored = by_id(wait_for_ids(nats_url, stream, ids))
+    asyncio.run(_tamper(nats_url, stream, [stored[ids[1]].seq], []))
+
+    # A dry run writes nothing: no lock, and the busy slot is not read.
+    code, shown = replay(path, "--missing", "--dry-run")
+    assert code == 0
+    assert (shown["would_publish"], shown["ids"], shown["slot_in_use"]) == (1, [ids[1]], True)
+    text = run_cli(path, "outbox", "replay", "--missing", "--dry-run")
+    assert text.returncode == 0, text.stderr
+    assert f"would publish 1 rows: {ids[1]}" in text.stdout
+    assert "a bridge is streaming from the slot" in text.stdout
+
+    refused = run_cli(path, "outbox", "replay", "--missing", "--yes")
+    assert refused.returncode == 1
+    assert "holds the leadership lock" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert len(stream_messages(nats_url, stream)) == 3
+    bridge.terminate()
