@@ -196,6 +196,42 @@ def test_cloudevents_and_debezium_examples_load() -> None:
     assert isinstance(outcome, Outbound) and outcome.event is not None
 
 
+# Every example config, loaded as a user would (the variables its header names).
+EXAMPLE_ENV = {
+    "CDC_BRIDGE_DSN": "postgresql://cdc_bridge@127.0.0.1:5432/app",
+    "CDC_BRIDGE_DEV_DSN": "postgresql://cdc_bridge@127.0.0.1:5432/app",
+    "CDC_BRIDGE_DEV_NATS_URL": "nats://127.0.0.1:4222",
+}
+
+
+def test_every_example_config_has_its_own_stream_and_subject_space() -> None:
+    """Issue 29 items 1 and 15: the example configs run side by side on one NATS. Two
+    streams whose subjects overlap cannot both exist (JetStream refuses the second), so
+    distinct streams must capture disjoint subjects; configs naming the same stream
+    (dev.yaml, compose.yaml, example.yaml: one bridge, deployed three ways) define it
+    alike and share its slot. Each has a subject space, so no order_guard_stream_wide."""
+    from cdc_bridge.core.subjects import filters_overlap
+
+    configs = {
+        p.name: load_config(p, env=EXAMPLE_ENV) for p in sorted((REPO / "config").glob("*.yaml"))
+    }
+    assert len(configs) >= 10
+    streams: dict[str, tuple[str, tuple[str, ...], str]] = {}  # name -> (file, subjects, slot)
+    for file, config in configs.items():
+        assert config.subject_space is not None, f"{file}: no subject space"
+        stream = config.nats.stream
+        mine = (file, tuple(sorted(stream.subjects)), config.postgres.slot)
+        first = streams.setdefault(stream.name, mine)
+        assert first[1:] == mine[1:], f"{file} and {first[0]} define stream {stream.name} apart"
+    slots = [slot for _, _, slot in streams.values()]
+    assert len(set(slots)) == len(slots), f"two streams share a slot: {slots}"
+    named = sorted(streams.items())
+    for index, (name, (file, subjects, _)) in enumerate(named):
+        for other, (other_file, other_subjects, _) in named[index + 1 :]:
+            overlaps = [(a, b) for a in subjects for b in other_subjects if filters_overlap(a, b)]
+            assert not overlaps, f"{file} ({name}) and {other_file} ({other}) overlap: {overlaps}"
+
+
 def test_template_columns_leave_out_plain_routes_cloudevents_keys() -> None:
     routes = (
         "  - when: {event_type: a}\n    subject: events.a\n"
@@ -922,14 +958,14 @@ def test_routing_example_config_parses_and_routes_each_feature() -> None:
         "created_at": "x",
     }
     ticket = router.route("public.outbox", row)
-    assert isinstance(ticket, Outbound) and ticket.subject == "events.ticket.created"
+    assert isinstance(ticket, Outbound) and ticket.subject == "routing.ticket.created"
     assert ticket.headers["Source-Table"] == "public.outbox"
     billing = router.route("billing.outbox", row)
-    assert isinstance(billing, Outbound) and billing.subject == "billing.ticket.created"
+    assert isinstance(billing, Outbound) and billing.subject == "routing.billing.ticket.created"
     case = router.route("public.outbox", {**row, "aggregate_type": "case-escalation"})
     assert isinstance(case, Outbound) and case.msg_id == "T-1"
     unsafe = router.route("public.outbox", {**row, "aggregate_type": "x.>"})
-    assert isinstance(unsafe, Outbound) and unsafe.subject == "events.dlq"
+    assert isinstance(unsafe, Outbound) and unsafe.subject == "routing.dlq"
 
 
 def test_readme_configuration_table_lists_every_key() -> None:
@@ -1025,13 +1061,13 @@ def test_payload_routing_example_routes_on_payload_fields() -> None:
         "headers": None,
     }
     urgent = router.route("public.outbox", row)
-    assert isinstance(urgent, Outbound) and urgent.subject == "orders.urgent.eu"
+    assert isinstance(urgent, Outbound) and urgent.subject == "payload-routing.urgent.eu"
     assert urgent.headers["Customer-Id"] == "C-7"
     vip = router.route("public.outbox", {**row, "payload": '{"customer": {"vip": true}}'})
-    assert isinstance(vip, Outbound) and vip.subject == "orders.vip.placed"
+    assert isinstance(vip, Outbound) and vip.subject == "payload-routing.vip.placed"
     lost = router.route("public.outbox", {**row, "payload": '{"priority": "high"}'})
-    assert isinstance(lost, Outbound) and lost.subject == "orders.dlq"
-    assert lost.headers["Cdc-Subject"] == "orders.urgent.{payload.customer.region}"
+    assert isinstance(lost, Outbound) and lost.subject == "payload-routing.dlq"
+    assert lost.headers["Cdc-Subject"] == "payload-routing.urgent.{payload.customer.region}"
 
 
 def test_partitioned_example_routes_as_the_root() -> None:
@@ -1042,7 +1078,7 @@ def test_partitioned_example_routes_as_the_root() -> None:
     assert config.postgres.plugin == "pgoutput"
     row = {"id": "1", "aggregate_type": "order", "event_type": "placed", "payload": "{}"}
     routed = Router(config).route("public.events", row)
-    assert isinstance(routed, Outbound) and routed.subject == "events.order.placed"
+    assert isinstance(routed, Outbound) and routed.subject == "partitioned.order.placed"
 
 
 # --- the subject space (issue 17) ----------------------------------------------------
@@ -1086,6 +1122,8 @@ def test_routes_outside_the_subject_space_are_refused() -> None:
     )
     found = problems(text)
     assert len(found) == 2, found
-    assert "routes[1].subject: 'events.{aggregate_type}.x' can produce subjects outside " \
+    assert (
+        "routes[1].subject: 'events.{aggregate_type}.x' can produce subjects outside "
         "nats.subject_space 'events.orders.>'" in found[0]
+    )
     assert "dead_letter.subject: 'events.dlq' is outside nats.subject_space" in found[1]
