@@ -15,6 +15,7 @@ from cdc_bridge.bridge.failures import (
 from cdc_bridge.cli.check_failover import failover_checks, source_checks
 from cdc_bridge.cli.check_results import CheckResult, fail, ok, skip, warn
 from cdc_bridge.cli.errors import OpsError, describe_postgres_error
+from cdc_bridge.cli.init_postgres import publication_sql
 from cdc_bridge.cli.render import human_bytes, lsn_text
 from cdc_bridge.cli.target import connect_postgres, password_for
 from cdc_bridge.config.model import BridgeConfig
@@ -32,13 +33,12 @@ from cdc_bridge.source.catalog import (
     wal_head_lsn,
     wal_sender_count,
 )
-from cdc_bridge.source.setup import outbox_problems
+from cdc_bridge.source.setup import outbox_problems, publication_fault, publication_plan
 from cdc_bridge.source.tables import (
     can_select,
     current_role,
     partitioned_tables,
     publication_info,
-    publication_via_root,
     table_columns,
 )
 
@@ -231,18 +231,14 @@ async def _outbox_read(conn: AsyncConn, config: BridgeConfig) -> CheckResult:
 
 
 async def _publication(conn: AsyncConn, config: BridgeConfig, slot: SlotInfo | None) -> CheckResult:
+    """The rules start-up applies (publication_plan, publication_fault), so that a
+    green check means `run` accepts the publication."""
     name = config.postgres.publication
-    tables = config.outbox.tables
+    tables, operations = publication_plan(config)
     info = await publication_info(conn, name)
     partitioned = await partitioned_tables(conn, tables)
     if info is None:
-        via_root = ", publish_via_partition_root = true" if partitioned else ""
-        create = (
-            f"CREATE PUBLICATION {name} FOR TABLE {', '.join(tables)} "
-            f"WITH (publish = 'insert'{via_root})"
-            if tables
-            else f"CREATE PUBLICATION {name}"
-        )
+        create = publication_sql(name, tables, operations, via_root=bool(partitioned))
         after = (
             f" (slot {slot.name} already exists, so changes committed before the "
             "publication is created cannot be decoded)"
@@ -254,33 +250,16 @@ async def _publication(conn: AsyncConn, config: BridgeConfig, slot: SlotInfo | N
             f"publication {name} does not exist{after}",
             f"cdc-bridge init, or {create}",
         )
-    if partitioned and not await publication_via_root(conn, name):
-        return fail(
-            "postgres.publication",
-            f"{partitioned[0]} is partitioned, and publication {name} does not publish via "
-            "the partition root (pubviaroot is off): events would arrive named as its "
-            "partitions",
-            f"ALTER PUBLICATION {name} SET (publish_via_partition_root = true)",
-        )
-    uncovered = [t for t in tables if t not in info.tables]
-    if uncovered:
-        return fail(
-            "postgres.publication",
-            f"publication {name} does not include {', '.join(uncovered)}: its events would "
-            "never arrive",
-            f"ALTER PUBLICATION {name} ADD TABLE {', '.join(uncovered)}",
-        )
+    fault = await publication_fault(conn, config)
+    if fault is not None:
+        return fail("postgres.publication", fault.problem, fault.fix)
     if not tables:
         return ok("postgres.publication", f"{name} exists (message events only)")
-    if "insert" not in info.operations:
-        return fail(
-            "postgres.publication",
-            f"publication {name} does not publish inserts (only "
-            f"{', '.join(info.operations) or 'nothing'})",
-            f"ALTER PUBLICATION {name} SET (publish = 'insert')",
-        )
     root = f", via the partition root of {', '.join(partitioned)}" if partitioned else ""
-    return ok("postgres.publication", f"{name} publishes inserts of {', '.join(tables)}{root}")
+    return ok(
+        "postgres.publication",
+        f"{name} publishes {', '.join(operations)} of {', '.join(tables)}{root}",
+    )
 
 
 async def _slot(conn: AsyncConn, config: BridgeConfig, slot: SlotInfo | None) -> CheckResult:

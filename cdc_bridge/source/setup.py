@@ -238,6 +238,14 @@ async def publication_problem(
 ) -> str | None:
     """Why the existing publication would not deliver every event, or None: a table
     not in it, a partitioned table not published via its root, missing operations."""
+    fault = await publication_fault(conn, config)
+    return None if fault is None else fault.line()
+
+
+async def publication_fault(
+    conn: psycopg.AsyncConnection[TupleRow], config: BridgeConfig
+) -> OutboxProblem | None:
+    """publication_problem as its parts (``cdc-bridge check`` shows the fix apart)."""
     pg = config.postgres
     tables, operations = publication_plan(config)
     partitioned = await partitioned_tables(conn, tables)
@@ -246,28 +254,34 @@ async def publication_problem(
     covered = await publication_tables(conn, pg.publication)
     uncovered = [t for t in tables if t not in covered]
     if uncovered:
-        return (
-            f"postgres.publication: publication {pg.publication} does not include "
-            f"{uncovered[0]}; its events would never arrive (fix: ALTER PUBLICATION "
-            f"{pg.publication} ADD TABLE {uncovered[0]})"
+        return OutboxProblem(
+            "postgres.publication",
+            f"publication {pg.publication} does not include {', '.join(uncovered)}; its "
+            "events would never arrive",
+            f"ALTER PUBLICATION {pg.publication} ADD TABLE {', '.join(uncovered)}",
         )
     info = await publication_info(conn, pg.publication)
     if info is not None and not set(operations) <= set(info.operations):
-        return (
-            f"postgres.publication: publication {pg.publication} publishes only "
-            f"{', '.join(info.operations) or 'nothing'}; change events need updates and "
-            f"deletes (fix: ALTER PUBLICATION {pg.publication} SET (publish = "
-            f"'{', '.join(operations)}'))"
+        return OutboxProblem(
+            "postgres.publication",
+            f"publication {pg.publication} publishes only "
+            f"{', '.join(info.operations) or 'nothing'}; "
+            + (
+                "change events need updates and deletes"
+                if "update" in operations
+                else "outbox events need inserts"
+            ),
+            f"ALTER PUBLICATION {pg.publication} SET (publish = '{', '.join(operations)}')",
         )
     return None
 
 
-def via_root_problem(publication: str, table: str) -> str:
-    return (
-        f"postgres.publication: {table} is partitioned, and publication {publication} "
-        "does not publish via the partition root: its events would arrive named as its "
-        f"partitions (fix: ALTER PUBLICATION {publication} SET "
-        "(publish_via_partition_root = true))"
+def via_root_problem(publication: str, table: str) -> OutboxProblem:
+    return OutboxProblem(
+        "postgres.publication",
+        f"{table} is partitioned, and publication {publication} does not publish via the "
+        "partition root: its events would arrive named as its partitions",
+        f"ALTER PUBLICATION {publication} SET (publish_via_partition_root = true)",
     )
 
 

@@ -14,15 +14,18 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import psycopg.conninfo
 import pytest
+import yaml
 from support.bridge import STARTUP_TIMEOUT, MakeBridge, log_event, parse_json_line
 from support.outbox import Event, bridge_config, insert_event, wait_for_ids
 from support.plugins import PLUGINS, comparable, run_statements, stream_through_both_plugins
 
+from cdc_bridge.cli.main import main as cli_main
 from cdc_bridge.dev.nats_server import NatsServer
 from cdc_bridge.source.decoding.wal2json import wal2json_options
 
@@ -246,6 +249,94 @@ def test_an_existing_publication_without_updates_and_deletes_is_one_fatal_line(
     assert len(fatal) == 1, bridge.lines
     assert fatal[0]["error"].endswith(
         f"(fix: ALTER PUBLICATION {publication} SET (publish = 'insert, update, delete'))"
+    )
+
+
+def check_publication(
+    capsys: pytest.CaptureFixture[str], path: Path
+) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
+    """``cdc-bridge check --json``: its exit code, the publication's result, all FAILs."""
+    capsys.readouterr()
+    code = cli_main(["check", "--config", str(path), "--json"])
+    results = json.loads(capsys.readouterr().out)
+    [publication] = [r for r in results if r["check"] == "postgres.publication"]
+    return code, publication, [r for r in results if r["status"] == "FAIL"]
+
+
+def test_check_suggests_the_publication_run_accepts(
+    pg_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    make_bridge: MakeBridge,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 29 item 2: check applies start-up's rules to the publication, so running
+    exactly the statement it suggests makes check green and the bridge stream."""
+    run_statements(pg_dsn, TICKETS)
+    config = change_config(pg_dsn, nats_url, unique_name, "pgoutput")
+    path = tmp_path / "check.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    publication = config["postgres"]["publication"]
+
+    code, result, _ = check_publication(capsys, path)
+    assert code == 1 and result["status"] == "FAIL", result
+    assert result["detail"] == f"publication {publication} does not exist"
+    prefix = "cdc-bridge init, or "
+    assert result["fix"].startswith(prefix), result
+    statement = result["fix"].removeprefix(prefix)
+    assert statement == (
+        f'CREATE PUBLICATION "{publication}" FOR TABLE "public"."outbox", "public"."tickets"'
+        " WITH (publish = 'insert, update, delete');"
+    )
+    run_statements(pg_dsn, statement)
+
+    code, result, fails = check_publication(capsys, path)
+    assert (code, fails) == (0, []), fails
+    assert result["status"] == "ok", result
+    bridge = make_bridge(config)
+    bridge.wait_for_log(log_event("streaming"), timeout=STARTUP_TIMEOUT)
+    with psycopg.connect(pg_dsn) as conn:
+        conn.execute("INSERT INTO tickets (id, title) VALUES (1, 'a')")
+        conn.execute("UPDATE tickets SET title = 'b'")
+        conn.execute("DELETE FROM tickets")
+        final = insert_event(conn, Event(event_type="final"))
+    messages = wait_for_ids(nats_url, unique_name.upper(), [final])
+    assert [m.subject.removeprefix(f"{unique_name}.") for m in messages] == [
+        "tickets.I",
+        "tickets.U",
+        "tickets.deleted",
+        "ticket.final",
+    ]
+    assert bridge.running
+
+
+def test_check_names_what_run_would_refuse_in_an_existing_publication(
+    pg_dsn: str, nats_url: str, unique_name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's path: the outbox's publication of old, then the table added, then the
+    operations; check fails with start-up's own fix at each step until run would start."""
+    run_statements(pg_dsn, TICKETS)
+    config = change_config(pg_dsn, nats_url, unique_name, "pgoutput")
+    path = tmp_path / "check.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    publication = config["postgres"]["publication"]
+    run_statements(
+        pg_dsn,
+        f"CREATE PUBLICATION {publication} FOR TABLE public.outbox WITH (publish = 'insert')",
+    )
+    fixes = [
+        f"ALTER PUBLICATION {publication} ADD TABLE public.tickets",
+        f"ALTER PUBLICATION {publication} SET (publish = 'insert, update, delete')",
+    ]
+    for fix in fixes:
+        code, result, _ = check_publication(capsys, path)
+        assert (code, result["status"], result["fix"]) == (1, "FAIL", fix), result
+        run_statements(pg_dsn, fix)
+    code, result, _ = check_publication(capsys, path)
+    assert result["status"] == "ok", result
+    assert result["detail"] == (
+        f"{publication} publishes insert, update, delete of public.outbox, public.tickets"
     )
 
 

@@ -163,7 +163,7 @@ def test_a_publication_without_via_root_stops_run_and_fails_check(
     code, out = check_output(capsys, tmp_path, config)
     assert code == 1
     [line] = [line for line in out.splitlines() if "postgres.publication" in line]
-    assert line.startswith("FAIL") and "pubviaroot is off" in line, out
+    assert line.startswith("FAIL") and "does not publish via the partition root" in line, out
     assert fix in out, out
 
     with psycopg.connect(partitioned_dsn, autocommit=True) as conn:
