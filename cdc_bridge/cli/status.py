@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING
 
@@ -50,10 +51,17 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def status_url(listen: str) -> str:
-    """``http.listen`` -> the URL to ask. A wildcard address means "this machine"."""
+    """``http.listen`` -> the URL to ask. A wildcard address means "this machine"; port 0
+    (a free port, chosen at start) is not in the config: the bridge logs it."""
     host, _, port = listen.rpartition(":")
     if not port.isdigit():
         raise UsageError(f"http.listen {listen!r} is not host:port; pass --url")
+    if int(port) == 0:
+        raise UsageError(
+            f"http.listen {listen!r} lets the bridge pick a free port, which the config "
+            "cannot tell: pass --url with the address of the bridge's http_listening log "
+            "line, e.g. --url http://127.0.0.1:PORT"
+        )
     host = host.strip("[]")
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
@@ -61,6 +69,17 @@ def status_url(listen: str) -> str:
         host = "::1"
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}{STATUS_PATH}"
+
+
+def url_from_argument(url: str) -> str:
+    """--url as given -> the URL to ask: a base URL (``http://host:port``, or ``host:port``)
+    gets ``/status``; a URL with a path is asked as it is."""
+    if "://" not in url:
+        url = f"http://{url}"
+    parts = urllib.parse.urlsplit(url)
+    if parts.path in ("", "/"):
+        parts = parts._replace(path=STATUS_PATH)
+    return urllib.parse.urlunsplit(parts)
 
 
 def fetch_status(url: str, timeout: float) -> dict[str, object]:
@@ -128,7 +147,7 @@ async def status_command(url: str, *, timeout: float, as_json: bool) -> int:
 def _status(args: argparse.Namespace) -> int:
 
     async def main() -> int:
-        url = args.url
+        url = None if args.url is None else url_from_argument(args.url)
         if url is None:  # argparse requires --config or --url
             listen = load_config(args.config).http.listen
             if listen is None:
@@ -148,13 +167,17 @@ def register(commands: Subcommands, name: str, summary: str) -> None:
         "streaming or standby, confirmed LSN, lag, in flight, events published, last "
         "error.\n--json: the bridge's /status object, unchanged.",
         "  cdc-bridge status --config config.yaml\n"
-        "  cdc-bridge status --url http://10.0.0.7:8080/status --json",
+        "  cdc-bridge status --url http://10.0.0.7:8080 --json",
     )
     where = status.add_mutually_exclusive_group(required=True)
     where.add_argument(
         "--config", metavar="FILE", help="the bridge's YAML config file (its http.listen)"
     )
-    where.add_argument("--url", help="the bridge's status URL, e.g. http://10.0.0.7:8080/status")
+    where.add_argument(
+        "--url",
+        help="the bridge's address, e.g. http://10.0.0.7:8080 (/status is added when the "
+        "URL has no path)",
+    )
     status.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait for an answer (default 5)"
     )

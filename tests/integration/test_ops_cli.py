@@ -615,8 +615,13 @@ def test_status_of_a_running_bridge(
     )
     assert isinstance(status, dict)
     assert status["slot"] == unique_name
-    human = cli(capsys, "status", "--url", url)
+    # The base URL, as the http_listening line gives it: /status is added.
+    human = cli(capsys, "status", "--url", bridge.http_url())
     assert human.code == 0 and human.out.splitlines()[0].split() == ["role", "streaming"]
+    # Its config says port 0 (a free port): the config cannot tell which, the log can.
+    refused = cli(capsys, "status", "--config", str(bridge.config_path))
+    assert (refused.code, refused.out, refused.err.count("\n")) == (2, "", 1)
+    assert "pass --url" in refused.err and "http_listening" in refused.err
     assert bridge.terminate() == 0
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cdc_bridge.cli.main import main
-from cdc_bridge.cli.status import status_lines, status_url
+from cdc_bridge.cli.status import status_lines, status_url, url_from_argument
 
 STATUS = {
     "role": "streaming",
@@ -165,3 +165,30 @@ def test_status_json_keeps_machine_values(
     finally:
         StubBridge.body = json.dumps(STATUS).encode()
     assert json.loads(capsys.readouterr().out)["last_error_at"] == 1796161503.579174
+
+
+def test_status_url_argument_takes_a_base_url() -> None:
+    assert url_from_argument("http://10.0.0.7:8080") == "http://10.0.0.7:8080/status"
+    assert url_from_argument("http://10.0.0.7:8080/") == "http://10.0.0.7:8080/status"
+    assert url_from_argument("10.0.0.7:8080") == "http://10.0.0.7:8080/status"
+    assert url_from_argument("https://[::1]:8443") == "https://[::1]:8443/status"
+    assert url_from_argument("http://h:80/status") == "http://h:80/status"
+    assert url_from_argument("http://proxy/bridge/status") == "http://proxy/bridge/status"
+
+
+def test_status_with_a_base_url_asks_status(
+    stub_bridge: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--url", f"http://{stub_bridge}", "--json"]) == 0
+    assert StubBridge.requests == ["/status"]
+    assert json.loads(capsys.readouterr().out) == STATUS
+
+
+def test_status_of_a_config_listening_on_port_0_says_to_pass_the_logged_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["status", "--config", str(write_config(tmp_path, "127.0.0.1:0"))])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1
+    assert "pass --url" in err and "http_listening" in err and "127.0.0.1:0/status" not in err
