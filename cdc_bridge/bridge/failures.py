@@ -1,7 +1,8 @@
 """How failures are classified: fatal (say it once, exit) or transient (retry).
 
-``start_up_fix`` is the one place that decides which PostgreSQL failures no retry can
-cure; the supervisor ends the process on them until the bridge has streamed once.
+``start_up_fix`` is the one place that decides which failures no retry can cure (most
+are PostgreSQL's; NATS refusing the credentials is one too); the supervisor ends the
+process on them until the bridge has streamed once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 
 from cdc_bridge.config.model import BridgeConfig
+from cdc_bridge.sink.connect import NatsAuthError
 from cdc_bridge.sink.publisher import PublishError
 from cdc_bridge.source.replication import ReplicationError
 
@@ -36,6 +38,27 @@ AUTH_FIX = (
     "server's roles and pg_hba.conf"
 )
 DATABASE_FIX = "check the database name in postgres.dsn"
+# Which keys hold the credentials NATS refused, by nats.auth's method.
+_NATS_CREDENTIALS = {
+    "user/password": "nats.user and nats.password (or nats.password_file)",
+    "token": "nats.token (or nats.token_file)",
+    "nkey": "the seed in nats.nkey_seed_file",
+    "creds": "the user JWT and seed in nats.creds_file (expired or revoked?)",
+}
+
+
+def nats_auth_fix(config: BridgeConfig) -> str:
+    """The fix for credentials the NATS server refused: which keys to check, and where."""
+    method = config.nats.auth.method
+    if method == "none":
+        return (
+            "the server requires authentication: set nats.user and nats.password (or "
+            "nats.token, nats.nkey_seed_file, nats.creds_file); see docs/security.md"
+        )
+    return (
+        f"check {_NATS_CREDENTIALS[method]} against the users in the server's "
+        "authorization block (or its account's JWTs); see docs/security.md"
+    )
 
 
 def output_plugin_fix(plugin: str) -> str:
@@ -135,11 +158,14 @@ _START_UP_FIXES: tuple[tuple[type[psycopg.Error], _Fix], ...] = (
 
 
 def start_up_fix(exc: BaseException, config: BridgeConfig) -> str | None:
-    """The fix for a PostgreSQL failure no retry can cure; None: retry it.
+    """The fix for a failure no retry can cure; None: retry it. NATS refusing the
+    credentials is one; the rest are PostgreSQL's.
 
     Keyed by psycopg's error classes. Servers down, restarting, full or unreachable
     (connection errors, class 08, 53, 57) are not in the table: always retried.
     """
+    if isinstance(exc, NatsAuthError):
+        return nats_auth_fix(config)
     error_class = postgres_error_class(exc)
     if error_class is None:
         return None

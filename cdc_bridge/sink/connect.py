@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable, Sequence
 
 import nats.errors
@@ -34,6 +35,26 @@ class NatsPermissionError(nats.errors.Error):
 
 class NatsConnectError(nats.errors.Error):
     """No server of ``nats.servers`` took the connection; the message names them."""
+
+
+class NatsAuthError(NatsConnectError):
+    """The server refused the bridge's credentials (``Authorization Violation``, an
+    expired or revoked user): no retry with the same credentials gets in."""
+
+
+# How nats-server words a refused CONNECT: wrong or missing user, password, token, NKey
+# or credentials ("Authorization Violation"); a user JWT that expired or was revoked.
+_AUTH_REFUSED = re.compile(
+    r"authorization violation|(?:user|account) authentication (?:expired|revoked)",
+    re.IGNORECASE,
+)
+
+
+def auth_refused(reason: BaseException | None) -> bool:
+    """Whether a failed connect's reason is the server refusing the credentials."""
+    if isinstance(reason, nats.errors.AuthorizationError):
+        return True
+    return reason is not None and _AUTH_REFUSED.search(str(reason)) is not None
 
 
 def unreachable(servers: Sequence[str], reason: BaseException | None) -> str:
@@ -127,7 +148,8 @@ async def connect_nats(
             # nats-py's words name no server, and NoServersError not even the reason
             no_servers = isinstance(exc, nats.errors.NoServersError)
             reason = last_error[0] if no_servers and last_error else exc
-            raise NatsConnectError(unreachable(config.servers, reason)) from None
+            refused = NatsAuthError if auth_refused(reason) else NatsConnectError
+            raise refused(unreachable(config.servers, reason)) from None
         raise
     return client
 

@@ -29,6 +29,7 @@ from support.outbox import bridge_config
 
 from cdc_bridge.bridge.failures import WAL_LEVEL_FIX, output_plugin_fix
 from cdc_bridge.cli.main import main as cli_main
+from cdc_bridge.dev.nats_server import NatsServer
 from cdc_bridge.dev.postgres_server import PostgresServer
 from cdc_bridge.dev.processes import free_port
 
@@ -209,7 +210,72 @@ def test_a_role_without_replication_stops_run_with_the_alter_role_fix(
     assert error.endswith(f"(fix: ALTER ROLE {unique_name} REPLICATION)")
 
 
+def auth_nats(folder: Path, password: str, port: int | None = None) -> NatsServer:
+    """A nats-server whose one user is ``bridge`` with ``password``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "nats-server.conf"
+    config_path.write_text(
+        f'authorization {{\n  users = [ {{ user: bridge, password: "{password}" }} ]\n}}\n'
+    )
+    server = NatsServer(folder, port=port, extra_args=["-c", str(config_path)])
+    server.start()
+    return server
+
+
+@pytest.mark.parametrize("wrong", ["password", "user"])
+def test_wrong_nats_credentials_at_start_up_stop_run(
+    wrong: str,
+    pg_dsn: str,
+    devstack_tmp: Path,
+    unique_name: str,
+    make_bridge: MakeBridge,
+) -> None:
+    server = auth_nats(devstack_tmp / "nats-auth", PASSWORD)
+    try:
+        user = "bridge" if wrong == "password" else "nobody"
+        password = WRONG_PASSWORD if wrong == "password" else PASSWORD
+        config = bridge_config(
+            pg_dsn, server.url, unique_name, nats={"user": user, "password": password}
+        )
+        error = fatal_line(make_bridge(config))
+    finally:
+        server.close()
+    assert error.startswith(f"cannot connect to NATS at nats://127.0.0.1:{server.port}: "), error
+    assert "Authorization Violation" in error
+    assert "(fix: check nats.user and nats.password" in error, error
+    assert PASSWORD not in error and WRONG_PASSWORD not in error
+
+
 # --- after streaming, and servers that are away: retried ---------------------------------------
+
+
+def test_after_streaming_refused_nats_credentials_are_retried_until_fixed(
+    pg_dsn: str,
+    devstack_tmp: Path,
+    unique_name: str,
+    make_bridge: MakeBridge,
+) -> None:
+    folder = devstack_tmp / "nats-auth"
+    server = auth_nats(folder, PASSWORD)
+    try:
+        config = bridge_config(
+            pg_dsn, server.url, unique_name, nats={"user": "bridge", "password": PASSWORD}
+        )
+        bridge = start_bridge(make_bridge, config)
+        mark = bridge.mark()
+        server.close()  # the password is rotated on the server first
+        server = auth_nats(folder, "rotated-pw", port=server.port)
+        error = failure_line(bridge, "Authorization Violation", since=mark)
+        assert error.startswith(f"cannot connect to NATS at nats://127.0.0.1:{server.port}: ")
+        assert bridge.running
+        server.close()  # ... and back: the bridge, still retrying, gets in by itself
+        server = auth_nats(folder, PASSWORD, port=server.port)
+        bridge.wait_for_log(log_event("streaming"), timeout=STARTUP_TIMEOUT, since=mark)
+        assert not any(log_event("fatal")(line) for line in bridge.lines)
+        assert bridge.terminate() == 0
+    finally:
+        server.close()
+
 
 
 def test_after_streaming_an_authentication_failure_is_retried_until_fixed(

@@ -12,6 +12,7 @@ from cdc_bridge.bridge.failures import (
     AUTH_FIX,
     DATABASE_FIX,
     WAL_LEVEL_FIX,
+    nats_auth_fix,
     output_plugin_fix,
     postgres_error_class,
     start_up_fix,
@@ -22,7 +23,7 @@ from cdc_bridge.bridge.status import BridgeStatus
 from cdc_bridge.bridge.supervisor import describe, give_up
 from cdc_bridge.config.load import parse_config
 from cdc_bridge.config.model import BridgeConfig
-from cdc_bridge.sink.connect import unreachable
+from cdc_bridge.sink.connect import NatsAuthError, NatsConnectError, auth_refused, unreachable
 from cdc_bridge.sink.publisher import StreamLimitError
 from cdc_bridge.sink.stream_limits import StreamLimit
 from cdc_bridge.source.replication import ReplicationError, server_address
@@ -141,6 +142,20 @@ def test_a_plugin_that_is_not_installed_and_other_refusals() -> None:
 )
 def test_servers_down_restarting_or_full_are_retried(error: Exception) -> None:
     assert start_up_fix(error, config()) is None
+
+
+def test_refused_nats_credentials_get_the_fix_for_the_configured_method() -> None:
+    refused_line = "cannot connect to NATS at nats://u:***@n1:4222: nats: 'Authorization Violation'"
+    error = NatsAuthError(refused_line)
+    assert start_up_fix(error, config()) == nats_auth_fix(config())
+    assert "nats.user and nats.password" in nats_auth_fix(config())
+    assert describe(error, config()) == refused_line
+    assert auth_refused(nats.errors.Error("nats: 'Authorization Violation'"))
+    assert auth_refused(nats.errors.Error("nats: 'User Authentication Expired'"))
+    assert auth_refused(nats.errors.AuthorizationError())
+    assert not auth_refused(ConnectionRefusedError(111))
+    # An unreachable server is not refused credentials: retried.
+    assert start_up_fix(NatsConnectError("cannot connect to NATS at x: 111"), config()) is None
 
 
 def test_only_a_bridge_that_never_streamed_gives_up() -> None:
