@@ -96,9 +96,9 @@ async def list_command(target: Target, *, as_json: bool) -> int:
         [
             d["slot_name"], d["plugin"], d["database"], d["active"], d["active_pid"],
             d["restart_lsn"], d["confirmed_flush_lsn"], d["wal_status"],
-            _size(d["safe_wal_size"]), _size(d["lag_bytes"]), _size(d["retained_bytes"]),
+            _safe_wal_cell(slot), _size(d["lag_bytes"]), _size(d["retained_bytes"]),
         ]
-        for d in documents
+        for slot, d in zip(slots, documents, strict=True)
     ]  # fmt: skip
     headers = [
         "slot", "plugin", "database", "active", "pid", "restart_lsn", "confirmed_lsn",
@@ -109,6 +109,27 @@ async def list_command(target: Target, *, as_json: bool) -> int:
         for warning in slot_warnings(slot):
             print(f"WARNING: {warning}")
     return EXIT_OK
+
+
+def safe_wal_text(slot: SlotInfo) -> str:
+    """pg_replication_slots.safe_wal_size as the server means it: bytes of WAL that may
+    still be written before the slot is lost; NULL when max_slot_wal_keep_size is -1
+    (no limit) or the slot is lost (or has reserved no WAL yet: wal_status NULL too)."""
+    if slot.wal_status == "lost":
+        return "none: the slot is lost"
+    if slot.wal_status is None:
+        return "none yet (the slot reserves no WAL yet)"
+    if slot.safe_wal_size is None:
+        return "unlimited (max_slot_wal_keep_size = -1)"
+    if slot.safe_wal_size <= 0:
+        return f"none left ({slot.safe_wal_size} bytes): lost at the next checkpoint"
+    return f"{human_bytes(slot.safe_wal_size)} ({slot.safe_wal_size} bytes)"
+
+
+def _safe_wal_cell(slot: SlotInfo) -> str | None:
+    if slot.safe_wal_size is None and slot.wal_status not in (None, "lost"):
+        return "unlimited"
+    return _size(slot.safe_wal_size)
 
 
 def _size(value: object) -> str | None:
@@ -225,7 +246,6 @@ def _sender_pairs(sender: dict[str, object], hidden: str | None) -> list[tuple[s
 def _show_lines(
     slot: SlotInfo, document: dict[str, object], hidden: str | None = None
 ) -> list[str]:
-    safe = document["safe_wal_size"]
     pairs: list[tuple[str, object]] = [
         ("slot", slot.name),
         ("plugin", slot.plugin),
@@ -234,7 +254,7 @@ def _show_lines(
         ("restart_lsn", document["restart_lsn"]),
         ("confirmed_flush_lsn", document["confirmed_flush_lsn"]),
         ("wal_status", document["wal_status"]),
-        ("safe_wal_size", _size(safe) if safe is not None else "unlimited or lost"),
+        ("safe_wal_size", safe_wal_text(slot)),
         ("lag", _with_bytes(document["lag_bytes"])),
         ("retained WAL", _with_bytes(document["retained_bytes"])),
     ]

@@ -287,6 +287,8 @@ def test_list_and_show_reflect_lag_that_grows_while_stopped_and_shrinks_after_a_
     human = cli(capsys, "slots", "show", unique_name, "--config", config_path)
     assert human.code == 0
     assert f"publication          {unique_name}: public.outbox (insert)" in human.out
+    # The session's server keeps WAL for slots without limit (max_slot_wal_keep_size -1).
+    assert "safe_wal_size        unlimited (max_slot_wal_keep_size = -1)" in human.out
 
 
 def test_show_of_a_missing_slot_is_one_line_and_exit_1(
@@ -312,6 +314,9 @@ def test_a_lost_slot_is_reported_loudly_everywhere(
         dsn = server.create_database("lossy")
         config = write_config(tmp_path, bridge_config(dsn, nats_url, unique_name))
         assert cli(capsys, "init", "--config", config).code == 0
+        healthy = cli(capsys, "slots", "show", unique_name, "--config", config)
+        [safe] = [line for line in healthy.out.splitlines() if line.startswith("safe_wal_size")]
+        assert safe.endswith(" bytes)") and "unlimited" not in safe and "lost" not in safe
         with psycopg.connect(dsn, autocommit=True) as conn:
             for _ in range(3):  # WAL segments past the limit, then a checkpoint removes them
                 conn.execute("SELECT pg_switch_wal()")
@@ -324,6 +329,8 @@ def test_a_lost_slot_is_reported_loudly_everywhere(
         )  # fmt: skip
         listed = cli(capsys, "slots", "list", "--config", config)
         assert f"WARNING: slot {unique_name} is LOST" in listed.out
+        shown = cli(capsys, "slots", "show", unique_name, "--config", config)
+        assert "safe_wal_size        none: the slot is lost" in shown.out
 
         checked = cli(capsys, "check", "--config", config)
         assert checked.code == 1
