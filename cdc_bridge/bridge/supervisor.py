@@ -26,8 +26,13 @@ from cdc_bridge.core.redaction import redact, redact_dsn
 from cdc_bridge.core.wire_text import shown
 from cdc_bridge.routing.dead_letters import PoisonRowError
 from cdc_bridge.routing.router import Router
-from cdc_bridge.sink.connect import NatsConnectError, NatsPermissionError, unreachable
-from cdc_bridge.sink.publisher import StreamLimitError
+from cdc_bridge.sink.connect import (
+    NatsConnectError,
+    NatsPermissionError,
+    nats_address,
+    unreachable,
+)
+from cdc_bridge.sink.publisher import PublishError, StreamLimitError
 from cdc_bridge.source.catalog import slot_lag
 from cdc_bridge.source.leadership import Leadership
 from cdc_bridge.source.protocol import ProtocolError
@@ -430,9 +435,15 @@ def describe(exc: BaseException, config: BridgeConfig) -> str:
         return f"PostgreSQL at {where}: {_SEVERITY.sub('', detail) or type(exc).__name__}"
     if isinstance(exc, nats.errors.NoServersError):
         return unreachable(config.nats.servers, None)
-    if isinstance(exc, NatsPermissionError | NatsConnectError | StreamLimitError):
-        return detail  # already says what it is and where
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    if isinstance(exc, NatsConnectError):
+        return detail  # already names every server and why
+    # The rest happened on NATS's side (failure_target): a connection lost, an ack or
+    # an API answer missing, a refusal. Named by the configured servers' host:port.
+    where = f"NATS at {nats_address(config.nats.servers)}"
+    if isinstance(exc, NatsPermissionError | StreamLimitError | PublishError):
+        return f"{where}: {detail or type(exc).__name__}"  # its own words say what
+    what = type(exc).__name__
+    return f"{where}: {what}: {detail}" if detail else f"{where}: {what}"
 
 
 def give_up(exc: BaseException, config: BridgeConfig, state: BridgeState) -> str | None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit
 
 import nats.errors
 import structlog
@@ -63,6 +64,27 @@ def unreachable(servers: Sequence[str], reason: BaseException | None) -> str:
     shown = ", ".join(redact_dsn(server) for server in servers)
     why = (str(reason).strip() or type(reason).__name__) if reason else "no server answered"
     return redact_dsn(f"cannot connect to NATS at {shown}: {why}")
+
+
+def nats_address(servers: Sequence[str]) -> str:
+    """``host:port`` of each server URL, comma-separated: never a user, password or
+    token (the URL's scheme is left out too, as in PostgreSQL's ``host:port``)."""
+    addresses = []
+    for server in servers:
+        text = server.strip()
+        if "://" not in text:
+            text = f"nats://{text}"
+        try:
+            parts = urlsplit(text)
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            host, port = None, None
+        if not host:
+            addresses.append("(unparsable nats.servers entry)")
+            continue
+        host = f"[{host}]" if ":" in host else host
+        addresses.append(f"{host}:{port or 4222}")
+    return ", ".join(addresses)
 
 
 def server_version_text(version: ServerVersion) -> str:

@@ -499,7 +499,7 @@ def test_a_missing_nats_permission_is_a_clear_error_not_a_hang(
             bridge.wait_for_log(log_event("streaming"), timeout=STARTUP_TIMEOUT)
             insert_events(pg_dsn, [Event(event_type="created")])
         error = session_failure(bridge, "NATS permissions")
-        assert error.startswith(f"NATS permissions: {expected}"), error
+        assert error.startswith(f"NATS at 127.0.0.1:{server.port}: NATS permissions: {expected}")
         assert "\n" not in error and bridge.running
     finally:
         server.close()

@@ -23,8 +23,15 @@ from cdc_bridge.bridge.status import BridgeStatus
 from cdc_bridge.bridge.supervisor import describe, give_up
 from cdc_bridge.config.load import parse_config
 from cdc_bridge.config.model import BridgeConfig
-from cdc_bridge.sink.connect import NatsAuthError, NatsConnectError, auth_refused, unreachable
-from cdc_bridge.sink.publisher import StreamLimitError
+from cdc_bridge.sink.connect import (
+    NatsAuthError,
+    NatsConnectError,
+    NatsPermissionError,
+    auth_refused,
+    nats_address,
+    unreachable,
+)
+from cdc_bridge.sink.publisher import PublishError, StreamLimitError
 from cdc_bridge.sink.stream_limits import StreamLimit
 from cdc_bridge.source.replication import ReplicationError, server_address
 
@@ -198,7 +205,35 @@ def test_server_address_and_unreachable_nats() -> None:
     assert line == "cannot connect to NATS at nats://u:***@h:4222, tls://***@h2: 111"
 
 
-def test_a_full_stream_is_described_by_its_own_words() -> None:
+def test_a_full_stream_is_described_by_its_own_words_and_the_server() -> None:
     error = StreamLimitError("S", StreamLimit("max_msgs", "--max-msgs"), {"max_msgs": 3}, "e.x")
-    assert describe(error, config()) == str(error)
-    assert describe(error, config()).startswith("stream S is full: max_msgs 3 is reached")
+    assert describe(error, config()) == f"NATS at n1:4222, n2:4222: {error}"
+    assert "stream S is full: max_msgs 3 is reached" in describe(error, config())
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (PublishError("NATS connection lost"), "NATS at n1:4222, n2:4222: NATS connection lost"),
+        (
+            PublishError("JetStream refused a message on events.x: no responders"),
+            "NATS at n1:4222, n2:4222: JetStream refused a message on events.x: no responders",
+        ),
+        (
+            NatsPermissionError("NATS permissions: permissions violation for publish to x"),
+            "NATS at n1:4222, n2:4222: NATS permissions: permissions violation for publish to x",
+        ),
+        (nats.errors.TimeoutError(), "NATS at n1:4222, n2:4222: TimeoutError: nats: timeout"),
+        (TimeoutError(), "NATS at n1:4222, n2:4222: TimeoutError"),
+    ],
+)
+def test_every_nats_failure_line_names_the_server_without_credentials(
+    error: Exception, line: str
+) -> None:
+    assert describe(error, config()) == line  # config()'s first server has u:npw@
+
+
+def test_nats_addresses() -> None:
+    assert nats_address(["nats://u:pw@h1:4223", "tls://tok@h2", "h3", "[::1]:5"]) == (
+        "h1:4223, h2:4222, h3:4222, [::1]:5"
+    )
