@@ -24,9 +24,10 @@ from cdc_bridge.cli.errors import (
 from cdc_bridge.cli.render import lsn_text
 from cdc_bridge.cli.target import connect_postgres, password_for
 from cdc_bridge.config.model import BridgeConfig
+from cdc_bridge.core.errors import FatalError
 from cdc_bridge.source.catalog import AsyncConn, create_slot, current_database, get_slot
 from cdc_bridge.source.replication import ReplicationError
-from cdc_bridge.source.setup import outbox_problems, publication_plan
+from cdc_bridge.source.setup import failover_wanted, outbox_problems, publication_plan
 from cdc_bridge.source.tables import (
     current_role,
     partitioned_tables,
@@ -94,8 +95,10 @@ def publication_sql(
     ).as_string(None)
 
 
-def slot_sql(name: str, plugin: str) -> str:
-    statement = sql.SQL("SELECT pg_create_logical_replication_slot({}, {});")
+def slot_sql(name: str, plugin: str, *, failover: bool = False) -> str:
+    """What create_slot runs (``failover``: its arguments temporary, twophase, failover)."""
+    arguments = ", false, false, true" if failover else ""
+    statement = sql.SQL("SELECT pg_create_logical_replication_slot({}, {}" + arguments + ");")
     return statement.format(sql.Literal(name), sql.Literal(plugin)).as_string(None)
 
 
@@ -175,7 +178,11 @@ async def _denied_step(
         statement = publication_sql(pg.publication, *publication_plan(config))
     else:
         needs = "the REPLICATION attribute"
-        statement = slot_sql(pg.slot, pg.plugin)
+        try:
+            failover = failover_wanted(config, conn.info.server_version)
+        except FatalError:
+            failover = False
+        statement = slot_sql(pg.slot, pg.plugin, failover=failover)
     detail = (
         f"role {role} may not create it ({why}): it needs {needs}; {_ADMIN_FIX}, "
         "then the bridge runs as its role (docs/security.md)"
@@ -269,13 +276,19 @@ async def _slot_step(
         refusal = await guard()
         if refusal is not None:
             return InitStep("slot", name, "problem", refusal, f"cdc-bridge slots create {name}")
-        statement = slot_sql(name, plugin)
+        try:  # as `run` creates it: a failover slot where postgres.failover says so
+            failover = failover_wanted(config, conn.info.server_version)
+        except FatalError as exc:
+            return InitStep("slot", name, "problem", str(exc))
+        statement = slot_sql(name, plugin, failover=failover)
+        kind = f"plugin {plugin}" + (", a failover slot" if failover else "")
         if dry_run:
-            return InitStep("slot", name, "would create", f"plugin {plugin}", statement)
-        await create_slot(conn, name, plugin)
+            return InitStep("slot", name, "would create", kind, statement)
+        await create_slot(conn, name, plugin, failover=failover)
         created = await get_slot(conn, name)
         start = lsn_text(created.confirmed_flush_lsn if created else None)
-        detail = f"{plugin} at {start}: events committed from now on are streamed"
+        failover_note = " (a failover slot)" if failover else ""
+        detail = f"{plugin} at {start}{failover_note}: events committed from now on are streamed"
         return InitStep("slot", name, "created", detail, statement)
     if slot.plugin != plugin:
         detail = f"exists with plugin {slot.plugin}, the config says {plugin}"

@@ -20,7 +20,7 @@ WALSENDER_KEYS = (
 )  # fmt: skip
 PUBLICATION_KEYS = ("name", "exists", "tables", "operations")
 # `slots create --json`
-CREATE_KEYS = ("slot_name", "plugin", "lsn")
+CREATE_KEYS = ("slot_name", "plugin", "lsn", "failover")
 # `slots peek --json`: one object; "changes" holds objects with CHANGE_KEYS.
 PEEK_KEYS = (
     "slot_name", "plugin", "publication", "confirmed_flush_lsn", "transactions", "rows",

@@ -28,6 +28,7 @@ from cdc_bridge.cli.json_keys import key_list
 from cdc_bridge.cli.pending import Pending, check_decodable, choose_publication, read_pending
 from cdc_bridge.cli.render import count_of, dumps, human_bytes, lsn_text
 from cdc_bridge.cli.target import Target, connect_postgres, require_slot
+from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import wal_behind
 from cdc_bridge.source.catalog import (
     AsyncConn,
@@ -38,6 +39,7 @@ from cdc_bridge.source.catalog import (
     get_slot,
     wal_head_lsn,
 )
+from cdc_bridge.source.setup import failover_wanted
 from cdc_bridge.source.tables import publication_info
 
 if TYPE_CHECKING:
@@ -71,19 +73,32 @@ async def create_command(target: Target, name: str, *, plugin: str | None, as_js
                 f"publication {publication} does not exist yet, and a pgoutput slot must "
                 "be created after it: run `cdc-bridge init`, which creates both in order"
             )
-        await create_slot(conn, name, plugin)
+        failover = _failover(target, conn.info.server_version)
+        await create_slot(conn, name, plugin, failover=failover)
         created = await require_slot(conn, name)
     start = lsn_text(created.confirmed_flush_lsn)
     if as_json:
-        print(dumps({"slot_name": name, "plugin": plugin, "lsn": start}))
+        print(dumps({"slot_name": name, "plugin": plugin, "lsn": start, "failover": failover}))
         return EXIT_OK
+    kind = f"{plugin}, a failover slot" if failover else plugin
     print(
-        f"created slot {name} ({plugin}) at {start}: changes committed from now on will be "
+        f"created slot {name} ({kind}) at {start}: changes committed from now on will be "
         "streamed; anything committed before is not"
     )
     if plugin == "pgoutput" and publication is None:
         print("note: a pgoutput slot needs its publication to exist before the changes it reads")
     return EXIT_OK
+
+
+def _failover(target: Target, server_version_num: int) -> bool:
+    """As `run` would create it: with a config, a failover slot where postgres.failover
+    says so (auto: PostgreSQL 17+); without one, a plain slot."""
+    if target.config is None:
+        return False
+    try:
+        return failover_wanted(target.config, server_version_num)
+    except FatalError as exc:
+        raise OpsError(str(exc)) from None
 
 
 Confirm = Callable[[str], bool]
@@ -203,7 +218,9 @@ def register_create_and_drop(slot_commands: Subcommands) -> None:
         "create a slot (it streams only what commits from now on)",
         "Create a logical slot. It starts at the WAL head: only changes committed from now "
         "on are streamed. With --config, a pgoutput slot is refused while the publication "
-        "is missing (create both with `cdc-bridge init`).\n--json: an object with keys "
+        "is missing (create both with `cdc-bridge init`), and the slot is made as `run` "
+        "would: a failover slot where postgres.failover says so (auto: PostgreSQL 17+).\n"
+        "--json: an object with keys "
         f"{key_list(json_keys.CREATE_KEYS)}.",
         "  cdc-bridge slots create cdc_bridge --config config.yaml\n"
         "  cdc-bridge slots create audit --dsn postgresql://ops@db/app --plugin wal2json",

@@ -419,8 +419,13 @@ async def _slot_ready(
 
 
 def failover_wanted(config: BridgeConfig, server_version_num: int) -> bool:
-    """Whether the slot is to be a failover slot (postgres.failover on this server)."""
+    """Whether the slot is to be a failover slot (postgres.failover on this server).
+
+    Every command that creates the bridge's slot asks this (`run`, `init`, `slots
+    create`). A slot made on a standby (postgres.source: standby) cannot be one."""
     setting = config.postgres.failover
+    if config.postgres.source == "standby":
+        return False  # and failover: true with a standby source is a config error
     supported = server_version_num >= FAILOVER_SLOTS_SINCE
     if setting is True and not supported:
         raise FatalError(

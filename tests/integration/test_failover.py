@@ -134,6 +134,41 @@ def test_the_bridge_creates_a_failover_slot_and_makes_an_existing_one_a_failover
     assert slot_failover(pg_dsn, kept) is False
 
 
+def test_init_and_slots_create_make_the_slot_as_run_would(
+    pg_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 29 item 4: with postgres.failover: auto on 17+, every command that creates
+    the bridge's slot makes it a failover slot; with false, none does."""
+    path = tmp_path / "init.yaml"
+
+    def cli(config: dict[str, Any], *args: str) -> str:
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        capsys.readouterr()
+        code = main([*args, "--config", str(path)])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        return out
+
+    config = bridge_config(pg_dsn, nats_url, unique_name)
+    said = cli(config, "init")
+    assert slot_failover(pg_dsn, unique_name) is True
+    assert "(a failover slot)" in said
+    made = f"{unique_name}_made"
+    created = json.loads(cli(config, "slots", "create", made, "--json"))
+    assert created["failover"] is True and slot_failover(pg_dsn, made) is True
+    off = bridge_config(pg_dsn, nats_url, unique_name, postgres={"failover": False})
+    plain = f"{unique_name}_plain"
+    assert "failover" not in cli(off, "slots", "create", plain)
+    assert slot_failover(pg_dsn, plain) is False
+    cli(off, "slots", "drop", unique_name, "--yes")
+    assert "failover" not in cli(off, "init")
+    assert slot_failover(pg_dsn, unique_name) is False
+
+
 def test_a_slot_missing_on_another_system_is_a_failover_line_not_a_new_slot(
     pg_dsn: str,
     isolated_pg_server: PostgresServer,

@@ -164,7 +164,8 @@ def test_init_creates_what_is_missing_and_the_second_run_is_a_no_op(
         assert dry.code == 0, dry.err
         assert "CREATE TABLE IF NOT EXISTS public.outbox" in dry.out
         assert f'CREATE PUBLICATION "{unique_name}" FOR TABLE "public"."outbox"' in dry.out
-        assert f"pg_create_logical_replication_slot('{unique_name}', 'pgoutput')" in dry.out
+        # and on 17+ as a failover slot (postgres.failover: auto), as `run` creates it
+        assert f"pg_create_logical_replication_slot('{unique_name}', 'pgoutput'" in dry.out
         assert f'"name": "{unique_name.upper()}"' in dry.out
         assert not slot_exists(dsn, unique_name)  # a dry run changes nothing
 

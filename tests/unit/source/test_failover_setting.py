@@ -46,3 +46,15 @@ def test_true_on_an_older_server_is_one_line_naming_the_version() -> None:
     assert "\n" not in message
     assert message.startswith("postgres.failover: true needs PostgreSQL 17 or later")
     assert "the server is 15.20" in message and "auto or false" in message
+
+
+def test_a_slot_made_on_a_standby_is_never_a_failover_slot() -> None:
+    """postgres.source: standby (PostgreSQL cannot make such a slot a failover slot):
+    auto means off there, for `run`, `init` and `slots create` alike."""
+    text = CONFIG.format(failover="auto").replace(
+        "  failover: auto\n",
+        "  failover: auto\n  source: standby\n  primary_dsn: host=a dbname=app\n",
+    )
+    standby = parse_config(text, env={})
+    assert standby.postgres.source == "standby"
+    assert failover_wanted(standby, 180001) is False
