@@ -13,6 +13,7 @@ from cdc_bridge.cli.nats_client import API_TIMEOUT, connect_quietly
 from cdc_bridge.cli.render import count_of, human_bytes
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.subjects import subject_matches
+from cdc_bridge.sink.connect import overlapping_streams, stream_overlap
 from cdc_bridge.sink.coverage import check_stream_coverage, route_subject_filter
 
 NATS_CHECKS = (
@@ -69,15 +70,24 @@ async def _checks(nc: NatsClient, config: BridgeConfig) -> list[CheckResult]:
         info: StreamInfo | None = await jsm.stream_info(wanted.name)
     except NotFoundError:
         info = None
-    results.append(_stream(config, info))
+    # A missing stream that `run` could not create: others store some of its subjects.
+    others = [] if info is not None else await overlapping_streams(nc, wanted, API_TIMEOUT)
+    results.append(_stream(config, info, others))
     results += await _coverage(nc, config, info)
     results.append(_max_payload(config, nc.max_payload))
     results.append(_duplicate_window(config, info))
     return results
 
 
-def _stream(config: BridgeConfig, info: StreamInfo | None) -> CheckResult:
+def _stream(
+    config: BridgeConfig,
+    info: StreamInfo | None,
+    others: list[tuple[str, tuple[str, ...] | None]],
+) -> CheckResult:
     wanted = config.nats.stream
+    if others:
+        overlap = stream_overlap(wanted.name, wanted.subjects, others)
+        return fail("nats.stream", overlap.problem, overlap.fix)
     if info is None:
         return warn(
             "nats.stream",

@@ -30,7 +30,12 @@ from cdc_bridge.cli.render import dumps, table
 from cdc_bridge.cli.target import password_for, require_config
 from cdc_bridge.config.model import BridgeConfig, NatsConfig
 from cdc_bridge.core.lsn import format_lsn
-from cdc_bridge.sink.connect import ensure_stream
+from cdc_bridge.sink.connect import (
+    StreamOverlap,
+    ensure_stream,
+    overlapping_streams,
+    stream_overlap,
+)
 from cdc_bridge.sink.coverage import check_stream_coverage
 from cdc_bridge.sink.reconcile import read_stream_tail
 from cdc_bridge.source.replication import ReplicationStream
@@ -169,10 +174,17 @@ async def _stream_steps_connected(
     if info is None:
         detail = f"subjects {', '.join(wanted.subjects)}"
         document = stream_document(config.nats)
+        if others := await overlapping_streams(nc, wanted, API_TIMEOUT):
+            # JetStream would refuse it (or, to a user who may not create streams, not
+            # answer): what `run` and `check` say, not a word about permissions
+            overlap = stream_overlap(wanted.name, wanted.subjects, others)
+            return [InitStep("stream", wanted.name, "problem", overlap.line)]
         if dry_run:
             return [InitStep("stream", wanted.name, "would create", detail, None, document)]
         try:
             await ensure_stream(nc, config.nats)
+        except StreamOverlap as exc:  # created since the lookup above
+            return [InitStep("stream", wanted.name, "problem", str(exc))]
         except (nats.errors.Error, TimeoutError) as exc:
             # A user that may not create streams is often refused without a word (the
             # request just times out): say what creating it takes, and who can.

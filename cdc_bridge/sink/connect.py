@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import nats.errors
@@ -13,9 +15,11 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.client import ServerVersion
 from nats.js.api import StorageType, StreamConfig, StreamInfo
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from cdc_bridge.config.model import NatsConfig
+from cdc_bridge.config.model import StreamConfig as WantedStream
+from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.redaction import redact_dsn
 from cdc_bridge.sink.auth import NatsTlsRequired, connect_options, require_tls
 
@@ -185,23 +189,112 @@ async def close_failed_client(client: NatsClient, timeout: float = 1.0) -> None:
             await client.close()
 
 
+# JetStream's err_code when a new stream's subjects overlap an existing stream's.
+SUBJECTS_OVERLAP = 10065
+
+
+class StreamOverlap(FatalError):
+    """The configured stream is missing and cannot be created: another stream of the
+    account stores some of its subjects. No retry cures it, only a config change."""
+
+
+@dataclass(frozen=True, slots=True)
+class Overlap:
+    """What `run`, `check` and `init` say when the stream overlaps others (see
+    ``stream_overlap``): ``check`` shows the problem and the fix apart."""
+
+    problem: str
+    fix: str
+
+    @property
+    def line(self) -> str:
+        return f"{self.problem}: {self.fix}"
+
+
+def stream_overlap(
+    name: str, subjects: Sequence[str], others: Sequence[tuple[str, Sequence[str] | None]]
+) -> Overlap:
+    """The one line for stream ``name`` (to be created on ``subjects``) whose subjects
+    overlap the existing streams ``others`` (name, subjects; None when this NATS user may
+    not read them): it names each of them with what it stores, and the two ways out."""
+    mine = ", ".join(subjects)
+    theirs = " and ".join(
+        f"stream {other}"
+        + ("" if stored is None else f" (which stores {', '.join(stored) or 'no subjects'})")
+        for other, stored in others
+    )
+    problem = (
+        f"nats.stream: stream {name} cannot be created: its subjects ({mine}) overlap "
+        f"{theirs or 'an existing stream'}, and JetStream stores a subject in one stream only"
+    )
+    fix = (
+        "give this bridge's stream subjects no other stream stores (nats.stream.subjects, "
+        "with the routes and dead_letter.subject inside them)"
+    )
+    if others:
+        fix += f", or set nats.stream.name: {others[0][0]} to use the existing stream"
+    return Overlap(problem, fix)
+
+
+async def overlapping_streams(
+    nc: NatsClient, wanted: WantedStream, timeout: float = 5.0
+) -> list[tuple[str, tuple[str, ...] | None]]:
+    """The other streams of the account that store some subject of ``wanted``, with
+    their subjects: the server's own lookup ($JS.API.STREAM.NAMES with a subject filter
+    matches with overlap semantics), one request per configured subject."""
+    names: list[str] = []
+    for subject in wanted.subjects:
+        reply = await nc.request(
+            "$JS.API.STREAM.NAMES", json.dumps({"subject": subject}).encode(), timeout=timeout
+        )
+        answer = json.loads(reply.data)
+        if "error" in answer:
+            raise APIError.from_error(answer["error"])
+        for found in answer.get("streams") or ():
+            if found != wanted.name and found not in names:
+                names.append(found)
+    jsm = nc.jsm(timeout=timeout)
+    others: list[tuple[str, tuple[str, ...] | None]] = []
+    for other in names:
+        try:
+            info = await jsm.stream_info(other)
+        except NotFoundError:
+            continue  # deleted since
+        except (nats.errors.Error, TimeoutError):
+            others.append((other, None))  # a user that may not read it: named all the same
+            continue
+        others.append((other, tuple(info.config.subjects or ())))
+    return others
+
+
 async def ensure_stream(nc: NatsClient, config: NatsConfig) -> StreamInfo:
-    """Create the stream if it is missing. An existing stream's config is never changed."""
+    """Create the stream if it is missing. An existing stream's config is never changed.
+    Raises StreamOverlap when other streams already store some of its subjects."""
     js = nc.jetstream()
     wanted = config.stream
     try:
         return await js.stream_info(wanted.name)
     except NotFoundError:
         pass
-    info = await js.add_stream(
-        StreamConfig(
-            name=wanted.name,
-            subjects=list(wanted.subjects),
-            duplicate_window=wanted.duplicate_window,
-            storage=StorageType(wanted.storage),
-            num_replicas=wanted.replicas,
-            max_age=wanted.max_age or None,
+    if others := await overlapping_streams(nc, wanted):
+        raise StreamOverlap(stream_overlap(wanted.name, wanted.subjects, others).line)
+    try:
+        info = await js.add_stream(
+            StreamConfig(
+                name=wanted.name,
+                subjects=list(wanted.subjects),
+                duplicate_window=wanted.duplicate_window,
+                storage=StorageType(wanted.storage),
+                num_replicas=wanted.replicas,
+                max_age=wanted.max_age or None,
+            )
         )
-    )
+    except APIError as exc:
+        if exc.err_code != SUBJECTS_OVERLAP:
+            raise
+        # created since the lookup above: name it, or retry when it is gone again
+        if not (others := await overlapping_streams(nc, wanted)):
+            raise
+        raise StreamOverlap(stream_overlap(wanted.name, wanted.subjects, others).line) from None
     log.info("stream_created", stream=wanted.name, subjects=list(wanted.subjects))
     return info

@@ -9,6 +9,7 @@ Servers that are down stay retried, and the line names them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from cdc_bridge.cli.main import main as cli_main
 from cdc_bridge.dev.nats_server import NatsServer
 from cdc_bridge.dev.postgres_server import PostgresServer
 from cdc_bridge.dev.processes import free_port
+from cdc_bridge.sink.connect import stream_overlap
 
 # postgres (the devstack's own checks, the tests' admin connections) comes in without a
 # password; every other role must give its password.
@@ -327,6 +329,48 @@ def test_an_unreachable_nats_server_is_named_by_run_and_check(
     [line] = [line for line in out.splitlines() if "nats.server" in line]
     assert named in line
     assert secret not in out and not any(secret in line for line in bridge.lines)
+
+
+def test_a_stream_overlapping_another_bridges_stream_fails_check_init_and_run_naming_it(
+    pg_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    tmp_path: Path,
+    make_bridge: MakeBridge,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 29 item 1: a second bridge whose stream's subjects overlap the first one's
+    stream (debezium.yaml beside cloudevents.yaml, as they were): JetStream refuses to
+    create it (err_code 10065). `check` FAILs, `init` reports it, `run` exits 1 at
+    start-up: one line naming the other stream with what it stores, and the fix."""
+    first = bridge_config(pg_dsn, nats_url, unique_name)
+    first["nats"]["stream"]["subjects"] = [f"{unique_name}.>", f"audit_{unique_name}.>"]
+    bridge = start_bridge(make_bridge, first)  # creates its stream
+    assert bridge.terminate() == 0
+    second_name = f"{unique_name}b"
+    second = bridge_config(pg_dsn, nats_url, second_name)
+    second["nats"]["stream"]["subjects"] = [f"{second_name}.>", f"{unique_name}.>"]
+    expected = stream_overlap(
+        second_name.upper(),
+        [f"{second_name}.>", f"{unique_name}.>"],
+        [(unique_name.upper(), (f"{unique_name}.>", f"audit_{unique_name}.>"))],
+    )
+
+    code, out = check(capsys, tmp_path, second)
+    assert code == 1
+    [line] = [line for line in out.splitlines() if "nats.stream " in line]
+    assert line.startswith("FAIL  nats.stream ")
+    assert expected.problem in line and line.endswith(expected.fix), out
+
+    path = tmp_path / "second.yaml"
+    path.write_text(yaml.safe_dump(second, sort_keys=False))
+    capsys.readouterr()
+    assert cli_main(["init", "--config", str(path), "--json"]) == 1
+    steps = json.loads(capsys.readouterr().out)
+    assert [s["detail"] for s in steps if s["kind"] == "stream"] == [expected.line]
+    assert "STREAM.CREATE" not in json.dumps(steps)  # not a permissions problem
+
+    assert fatal_line(make_bridge(second)) == expected.line
 
 
 # --- normal events are not logged as problems --------------------------------------------------
