@@ -101,6 +101,13 @@ class Metrics:
             ["standby"],
             registry=r,
         )
+        self.messages_ignored = Counter(
+            "cdc_bridge_logical_messages_ignored",
+            "Transactional logical messages not published: their prefix is not in "
+            "outbox.message_prefixes.",
+            ["prefix"],
+            registry=r,
+        )
         self.skipped = Counter(
             "cdc_bridge_events_skipped", "Replayed events the stream already held.", registry=r
         )
@@ -142,6 +149,7 @@ class Metrics:
         )
 
         self._route_counters: dict[str, Any] = {}
+        self._ignored_counters: dict[str, Any] = {}
 
     def watch(self, progress: LiveProgress) -> None:
         """Read the running session's position and window at every scrape."""
@@ -160,6 +168,13 @@ class Metrics:
         if tx.commit_time:
             committed_at = (tx.commit_time + PG_EPOCH_OFFSET_US) / 1_000_000
             self.publish_latency.observe(max(time.time() - committed_at, 0.0))
+
+    def message_ignored(self, prefix: str) -> None:
+        """Per transactional logical message of a prefix not published."""
+        counter = self._ignored_counters.get(prefix)
+        if counter is None:
+            counter = self._ignored_counters[prefix] = self.messages_ignored.labels(prefix)
+        counter.inc()
 
     def dead_lettered(self, reason: str) -> None:
         self.dead_letters.labels(reason_kind(reason)).inc()

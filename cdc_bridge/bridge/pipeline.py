@@ -98,6 +98,7 @@ class Pipeline:
         in_stream: Callable[[str], bool],
         on_dead_letter: Callable[[str], None] | None = None,
         message_prefixes: frozenset[str] = frozenset(),
+        on_message_ignored: Callable[[str], None] | None = None,
         envelope_columns: EnvelopeColumns | None = None,
     ) -> None:
         self._stream = stream
@@ -106,6 +107,8 @@ class Pipeline:
         self._tracker = tracker
         self._tables = tables
         self._message_prefixes = message_prefixes  # logical messages that are events
+        # A transactional message of any other prefix: told (once per prefix), counted
+        self._on_message_ignored = on_message_ignored
         self._envelope_columns = envelope_columns or EnvelopeColumns()
         self._status_interval = status_interval
         self.stats = stats
@@ -276,7 +279,10 @@ class Pipeline:
             self._tx = None
         elif type(change) is LogicalMessage:
             if change.prefix not in self._message_prefixes:
-                log.debug("logical_message_ignored", prefix=change.prefix, reason="prefix")
+                if change.transactional and self._on_message_ignored is not None:
+                    self._on_message_ignored(change.prefix)
+                elif self._debug:
+                    log.debug("logical_message_ignored", prefix=change.prefix, reason="prefix")
             elif not change.transactional or self._tx is None:
                 # Emitted outside any transaction's atomicity: not an outbox event.
                 log.debug("logical_message_ignored", prefix=change.prefix, reason="transactional")

@@ -73,6 +73,8 @@ class BridgeState:
     known_duplicates: set[Position] = field(default_factory=set)
     warned_duplicate_window: bool = False
     warned_uncovered_routes: bool = False
+    # Prefixes of logical messages seen and not published, each told once per process
+    ignored_prefixes: set[str] = field(default_factory=set)
     told_guard_scope: bool = False
     sessions_started: int = 0  # that reached streaming set-up
     has_streamed: bool = False  # since the process started: then failures are retried
@@ -294,6 +296,7 @@ def wire(
         in_stream=guard.covers,
         on_dead_letter=state.metrics.dead_lettered,
         message_prefixes=frozenset(config.outbox.message_prefixes),
+        on_message_ignored=lambda prefix: message_ignored(state, prefix),
         envelope_columns=envelope_columns(config),
     )
     progress = SessionProgress(tracker, publisher)
@@ -364,6 +367,23 @@ def _fail_publisher_with(publisher: JetStreamPublisher, task: asyncio.Task[None]
     """A watch beside the pipeline ended: its error ends the session."""
     if not task.cancelled() and isinstance(error := task.exception(), Exception):
         publisher.fail(error)
+
+
+def message_ignored(state: BridgeState, prefix: str) -> None:
+    """A transactional logical message the config does not publish: counted, and said
+    once per prefix (a warning: its writer may think it was published)."""
+    state.metrics.message_ignored(prefix)
+    if prefix in state.ignored_prefixes:
+        return
+    state.ignored_prefixes.add(prefix)
+    log.warning(
+        "logical_message_ignored",
+        prefix=prefix,
+        error=f"a transactional logical message with prefix {prefix!r} was not published "
+        "and the slot moved past it: to publish such messages as events, add "
+        f"{prefix!r} to outbox.message_prefixes (further ones are only counted, in "
+        "cdc_bridge_logical_messages_ignored_total)",
+    )
 
 
 class PublishCounter:

@@ -26,8 +26,9 @@ def decoder_for(
         ("proto_version", "1"),
         ("publication_names", config.postgres.publication),
     ]
-    if outbox.message_prefixes:
-        options.append(("messages", "true"))  # of every prefix: the pipeline picks its own
+    # Messages of every prefix, even with no outbox.message_prefixes: the pipeline picks
+    # its own, and warns of a transactional message it does not publish.
+    options.append(("messages", "true"))
     if type_names is None:
         return PgoutputDecoder(change_tables), options
     return PgoutputDecoder(change_tables, type_names), options

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from psycopg import sql
-from support.bridge import MakeBridge, start_bridge
-from support.outbox import wait_for_ids
+from support.bridge import MakeBridge, log_event, parse_json_line, start_bridge
+from support.outbox import Event as Row
+from support.outbox import bridge_config, insert_events, wait_for_ids
 
 from cdc_bridge.core.changes import LogicalMessage
 from cdc_bridge.dev.devstack import dev_schema_sql
@@ -518,3 +520,35 @@ def test_the_readme_emit_example_runs_on_the_dev_schema_and_lands_on_its_subject
     [message] = wait_for_ids(nats_url, config["nats"]["stream"]["name"], [row[0]])
     assert message.subject == "events.ticket.created"
     assert json.loads(message.data) == {"id": ticket_id, "title": title}
+
+
+def test_a_message_of_a_prefix_the_bridge_does_not_publish_is_warned_of_once_and_counted(
+    pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
+) -> None:
+    """emit(via="message") beside a bridge without outbox.message_prefixes: the slot
+    moves past the message, and the operator hears of it (once) and can count them."""
+    config = bridge_config(pg_dsn, nats_url, unique_name)  # no message_prefixes
+    bridge = start_bridge(make_bridge, config)
+    prefix = f"{unique_name}.events"  # the session's server is shared: a prefix of our own
+    for event_type in ("created", "closed"):
+        with psycopg.connect(pg_dsn) as conn:
+            emit_ticket(conn, via="message", prefix=prefix, event_type=event_type)
+    # A row after them: once it is published, the bridge has read past both messages.
+    wait_for_ids(nats_url, config["nats"]["stream"]["name"], insert_events(pg_dsn, [Row()]))
+
+    bridge.wait_for_log(log_event("logical_message_ignored", prefix=prefix))
+    warned = [
+        record
+        for line in bridge.lines
+        if (record := parse_json_line(line)) is not None
+        and record.get("event") == "logical_message_ignored"
+        and record.get("prefix") == prefix
+    ]
+    assert len(warned) == 1, warned
+    assert warned[0]["level"] == "warning"
+    assert "outbox.message_prefixes" in warned[0]["error"] and prefix in warned[0]["error"]
+
+    with urllib.request.urlopen(f"{bridge.http_url()}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    assert f'cdc_bridge_logical_messages_ignored_total{{prefix="{prefix}"}} 2.0' in metrics
+    assert bridge.terminate() == 0
