@@ -167,11 +167,12 @@ async def run_bridge(config: BridgeConfig, stop: asyncio.Event) -> int:
     try:
         while not stop.is_set():
             if not await become_leader(config, leadership, stop, state):
-                return 0
+                break
             code = await lead(config, leadership, stop, state)
             metrics.is_leader.set(0)
             if code is not None:
                 return code
+        stopped_while(status.role)  # standing by, connecting, or leadership just lost
         return 0
     except FatalError as exc:
         status.failed(str(exc))
@@ -263,7 +264,13 @@ async def lead(
     def end_sessions(_: object) -> None:
         session_stop.set()
 
-    lost_leadership.add_done_callback(end_sessions)
+    def leadership_ended(_: object) -> None:
+        if not stop.is_set():
+            state.stop_reason = "leadership lost"
+        session_stop.set()
+
+    state.stop_reason = "signal"
+    lost_leadership.add_done_callback(leadership_ended)
     forward_stop.add_done_callback(end_sessions)
 
     loop = asyncio.get_running_loop()
@@ -301,11 +308,13 @@ async def lead(
             check.cancel()
             check = None
 
+    stopped_by_session = False  # the pipeline logged `stopped` (with its position)
     try:
         while not session_stop.is_set():
             state.status.role = "connecting"
             try:
                 await run_session(config, router, session_stop, state, streaming)
+                stopped_by_session = True
                 break
             except (FatalError, PoisonRowError, UndecodableChange, ProtocolError) as exc:
                 state.status.failed(str(exc))
@@ -338,6 +347,8 @@ async def lead(
         lost_leadership.cancel()
         forward_stop.cancel()
     if stop.is_set():
+        if not stopped_by_session:
+            stopped_while(state.status.role)  # e.g. waiting to reconnect
         return 0
     log.warning(
         "leadership_lost",
@@ -346,6 +357,12 @@ async def lead(
     )
     await leadership.release()
     return None
+
+
+def stopped_while(role: str) -> None:
+    """The `stopped` line of a clean exit outside streaming (the pipeline logs its own,
+    with the position it confirmed): every clean exit says it stopped, and why."""
+    log.info("stopped", reason=f"signal while {role}")
 
 
 def failure_target(exc: BaseException) -> str:

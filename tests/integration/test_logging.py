@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from support.bridge import MakeBridge, log_event, parse_json_line, start_bridge
+from support.bridge import BridgeProcess, MakeBridge, log_event, parse_json_line, start_bridge
 from support.outbox import Event, bridge_config, insert_events, wait_for_ids
 from support.waiting import wait_until
+
+from cdc_bridge.dev.nats_server import NatsServer
 
 
 def test_debug_logs_each_published_event_and_each_ack_in_the_same_format(
@@ -52,3 +54,45 @@ def test_info_level_logs_no_line_per_event(
     events = {r.get("event") for r in bridge.json_records()}
     assert not events & {"published", "acked"}
     assert all(r.get("level") != "debug" for r in bridge.json_records())
+
+
+# --- every clean exit logs `stopped`, with the reason (issue 29, item 7) ----------------------
+
+
+def last_record(bridge: BridgeProcess) -> dict[str, Any]:
+    records = bridge.json_records()
+    assert records, "\n".join(bridge.lines)
+    return records[-1]
+
+
+def test_sigterm_while_reconnecting_logs_stopped(
+    pg_dsn: str,
+    isolated_nats_server: NatsServer,
+    unique_name: str,
+    make_bridge: MakeBridge,
+) -> None:
+    config = bridge_config(pg_dsn, isolated_nats_server.url, unique_name)
+    bridge = start_bridge(make_bridge, config)
+    mark = bridge.mark()
+    isolated_nats_server.stop()
+    bridge.wait_for_log(log_event("session_failed"), timeout=30, since=mark)
+    assert bridge.terminate() == 0
+    stopped = last_record(bridge)
+    assert (stopped["event"], stopped["reason"]) == ("stopped", "signal while reconnecting")
+    assert stopped["level"] == "info"
+
+
+def test_sigterm_while_streaming_or_standing_by_logs_stopped_with_the_reason(
+    pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge
+) -> None:
+    config = bridge_config(pg_dsn, nats_url, unique_name)
+    leader = start_bridge(make_bridge, config)
+    standby = make_bridge(config)
+    standby.wait_for_log(log_event("standby"), timeout=30)
+    assert standby.terminate() == 0
+    stopped = last_record(standby)
+    assert (stopped["event"], stopped["reason"]) == ("stopped", "signal while standby")
+    assert leader.terminate() == 0
+    stopped = last_record(leader)
+    assert (stopped["event"], stopped["reason"]) == ("stopped", "signal while streaming")
+    assert "lsn" in stopped
