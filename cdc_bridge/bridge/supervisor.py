@@ -164,11 +164,15 @@ async def run_bridge(config: BridgeConfig, stop: asyncio.Event) -> int:
             return 1
     leadership = Leadership(pg.dsn, pg.slot, pg.connect_timeout, password=pg.password)
     progress = asyncio.create_task(log_progress(state, config))
+    # One for winning the lock and for the sessions: failures while winning it back
+    # (PostgreSQL restarted, say) are recovered from only once a session has, so
+    # `recovered` comes after `streaming` whichever server was away.
+    failures = FailureLog()
     try:
         while not stop.is_set():
-            if not await become_leader(config, leadership, stop, state):
+            if not await become_leader(config, leadership, stop, state, failures):
                 break
-            code = await lead(config, leadership, stop, state)
+            code = await lead(config, leadership, stop, state, failures=failures)
             metrics.is_leader.set(0)
             if code is not None:
                 return code
@@ -187,17 +191,21 @@ async def run_bridge(config: BridgeConfig, stop: asyncio.Event) -> int:
 
 
 async def become_leader(
-    config: BridgeConfig, leadership: Leadership, stop: asyncio.Event, state: BridgeState
+    config: BridgeConfig,
+    leadership: Leadership,
+    stop: asyncio.Event,
+    state: BridgeState,
+    failures: FailureLog | None = None,
 ) -> bool:
     """Wait (as standby) until this process holds the slot's lock; False when stopped.
-    Raises FatalError for a failure no retry can cure (see give_up)."""
+    Raises FatalError for a failure no retry can cure (see give_up). Its failures go
+    to ``failures``: lead() logs `recovered` once a session has recovered from them."""
     backoff = Backoff(first=1.0, cap=10.0)
-    failures = FailureLog()
+    failures = failures or FailureLog()
     announced = False
     while not stop.is_set():
         try:
             if await leadership.try_acquire():
-                failures.streaming()
                 state.metrics.is_leader.set(1)
                 log.info("leadership_acquired", slot=state.status.slot)
                 return True
@@ -251,12 +259,14 @@ async def lead(
     *,
     backoff: Backoff | None = None,
     healthy_after: float = HEALTHY_AFTER_SECONDS,
+    failures: FailureLog | None = None,
 ) -> int | None:
     """Run sessions while leader. An exit code ends the process; None: leadership lost.
-    ``backoff`` and ``healthy_after`` are the defaults' (tests shorten them)."""
+    ``backoff`` and ``healthy_after`` are the defaults' (tests shorten them); ``failures``
+    holds those since the last recovery, winning the lock's included (run_bridge)."""
     router = Router(config, on_reserved_header=_reserved_header_warning())
     backoff = backoff or Backoff()
-    failures = FailureLog()
+    failures = failures or FailureLog()
     session_stop = asyncio.Event()
     lost_leadership = asyncio.create_task(leadership.hold())
     forward_stop = asyncio.create_task(stop.wait())

@@ -9,6 +9,7 @@ from support.outbox import Event, bridge_config, insert_events, wait_for_ids
 from support.waiting import wait_until
 
 from cdc_bridge.dev.nats_server import NatsServer
+from cdc_bridge.dev.postgres_server import PostgresServer
 
 
 def test_debug_logs_each_published_event_and_each_ack_in_the_same_format(
@@ -96,3 +97,36 @@ def test_sigterm_while_streaming_or_standing_by_logs_stopped_with_the_reason(
     stopped = last_record(leader)
     assert (stopped["event"], stopped["reason"]) == ("stopped", "signal while streaming")
     assert "lsn" in stopped
+
+
+# --- one order after any outage: `streaming`, then `recovered` (issue 29, item 8) --------------
+
+
+def events_since(bridge: BridgeProcess, mark: int) -> list[str]:
+    records = (parse_json_line(line) for line in bridge.lines[mark:])
+    return [str(record["event"]) for record in records if record is not None]
+
+
+def test_after_a_postgresql_or_nats_outage_streaming_comes_before_recovered(
+    isolated_pg_server: PostgresServer,
+    isolated_nats_server: NatsServer,
+    unique_name: str,
+    make_bridge: MakeBridge,
+) -> None:
+    dsn = isolated_pg_server.create_database(f"db_{unique_name}")
+    bridge = start_bridge(make_bridge, bridge_config(dsn, isolated_nats_server.url, unique_name))
+    for outage in (isolated_pg_server, isolated_nats_server):
+        mark = bridge.mark()
+        outage.stop()
+        bridge.wait_for_log(log_event("session_failed"), timeout=30, since=mark)
+        if outage is isolated_pg_server:  # the lock went with the server: won again
+            lost = bridge.wait_for_log(log_event("leadership_lost"), timeout=30, since=mark)
+            bridge.wait_for_log(
+                log_event("session_failed"), timeout=30, since=bridge.lines.index(lost)
+            )
+        outage.start()
+        bridge.wait_for_log(log_event("recovered"), timeout=60, since=mark)
+        events = events_since(bridge, mark)
+        assert events.count("recovered") == 1, events
+        assert events.index("streaming") < events.index("recovered"), events
+    assert bridge.terminate() == 0
