@@ -13,6 +13,7 @@ from cdc_bridge.cli.args import logging_flags, print_error
 
 if TYPE_CHECKING:
     from cdc_bridge.cli.args import Subcommands
+    from cdc_bridge.config.model import BridgeConfig
 
 
 def _port_is_free(port: int) -> bool:
@@ -26,10 +27,33 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
+# Shipped in the package (a pip install has no config/ folder); config/dev.yaml is its copy
+# in the repository, beside the other example configs.
+DEV_CONFIG = "dev.yaml"
+# Stand-ins for what the stack provides, to check the config before starting anything
+_CHECK_ENV = {
+    "CDC_BRIDGE_DEV_DSN": "postgresql://cdc_bridge@127.0.0.1:5432/app",
+    "CDC_BRIDGE_DEV_NATS_URL": "nats://127.0.0.1:4222",
+}
+
+
+def dev_config_text() -> str:
+    from importlib import resources
+
+    return resources.files("cdc_bridge.dev").joinpath(DEV_CONFIG).read_text(encoding="utf-8")
+
+
+def _load(path: str | None, env: dict[str, str]) -> BridgeConfig:
+    from cdc_bridge.config.load import load_config, parse_config
+
+    if path is None:
+        return parse_config(dev_config_text(), source=f"cdc_bridge/dev/{DEV_CONFIG}", env=env)
+    return load_config(path, env=env)
+
+
 def dev_command(args: argparse.Namespace) -> int:
     from cdc_bridge.bridge.logs import configure_logging
     from cdc_bridge.bridge.supervisor import install_signal_handlers, run_bridge
-    from cdc_bridge.config.load import load_config
     from cdc_bridge.config.problems import ConfigError
     from cdc_bridge.dev.demo import print_events, produce_tickets
     from cdc_bridge.dev.devstack import DevStack, dev_schema_sql
@@ -37,6 +61,10 @@ def dev_command(args: argparse.Namespace) -> int:
     from cdc_bridge.source.setup import prepare_postgres
 
     configure_logging(args.log_format or "console", args.log_level or "info")
+    try:  # before anything starts: a config that cannot work leaves nothing behind
+        _load(args.config, {**os.environ, **_CHECK_ENV})
+    except ConfigError as exc:
+        return print_error(f"invalid configuration (nothing was started):\n{exc}")
     # Fresh every time: a resumed stack would add this run's demo tickets (T-00001, ...)
     # to the stream beside the last run's, under the same ids.
     stack = DevStack(Path(args.dir), fresh=True)
@@ -58,7 +86,7 @@ def dev_command(args: argparse.Namespace) -> int:
         http_listen = f"127.0.0.1:{8080 if _port_is_free(8080) else free_port()}"
         env = {**os.environ, **stack.environment(), "CDC_BRIDGE_DEV_HTTP": http_listen}
         try:
-            config = load_config(args.config, env=env)
+            config = _load(args.config, env)
         except ConfigError as exc:
             return print_error(f"invalid configuration:\n{exc}")
         print(
@@ -99,7 +127,6 @@ def dev_command(args: argparse.Namespace) -> int:
         stack.close()
 
 
-
 def register(commands: Subcommands, name: str, summary: str) -> None:
     dev = commands.add_parser(
         name,
@@ -109,7 +136,9 @@ def register(commands: Subcommands, name: str, summary: str) -> None:
         epilog="example: cdc-bridge dev --demo",
     )
     dev.add_argument(
-        "--config", default="config/dev.yaml", metavar="FILE", help="default: config/dev.yaml"
+        "--config",
+        metavar="FILE",
+        help="default: the dev config shipped with cdc-bridge (config/dev.yaml in the repository)",
     )
     dev.add_argument("--dir", default=".devstack", help="where the servers keep their data")
     dev.add_argument(
@@ -119,4 +148,3 @@ def register(commands: Subcommands, name: str, summary: str) -> None:
     )
     logging_flags(dev)
     dev.set_defaults(handler=dev_command)
-

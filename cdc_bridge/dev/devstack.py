@@ -124,7 +124,7 @@ class DevStack(Service):
             self.postgres.close()
 
     def environment(self) -> dict[str, str]:
-        """The variables config/dev.yaml expands: where the bridge finds this stack."""
+        """The variables the dev config expands: where the bridge finds this stack."""
         return {
             "CDC_BRIDGE_DEV_DSN": self.postgres.dsn(),
             "CDC_BRIDGE_DEV_NATS_URL": self.nats.url,

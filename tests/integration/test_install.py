@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import zipfile
 from pathlib import Path
 
@@ -25,11 +27,16 @@ from cdc_bridge.dev.postgres_server import PostgresServer
 PIP_TIMEOUT = 240  # a cold pip cache downloads every dependency once
 
 
-def _run(command: list[str | Path], cwd: Path, timeout: float = 60) -> str:
+def _clean_env() -> dict[str, str]:
     env = {
         key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")
     }
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    return env
+
+
+def _run(command: list[str | Path], cwd: Path, timeout: float = 60) -> str:
+    env = _clean_env()
     done = subprocess.run(
         [str(part) for part in command],
         cwd=cwd,
@@ -64,11 +71,14 @@ def build_wheel(work: Path) -> Path:
 
 
 def test_the_wheel_installs_into_a_fresh_venv_and_runs_outside_the_repo(
-    pg_server: PostgresServer, nats_url: str, unique_name: str, tmp_path: Path
+    pg_server: PostgresServer, nats_url: str, unique_name: str, tmp_path: Path, devstack_tmp: Path
 ) -> None:
     wheel = build_wheel(tmp_path)
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"cdc_bridge/py.typed", "cdc_bridge/sql/outbox.sql", "cdc_bridge/cli/main.py"} <= names
+    assert {
+        "cdc_bridge/py.typed", "cdc_bridge/sql/outbox.sql", "cdc_bridge/cli/main.py",
+        "cdc_bridge/dev/dev.yaml",  # `cdc-bridge dev` needs no checkout
+    } <= names  # fmt: skip
     assert not any(name.startswith(("tests/", "bench/", "examples/")) for name in names)
 
     venv = tmp_path / "venv"
@@ -100,3 +110,44 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs_outside_the_repo(
         _run([cli, "check", "--config", config_path], cwd=elsewhere)
     finally:
         pg_server.drop_database(database)
+
+    # `cdc-bridge dev` outside the checkout (in a folder the postgres account can reach):
+    # its servers in ./.devstack (the system's PostgreSQL and nats-server: the fresh venv
+    # has no dev extra), streaming with the packaged config.
+    lines = dev_until_streaming(cli, devstack_tmp)
+    assert not any("cannot read the config file" in line for line in lines), lines
+    assert (devstack_tmp / ".devstack").is_dir()
+
+
+def dev_until_streaming(cli: Path, cwd: Path, timeout: float = 120) -> list[str]:
+    """Run `cdc-bridge dev` until its bridge streams, then stop it with Ctrl-C (exit 0)."""
+    process = subprocess.Popen(
+        [str(cli), "dev", "--log-format", "json"],
+        cwd=cwd,
+        env=_clean_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    watchdog = threading.Timer(timeout, process.kill)  # a hang fails, never blocks
+    watchdog.start()
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if '"event": "streaming"' in line:
+                break
+        else:
+            raise AssertionError(f"cdc-bridge dev exited {process.wait()}:\n{''.join(lines)}")
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+        lines += rest.splitlines(keepends=True)
+        assert process.returncode == 0, "".join(lines)
+    finally:
+        watchdog.cancel()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return lines
