@@ -17,7 +17,12 @@ from cdc_bridge.bridge.status import BridgeStatus
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.source.replication import ReplicationStream
-from cdc_bridge.source.standbys import behind_bytes, standby_document, standby_slots
+from cdc_bridge.source.standbys import (
+    StandbySlot,
+    behind_bytes,
+    standby_document,
+    standby_slots,
+)
 
 log = structlog.get_logger("cdc_bridge.bridge.failover")
 
@@ -82,20 +87,33 @@ async def watch_standbys(
         except Exception as exc:  # a monitoring aid: never let it end the session
             log.warning("standby_check_failed", error=status.redactor(f"{exc}".strip()))
             found = []
-        states = [(s, behind_bytes(s, confirmed())) for s in found]
-        status.standbys = [standby_document(s, behind, status.redactor) for s, behind in states]
-        metrics.standbys([(s.server, s.synchronized, behind) for s, behind in states])
-        for standby in found:
-            if standby.synchronized:
-                warned.discard(standby.server)
-            elif standby.server not in warned:
-                warned.add(standby.server)
-                why = standby.error or standby.invalidated or "no synchronized copy"
-                log.warning(
-                    "failover_slot_not_synchronized",
-                    slot=slot,
-                    standby=standby.server,
-                    error=f"standby {standby.server} has no usable copy of slot {slot} "
-                    f"({why}): a failover to it stops the bridge (fix: cdc-bridge check)",
-                )
+        record_standbys(found, confirmed(), slot, status, metrics, warned)
         await asyncio.sleep(STANDBY_CHECK_INTERVAL)
+
+
+def record_standbys(
+    found: list[StandbySlot],
+    confirmed: int,
+    slot: str,
+    status: BridgeStatus,
+    metrics: Metrics,
+    warned: set[str],
+) -> None:
+    """One look at the standbys into /status, the metrics and (once per standby until
+    its copy is ready) a warning: all by StandbySlot.synchronized, the one rule."""
+    states = [(s, behind_bytes(s, confirmed)) for s in found]
+    status.standbys = [standby_document(s, behind, status.redactor) for s, behind in states]
+    metrics.standbys([(s.server, s.synchronized, behind) for s, behind in states])
+    for standby in found:
+        if standby.synchronized:
+            warned.discard(standby.server)
+        elif standby.server not in warned:
+            warned.add(standby.server)
+            why = status.redactor(standby.not_ready or "")
+            log.warning(
+                "failover_slot_not_synchronized",
+                slot=slot,
+                standby=standby.server,
+                error=f"standby {standby.server} has no usable copy of slot {slot} "
+                f"({why}): a failover to it stops the bridge (fix: cdc-bridge check)",
+            )

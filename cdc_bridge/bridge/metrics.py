@@ -91,7 +91,8 @@ class Metrics:
         # Per standby of a multi-host DSN, for a failover slot (PostgreSQL 17+) only
         self.failover_synchronized = Gauge(
             "cdc_bridge_failover_slot_synchronized",
-            "1 while the standby holds a synchronized, valid copy of the failover slot, else 0.",
+            "1 while the standby holds a copy of the failover slot that survives its promotion "
+            "(synced, not temporary, not invalidated: standbys.copy_state), else 0.",
             ["standby"],
             registry=r,
         )

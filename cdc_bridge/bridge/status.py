@@ -39,7 +39,7 @@ class BridgeStatus:
     nats_version: str | None = None
     started_at: float = field(default_factory=time.time)
     # The slot's failover flag (None before PostgreSQL 17, or before the first session),
-    # and per standby of the DSN: server, synchronized, behind_bytes, invalidated, error
+    # and per standby of the DSN: json_keys.STANDBY_KEYS (standbys.standby_document)
     failover: bool | None = None
     standbys: list[dict[str, Any]] = field(default_factory=list)
     # Read live from the running session (set while streaming, None otherwise).

@@ -23,7 +23,7 @@ from cdc_bridge.source.catalog import (
     server_version,
     setting,
 )
-from cdc_bridge.source.standbys import dsn_hosts, host_dsn
+from cdc_bridge.source.standbys import copy_reason, copy_state, dsn_hosts, host_dsn
 
 CHECK = "postgres.failover"
 DOCS = "docs/production.md#high-availability"
@@ -215,11 +215,14 @@ async def _standby(dsn: str, where: str, slot: str, password: str | None) -> lis
 
 async def _synced(conn: AsyncConn, where: str, slot: str) -> list[CheckResult]:
     cur = await conn.execute(
-        "SELECT synced, invalidation_reason FROM pg_replication_slots WHERE slot_name = %s",
+        "SELECT synced, temporary, invalidation_reason FROM pg_replication_slots"
+        " WHERE slot_name = %s",
         (slot,),
     )
     row = await cur.fetchone()
-    if row is None or not row[0]:
+    synced, temporary, invalidated = row if row is not None else (None, None, None)
+    state = copy_state(synced, temporary, invalidated)
+    if state == "missing":
         return [
             warn(
                 CHECK,
@@ -228,13 +231,23 @@ async def _synced(conn: AsyncConn, where: str, slot: str) -> list[CheckResult]:
                 "fix the settings above; the standby's slot sync worker then copies it",
             )
         ]
-    if row[1] is not None:
+    if state == "invalidated":
         return [
             warn(
                 CHECK,
-                f"standby {where}: its copy of slot {slot} is invalidated ({row[1]})",
+                f"standby {where}: slot {slot}: {copy_reason(state, invalidated)}",
                 f"drop it on {where} (SELECT pg_drop_replication_slot('{slot}')): the sync "
                 "worker makes a fresh copy",
+            )
+        ]
+    if state == "temporary":
+        return [
+            warn(
+                CHECK,
+                f"standby {where}: slot {slot}: {copy_reason(state)}; a failover to it now "
+                "stops the bridge",
+                "let the bridge stream (its slot on the primary then moves past the "
+                "standby's position and the copy is persisted); check again",
             )
         ]
     return []

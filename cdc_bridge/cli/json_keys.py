@@ -11,7 +11,9 @@ SLOT_KEYS = (
 # `slots show --json`: one object, SLOT_KEYS plus these.
 SHOW_EXTRA_KEYS = ("walsender", "publication", "failover", "standbys")
 # `slots show --json` "standbys" (and /status "standbys"): objects with these keys.
-STANDBY_KEYS = ("server", "synchronized", "behind_bytes", "invalidated", "error")
+STANDBY_KEYS = (
+    "server", "synchronized", "behind_bytes", "temporary", "invalidated", "not_ready", "error",
+)  # fmt: skip
 # walsender: null when nobody streams; its other fields are null when unknown (not
 # reported yet, or hidden: details_visible false without pg_read_all_stats).
 WALSENDER_KEYS = (

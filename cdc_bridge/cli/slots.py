@@ -291,9 +291,11 @@ def _standby_text(standby: dict[str, object]) -> str:
         return f"cannot ask it: {standby['error']}"
     if standby["synchronized"]:
         return f"synchronized, {_with_bytes(standby['behind_bytes'])} behind"
-    if standby["invalidated"]:
-        return f"NOT synchronized: its copy is invalidated ({standby['invalidated']})"
-    return "NOT synchronized: a failover to it stops the bridge (see cdc-bridge check)"
+    # standbys.copy_reason: the rule and its words are the same everywhere
+    return (
+        f"NOT synchronized: {standby['not_ready']}; a failover to it stops the bridge "
+        "(see cdc-bridge check)"
+    )
 
 
 def _with_bytes(value: object) -> str | None:

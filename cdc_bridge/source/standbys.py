@@ -3,7 +3,7 @@
 A DSN such as ``host=db1,db2 port=5432,5432 target_session_attrs=read-write`` names the
 primary and its standbys; libpq connects to whichever is the primary. The other hosts
 are asked directly (``target_session_attrs=any``) whether they are in recovery and, if so,
-whether their slot sync worker has a valid, current copy of the bridge's slot (17+).
+whether their slot sync worker has a valid, persistent copy of the bridge's slot (17+).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -20,15 +21,66 @@ from cdc_bridge.core.lsn import parse_lsn
 PROBE_TIMEOUT = 5.0  # seconds for one standby: a dead host must not hold up /status
 
 
+CopyState = Literal["missing", "invalidated", "temporary", "ready"]
+
+
+def copy_state(synced: bool | None, temporary: bool | None, invalidated: str | None) -> CopyState:
+    """Whether a standby's copy of the failover slot survives its promotion: the one
+    readiness rule (``check``, ``slots show``, /status, the metrics and the bridge's
+    warning all ask it). Ready = synced AND NOT temporary AND not invalidated.
+
+    From pg_replication_slots on the standby (None: no such row). The slot sync worker
+    first makes a copy ``temporary`` and persists it only once the primary's slot has
+    caught up with what the standby reserved; a temporary copy is dropped at promotion."""
+    if not synced:
+        return "missing"
+    if invalidated is not None:
+        return "invalidated"
+    if temporary:
+        return "temporary"
+    return "ready"
+
+
+def copy_reason(state: CopyState, invalidated: str | None = None) -> str | None:
+    """Why a copy in ``state`` is not ready yet, for every reader alike; None: ready."""
+    if state == "missing":
+        return "no synchronized copy of the slot"
+    if state == "invalidated":
+        return f"its copy is invalidated ({invalidated})"
+    if state == "temporary":
+        return (
+            "its copy is still temporary (not ready yet): the primary's slot has not caught "
+            "up with what the standby reserved, and a temporary copy is dropped at promotion"
+        )
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class StandbySlot:
     """One standby's view of the slot. ``error`` set: it could not be asked."""
 
     server: str  # host:port
-    synchronized: bool = False  # a synced copy exists and is not invalidated
+    synced: bool = False  # pg_replication_slots.synced: a copy the slot sync worker made
+    temporary: bool = False  # pg_replication_slots.temporary: not persisted yet
     confirmed_flush_lsn: int | None = None
     invalidated: str | None = None  # pg_replication_slots.invalidation_reason
     error: str | None = None
+
+    @property
+    def state(self) -> CopyState:
+        return copy_state(self.synced, self.temporary, self.invalidated)
+
+    @property
+    def synchronized(self) -> bool:
+        """A copy a promotion keeps (and the standby could be asked)."""
+        return self.error is None and self.state == "ready"
+
+    @property
+    def not_ready(self) -> str | None:
+        """Why a failover to this standby would not find the slot; None: it would."""
+        if self.error is not None:
+            return f"cannot ask it: {self.error}"
+        return copy_reason(self.state, self.invalidated)
 
 
 def dsn_hosts(dsn: str) -> list[tuple[str, str]]:
@@ -69,7 +121,7 @@ async def standby_slot(
                 if not row or not row[0]:
                     return None
                 cur = await conn.execute(
-                    "SELECT synced, confirmed_flush_lsn::text, invalidation_reason"
+                    "SELECT synced, temporary, confirmed_flush_lsn::text, invalidation_reason"
                     " FROM pg_replication_slots WHERE slot_name = %s",
                     (slot,),
                 )
@@ -81,9 +133,10 @@ async def standby_slot(
         return StandbySlot(server)
     return StandbySlot(
         server,
-        synchronized=bool(found[0]) and found[2] is None,
-        confirmed_flush_lsn=parse_lsn(found[1]) if found[1] else None,
-        invalidated=found[2],
+        synced=bool(found[0]),
+        temporary=bool(found[1]),
+        confirmed_flush_lsn=parse_lsn(found[2]) if found[2] else None,
+        invalidated=found[3],
     )
 
 
@@ -113,6 +166,8 @@ def standby_document(
         "server": standby.server,
         "synchronized": standby.synchronized,
         "behind_bytes": behind,
+        "temporary": standby.temporary,
         "invalidated": standby.invalidated,
+        "not_ready": redact(standby.not_ready) if standby.not_ready else None,
         "error": redact(standby.error) if standby.error else None,
     }

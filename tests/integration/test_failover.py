@@ -15,8 +15,16 @@ import psycopg
 import pytest
 import yaml
 from support.bridge import MakeBridge, log_event, start_bridge
-from support.ha import STANDBY, Pair, primary_and_standby, set_and_reload, wait_until_synchronized
+from support.ha import (
+    STANDBY,
+    Pair,
+    primary_and_standby,
+    set_and_reload,
+    slot_on,
+    wait_until_synchronized,
+)
 from support.outbox import Event, bridge_config, insert_events, wait_for_ids
+from support.waiting import wait_until
 
 from cdc_bridge.cli import json_keys
 from cdc_bridge.cli.main import main
@@ -98,6 +106,84 @@ def test_check_reports_each_missing_readiness_setting_with_its_fix(
     alone = {**config, "postgres": {**config["postgres"], "dsn": pair.primary.dsn(pair.database)}}
     lines = failover_lines(capsys, tmp_path, alone)
     assert any("names one host" in line["detail"] for line in lines), lines
+
+
+def make_a_temporary_copy(pair: Pair, slot: str) -> None:
+    """The standby's copy of ``slot`` made while the primary's slot is behind the
+    oldest WAL the standby still has: the sync worker reserves from there, finds the
+    primary's slot "precedes local slot", and keeps its copy temporary."""
+    set_and_reload(pair.standby, "sync_replication_slots", "off")
+    create_failover_slot(pair, slot)
+    with psycopg.connect(pair.primary.dsn(pair.database), autocommit=True) as conn:
+        for _ in range(3):  # the segment of the slot's restart_lsn falls behind
+            conn.execute("CREATE TEMPORARY TABLE IF NOT EXISTS filler (x int)")
+            conn.execute("SELECT pg_switch_wal()")
+        conn.execute("CHECKPOINT")
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        head = row[0]
+    with psycopg.connect(pair.standby.dsn(pair.database), autocommit=True) as conn:
+        replayed = "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn"
+        wait_until(
+            lambda: conn.execute(replayed, (head,)).fetchone() == (True,),
+            timeout=30,
+            message="the standby did not replay the checkpoint",
+        )
+        conn.execute("CHECKPOINT")  # a restartpoint: the standby removes the old segments
+    set_and_reload(pair.standby, "sync_replication_slots", "on")
+    row = wait_until(
+        lambda: (found := slot_on(pair.standby, pair.database, slot)) and found[1] and found,
+        timeout=60,
+        message=f"no synced copy of {slot} on the standby",
+    )
+    assert row[2] is True, row  # synced, and temporary
+
+
+def advance_and_look(pair: Pair, slot: str) -> bool:
+    """Move the primary's slot to the WAL head (its restart_lsn and catalog_xmin follow
+    the running-transactions records it passes); whether the standby's copy is ready."""
+    with psycopg.connect(pair.primary.dsn(pair.database), autocommit=True) as conn:
+        conn.execute("SELECT pg_log_standby_snapshot()")
+        conn.execute("SELECT pg_replication_slot_advance(%s, pg_current_wal_lsn())", (slot,))
+    row = slot_on(pair.standby, pair.database, slot)
+    return row is not None and bool(row[1]) and not row[2] and row[4] is None
+
+
+def test_a_temporary_copy_is_not_ready_yet_until_it_is_persisted(
+    pair: Pair,
+    nats_url: str,
+    unique_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 29 item 3: a copy the standby has synced but not persisted is dropped at
+    promotion; check and slots show call it not ready yet, with the reason."""
+    config = bridge_config(pair.dsn(), nats_url, unique_name)
+    make_a_temporary_copy(pair, unique_name)
+    server = f"127.0.0.1:{pair.standby.port}"
+
+    [line] = failover_lines(capsys, tmp_path, config)
+    assert line["status"] == "warn", line
+    assert f"standby {server}: slot {unique_name}: its copy is still temporary" in line["detail"]
+    assert "dropped at promotion" in line["detail"] and "let the bridge stream" in line["fix"]
+    path = tmp_path / "check.yaml"  # written by failover_lines
+    capsys.readouterr()
+    assert main(["slots", "show", unique_name, "--config", str(path), "--json"]) == 0
+    [standby] = json.loads(capsys.readouterr().out)["standbys"]
+    assert (standby["synchronized"], standby["temporary"]) == (False, True), standby
+    assert "still temporary" in standby["not_ready"]
+    assert main(["slots", "show", unique_name, "--config", str(path)]) == 0
+    assert "NOT synchronized: its copy is still temporary" in capsys.readouterr().out
+
+    # Once the primary's slot has caught up with what the standby reserved, it persists.
+    wait_until(
+        lambda: advance_and_look(pair, unique_name),
+        timeout=90,
+        interval=1,
+        message="the standby's copy never became persistent",
+    )
+    [ready] = failover_lines(capsys, tmp_path, config)
+    assert ready["status"] == "ok", ready
 
 
 # --- the bridge and its slot ------------------------------------------------------------
