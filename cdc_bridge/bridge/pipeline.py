@@ -78,6 +78,9 @@ class SessionStats:
     dead_lettered: int = 0
     skipped: int = 0  # replayed rows the stream already held
     transactions: int = 0
+    # The position confirmed last when a session stopped cleanly: the `stopped` line's
+    # lsn (the supervisor logs it last, once everything is closed).
+    stopped_at: int | None = None
 
 
 class Pipeline:
@@ -124,8 +127,6 @@ class Pipeline:
         # Awaited at a clean stop, after the last ack and before the final confirmation
         # (the catalog watch's last check: see catalog_watch.py).
         self.final_check: Callable[[], Awaitable[None]] | None = None
-        # Why a clean stop happened, for the `stopped` line (the supervisor knows).
-        self.stop_reason: Callable[[], str] = lambda: "signal"
         self._tx: Transaction | None = None
         self._tx_lsn = ""
         self._tx_index = 0
@@ -199,8 +200,7 @@ class Pipeline:
             await self.final_check()
         tracker = self._tracker
         await self._stream.finish(tracker.received, tracker.confirmable)
-        reason = f"{self.stop_reason()} while streaming"
-        log.info("stopped", reason=reason, lsn=format_lsn(tracker.confirmable))
+        self.stats.stopped_at = tracker.confirmable
 
     def _confirm(self) -> None:
         """A standby status update confirming what is acked (as far as the catalog watch

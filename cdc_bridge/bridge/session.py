@@ -78,7 +78,6 @@ class BridgeState:
     told_guard_scope: bool = False
     sessions_started: int = 0  # that reached streaming set-up
     has_streamed: bool = False  # since the process started: then failures are retried
-    stop_reason: str = "signal"  # why sessions are told to stop: the `stopped` line's reason
     # The stream as last seen: a later session refuses to carry on with another one.
     stream_seen: StreamSeen | None = None
 
@@ -300,7 +299,6 @@ def wire(
         on_message_ignored=lambda prefix: message_ignored(state, prefix),
         envelope_columns=envelope_columns(config),
     )
-    pipeline.stop_reason = lambda: state.stop_reason
     progress = SessionProgress(tracker, publisher)
     state.status.progress = progress
     state.metrics.watch(progress)

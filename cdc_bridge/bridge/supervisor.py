@@ -22,6 +22,7 @@ from cdc_bridge.bridge.session import BridgeState, run_session
 from cdc_bridge.bridge.status import BridgeStatus, progress_fields
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
+from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.redaction import redact, redact_dsn
 from cdc_bridge.core.wire_text import shown
 from cdc_bridge.routing.dead_letters import PoisonRowError
@@ -168,6 +169,7 @@ async def run_bridge(config: BridgeConfig, stop: asyncio.Event) -> int:
     # (PostgreSQL restarted, say) are recovered from only once a session has, so
     # `recovered` comes after `streaming` whichever server was away.
     failures = FailureLog()
+    code: int | None = 1
     try:
         while not stop.is_set():
             if not await become_leader(config, leadership, stop, state, failures):
@@ -176,18 +178,22 @@ async def run_bridge(config: BridgeConfig, stop: asyncio.Event) -> int:
             metrics.is_leader.set(0)
             if code is not None:
                 return code
-        stopped_while(status.role)  # standing by, connecting, or leadership just lost
-        return 0
+        code = 0
+        return code
     except FatalError as exc:
         status.failed(str(exc))
         log.error("fatal", error=str(exc))
-        return 1
+        code = 1
+        return code
     finally:
         progress.cancel()
+        stopped_as = status.role
         status.role = "stopped"
         await leadership.release()
         if http is not None:
             await http.close()
+        if code == 0:  # every clean exit says so, last, whatever it was doing
+            log_stopped(stopped_as, state.stats.stopped_at)
 
 
 async def become_leader(
@@ -274,13 +280,7 @@ async def lead(
     def end_sessions(_: object) -> None:
         session_stop.set()
 
-    def leadership_ended(_: object) -> None:
-        if not stop.is_set():
-            state.stop_reason = "leadership lost"
-        session_stop.set()
-
-    state.stop_reason = "signal"
-    lost_leadership.add_done_callback(leadership_ended)
+    lost_leadership.add_done_callback(end_sessions)
     forward_stop.add_done_callback(end_sessions)
 
     loop = asyncio.get_running_loop()
@@ -318,13 +318,12 @@ async def lead(
             check.cancel()
             check = None
 
-    stopped_by_session = False  # the pipeline logged `stopped` (with its position)
     try:
         while not session_stop.is_set():
             state.status.role = "connecting"
             try:
+                state.stats.stopped_at = None
                 await run_session(config, router, session_stop, state, streaming)
-                stopped_by_session = True
                 break
             except (FatalError, PoisonRowError, UndecodableChange, ProtocolError) as exc:
                 state.status.failed(str(exc))
@@ -356,9 +355,9 @@ async def lead(
         session_ended()
         lost_leadership.cancel()
         forward_stop.cancel()
+        # Their ends (a cancelled lock check's words among them) before any line after
+        await asyncio.gather(lost_leadership, forward_stop, return_exceptions=True)
     if stop.is_set():
-        if not stopped_by_session:
-            stopped_while(state.status.role)  # e.g. waiting to reconnect
         return 0
     log.warning(
         "leadership_lost",
@@ -369,10 +368,13 @@ async def lead(
     return None
 
 
-def stopped_while(role: str) -> None:
-    """The `stopped` line of a clean exit outside streaming (the pipeline logs its own,
-    with the position it confirmed): every clean exit says it stopped, and why."""
-    log.info("stopped", reason=f"signal while {role}")
+def log_stopped(role: str, stopped_at: int | None) -> None:
+    """The `stopped` line of a clean exit, whatever the bridge was doing (streaming,
+    reconnecting, standing by): why, and after streaming the position confirmed last."""
+    if role == "streaming" and stopped_at is not None:
+        log.info("stopped", reason="signal while streaming", lsn=format_lsn(stopped_at))
+    else:
+        log.info("stopped", reason=f"signal while {role}")
 
 
 def failure_target(exc: BaseException) -> str:
