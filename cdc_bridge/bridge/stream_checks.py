@@ -4,6 +4,7 @@ dropped slot or a failover, subjects no stream stores, a short duplicate window.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
@@ -43,17 +44,25 @@ MAX_LSN = (1 << 64) - 1
 SUBJECT_GUARD_VERSION = (2, 11)
 
 
-def guarded_space(config: BridgeConfig, nc: NatsClient, state: BridgeState) -> str | None:
+def subject_guard_space(config: BridgeConfig, nc: NatsClient) -> str | None:
     """The subject space the order guard and the tail read keep to, when the server
-    can check it (2.11+); None: stream-wide. Said once at start-up either way."""
+    can check it (2.11+); None: stream-wide. Every reader of the tail (the session,
+    ``init``) keeps to this one."""
     space = config.subject_space
     version = nc.connected_server_version
     try:
         supported = (version.major, version.minor) >= SUBJECT_GUARD_VERSION
     except ValueError:  # not semver: assume an old server, the safe side
         supported = False
+    return space if supported else None
+
+
+def guarded_space(config: BridgeConfig, nc: NatsClient, state: BridgeState) -> str | None:
+    """``subject_guard_space``, said once at start-up either way."""
+    space = config.subject_space
+    version = nc.connected_server_version
     told, state.told_guard_scope = state.told_guard_scope, True
-    if space is not None and supported:
+    if space is not None and subject_guard_space(config, nc) is not None:
         if not told:
             log.info("order_guard", scope=space, stream=config.nats.stream.name)
         return space
@@ -84,6 +93,34 @@ async def read_tail(
     return await read_space_tail(js, stream_name, space, source, since_lsn, lookback)
 
 
+@dataclass(frozen=True, slots=True)
+class DroppedSlot:
+    newest: int  # the LSN of the newest event of the missing slot the stream holds
+    failover: bool  # a failover without a synchronized slot, rather than a drop
+
+
+async def find_dropped_slot(
+    config: BridgeConfig,
+    js: JetStreamContext,
+    stream: ReplicationStream,
+    source: str,
+    space: str | None,
+) -> DroppedSlot | None:
+    """Whether the stream (within ``space``: see ``subject_guard_space``) holds events of
+    the missing slot, and whether a failover is what lost it (a new timeline, or the last
+    events in this bridge's space from another system under this slot's name). That is
+    asked first: the space's tail read would call the other system's messages another
+    bridge's. FatalError when another bridge writes inside the space."""
+    slot, stream_name = config.postgres.slot, config.nats.stream.name
+    last = await newest_source(js, stream_name, space)
+    if last is not None and last[0].endswith(f"/{slot}") and last[0] != source:
+        return DroppedSlot(last[1], failover=True)
+    newest = (await read_tail(js, stream_name, source, MAX_LSN, 1, space)).newest
+    if newest is None:
+        return None
+    return DroppedSlot(newest[0], failover=stream.timeline > 1)
+
+
 async def refuse_if_slot_was_dropped(
     config: BridgeConfig,
     js: JetStreamContext,
@@ -97,17 +134,14 @@ async def refuse_if_slot_was_dropped(
     name). That is asked first: the space's tail read would call the other system's
     messages another bridge's."""
     slot, stream_name = config.postgres.slot, config.nats.stream.name
-    last = await newest_source(js, stream_name, space)
-    if last is not None and last[0].endswith(f"/{slot}") and last[0] != source:
-        raise FatalError(failover_without_synchronized_slot(config, stream, last[1]))
-    newest = (await read_tail(js, stream_name, source, MAX_LSN, 1, space)).newest
-    if newest is None:
+    found = await find_dropped_slot(config, js, stream, source, space)
+    if found is None:
         return
-    if stream.timeline > 1:
-        raise FatalError(failover_without_synchronized_slot(config, stream, newest[0]))
+    if found.failover:
+        raise FatalError(failover_without_synchronized_slot(config, stream, found.newest))
     raise FatalError(
         f"slot {slot} is missing, but stream {stream_name} holds "
-        f"its events up to LSN {format_lsn(newest[0])}: the slot was dropped, and "
+        f"its events up to LSN {format_lsn(found.newest)}: the slot was dropped, and "
         "events committed since then may never have been published. Recreate it "
         f"(`cdc-bridge slots create {slot}`), then `cdc-bridge "
         "audit` and `cdc-bridge outbox replay --missing`; or set "

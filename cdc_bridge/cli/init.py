@@ -15,6 +15,8 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
 
+from cdc_bridge.bridge.failover import failover_without_synchronized_slot
+from cdc_bridge.bridge.stream_checks import find_dropped_slot, subject_guard_space
 from cdc_bridge.cli import json_keys
 from cdc_bridge.cli.args import command_parser, json_flag
 from cdc_bridge.cli.errors import (
@@ -29,6 +31,7 @@ from cdc_bridge.cli.nats_client import API_TIMEOUT, connect_quietly
 from cdc_bridge.cli.render import dumps, table
 from cdc_bridge.cli.target import password_for, require_config
 from cdc_bridge.config.model import BridgeConfig, NatsConfig
+from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.sink.connect import (
     StreamOverlap,
@@ -37,7 +40,6 @@ from cdc_bridge.sink.connect import (
     stream_overlap,
 )
 from cdc_bridge.sink.coverage import check_stream_coverage
-from cdc_bridge.sink.reconcile import read_stream_tail
 from cdc_bridge.source.replication import ReplicationStream
 
 if TYPE_CHECKING:
@@ -47,8 +49,6 @@ from cdc_bridge.cli.init_postgres import (
     SlotGuard,
     postgres_steps,
 )
-
-_MAX_LSN = (1 << 64) - 1
 
 
 def stream_document(config: NatsConfig) -> dict[str, object]:
@@ -132,14 +132,21 @@ def _dropped_slot_guard(nc: NatsClient | None, config: BridgeConfig, dsn: str) -
         )
         try:
             source = f"{replication.system_id}/{slot}"  # the Cdc-Source header of its events
+            # Within the bridge's subject space, as the session reads it: other bridges
+            # sharing the stream write outside it, and must neither hide nor fake ours.
+            space = subject_guard_space(config, nc)
+            found = await find_dropped_slot(config, nc.jetstream(), replication, source, space)
+        except FatalError as exc:  # another bridge inside the space: run refuses too
+            return str(exc)
         finally:
             await replication.close()
-        tail = await read_stream_tail(nc.jetstream(), stream, source, _MAX_LSN, 1)
-        if tail.newest is None:
+        if found is None:
             return None
+        if found.failover:
+            return failover_without_synchronized_slot(config, replication, found.newest)
         return (
             f"missing, but stream {stream} holds its events up to LSN "
-            f"{format_lsn(tail.newest[0])}: the slot was dropped or lost, and events "
+            f"{format_lsn(found.newest)}: the slot was dropped or lost, and events "
             "committed since may never have been published. Reconcile, then accept the "
             f"loss with `cdc-bridge slots create {slot}` (docs/operating.md, 'slot lost')"
         )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nats
 import psycopg
 import pytest
 import yaml
@@ -37,6 +38,7 @@ from cdc_bridge.core.lsn import parse_lsn
 from cdc_bridge.dev.pginstall import PgInstall
 from cdc_bridge.dev.postgres_server import PostgresServer
 from cdc_bridge.dev.processes import free_port
+from cdc_bridge.sink import reconcile
 
 # Run on every PostgreSQL major version installed (embedded 18, system 15)
 pytestmark = pytest.mark.both_postgres
@@ -220,6 +222,65 @@ def test_init_does_not_recreate_a_dropped_slot_whose_events_the_stream_holds(
     # Accepting the loss is explicit; then init is content again.
     assert cli(capsys, "slots", "create", unique_name, "--config", config_path).code == 0
     assert cli(capsys, "init", "--config", config_path).code == 0
+
+
+async def _publish_events(url: str, subject: str, source: str, count: int) -> None:
+    """``count`` messages with the headers a bridge of ``source`` writes."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for n in range(count):
+            headers = {
+                "Nats-Msg-Id": f"{source}-{n}",
+                "Cdc-Source": source,
+                "Cdc-Lsn": f"0/{0x1000 + n * 0x10:X}",
+                "Cdc-Index": "0",
+            }
+            await js.publish(subject, b"{}", headers=headers)
+    finally:
+        await nc.close()
+
+
+def test_init_reads_the_stream_within_its_subject_space_like_the_session(
+    pg_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two bridges share one stream, each in its own subject space. The other bridge's
+    messages, however many, must not hide this one's from init's dropped-slot rule:
+    init reads the tail within the space, as `run` does (issue 29, left from the last
+    round). The walk's limit is lowered so that "many" stays small here."""
+    name = unique_name
+    configs = {}
+    for side in ("a", "b"):
+        config = bridge_config(pg_dsn, nats_url, f"{name}{side}")
+        config["nats"]["stream"] = {"name": name.upper(), "subjects": [f"{name}.>"]}
+        config["nats"]["subject_space"] = f"{name}.{side}.>"
+        config["routes"] = [{"name": "events", "subject": f"{name}.{side}.{{aggregate_type}}"}]
+        config["dead_letter"] = {"subject": f"{name}.{side}.dead"}
+        folder = tmp_path / side
+        folder.mkdir()
+        configs[side] = write_config(folder, config)
+    assert cli(capsys, "init", "--config", configs["a"]).code == 0
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+    assert row is not None
+    ours = f"{row[0]}/{name}a"
+    asyncio.run(_publish_events(nats_url, f"{name}.a.ticket", ours, 3))
+    # then the other bridge (another system) writes far more, in its own space
+    asyncio.run(_publish_events(nats_url, f"{name}.b.ticket", "7301/other", 300))
+    assert cli(capsys, "slots", "drop", f"{name}a", "--config", configs["a"], "--yes").code == 0
+
+    monkeypatch.setattr(reconcile, "MAX_SCANNED", 100)  # a stream-wide walk gives up
+    refused = cli(capsys, "init", "--config", configs["a"], "--json")
+    assert refused.code == 1, refused.out
+    [slot_step] = [step for step in refused.json() if step["kind"] == "slot"]
+    assert slot_step["action"] == "problem"
+    assert f"stream {name.upper()} holds its events up to LSN 0/1020" in slot_step["detail"]
+    assert not slot_exists(pg_dsn, f"{name}a")
 
 
 # --- slots list / show -------------------------------------------------------------------------
