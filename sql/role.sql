@@ -19,6 +19,9 @@
 --   check the outbox tables and their columns      nothing (catalogs are readable by all)
 --   look at outbox rows (cdc-bridge check, debug)  SELECT on the outbox tables
 --   leadership lock, slot lag, WAL position        nothing (advisory locks, catalog views)
+--   with postgres.source: standby, on the primary  EXECUTE on pg_log_standby_snapshot()
+--   (apply this file there): have an idle          (PostgreSQL 16+; granted where the
+--   primary log what the standby's slot waits for   server has the function)
 --   create the publication when missing            ownership of the outbox tables and
 --                                                  CREATE on the database: NOT granted here
 --   delete old rows (cdc-bridge outbox prune)      DELETE: NOT granted here; run prune
@@ -66,5 +69,11 @@ BEGIN
              WHERE c.oid = to_regclass(outbox_table)), bridge_role);
         EXECUTE format('GRANT SELECT ON %s TO %I', to_regclass(outbox_table), bridge_role);
     END LOOP;
+    -- A standby source's slot waits for a running-transactions record an idle primary
+    -- never writes: the bridge asks for one. The function exists from PostgreSQL 16 on.
+    IF to_regprocedure('pg_catalog.pg_log_standby_snapshot()') IS NOT NULL THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION pg_catalog.pg_log_standby_snapshot() TO %I',
+            bridge_role);
+    END IF;
 END
 $$;

@@ -780,6 +780,21 @@ def test_role_sql_on_a_fresh_database_says_first_what_must_exist(
         pg_server.drop_database(name)
 
 
+def test_role_sql_grants_pg_log_standby_snapshot_where_the_server_has_it(
+    pg_dsn: str,
+) -> None:
+    """A standby source's bridge calls it on the primary (issue 29, left from the last
+    round); before 16 the function does not exist and the file still applies."""
+    role_dsn = apply_role_sql(pg_dsn)
+    with psycopg.connect(role_dsn, autocommit=True) as conn:
+        if conn.info.server_version < 160000:
+            absent = conn.execute("SELECT to_regproc('pg_catalog.pg_log_standby_snapshot')")
+            assert absent.fetchone() == (None,)
+            return
+        row = conn.execute("SELECT pg_log_standby_snapshot()::text").fetchone()
+    assert row is not None and parse_lsn(row[0]) > 0
+
+
 def init_rows(out: str) -> dict[str, tuple[str, str]]:
     return {step["kind"]: (step["action"], step["detail"]) for step in json.loads(out)}
 
