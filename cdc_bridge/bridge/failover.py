@@ -42,7 +42,7 @@ def failover_without_synchronized_slot(
         f"failover without a synchronized slot: slot {slot} is missing on the new primary "
         f"{stream.server} (timeline {stream.timeline}), and stream "
         f"{config.nats.stream.name} holds its events up to LSN {format_lsn(newest)}; "
-        "creating a new slot would skip what was committed since. Recover as "
+        "creating a new slot would skip what was committed since. Repair: recover as "
         "docs/production.md#high-availability says (on PostgreSQL 17+ a failover slot "
         "synchronized to the standby avoids this)"
     )

@@ -35,7 +35,7 @@ from cdc_bridge.core.headers import (
 )
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.tracker import LsnTracker, Transaction
-from cdc_bridge.routing.dead_letters import PoisonRowError
+from cdc_bridge.routing.dead_letters import POISON_FIX, PoisonRowError
 from cdc_bridge.routing.messages import (
     EnvelopeColumns,
     MessageEvent,
@@ -331,7 +331,7 @@ class Pipeline:
             raise PoisonRowError(
                 f"row id={outcome.row_id} of {table} at LSN {self._tx_lsn}: "
                 f"{outcome.reason}; no dead_letter is configured, so the bridge stops "
-                "here without confirming past it"
+                f"here without confirming past it ({POISON_FIX})"
             )
         assert type(outcome) is Outbound
         lines = self._table_lines.get(table)

@@ -165,7 +165,11 @@ async def _republish(
                 publish=True,
             )
         except ReplayRefused as exc:
-            raise FatalError(f"recovering slot {pg.slot}: {exc}") from None
+            raise FatalError(
+                f"recovering slot {pg.slot}: {exc} (fix: what it names, then start the "
+                "bridge again; or set postgres.on_slot_lost: fail and repair by hand: "
+                "docs/operating.md#incident-the-slot-is-lost)"
+            ) from None
         oldest = await _oldest_retained(reader, tables)
     return Recovery(
         reason=reason,

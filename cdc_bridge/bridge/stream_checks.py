@@ -168,7 +168,11 @@ def check_tail(tail: StreamTail, wal_head: int, stream_name: str) -> None:
         raise FatalError(
             f"stream {stream_name} holds events from LSN {format_lsn(tail.newest[0])}, beyond "
             f"the database's WAL head {format_lsn(wal_head)}: the database was restored or "
-            "replaced, and the stream cannot be reconciled with it automatically"
+            "replaced, and the stream cannot be reconciled with it automatically (fix: "
+            "if postgres.dsn points at the wrong database, correct it; if the restore was "
+            "meant, give the bridge a new stream (nats.stream.name) or purge this "
+            f"bridge's subjects from {stream_name} (`nats stream purge {stream_name} "
+            "--subject ...`) once consumers have what they need)"
         )
     if not tail.complete:
         log.warning(
@@ -177,6 +181,15 @@ def check_tail(tail: StreamTail, wal_head: int, stream_name: str) -> None:
             error=f"read {tail.scanned} messages back without reaching the slot's position; "
             "events stored before that may be published again if the duplicate window passed",
         )
+
+
+def dead_letter_not_stored(problem: str) -> str:
+    """The fatal line for a dead-letter subject no stream stores, with its fix."""
+    return (
+        f"{problem} (fix: add dead_letter.subject to nats.stream.subjects before the "
+        "stream exists, or to an existing stream's subjects (`nats stream edit`), or "
+        "set dead_letter.subject inside a stream's subjects)"
+    )
 
 
 async def check_subjects_have_streams(
@@ -189,7 +202,7 @@ async def check_subjects_have_streams(
     """
     for problem in await check_stream_coverage(nc, config):
         if problem.startswith("dead_letter."):
-            raise FatalError(problem)
+            raise FatalError(dead_letter_not_stored(problem))
         if not state.warned_uncovered_routes:
             log.warning("route_not_stored", error=problem)
     state.warned_uncovered_routes = True

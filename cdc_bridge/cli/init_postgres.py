@@ -16,6 +16,7 @@ import nats.errors
 import psycopg
 from psycopg import sql
 
+from cdc_bridge.bridge.failures import start_up_fix
 from cdc_bridge.cli.errors import (
     OpsError,
     describe_error,
@@ -136,7 +137,9 @@ async def postgres_steps(
                 steps.append(await _denied_step(conn, config, kind, name, exc))
                 failed.add(kind)
             except (psycopg.Error, ReplicationError, nats.errors.Error, TimeoutError) as exc:
-                steps.append(InitStep(kind, name, "problem", describe_error(exc)))
+                # The fix `run` gives for the same refusal (wal_level: the ALTER SYSTEM line)
+                fix = start_up_fix(exc, config)
+                steps.append(InitStep(kind, name, "problem", describe_error(exc), fix))
                 failed.add(kind)
     return steps
 

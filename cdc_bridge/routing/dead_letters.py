@@ -12,6 +12,21 @@ from cdc_bridge.core.headers import BRIDGE_HEADERS
 from cdc_bridge.core.wire_text import printable
 from cdc_bridge.routing.router import Outbound, Poison, Router
 
+POISON_PROCEDURE = "docs/operating.md#incident-a-poison-transaction-stops-the-bridge"
+# The fix of a row no route can publish, and nowhere else to go: the config, or a skip.
+POISON_FIX = (
+    "fix: add a dead_letter subject, or a route that handles the row (`cdc-bridge routes "
+    "test --config FILE --row '{...}'` shows what it would do), then start the bridge; or "
+    "skip its transaction deliberately (`cdc-bridge slots peek`, then `cdc-bridge slots "
+    f"advance --past-xid XID`): {POISON_PROCEDURE}"
+)
+# The fix of a dead letter that cannot be stored either.
+DEAD_LETTER_FIX = (
+    "fix: make a stream store dead_letter.subject, within the server's max_payload "
+    "(`cdc-bridge check --config FILE` says what is missing), then start the bridge; or "
+    f"skip the row's transaction deliberately: {POISON_PROCEDURE}"
+)
+
 
 class PoisonRowError(Exception):
     """A row that cannot be published and has nowhere else to go: stop, confirm nothing past it."""
@@ -36,11 +51,14 @@ class DeadLetterPolicy:
         if type(outcome) is Poison:
             raise PoisonRowError(
                 f"row id={printable(msg_id)} ({headers.get('Cdc-Table')}): {reason}; no "
-                "dead_letter is configured, so the bridge stops without confirming past it"
+                f"dead_letter is configured, so the bridge stops without confirming past it "
+                f"({POISON_FIX})"
             )
         assert type(outcome) is Outbound
         if subject == outcome.subject:
-            raise PoisonRowError(f"the dead-letter subject itself cannot be stored: {reason}")
+            raise PoisonRowError(
+                f"the dead-letter subject itself cannot be stored: {reason} ({DEAD_LETTER_FIX})"
+            )
         replacement_headers = outcome.headers
         for key in BRIDGE_HEADERS:
             replacement_headers[key] = headers[key]

@@ -36,7 +36,7 @@ from cdc_bridge.core.headers import BODY_DROPPED, header_lines, parse_header_lin
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.tracker import LsnTracker, Transaction
 from cdc_bridge.core.wire_text import MAX_HEADER_BLOCK, frame_problem, printable, subject_limit
-from cdc_bridge.routing.dead_letters import DeadLetterPolicy, PoisonRowError
+from cdc_bridge.routing.dead_letters import DEAD_LETTER_FIX, DeadLetterPolicy, PoisonRowError
 from cdc_bridge.routing.router import DEAD_LETTER_ROUTE
 from cdc_bridge.sink.ack_book import AckBook, InFlight, Settlement, UnrepliedRun
 from cdc_bridge.sink.acks import Ack, AckKind, classify
@@ -245,7 +245,8 @@ class JetStreamPublisher:
             return
         self.fail(
             PoisonRowError(
-                f"the dead letter of id {printable(msg_id)} cannot be sent either: {problem}"
+                f"the dead letter of id {printable(msg_id)} cannot be sent either: {problem} "
+                f"({DEAD_LETTER_FIX})"
             )
         )
 

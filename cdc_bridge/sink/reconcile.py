@@ -150,7 +150,7 @@ def _ours_in_space(
     raise FatalError(
         f"stream {stream} holds messages of bridge {other} inside nats.subject_space "
         f"{space!r} of this bridge ({source}): two bridges in one space break each "
-        "other's order. Give each bridge its own nats.subject_space"
+        "other's order (fix: give each bridge its own nats.subject_space)"
     )
 
 

@@ -451,7 +451,8 @@ def check_slot(config: BridgeConfig, slot: SlotInfo, dbname: str) -> None:
     if slot.database != dbname:
         raise FatalError(
             f"postgres.slot: slot {name} belongs to database {slot.database}, the DSN "
-            f"connects to {dbname}"
+            f"connects to {dbname} (fix: point postgres.dsn at database {slot.database}, "
+            "or give this database's bridge its own postgres.slot)"
         )
     if slot.wal_status == "lost":
         raise FatalError(

@@ -65,7 +65,8 @@ async def require_standby(conn: AsyncConn, config: BridgeConfig) -> None:
     if config.postgres.failover is True:
         raise FatalError(
             "postgres.failover: true cannot go with postgres.source: standby (PostgreSQL "
-            "cannot make a slot created on a standby a failover slot): set it to auto or false"
+            "cannot make a slot created on a standby a failover slot) (fix: set "
+            "postgres.failover to auto or false)"
         )
 
 

@@ -653,6 +653,12 @@ def test_check_fails_with_a_clear_line_when_wal_level_is_replica(
         dsn = server.create_database("replica_only")
         config = write_config(tmp_path, bridge_config(dsn, nats_url, unique_name))
         run = cli(capsys, "check", "--config", config)
+        init = cli(capsys, "init", "--config", config)
+    # init says the problem and the fix check knows (issue 29, item 14)
+    assert init.code == 1
+    [problem] = [line for line in init.out.splitlines() if line.startswith("problem")]
+    assert "slot" in problem and "wal_level" in problem, init.out
+    assert "  fix: ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL" in init.out
     assert run.code == 1
     [line] = [line for line in run.out.splitlines() if "postgres.wal_level" in line]
     assert line.startswith("FAIL  postgres.wal_level")

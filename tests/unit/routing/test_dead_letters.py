@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cdc_bridge.config.load import parse_config
-from cdc_bridge.routing.dead_letters import DeadLetterPolicy, PoisonRowError
+from cdc_bridge.routing.dead_letters import POISON_FIX, DeadLetterPolicy, PoisonRowError
 from cdc_bridge.routing.router import Router
 
 CONFIG = """
@@ -49,8 +49,9 @@ def test_without_a_dead_letter_subject_it_is_a_poison_row_naming_the_row() -> No
         policy().replacement("events.ticket", b"{}", dict(HEADERS), "too large")
     assert str(caught.value) == (
         "row id=3f0c (public.outbox): too large; no dead_letter is configured, so the "
-        "bridge stops without confirming past it"
+        f"bridge stops without confirming past it ({POISON_FIX})"
     )
+    assert "fix: add a dead_letter subject, or a route" in POISON_FIX
 
 
 def test_a_dead_letter_that_cannot_be_stored_has_nowhere_further_to_go() -> None:
