@@ -326,8 +326,9 @@ async def lead(
                 await run_session(config, router, session_stop, state, streaming)
                 break
             except (FatalError, PoisonRowError, UndecodableChange, ProtocolError) as exc:
-                state.status.failed(str(exc))
-                log.error("fatal", error=str(exc))
+                line = fatal_line(exc)
+                state.status.failed(line)
+                log.error("fatal", error=line)
                 return 1
             except SlotInUse as exc:
                 delay = backoff.next_delay()
@@ -375,6 +376,22 @@ def log_stopped(role: str, stopped_at: int | None) -> None:
         log.info("stopped", reason="signal while streaming", lsn=format_lsn(stopped_at))
     else:
         log.info("stopped", reason=f"signal while {role}")
+
+
+# A replication message the bridge cannot parse: not the data (UndecodableChange says
+# which change), the stream itself; something between the bridge and the server.
+PROTOCOL_FIX = (
+    "fix: make postgres.dsn reach PostgreSQL itself, not a proxy or pooler that changes "
+    "the replication protocol; if it does, report it with the server's version"
+)
+
+
+def fatal_line(exc: BaseException) -> str:
+    """The `fatal` line of a session's failure no retry can cure: the error's own words,
+    which carry their fix (tests/unit/test_fatal_lines.py), or the fix added here."""
+    if isinstance(exc, ProtocolError):
+        return f"replication protocol: {exc} ({PROTOCOL_FIX})"
+    return str(exc)
 
 
 def failure_target(exc: BaseException) -> str:

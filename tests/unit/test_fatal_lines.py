@@ -23,9 +23,10 @@ import yaml
 from cdc_bridge.bridge.metrics import Metrics
 from cdc_bridge.bridge.session import BridgeState
 from cdc_bridge.bridge.status import BridgeStatus
-from cdc_bridge.bridge.supervisor import give_up
+from cdc_bridge.bridge.supervisor import fatal_line, give_up
 from cdc_bridge.config.load import parse_config
 from cdc_bridge.sink.connect import stream_overlap
+from cdc_bridge.source.protocol import ProtocolError
 from cdc_bridge.source.setup import OutboxProblem
 
 PACKAGE = Path(__file__).resolve().parents[2] / "cdc_bridge"
@@ -35,7 +36,10 @@ FATAL_ERRORS = {
     "StreamLost",
     "StreamOverlap",
     "UndecodableChange",
+    "ProtocolError",
 }
+# Errors whose line the supervisor completes with the fix (supervisor.fatal_line)
+COMPLETED_BY_SUPERVISOR = {"ProtocolError": ProtocolError}
 FIX = re.compile(
     r"\bfix\b|\brepair\b|cdc-bridge [a-z]|\bALTER (?:SYSTEM|ROLE|PUBLICATION)\b"
     r"|\bset [a-z_]+\.[a-z_.]+",
@@ -48,6 +52,7 @@ class Site:
     path: str  # relative to the package
     line: int
     argument: str  # the source of what the error is built from
+    error: str  # the class built
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.argument}"
@@ -122,7 +127,7 @@ def fatal_sites() -> Iterator[tuple[Site, ast.expr]]:
             if node.func.id not in FATAL_ERRORS or not node.args:
                 continue
             argument = node.args[0]
-            yield Site(path, node.lineno, ast.unparse(argument)), argument
+            yield Site(path, node.lineno, ast.unparse(argument), node.func.id), argument
 
 
 def without_fix(text: str) -> list[str]:
@@ -179,6 +184,8 @@ def test_every_fatal_line_carries_its_fix() -> None:
                 unreadable.append(str(site))
                 continue
             text = known()
+        if site.error in COMPLETED_BY_SUPERVISOR:
+            text = fatal_line(COMPLETED_BY_SUPERVISOR[site.error](text))
         missing += [f"{site}\n    {part!r}" for part in without_fix(text)]
     assert not unreadable, "built from what the walk cannot read (add to KNOWN):\n" + "\n".join(
         unreadable
