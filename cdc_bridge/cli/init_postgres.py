@@ -29,6 +29,12 @@ from cdc_bridge.core.errors import FatalError
 from cdc_bridge.source.catalog import AsyncConn, create_slot, current_database, get_slot
 from cdc_bridge.source.replication import ReplicationError
 from cdc_bridge.source.setup import failover_wanted, outbox_problems, publication_plan
+from cdc_bridge.source.standby_source import (
+    create_slot_on_standby,
+    primary_wal_lsn,
+    require_standby,
+    wait_until_replayed,
+)
 from cdc_bridge.source.tables import (
     current_role,
     partitioned_tables,
@@ -114,33 +120,66 @@ async def postgres_steps(
         if not dry_run:
             raise
         return _unknown_postgres_steps(config, describe_error(exc))
+    async with conn:
+        if config.postgres.source != "standby":
+            return await _steps(conn, conn, config, dry_run, guard)
+        # As `run` does: a standby cannot write, so the outbox tables and the
+        # publication are made on the primary, and only the slot on the standby.
+        try:
+            await require_standby(conn, config)
+            primary = await connect_primary_for_ops(config)
+        except FatalError as exc:
+            raise OpsError(str(exc)) from None
+        except (psycopg.Error, OpsError) as exc:
+            if not dry_run:
+                raise OpsError(f"postgres.primary_dsn: {describe_error(exc)}") from None
+            return _unknown_postgres_steps(config, describe_error(exc))
+        async with primary:
+            return await _steps(conn, primary, config, dry_run, guard)
+
+
+async def connect_primary_for_ops(config: BridgeConfig) -> AsyncConn:
+    """postgres.source: standby: the primary (postgres.primary_dsn), where the outbox
+    tables and the publication are made, with postgres.password_file's password as
+    `run` uses it."""
     pg = config.postgres
+    assert pg.primary_dsn is not None  # the config requires it with source: standby
+    return await connect_postgres(pg.primary_dsn, pg.connect_timeout, password=pg.password)
+
+
+async def _steps(
+    conn: AsyncConn, primary: AsyncConn, config: BridgeConfig, dry_run: bool, guard: SlotGuard
+) -> list[InitStep]:
+    """``primary`` makes the tables and the publication; ``conn`` the slot (the same
+    connection unless postgres.source is standby)."""
+    pg = config.postgres
+    standby = primary if primary is not conn else None
     plan: list[tuple[StepKind, str, Callable[[], Awaitable[list[InitStep]]]]] = [
-        ("table", ", ".join(config.outbox.tables), lambda: _table_steps(conn, config, dry_run)),
-        ("publication", pg.publication, lambda: _one(_publication_step(conn, config, dry_run))),
-        ("slot", pg.slot, lambda: _one(_slot_step(conn, config, dry_run, guard))),
+        ("table", ", ".join(config.outbox.tables), lambda: _table_steps(primary, config, dry_run)),
+        ("publication", pg.publication, lambda: _one(_publication_step(primary, config, dry_run))),
+        ("slot", pg.slot, lambda: _one(_slot_step(conn, config, dry_run, guard, standby))),
     ]
     steps: list[InitStep] = []
     failed: set[StepKind] = set()
-    async with conn:
-        # Every object gets its own line: one that cannot be made must not hide the
-        # others, and one that depends on it says so instead of failing obscurely.
-        for kind, name, make in plan:
-            blocked = _blocked_by(kind, failed, config)
-            if blocked is not None:
-                steps.append(InitStep(kind, name, "problem", blocked))
-                failed.add(kind)
-                continue
-            try:
-                steps += await make()
-            except psycopg.errors.InsufficientPrivilege as exc:
-                steps.append(await _denied_step(conn, config, kind, name, exc))
-                failed.add(kind)
-            except (psycopg.Error, ReplicationError, nats.errors.Error, TimeoutError) as exc:
-                # The fix `run` gives for the same refusal (wal_level: the ALTER SYSTEM line)
-                fix = start_up_fix(exc, config)
-                steps.append(InitStep(kind, name, "problem", describe_error(exc), fix))
-                failed.add(kind)
+    # Every object gets its own line: one that cannot be made must not hide the
+    # others, and one that depends on it says so instead of failing obscurely.
+    for kind, name, make in plan:
+        blocked = _blocked_by(kind, failed, config)
+        if blocked is not None:
+            steps.append(InitStep(kind, name, "problem", blocked))
+            failed.add(kind)
+            continue
+        try:
+            steps += await make()
+        except psycopg.errors.InsufficientPrivilege as exc:
+            where = conn if kind == "slot" else primary
+            steps.append(await _denied_step(where, config, kind, name, exc))
+            failed.add(kind)
+        except (psycopg.Error, ReplicationError, nats.errors.Error, TimeoutError) as exc:
+            # The fix `run` gives for the same refusal (wal_level: the ALTER SYSTEM line)
+            fix = start_up_fix(exc, config)
+            steps.append(InitStep(kind, name, "problem", describe_error(exc), fix))
+            failed.add(kind)
     return steps
 
 
@@ -271,8 +310,14 @@ async def _publication_step(conn: AsyncConn, config: BridgeConfig, dry_run: bool
 
 
 async def _slot_step(
-    conn: AsyncConn, config: BridgeConfig, dry_run: bool, guard: SlotGuard
+    conn: AsyncConn,
+    config: BridgeConfig,
+    dry_run: bool,
+    guard: SlotGuard,
+    primary: AsyncConn | None = None,
 ) -> InitStep:
+    """``primary``: ``conn`` is a standby (postgres.source: standby), where the slot is
+    made once it has replayed the publication, as `run` makes it."""
     name, plugin = config.postgres.slot, config.postgres.plugin
     slot = await get_slot(conn, name)
     if slot is None:
@@ -287,10 +332,16 @@ async def _slot_step(
         kind = f"plugin {plugin}" + (", a failover slot" if failover else "")
         if dry_run:
             return InitStep("slot", name, "would create", kind, statement)
-        await create_slot(conn, name, plugin, failover=failover)
+        if primary is None:
+            await create_slot(conn, name, plugin, failover=failover)
+        else:
+            await wait_until_replayed(conn, await primary_wal_lsn(primary))
+            await create_slot_on_standby(conn, primary, name, plugin)
         created = await get_slot(conn, name)
         start = lsn_text(created.confirmed_flush_lsn if created else None)
         failover_note = " (a failover slot)" if failover else ""
+        if primary is not None:
+            failover_note = f" on the standby {conn.info.host}:{conn.info.port}"
         detail = f"{plugin} at {start}{failover_note}: events committed from now on are streamed"
         return InitStep("slot", name, "created", detail, statement)
     if slot.plugin != plugin:

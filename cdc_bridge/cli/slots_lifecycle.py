@@ -24,6 +24,7 @@ from cdc_bridge.cli.errors import (
     UsageError,
     describe_postgres_error,
 )
+from cdc_bridge.cli.init_postgres import connect_primary_for_ops
 from cdc_bridge.cli.json_keys import key_list
 from cdc_bridge.cli.pending import Pending, check_decodable, choose_publication, read_pending
 from cdc_bridge.cli.render import count_of, dumps, human_bytes, lsn_text
@@ -40,6 +41,12 @@ from cdc_bridge.source.catalog import (
     wal_head_lsn,
 )
 from cdc_bridge.source.setup import failover_wanted
+from cdc_bridge.source.standby_source import (
+    create_slot_on_standby,
+    primary_wal_lsn,
+    require_standby,
+    wait_until_replayed,
+)
 from cdc_bridge.source.tables import publication_info
 
 if TYPE_CHECKING:
@@ -62,19 +69,24 @@ async def create_command(target: Target, name: str, *, plugin: str | None, as_js
                 f"{lsn_text(existing.confirmed_flush_lsn)}); nothing done"
             )
         publication = target.publication
-        # pgoutput looks the publication up as of each change: a slot made before it
-        # fails to decode everything committed in between.
-        if (
-            plugin == "pgoutput"
-            and publication is not None
-            and await publication_info(conn, publication) is None
-        ):
-            raise OpsError(
-                f"publication {publication} does not exist yet, and a pgoutput slot must "
-                "be created after it: run `cdc-bridge init`, which creates both in order"
-            )
-        failover = _failover(target, conn.info.server_version)
-        await create_slot(conn, name, plugin, failover=failover)
+        if config is not None and config.postgres.source == "standby":
+            # As `run` does: the publication is the primary's, the slot the standby's.
+            failover = False  # a slot made on a standby cannot be a failover slot
+            try:
+                await require_standby(conn, config)
+                primary = await connect_primary_for_ops(config)
+            except FatalError as exc:
+                raise OpsError(str(exc)) from None
+            except psycopg.Error as exc:
+                raise OpsError(f"postgres.primary_dsn: {describe_postgres_error(exc)}") from None
+            async with primary:
+                await _require_publication(primary, plugin, publication)
+                await wait_until_replayed(conn, await primary_wal_lsn(primary))
+                await create_slot_on_standby(conn, primary, name, plugin)
+        else:
+            await _require_publication(conn, plugin, publication)
+            failover = _failover(target, conn.info.server_version)
+            await create_slot(conn, name, plugin, failover=failover)
         created = await require_slot(conn, name)
     start = lsn_text(created.confirmed_flush_lsn)
     if as_json:
@@ -88,6 +100,20 @@ async def create_command(target: Target, name: str, *, plugin: str | None, as_js
     if plugin == "pgoutput" and publication is None:
         print("note: a pgoutput slot needs its publication to exist before the changes it reads")
     return EXIT_OK
+
+
+async def _require_publication(conn: AsyncConn, plugin: str, publication: str | None) -> None:
+    """pgoutput looks the publication up as of each change: a slot made before it
+    fails to decode everything committed in between."""
+    if (
+        plugin == "pgoutput"
+        and publication is not None
+        and await publication_info(conn, publication) is None
+    ):
+        raise OpsError(
+            f"publication {publication} does not exist yet, and a pgoutput slot must "
+            "be created after it: run `cdc-bridge init`, which creates both in order"
+        )
 
 
 def _failover(target: Target, server_version_num: int) -> bool:

@@ -391,7 +391,7 @@ async def _prepare_on_standby(
         if slot is None:
             if may_create_slot is not None:
                 await may_create_slot()
-            await create_slot_on_standby(conn, config, primary)
+            await create_slot_on_standby(conn, primary, pg.slot, pg.plugin)
     return await _slot_ready(conn, config, slot)
 
 

@@ -81,10 +81,11 @@ async def wait_until_replayed(conn: AsyncConn, primary_lsn: int) -> None:
 
 
 async def create_slot_on_standby(
-    conn: AsyncConn, config: BridgeConfig, primary: AsyncConn
+    conn: AsyncConn, primary: AsyncConn, name: str, plugin: str
 ) -> None:
-    """Create the slot on the standby, making standby snapshots on the primary meanwhile."""
-    pg = config.postgres
+    """Create the slot on the standby, making standby snapshots on the primary meanwhile.
+    Every command that creates a standby source's slot (`run`, `init`, `slots create`)
+    comes here, after ``wait_until_replayed`` has seen the publication replayed."""
 
     async def nudge() -> None:
         while True:
@@ -93,7 +94,7 @@ async def create_slot_on_standby(
 
     nudging = asyncio.create_task(nudge())
     try:
-        await create_slot(conn, pg.slot, pg.plugin)
+        await create_slot(conn, name, plugin)
     finally:
         nudging.cancel()
         with contextlib.suppress(asyncio.CancelledError, psycopg.Error):

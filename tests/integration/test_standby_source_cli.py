@@ -1,0 +1,94 @@
+"""`init` and `slots create` with ``postgres.source: standby`` (PostgreSQL 16+) make what
+`run` makes, where `run` makes it: the publication on the primary
+(``postgres.primary_dsn``), the slot on the standby (issue 29, left from the last round).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from support.ha import Pair, primary_and_standby, slot_on
+from support.outbox import bridge_config
+
+from cdc_bridge.cli.main import main
+from cdc_bridge.dev.pginstall import PgInstall
+
+pytestmark = pytest.mark.needs_standby_decoding
+
+
+@pytest.fixture
+def pair(devstack_tmp: Path, pg_install: PgInstall, unique_name: str) -> Iterator[Pair]:
+    with primary_and_standby(devstack_tmp, pg_install, f"db_{unique_name}") as both:
+        yield both
+
+
+def standby_config(pair: Pair, nats_url: str, name: str, dsn: str | None = None) -> dict[str, Any]:
+    source = {
+        "dsn": dsn or pair.standby.dsn(pair.database),
+        "source": "standby",
+        "primary_dsn": pair.primary.dsn(pair.database),
+    }
+    return bridge_config(pair.standby.dsn(pair.database), nats_url, name, postgres=source)
+
+
+def has_publication(dsn: str, name: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,))
+        return row.fetchone() is not None
+
+
+def test_init_and_slots_create_make_the_publication_on_the_primary_and_the_slot_on_the_standby(
+    pair: Pair,
+    nats_url: str,
+    unique_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "standby.yaml"
+
+    def cli(config: dict[str, Any], *args: str) -> tuple[int, str, str]:
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        capsys.readouterr()
+        code = main([*args, "--config", str(path)])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    config = standby_config(pair, nats_url, unique_name)
+    code, out, err = cli(config, "init", "--json")
+    assert code == 0, out + err
+    steps = {step["kind"]: step for step in json.loads(out)}
+    assert [steps[kind]["action"] for kind in ("table", "publication", "slot", "stream")] == [
+        "exists",
+        "created",
+        "created",
+        "created",
+    ]
+    assert f"on the standby 127.0.0.1:{pair.standby.port}" in steps["slot"]["detail"]
+    assert has_publication(pair.primary.dsn(pair.database), unique_name)
+    assert slot_on(pair.standby, pair.database, unique_name) is not None
+    assert slot_on(pair.primary, pair.database, unique_name) is None
+    code, out, err = cli(config, "init", "--json")
+    assert code == 0, out + err
+    assert {step["action"] for step in json.loads(out)} == {"exists"}
+
+    made = f"{unique_name}_made"
+    code, out, err = cli(config, "slots", "create", made, "--json")
+    assert code == 0, out + err
+    assert json.loads(out)["failover"] is False
+    assert slot_on(pair.standby, pair.database, made) is not None
+    assert slot_on(pair.primary, pair.database, made) is None
+
+    # postgres.dsn at the primary with source: standby: refused in one line, as `run` does
+    wrong = standby_config(pair, nats_url, unique_name, dsn=pair.primary.dsn(pair.database))
+    other = f"{unique_name}_other"
+    code, out, err = cli(wrong, "slots", "create", other)
+    assert code == 1
+    assert "which is a primary" in err and "postgres.source: primary" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert slot_on(pair.primary, pair.database, other) is None
