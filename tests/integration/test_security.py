@@ -393,7 +393,8 @@ def test_a_server_without_tls_is_refused_before_the_password_is_sent(
     )
     bridge = make_bridge(config)
     error = session_failure(bridge, "does not require TLS")
-    assert error.startswith("NatsTlsRequired: nats.tls is configured")
+    host_port = isolated_nats_server.url.removeprefix("nats://")
+    assert error.startswith(f"NATS at {host_port}: NatsTlsRequired: nats.tls is configured")
 
 
 # --- NKey ---------------------------------------------------------------------------------
