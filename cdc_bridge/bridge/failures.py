@@ -116,7 +116,26 @@ _Fix = Callable[[BaseException, BridgeConfig], str | None]
 def _wal_level(exc: BaseException, config: BridgeConfig) -> str | None:
     # 55000 also says "cannot be used while in recovery": a standby a retry may find
     # promoted (a multi-host DSN with target_session_attrs)
-    return WAL_LEVEL_FIX if "wal_level" in str(exc) else None
+    message = str(exc)
+    if "wal_level" not in message:
+        return None
+    # A standby decodes only what its primary logged at wal_level = logical.
+    if config.postgres.source == "standby" and "on the primary" in message:
+        return primary_wal_level_fix(config)
+    return WAL_LEVEL_FIX
+
+
+def primary_wal_level_fix(config: BridgeConfig) -> str:
+    """postgres.source: standby with a primary whose wal_level is below logical: the
+    fix is the primary's, not the standby's (`run`, `init` and `check` say this)."""
+    where = "postgres.primary_dsn"
+    try:
+        params = conninfo_to_dict(config.postgres.primary_dsn or "")
+    except psycopg.Error:
+        params = {}
+    if params.get("host"):
+        where = f"{params['host']}:{params.get('port') or 5432} (postgres.primary_dsn)"
+    return f"on the primary {where}: ALTER SYSTEM SET wal_level = logical; then restart it"
 
 
 def _privilege(exc: BaseException, config: BridgeConfig) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from cdc_bridge.bridge.failures import primary_wal_level_fix
 from cdc_bridge.cli.check_results import CheckResult, fail, ok, skip, warn
 from cdc_bridge.cli.errors import OpsError, describe_postgres_error
 from cdc_bridge.cli.target import connect_postgres
@@ -33,9 +34,7 @@ RELOAD = "SELECT pg_reload_conf()"
 SOURCE_CHECK = "postgres.source"
 
 
-async def source_checks(
-    conn: AsyncConn, config: BridgeConfig, password: str | None
-) -> list[CheckResult]:
+async def source_checks(conn: AsyncConn, config: BridgeConfig) -> list[CheckResult]:
     """postgres.source: where the slot lives; for a standby, what decoding there needs."""
     where = f"{conn.info.host}:{conn.info.port}"
     if config.postgres.source == "primary":
@@ -52,8 +51,9 @@ async def source_checks(
         )
     primary_dsn = config.postgres.primary_dsn or ""
     try:
+        # with postgres.password_file's password, as `run` connects to it
         primary = await connect_postgres(
-            primary_dsn, config.postgres.connect_timeout, password=password
+            primary_dsn, config.postgres.connect_timeout, password=config.postgres.password
         )
     except (psycopg.Error, OpsError) as exc:
         reason = describe_postgres_error(exc) if isinstance(exc, psycopg.Error) else str(exc)
@@ -72,7 +72,7 @@ async def source_checks(
             fail(
                 SOURCE_CHECK,
                 f"wal_level = {level} on the primary: a standby can decode only logical WAL",
-                "ALTER SYSTEM SET wal_level = logical on the primary, then restart it",
+                primary_wal_level_fix(config),
             )
         )
     return results or [

@@ -93,7 +93,7 @@ async def postgres_checks(config: BridgeConfig, dsn: str) -> list[CheckResult]:
             except psycopg.Error as exc:  # e.g. no permission to read a catalog view
                 results.append(fail(name, f"could not check: {describe_postgres_error(exc)}"))
         extras: list[tuple[str, Callable[[], Awaitable[list[CheckResult]]]]] = [
-            ("postgres.source", lambda: source_checks(conn, config, password)),
+            ("postgres.source", lambda: source_checks(conn, config)),
             ("postgres.failover", lambda: failover_checks(conn, config, slot, dsn, password)),
         ]
         for name, extra in extras:

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from support.bridge import MakeBridge, log_event
 from support.ha import Pair, primary_and_standby, slot_on
 from support.outbox import bridge_config
 
@@ -92,3 +93,43 @@ def test_init_and_slots_create_make_the_publication_on_the_primary_and_the_slot_
     assert "which is a primary" in err and "postgres.source: primary" in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert slot_on(pair.primary, pair.database, other) is None
+
+
+def test_check_init_and_run_give_the_primarys_wal_level_fix_for_a_standby_source(
+    pair: Pair,
+    nats_url: str,
+    unique_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    make_bridge: MakeBridge,
+) -> None:
+    """The standby decodes, but only what the primary logged at wal_level = logical: the
+    standby's own wal_level is logical here, and the fix each command gives is the
+    primary's (issue 29, left from the last round)."""
+    with psycopg.connect(pair.primary.dsn(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET wal_level = replica")
+    pair.primary.restart("fast")
+    config = standby_config(pair, nats_url, unique_name)
+    fix = (
+        f"on the primary 127.0.0.1:{pair.primary.port} (postgres.primary_dsn): "
+        "ALTER SYSTEM SET wal_level = logical; then restart it"
+    )
+    path = tmp_path / "standby.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    capsys.readouterr()
+    assert main(["check", "--config", str(path), "--json"]) == 1
+    results = json.loads(capsys.readouterr().out)
+    assert [r["status"] for r in results if r["check"] == "postgres.wal_level"] == ["ok"]
+    [source] = [r for r in results if r["check"] == "postgres.source"]
+    assert source["status"] == "FAIL" and "wal_level = replica on the primary" in source["detail"]
+    assert source["fix"] == fix
+
+    assert main(["init", "--config", str(path), "--json"]) == 1
+    [slot] = [s for s in json.loads(capsys.readouterr().out) if s["kind"] == "slot"]
+    assert slot["action"] == "problem" and "on the primary" in slot["detail"]
+    assert slot["sql"] == fix
+
+    bridge = make_bridge(config)
+    assert bridge.wait_for_exit(60) == 1
+    fatal = [line for line in bridge.lines if log_event("fatal")(line)]
+    assert len(fatal) == 1 and f"(fix: {fix})" in fatal[0], bridge.lines
