@@ -354,9 +354,15 @@ async def run(
         watch_lost.cancel()
         for task in beside:
             task.cancel()
+        # Their connections close before the session ends (bounded): a watch cancelled in
+        # the middle of a query would otherwise log psycopg's warning after `stopped`.
+        await asyncio.wait([watch_lost, *beside], timeout=_BESIDE_CLOSE_TIMEOUT)
         # Never sent again: an id that repeats an older one would otherwise be
         # refused as a duplicate in every session, its successor's order with it.
         remember_already_stored(state, publisher.already_stored, source)
+
+
+_BESIDE_CLOSE_TIMEOUT = 5.0  # seconds the watches beside a session get to close
 
 
 def _fail_publisher(publisher: JetStreamPublisher, _: object) -> None:
