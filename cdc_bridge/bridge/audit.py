@@ -53,7 +53,7 @@ from cdc_bridge.core.headers import REPLAY_HEADER
 from cdc_bridge.core.lsn import parse_lsn
 from cdc_bridge.sink.stream_read import Progress, limits_removed_before, read_headers
 from cdc_bridge.source.catalog import AsyncConn
-from cdc_bridge.source.outbox_rows import Window, existing_ids
+from cdc_bridge.source.outbox_rows import Window, created_times, existing_ids, ids_in_order
 
 CHUNK = 100_000  # stream entries sorted in memory before they go to a file
 LISTED = 1_000  # ids listed per count (missing_ids...)
@@ -199,6 +199,36 @@ class _Lookups:
         found = await existing_ids(self._conn, table, self._id_column, ids)
         self._result.outside_window += len(found)
         self._result.unretained += len(ids) - len(found)
+
+
+async def audit_outbox(
+    js: JetStreamContext,
+    stream: str,
+    source: str,
+    snapshot: AsyncConn,
+    lookup_conn: AsyncConn,
+    *,
+    tables: tuple[str, ...],
+    id_column: str,
+    window: Window,
+    progress: Progress | None = None,
+    chunk: int = CHUNK,
+) -> AuditResult:
+    """``audit_stream`` over the outbox ``tables`` as ``snapshot`` sees them (its
+    transaction began before the stream is read): the command's and the daemon's audit."""
+    return await audit_stream(
+        js,
+        stream,
+        source,
+        lambda chosen: ids_in_order(snapshot, tables, id_column, chosen),
+        lookup_conn,
+        tables=frozenset(tables),
+        id_column=id_column,
+        window=window,
+        created_at=lambda keys: created_times(snapshot, id_column, keys),
+        progress=progress,
+        chunk=chunk,
+    )
 
 
 async def audit_stream(

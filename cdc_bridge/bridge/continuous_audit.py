@@ -24,15 +24,13 @@ from datetime import timedelta
 import psycopg
 import structlog
 
-from cdc_bridge.bridge.audit import AuditResult, audit_stream
+from cdc_bridge.bridge.audit import AuditResult, audit_outbox
 from cdc_bridge.bridge.metrics import Metrics
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.sink.connect import close_failed_client, connect_nats
 from cdc_bridge.source.outbox_rows import (
     Window,
     begin_snapshot,
-    created_times,
-    ids_in_order,
     server_now,
 )
 from cdc_bridge.source.replication import connection_string
@@ -86,16 +84,15 @@ async def audit_once(config: BridgeConfig, source: str) -> AuditResult:
                 now - timedelta(seconds=config.audit.window),
                 now - timedelta(seconds=config.audit.settle),
             )
-            return await audit_stream(
+            return await audit_outbox(
                 nc.jetstream(),
                 config.nats.stream.name,
                 source,
-                lambda chosen: ids_in_order(snapshot, tables, id_column, chosen),
+                snapshot,
                 lookups,
-                tables=frozenset(tables),
+                tables=tables,
                 id_column=id_column,
                 window=window,
-                created_at=lambda keys: created_times(snapshot, id_column, keys),
                 chunk=SORT_CHUNK,
             )
     finally:

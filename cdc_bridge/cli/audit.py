@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from cdc_bridge.bridge.audit import AuditResult, audit_stream
+from cdc_bridge.bridge.audit import AuditResult, audit_outbox
 from cdc_bridge.cli.args import command_parser, json_flag
 from cdc_bridge.cli.errors import EXIT_FAILED, EXIT_OK, OpsError, UsageError, run_command
 from cdc_bridge.cli.nats_client import connect_quietly
@@ -28,8 +28,6 @@ from cdc_bridge.source.catalog import AsyncConn
 from cdc_bridge.source.outbox_rows import (
     Window,
     begin_snapshot,
-    created_times,
-    ids_in_order,
     server_now,
 )
 from cdc_bridge.source.replication import ReplicationStream
@@ -127,16 +125,15 @@ async def audit_command(
         async with snapshot, lookups:
             await begin_snapshot(snapshot)  # before the stream is read: see bridge/audit.py
             window = await resolve_window(snapshot, since, start, until)
-            result = await audit_stream(
+            result = await audit_outbox(
                 nc.jetstream(),
                 config.nats.stream.name,
                 source,
-                lambda chosen: ids_in_order(snapshot, tables, id_column, chosen),
+                snapshot,
                 lookups,
-                tables=frozenset(tables),
+                tables=tables,
                 id_column=id_column,
                 window=window,
-                created_at=lambda keys: created_times(snapshot, id_column, keys),
                 progress=terminal_progress(f"reading stream {config.nats.stream.name}"),
             )
     finally:
