@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,7 @@ from typing import Any
 import nats
 import psycopg
 import pytest
-from support.bridge import REPO_ROOT, BridgeProcess
+from support.bridge import BridgeProcess, run_cli
 from support.chaos import (
     Auditor,
     BridgeRunner,
@@ -47,12 +44,6 @@ def execute(dsn: str, statement: str) -> None:
         conn.execute(statement)
 
 
-def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "cdc_bridge", *args, "--config", str(config_path)],
-        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=env, check=False,
-    )  # fmt: skip
 
 
 def fatal_error(bridge: BridgeRunner) -> str:
@@ -74,9 +65,9 @@ def assert_slot_held(dsn: str, slot: str, fault_at: int) -> None:
 def audit_and_replay(config_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """`cdc-bridge audit --json`, then `outbox replay --missing --yes --json` (the bridge
     stopped, the load still writing): both documents."""
-    audit = cli(config_path, "audit", "--json")
+    audit = run_cli(config_path, "audit", "--json")
     assert audit.returncode in (0, 1), audit.stderr
-    replay = cli(config_path, "outbox", "replay", "--missing", "--yes", "--json")
+    replay = run_cli(config_path, "outbox", "replay", "--missing", "--yes", "--json")
     assert replay.returncode == 0, replay.stdout + replay.stderr
     return json.loads(audit.stdout), json.loads(replay.stdout)
 
@@ -189,7 +180,7 @@ def test_stream_deleted_under_load_then_repaired(
 
         load.wait_for_rows(rows_during)  # waiting in the slot
         config_path = bridge.current.config_path
-        init = cli(config_path, "init")
+        init = run_cli(config_path, "init")
         assert init.returncode == 0, init.stdout + init.stderr
         audit, replay = audit_and_replay(config_path)
         print(

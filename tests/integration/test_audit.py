@@ -16,7 +16,7 @@ import nats
 import psycopg
 import pytest
 import yaml
-from support.bridge import REPO_ROOT, MakeBridge, start_bridge
+from support.bridge import REPO_ROOT, MakeBridge, run_cli, start_bridge
 from support.nats_helpers import StreamMessage
 from support.outbox import (
     Event,
@@ -29,19 +29,6 @@ from support.waiting import wait_until
 
 from cdc_bridge.cli.audit import AUDIT_KEYS
 from cdc_bridge.cli.outbox_replay import REPLAY_KEYS
-
-
-def run_cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "cdc_bridge", *args, "--config", str(config_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-        env=env,
-        check=False,
-    )
 
 
 def audit(config_path: Path, *args: str) -> tuple[int, dict[str, Any]]:

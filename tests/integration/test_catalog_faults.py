@@ -10,14 +10,10 @@ in its own log only, while the bridge confirmed the slot past them and stayed re
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import psycopg
 import pytest
-from support.bridge import REPO_ROOT, BridgeProcess, MakeBridge, start_bridge
+from support.bridge import BridgeProcess, MakeBridge, run_cli, start_bridge
 from support.outbox import (
     Event,
     bridge_config,
@@ -37,12 +33,6 @@ def execute(dsn: str, statement: str) -> None:
         conn.execute(statement)
 
 
-def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "cdc_bridge", *args, "--config", str(config_path)],
-        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=env, check=False,
-    )  # fmt: skip
 
 
 def fatal_line(bridge: BridgeProcess) -> str:
@@ -91,9 +81,9 @@ def test_a_publication_dropped_while_streaming_holds_the_slot_and_replay_repairs
     after = insert_events(pg_dsn, events(2, "after"))
     wait_for_ids(nats_server.url, u.upper(), after)
     assert caught_up.terminate() == 0
-    audit = cli(caught_up.config_path, "audit", "--json")
+    audit = run_cli(caught_up.config_path, "audit", "--json")
     assert set(json.loads(audit.stdout)["missing_ids"]) <= set(during)
-    replay = cli(caught_up.config_path, "outbox", "replay", "--missing", "--yes")
+    replay = run_cli(caught_up.config_path, "outbox", "replay", "--missing", "--yes")
     assert replay.returncode == 0, replay.stderr
     repaired = start_bridge(make_bridge, config)
     later = insert_events(pg_dsn, events(2, "later"))
@@ -101,7 +91,7 @@ def test_a_publication_dropped_while_streaming_holds_the_slot_and_replay_repairs
     messages = wait_for_ids(nats_server.url, u.upper(), every)
     assert sorted(m.headers["Nats-Msg-Id"] for m in messages) == sorted(every)  # each once
     assert repaired.terminate() == 0
-    assert cli(repaired.config_path, "audit").returncode == 0, "audit after the repair"
+    assert run_cli(repaired.config_path, "audit").returncode == 0, "audit after the repair"
 
 
 @pytest.mark.parametrize(

@@ -297,3 +297,13 @@ def start_bridge(make_bridge: MakeBridge, config: dict[str, Any]) -> BridgeProce
     bridge = make_bridge(config)
     bridge.wait_for_log(log_event("streaming"), timeout=STARTUP_TIMEOUT)
     return bridge
+
+
+def run_cli(config_path: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``cdc-bridge <args> --config <config_path>`` as a separate process, as an operator
+    runs it; its output as text."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "cdc_bridge", *args, "--config", str(config_path)],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=env, check=False,
+    )  # fmt: skip
