@@ -27,7 +27,7 @@ from cdc_bridge.source.catalog_watch import (
     catalog_problem,
     read_identity,
 )
-from cdc_bridge.source.replication import connection_string
+from cdc_bridge.source.setup import connect_source
 
 log = structlog.get_logger("cdc_bridge.bridge.catalog_watch")
 
@@ -49,7 +49,7 @@ class CatalogWatch:
     async def run(self) -> None:
         """Raises FatalError when the catalog no longer delivers every event as
         configured (the caller fails the session with it)."""
-        async with await self._connect() as conn:
+        async with await connect_source(self._config) as conn:
             await self._identify(conn)
             self._conn = conn
             try:
@@ -68,17 +68,11 @@ class CatalogWatch:
                 await self._check(conn)
                 return
             # Stopped before the watch was connected: a connection of its own.
-            async with await self._connect() as own:
+            async with await connect_source(self._config) as own:
                 await self._identify(own)
                 await self._check(own)
         except Exception as exc:  # the stop goes on; what was vouched for stays confirmed
             log.warning("catalog_check_failed", error=str(exc))
-
-    async def _connect(self) -> psycopg.AsyncConnection[TupleRow]:
-        pg = self._config.postgres
-        return await psycopg.AsyncConnection.connect(
-            connection_string(pg.dsn, pg.connect_timeout), autocommit=True, password=pg.password
-        )
 
     async def _identify(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
         """The identities later checks compare with (the first reading wins)."""

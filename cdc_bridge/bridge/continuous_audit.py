@@ -21,7 +21,6 @@ import asyncio
 import time
 from datetime import timedelta
 
-import psycopg
 import structlog
 
 from cdc_bridge.bridge.audit import AuditResult, audit_outbox
@@ -33,7 +32,7 @@ from cdc_bridge.source.outbox_rows import (
     begin_snapshot,
     server_now,
 )
-from cdc_bridge.source.replication import connection_string
+from cdc_bridge.source.setup import connect_source
 
 log = structlog.get_logger("cdc_bridge.bridge.continuous_audit")
 
@@ -63,20 +62,14 @@ async def audit_continuously(config: BridgeConfig, source: str, metrics: Metrics
 
 async def audit_once(config: BridgeConfig, source: str) -> AuditResult:
     """One run over the recent window, on connections of its own."""
-    pg = config.postgres
-    dsn = connection_string(pg.dsn, pg.connect_timeout)
     tables = config.outbox.tables
     id_column = config.outbox.id_column  # every route's, checked when the config loaded
     nc = await connect_nats(config.nats, lambda: None)
     try:
         # The second is opened inside the first's block: a failed connect closes the first.
         async with (
-            await psycopg.AsyncConnection.connect(
-                dsn, autocommit=True, password=pg.password
-            ) as snapshot,
-            await psycopg.AsyncConnection.connect(
-                dsn, autocommit=True, password=pg.password
-            ) as lookups,
+            await connect_source(config) as snapshot,
+            await connect_source(config) as lookups,
         ):
             await begin_snapshot(snapshot)  # before the stream is read: see bridge/audit.py
             now = await server_now(snapshot)

@@ -26,7 +26,6 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
-import psycopg
 import structlog
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -47,7 +46,7 @@ from cdc_bridge.source.outbox_rows import (
     ids_in_order,
     track_commit_timestamp,
 )
-from cdc_bridge.source.replication import connection_string
+from cdc_bridge.source.setup import connect_source
 from cdc_bridge.source.slot_snapshot import copy_slot, import_snapshot, slot_with_snapshot
 from cdc_bridge.source.tables import table_identifier
 
@@ -75,9 +74,7 @@ async def recover_lost_slot(
 ) -> Recovery | None:
     """Recover when the slot is lost (see the module's text); None when it is not."""
     pg = config.postgres
-    async with await psycopg.AsyncConnection.connect(
-        connection_string(pg.dsn, pg.connect_timeout), autocommit=True, password=pg.password
-    ) as conn:
+    async with await connect_source(config) as conn:
         reason = await _lost_reason(conn, config, js, source)
         temp = recovery_slot_name(pg.slot)
         if await get_slot(conn, temp) is not None:
@@ -129,10 +126,7 @@ async def _republish(
     pg = config.postgres
     tables = config.outbox.tables
     id_column = config.outbox.id_column
-    reader = await psycopg.AsyncConnection.connect(
-        connection_string(pg.dsn, pg.connect_timeout), autocommit=True, password=pg.password
-    )
-    async with reader:
+    async with await connect_source(config) as reader:
         async with slot_with_snapshot(
             pg.dsn, temp, pg.plugin, connect_timeout=pg.connect_timeout, password=pg.password
         ) as (lsn, snapshot):

@@ -33,7 +33,7 @@ from cdc_bridge.sink.connect import (
     nats_address,
     unreachable,
 )
-from cdc_bridge.sink.publisher import PublishError, StreamLimitError
+from cdc_bridge.sink.publisher import PublishError
 from cdc_bridge.source.catalog import slot_lag
 from cdc_bridge.source.leadership import Leadership
 from cdc_bridge.source.protocol import ProtocolError
@@ -486,7 +486,7 @@ def describe(exc: BaseException, config: BridgeConfig) -> str:
     # The rest happened on NATS's side (failure_target): a connection lost, an ack or
     # an API answer missing, a refusal. Named by the configured servers' host:port.
     where = f"NATS at {nats_address(config.nats.servers)}"
-    if isinstance(exc, NatsPermissionError | StreamLimitError | PublishError):
+    if isinstance(exc, NatsPermissionError | PublishError):  # StreamLimitError among them
         return f"{where}: {detail or type(exc).__name__}"  # its own words say what
     what = type(exc).__name__
     return f"{where}: {what}: {detail}" if detail else f"{where}: {what}"

@@ -201,7 +201,7 @@ class JetStreamPublisher:
             problem = self._frame_problem(subject, block, size)
             if problem is not None:
                 if route == DEAD_LETTER_ROUTE:
-                    self._shed_body(subject, data, header_lines, tx, msg_id, problem)
+                    self._shed_body(subject, block, data, header_lines, tx, msg_id, problem)
                     return
                 # The server would refuse it for good, or close the connection on it, on
                 # every replay. Dead-letter it instead (before it is chained: it must not
@@ -231,15 +231,17 @@ class JetStreamPublisher:
     def _shed_body(
         self,
         subject: str,
+        block: bytes,
         data: bytes,
         header_lines: str,
         tx: Transaction,
         msg_id: str,
         problem: str,
     ) -> None:
-        """A dead letter that does not fit: it goes without its body (the row keeps it),
-        saying so in a header. One that still cannot be sent stops the bridge."""
-        if data and "max_payload" in problem:
+        """A dead letter that does not fit: when it would without its body, it goes
+        without (the row keeps it), saying so in a header. One that still cannot be sent
+        stops the bridge."""
+        if data and self._frame_problem(subject, block, len(block)) is None:
             lines = f"{header_lines}{BODY_DROPPED}: {len(data)} bytes\r\n"
             self.publish(subject, b"", lines, tx, DEAD_LETTER_ROUTE, msg_id, replacing=True)
             return
@@ -368,11 +370,8 @@ class JetStreamPublisher:
         config: dict[str, object] | None = None
         if stream:
             try:
-                reply = await self._nc.request(
-                    f"$JS.API.STREAM.INFO.{stream}", b"", timeout=min(self._ack_timeout, 2.0)
-                )
-                found = json.loads(reply.data).get("config")
-                config = found if isinstance(found, dict) else None
+                jsm = self._nc.jsm(timeout=min(self._ack_timeout, 2.0))
+                config = (await jsm.stream_info(stream)).config.as_dict()
             except Exception:  # the line just lacks the value: the refusal is what counts
                 config = None
         self.fail(StreamLimitError(stream or "<stream>", limit, config, entry.subject))

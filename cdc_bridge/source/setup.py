@@ -347,6 +347,15 @@ async def check_change_tables(
     return known_columns
 
 
+async def connect_source(config: BridgeConfig) -> psycopg.AsyncConnection[TupleRow]:
+    """An autocommit connection to ``postgres.dsn`` (its connect timeout and password):
+    what the session's set-up, its watches, the continuous audit and slot recovery open."""
+    pg = config.postgres
+    return await psycopg.AsyncConnection.connect(
+        connection_string(pg.dsn, pg.connect_timeout), autocommit=True, password=pg.password
+    )
+
+
 async def prepare_postgres(
     config: BridgeConfig, *, may_create_slot: Callable[[], Awaitable[None]] | None = None
 ) -> tuple[SlotInfo, int, str, TypeNames | None]:
@@ -356,9 +365,7 @@ async def prepare_postgres(
     ``may_create_slot`` runs before a missing slot is created and may refuse by raising.
     """
     pg = config.postgres
-    async with await psycopg.AsyncConnection.connect(
-        connection_string(pg.dsn, pg.connect_timeout), autocommit=True, password=pg.password
-    ) as conn:
+    async with await connect_source(config) as conn:
         if pg.source == "standby":
             return await _prepare_on_standby(conn, config, may_create_slot)
         failover = failover_wanted(config, conn.info.server_version)
