@@ -33,20 +33,13 @@ from support.chaos import (
     LoadGenerator,
     chaos_bridge_config,
 )
+from support.hostile import ALLOWED_HEADERS, MAX_PAYLOAD
 from support.nats_helpers import nats_with_max_payload
 
 from cdc_bridge.core.wire_text import sendable_id, subject_limit
 from cdc_bridge.dev.nats_server import NatsServer
 
-MAX_PAYLOAD = 128 * 1024  # above the 64 KB header block, so that limit can be reached
 INJECTED = "\r\nInjected-Hdr: yes\r\n\r\nNats-Expected-Last-Sequence: 1"
-# What a stored message may carry, by name: a load row, a dead letter, the forged row's X-Ok.
-ALLOWED_HEADERS = {
-    "Nats-Msg-Id", "Cdc-Lsn", "Cdc-Index", "Cdc-Table", "Cdc-Source",
-    "Cdc-Error", "Cdc-Subject", "Cdc-Body-Dropped", "X-Ok",
-    "Nats-Expected-Last-Sequence", "Nats-Expected-Last-Msg-Id",
-    "Nats-Expected-Last-Subject-Sequence", "Nats-Expected-Last-Subject-Sequence-Subject",
-}  # fmt: skip
 KINDS = ("id", "surrogate", "token", "headers", "edge", "forged")
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 from support.bridge import REPO_ROOT, MakeBridge, start_bridge
+from support.hostile import ALLOWED_HEADERS, MAX_PAYLOAD
 from support.nats_helpers import StreamMessage, nats_with_max_payload
 from support.outbox import bridge_config, wait_for_ids, wait_for_slot_past
 
@@ -29,15 +30,7 @@ from cdc_bridge.core.lsn import parse_lsn
 from cdc_bridge.core.wire_text import sendable_id, subject_limit
 from cdc_bridge.dev.nats_server import NatsServer
 
-MAX_PAYLOAD = 128 * 1024  # above the 64 KB header block, so that limit can be reached
 INJECTED = "x\r\nInjected-Hdr: yes\r\n\r\nNats-Expected-Last-Sequence: 1"
-# What a stored message may carry, by name (a dead letter, a message with X-Ok).
-ALLOWED_HEADERS = {
-    "Nats-Msg-Id", "Cdc-Lsn", "Cdc-Index", "Cdc-Table", "Cdc-Source",
-    "Cdc-Error", "Cdc-Subject", "Cdc-Body-Dropped", "X-Ok",
-    "Nats-Expected-Last-Sequence", "Nats-Expected-Last-Msg-Id",
-    "Nats-Expected-Last-Subject-Sequence", "Nats-Expected-Last-Subject-Sequence-Subject",
-}  # fmt: skip
 
 
 @pytest.fixture
