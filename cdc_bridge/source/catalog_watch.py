@@ -81,15 +81,23 @@ async def catalog_problem(
     """What start-up would refuse now, or what changed since ``started``; None: all is
     as the session found it. ``started`` is None for wal2json, which names its tables
     itself (add-tables) and needs no publication."""
-    if started is not None:
-        change = identity_change(
-            started, await read_identity(conn, config), config.postgres.publication
-        )
-        if change is not None:
-            return change
-    problems = await outbox_problems(conn, config)
-    if problems:
-        return problems[0].line()
-    if started is not None:
-        return await publication_problem(conn, config)
-    return None
+    problem = await _identity_problem(conn, config, started)
+    if problem is None:
+        problems = await outbox_problems(conn, config)
+        problem = problems[0].line() if problems else None
+    if problem is None and started is not None:
+        problem = await publication_problem(conn, config)
+    if problem is not None and started is not None:
+        # The checks are several queries: a drop between the first and the last shows
+        # first as what it left behind ("does not include"). Say what happened instead.
+        problem = await _identity_problem(conn, config, started) or problem
+    return problem
+
+
+async def _identity_problem(
+    conn: AsyncConn, config: BridgeConfig, started: CatalogIdentity | None
+) -> str | None:
+    if started is None:
+        return None
+    now = await read_identity(conn, config)
+    return identity_change(started, now, config.postgres.publication)
