@@ -73,14 +73,18 @@ def test_a_deleted_stream_stops_the_bridge_without_confirming_or_re_creating(
     confirmed = slot_confirmed_flush_lsn(pg_dsn, slot)
 
     with_jsm(nats_url, lambda jsm: jsm.delete_stream(stream))
-    # Rows committed after the deletion must not move the slot either.
+    # Rows committed after the deletion must not move the slot either. (WAL without
+    # events before them, a checkpoint's running-xacts record say, may be confirmed
+    # while the bridge is idle, until the watch sees the loss: no event lies there.)
+    before_the_row = current_wal_lsn(pg_dsn)
     insert_events(pg_dsn, [Event(aggregate_id="T-after")])
 
     line = fatal_line(bridge)
     assert f"stream {stream} was deleted while the bridge ran" in line
     assert "the slot is confirmed through LSN" in line and REPAIR in line
     assert sum('"event": "fatal"' in x for x in bridge.lines) == 1
-    assert slot_confirmed_flush_lsn(pg_dsn, slot) == confirmed
+    assert confirmed is not None
+    assert confirmed <= (slot_confirmed_flush_lsn(pg_dsn, slot) or 0) <= before_the_row
     with pytest.raises(NotFoundError):  # never re-created behind the operator's back
         asyncio.run(stream_info(nats_url, stream))
 
