@@ -12,7 +12,9 @@ from cdc_bridge.cli.errors import OpsError, describe_error
 from cdc_bridge.cli.nats_client import API_TIMEOUT, connect_quietly
 from cdc_bridge.cli.render import count_of, human_bytes
 from cdc_bridge.config.model import BridgeConfig
+from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.subjects import subject_matches
+from cdc_bridge.sink.atomic_mode import atomic_mode
 from cdc_bridge.sink.connect import overlapping_streams, stream_overlap
 from cdc_bridge.sink.coverage import check_stream_coverage, route_subject_filter
 
@@ -20,6 +22,7 @@ NATS_CHECKS = (
     "nats.server",
     "nats.jetstream",
     "nats.stream",
+    "nats.atomic_transactions",
     "nats.stream_coverage",
     "nats.max_payload",
     "nats.duplicate_window",
@@ -73,6 +76,7 @@ async def _checks(nc: NatsClient, config: BridgeConfig) -> list[CheckResult]:
     # A missing stream that `run` could not create: others store some of its subjects.
     others = [] if info is not None else await overlapping_streams(nc, wanted, API_TIMEOUT)
     results.append(_stream(config, info, others))
+    results.append(await _atomic_transactions(nc, config, info))
     results += await _coverage(nc, config, info)
     results.append(_max_payload(config, nc.max_payload))
     results.append(_duplicate_window(config, info))
@@ -98,6 +102,19 @@ def _stream(
     subjects = ", ".join(info.config.subjects or ())
     messages = info.state.messages if info.state is not None else 0
     return ok("nats.stream", f"stream {wanted.name} stores {subjects}; {messages} messages")
+
+
+async def _atomic_transactions(
+    nc: NatsClient, config: BridgeConfig, info: StreamInfo | None
+) -> CheckResult:
+    """The decision `run` makes at start-up (the same function), for the stream as it is
+    or, when missing, as the bridge will create it. Off is a working mode: not a warning."""
+    try:
+        mode = await atomic_mode(nc, config.nats, info)
+    except FatalError as exc:  # the line `run` stops with, fix included
+        return fail("nats.atomic_transactions", str(exc))
+    state = "on" if mode.enabled else "off"
+    return ok("nats.atomic_transactions", f"atomic transactions: {state}: {mode.reason}")
 
 
 async def _coverage(

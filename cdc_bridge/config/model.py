@@ -25,6 +25,7 @@ from pydantic import (
 from cdc_bridge.config.schema import (
     BUILT_PAYLOADS,
     CHANGE_PAYLOADS,
+    AtomicSetting,
     AttributeTemplate,
     Column,
     ConcreteSubject,
@@ -114,6 +115,8 @@ class StreamConfig(Section):
     storage: Literal["file", "memory"] = "file"
     replicas: Annotated[int, Field(ge=1, le=5)] = 1
     max_age: Duration = 0.0  # seconds; 0 = unlimited
+    # Atomic batches allowed (nats-server 2.12+; older servers ignore the field).
+    allow_atomic: bool = True
 
 
 class NatsTlsConfig(Section):
@@ -160,6 +163,12 @@ class NatsConfig(Section):
     stream: StreamConfig
     ack_timeout: PositiveDuration = 5.0
     max_in_flight: Annotated[int, Field(ge=1)] = 4096
+    # Each source transaction as one JetStream atomic batch: auto = where the server
+    # (2.12+) and the stream (allow_atomic) allow it; sink/atomic_mode.py decides.
+    atomic_transactions: AtomicSetting = "auto"
+    # Messages per atomic batch at most: the server's jetstream.limits.batch.max_msgs
+    # (1000 unless its config says otherwise).
+    batch_max_messages: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
     connect_timeout: PositiveDuration = 5.0
     # The subjects only this bridge writes (the order guard and reconcile look only
     # there); None: BridgeConfig.subject_space derives it from the routes.

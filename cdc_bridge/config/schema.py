@@ -256,6 +256,17 @@ def _failover_setting(value: object) -> object:
     raise ValueError(f"expected auto, true or false, got {shown_value(value)}")
 
 
+def _atomic_setting(value: object) -> object:
+    """nats.atomic_transactions: auto, true, false (YAML booleans, or their text from an
+    expanded ${VAR}). One field, one message, as for postgres.failover."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("auto", "true", "false"):
+        lowered = value.strip().lower()
+        return "auto" if lowered == "auto" else lowered == "true"
+    raise ValueError(f"expected auto, true or false, got {shown_value(value)}")
+
+
 def _log_level(value: object) -> object:
     if isinstance(value, str):
         lowered = value.strip().lower()
@@ -397,6 +408,8 @@ IdColumn = Annotated[str, AfterValidator(_id_column), WrapValidator(_none_as_emp
 
 # None is `auto`: a failover slot on PostgreSQL 17+, a plain one before
 FailoverSetting = Annotated[bool | None, BeforeValidator(_failover_setting)]
+# auto: atomic batches where the server and the stream allow them (sink/atomic_mode.py)
+AtomicSetting = Annotated[Literal["auto", True, False], BeforeValidator(_atomic_setting)]
 LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_log_level)]
 Listen = Annotated[
     Annotated[str, AfterValidator(_listen_address)] | None, BeforeValidator(_disabled_listen)

@@ -287,6 +287,9 @@ async def ensure_stream(nc: NatsClient, config: NatsConfig) -> StreamInfo:
                 storage=StorageType(wanted.storage),
                 num_replicas=wanted.replicas,
                 max_age=wanted.max_age or None,
+                # Only asked of servers that know it (2.12+): older ones refuse nothing
+                # but store no such field, and sink/atomic_mode.py keeps them off.
+                allow_atomic=wanted.allow_atomic,
             )
         )
     except APIError as exc:
