@@ -26,6 +26,11 @@ PERMANENT_ERR_CODES = frozenset(
     }
 )
 
+# "atomic publish batch contains duplicate message id"
+BATCH_DUPLICATE_ERR_CODE = 10201
+# "atomic publish batch is incomplete"
+BATCH_INCOMPLETE_ERR_CODE = 10176
+
 
 class AckKind(enum.Enum):
     STORED = "stored"
@@ -33,6 +38,12 @@ class AckKind(enum.Enum):
     NO_RESPONDERS = "no responders"  # no stream listens on the subject, or none has a leader
     PERMANENT = "permanent"  # refused, and would be on every replay (e.g. too large)
     TRANSIENT = "transient"  # refused or unreadable; a new session may fare better
+    # An atomic batch refused whole for one of its messages, without saying which
+    # (atomic_publisher.py finds it): it holds an id JetStream has stored already, even
+    # when the rest is new; or it is incomplete (one message was refused on its way in,
+    # for a reason only a reply to that message would have told).
+    BATCH_DUPLICATE = "batch duplicate"
+    BATCH_INCOMPLETE = "batch incomplete"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,5 +81,9 @@ def classify(data: bytes, headers: Mapping[str, str] | None) -> Ack:
     limit = refused_limit(err_code, description)
     if limit is not None:  # transient: the message is fine, the stream has no room
         return Ack(AckKind.TRANSIENT, reason, stream, limit)
+    if err_code == BATCH_DUPLICATE_ERR_CODE:
+        return Ack(AckKind.BATCH_DUPLICATE, reason, stream)
+    if err_code == BATCH_INCOMPLETE_ERR_CODE:
+        return Ack(AckKind.BATCH_INCOMPLETE, reason, stream)
     kind = AckKind.PERMANENT if err_code in PERMANENT_ERR_CODES else AckKind.TRANSIENT
     return Ack(kind, reason, stream)

@@ -361,20 +361,12 @@ class JetStreamPublisher:
         self.fail(PublishError(f"JetStream refused a message on {entry.subject}: {reason}"))
 
     async def _refused_by_limit(self, entry: InFlight, stream: str, limit: StreamLimit) -> None:
-        """A full stream: the failure names the limit's configured value, read from the
-        stream's info now (it may have been edited since the session started). Only the
-        first refusal asks: the pipeline has failed by the time the next one comes."""
+        """A full stream. Only the first refusal is reported: the pipeline has failed by
+        the time the next one comes."""
         if self._limit_refused:
             return
         self._limit_refused = True
-        config: dict[str, object] | None = None
-        if stream:
-            try:
-                jsm = self._nc.jsm(timeout=min(self._ack_timeout, 2.0))
-                config = (await jsm.stream_info(stream)).config.as_dict()
-            except Exception:  # the line just lacks the value: the refusal is what counts
-                config = None
-        self.fail(StreamLimitError(stream or "<stream>", limit, config, entry.subject))
+        self.fail(await limit_error(self._nc, self._ack_timeout, stream, limit, entry.subject))
 
     async def _flush_or_fail(self) -> None:
         with contextlib.suppress(PublishError):  # flush has failed the pipeline already
@@ -445,6 +437,21 @@ class JetStreamPublisher:
                 self.fail(
                     PublishError(f"no JetStream ack for {what} within {self._ack_timeout:g}s")
                 )
+
+
+async def limit_error(
+    nc: NatsClient, timeout: float, stream: str, limit: StreamLimit, subject: str
+) -> StreamLimitError:
+    """The failure for a full stream, naming the limit's configured value, read from the
+    stream's info now (it may have been edited since the session started)."""
+    config: dict[str, object] | None = None
+    if stream:
+        try:
+            jsm = nc.jsm(timeout=min(timeout, 2.0))
+            config = (await jsm.stream_info(stream)).config.as_dict()
+        except Exception:  # the line just lacks the value: the refusal is what counts
+            config = None
+    return StreamLimitError(stream or "<stream>", limit, config, subject)
 
 
 def _log_ack(msg: Msg, entry: InFlight, ack: Ack, acked: int, in_flight: int) -> None:

@@ -13,10 +13,11 @@ import json
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
+from support.nats_helpers import Observed
 
 from cdc_bridge.config.load import parse_config
 from cdc_bridge.core.headers import header_lines
-from cdc_bridge.core.tracker import LsnTracker, Transaction
+from cdc_bridge.core.tracker import LsnTracker
 from cdc_bridge.routing.dead_letters import DeadLetterPolicy
 from cdc_bridge.routing.router import Router
 from cdc_bridge.sink.ordering import OrderGuard
@@ -30,22 +31,6 @@ routes:
   - subject: "{prefix}.{{aggregate_type}}"
 dead_letter: {{subject: "{prefix}.dlq"}}
 """
-
-
-class Observed:
-    def __init__(self) -> None:
-        self.acked_per_route: dict[str, int] = {}
-        self.transactions: list[Transaction] = []
-        self.dead_letters: list[tuple[str, str]] = []
-
-    def acked(self, route: str, count: int) -> None:
-        self.acked_per_route[route] = self.acked_per_route.get(route, 0) + count
-
-    def transaction_acked(self, tx: Transaction) -> None:
-        self.transactions.append(tx)
-
-    def dead_lettered(self, msg_id: str, reason: str) -> None:
-        self.dead_letters.append((msg_id, reason))
 
 
 def bridge_headers(msg_id: str, index: int = 0) -> dict[str, str]:
@@ -83,9 +68,7 @@ async def publisher_for(
 async def test_a_duplicate_is_reported_as_already_stored(nats_url: str, unique_name: str) -> None:
     nc = await nats.connect(nats_url)
     try:
-        publisher, tracker, observed = await publisher_for(
-            nc, nats_url, unique_name, chained=True
-        )
+        publisher, tracker, observed = await publisher_for(nc, nats_url, unique_name, chained=True)
         tx = tracker.begin(0x16B3748)
         for index, msg_id in enumerate(["a", "b", "a"]):  # "a" twice: JetStream drops one
             headers = bridge_headers(msg_id, index)
@@ -108,9 +91,7 @@ async def test_a_subject_no_stream_captures_is_replaced_by_its_dead_letter(
 ) -> None:
     nc = await nats.connect(nats_url)
     try:
-        publisher, tracker, observed = await publisher_for(
-            nc, nats_url, unique_name, chained=False
-        )
+        publisher, tracker, observed = await publisher_for(nc, nats_url, unique_name, chained=False)
         tx = tracker.begin(0x16B3748)
         nowhere = f"{unique_name}nowhere.x"
         publisher.publish(nowhere, b'{"a":1}', header_lines(bridge_headers("m1")), tx, "r", "m1")

@@ -14,6 +14,7 @@ from nats.js.api import StreamInfo
 from nats.js.errors import NotFoundError
 from nats.js.manager import JetStreamManager
 
+from cdc_bridge.core.tracker import Transaction
 from cdc_bridge.dev.nats_server import NatsServer
 
 
@@ -100,3 +101,21 @@ def nats_with_max_payload(folder: Path, max_payload: int) -> Iterator[NatsServer
         yield server
     finally:
         server.close()
+
+
+class Observed:
+    """A publisher's observer that records what it is told."""
+
+    def __init__(self) -> None:
+        self.acked_per_route: dict[str, int] = {}
+        self.transactions: list[Transaction] = []
+        self.dead_letters: list[tuple[str, str]] = []
+
+    def acked(self, route: str, count: int) -> None:
+        self.acked_per_route[route] = self.acked_per_route.get(route, 0) + count
+
+    def transaction_acked(self, tx: Transaction) -> None:
+        self.transactions.append(tx)
+
+    def dead_lettered(self, msg_id: str, reason: str) -> None:
+        self.dead_letters.append((msg_id, reason))

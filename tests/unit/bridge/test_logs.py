@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -14,15 +13,7 @@ from cdc_bridge.bridge.logs import configure_logging
 from cdc_bridge.bridge.pipeline import SessionStats
 from cdc_bridge.bridge.status import BridgeStatus, progress_fields
 
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """configure_logging changes process-wide state: undo it for the tests after these."""
-    root = logging.getLogger()
-    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
-    yield
-    root.handlers, root.level = handlers, level
-    structlog.configure(**config)
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def test_the_progress_line_leaves_out_what_is_not_known_yet(

@@ -290,15 +290,13 @@ def test_status_errors_are_redacted() -> None:
     assert status.to_json()["last_error"] == 'PostgreSQL: missing "=" after "***" at postgresql://u:***@h'
 
 
+@pytest.mark.usefixtures("restore_logging")  # its handler writes to the captured stderr
 def test_log_lines_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging("json", "info", redactor=Redactor(frozenset({"s3cr3t-pw"})))
-    try:
-        structlog.get_logger("test").warning(
-            "session_failed", error="auth s3cr3t-pw failed", servers=["nats://u:pw@h"]
-        )
-        record = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
-    finally:
-        configure_logging("json", "info")
+    structlog.get_logger("test").warning(
+        "session_failed", error="auth s3cr3t-pw failed", servers=["nats://u:pw@h"]
+    )
+    record = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert record["error"] == "auth *** failed"
     assert record["servers"] == ["nats://u:***@h"]
 

@@ -76,3 +76,18 @@ def test_every_refusal_of_the_message_itself_is_permanent(err_code: int, descrip
 def test_refusals_by_the_streams_state_stay_transient() -> None:
     limits = b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}'
     assert classify(limits, None).kind is AckKind.TRANSIENT
+
+
+@pytest.mark.parametrize(
+    ("err_code", "description", "kind"),
+    [
+        (10201, "atomic publish batch contains duplicate message id", AckKind.BATCH_DUPLICATE),
+        (10176, "atomic publish batch is incomplete", AckKind.BATCH_INCOMPLETE),
+    ],
+)
+def test_an_atomic_batch_refused_for_one_of_its_messages_says_so(
+    err_code: int, description: str, kind: AckKind
+) -> None:
+    reply = {"error": {"code": 400, "err_code": err_code, "description": description}}
+    ack = classify(json.dumps(reply | {"stream": "S", "seq": 0}).encode(), None)
+    assert ack.kind is kind and ack.stream == "S" and str(err_code) in ack.reason
