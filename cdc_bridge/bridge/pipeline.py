@@ -43,7 +43,7 @@ from cdc_bridge.routing.messages import (
     message_event,
 )
 from cdc_bridge.routing.router import Outbound, Poison, Router
-from cdc_bridge.sink.publisher import JetStreamPublisher, PublishError
+from cdc_bridge.sink.publisher import Publisher, PublishError
 from cdc_bridge.sink.reconcile import Position
 from cdc_bridge.source.decoding import DecodeError, Decoder
 from cdc_bridge.source.protocol import (
@@ -90,7 +90,7 @@ class Pipeline:
         stream: ReplicationStream,
         decoder: Decoder,
         router: Router,
-        publisher: JetStreamPublisher,
+        publisher: Publisher,
         tracker: LsnTracker,
         tables: frozenset[str],
         status_interval: float,

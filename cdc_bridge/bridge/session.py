@@ -41,6 +41,8 @@ from cdc_bridge.core.tracker import LsnTracker, Transaction
 from cdc_bridge.routing.change_events import TypeNames
 from cdc_bridge.routing.dead_letters import DeadLetterPolicy
 from cdc_bridge.routing.router import Router
+from cdc_bridge.sink.atomic_mode import AtomicMode, atomic_mode
+from cdc_bridge.sink.atomic_publisher import AtomicPublisher
 from cdc_bridge.sink.connect import (
     NatsPermissionError,
     connect_nats,
@@ -48,7 +50,7 @@ from cdc_bridge.sink.connect import (
     server_version_text,
 )
 from cdc_bridge.sink.ordering import OrderGuard
-from cdc_bridge.sink.publisher import JetStreamPublisher, PublishError
+from cdc_bridge.sink.publisher import JetStreamPublisher, Publisher, PublishError
 from cdc_bridge.sink.reconcile import (
     Position,
     StreamTail,
@@ -80,6 +82,8 @@ class BridgeState:
     has_streamed: bool = False  # since the process started: then failures are retried
     # The stream as last seen: a later session refuses to carry on with another one.
     stream_seen: StreamSeen | None = None
+    # Why atomic mode is off, as last told (said again only when the reason changes).
+    told_atomic_off: str | None = None
 
     @property
     def stats(self) -> SessionStats:
@@ -107,7 +111,7 @@ class SessionProgress:
 
     __slots__ = ("_publisher", "_tracker")
 
-    def __init__(self, tracker: LsnTracker, publisher: JetStreamPublisher) -> None:
+    def __init__(self, tracker: LsnTracker, publisher: Publisher) -> None:
         self._tracker = tracker
         self._publisher = publisher
 
@@ -149,7 +153,7 @@ async def run_session(
     nc = await connect_nats(config.nats, loss.lost.set, on_denied=loss.denied)
     stream: ReplicationStream | None = None
     try:
-        stream_info = await prepare_nats(nc, config, router, state)
+        stream_info, atomic = await prepare_nats(nc, config, router, state)
         stream = await ReplicationStream.connect(
             replication_dsn(config),
             connect_timeout=config.postgres.connect_timeout,
@@ -162,12 +166,15 @@ async def run_session(
         reconciled_in = time.monotonic() - reconcile_started
         decoder, options = decoder_for(config, resume.type_names)
         await stream.start(slot=resume.slot, options=options)
-        pipeline = wire(config, router, state, nc, stream, stream_info, source, resume, decoder)
+        pipeline = wire(
+            config, router, state, nc, stream, stream_info, source, resume, decoder, atomic
+        )
         log.info(
             "streaming",
             slot=resume.slot,
             lsn=format_lsn(resume.start),
             stream=config.nats.stream.name,
+            atomic=atomic.enabled,
             stored_through=format_position(resume.tail.newest),
             # What finding the stream's tail cost: messages read, seconds with the slot.
             tail_read=resume.tail.scanned,
@@ -188,9 +195,9 @@ async def run_session(
 
 async def prepare_nats(
     nc: NatsClient, config: BridgeConfig, router: Router, state: BridgeState
-) -> StreamInfo:
+) -> tuple[StreamInfo, AtomicMode]:
     """The stream (created when missing, unless this process saw it before: then it was
-    lost), the subject checks, the server's limits."""
+    lost), the subject checks, the server's limits, atomic mode (atomic_mode.py)."""
     await check_stream_again(nc, config, state)
     stream_info = await ensure_stream(nc, config.nats)
     remember_stream(config, stream_info, state)
@@ -198,7 +205,11 @@ async def prepare_nats(
     await check_subjects_have_streams(nc, config, state)
     router.max_payload = nc.max_payload
     state.status.nats_version = server_version_text(nc.connected_server_version)
-    return stream_info
+    atomic = await atomic_mode(nc, config.nats, stream_info)
+    if not atomic.enabled and atomic.reason != state.told_atomic_off:
+        state.told_atomic_off = atomic.reason
+        log.info("atomic_transactions_off", reason=atomic.reason)
+    return stream_info, atomic
 
 
 async def reconcile(
@@ -263,6 +274,7 @@ def wire(
     source: str,
     resume: ResumePoint,
     decoder: Decoder,
+    atomic: AtomicMode,
 ) -> Pipeline:
     """The session's stages, joined: tracker, order guard, publisher, pipeline."""
     tracker = LsnTracker(resume.start)
@@ -270,17 +282,35 @@ def wire(
     guard = OrderGuard(
         subjects, resume.tail.last_seq, resume.space, shared=may_be_shared(subjects, resume)
     )
-    publisher = JetStreamPublisher(
+    # What the publisher sends instead of a message JetStream can never store.
+    dead_letters = DeadLetterPolicy(router)
+    observer = PublishCounter(state)
+    per_message = JetStreamPublisher(
         nc,
         tracker,
         max_in_flight=config.nats.max_in_flight,
         ack_timeout=config.nats.ack_timeout,
-        # What the publisher sends instead of a message JetStream can never store.
-        dead_letters=DeadLetterPolicy(router),
-        guard=guard,
-        observer=PublishCounter(state),
-        careful_start=resume.careful_start,
+        dead_letters=dead_letters,
+        # Atomic mode: only what its batches cannot carry, none of it chained.
+        guard=None if atomic.enabled else guard,
+        observer=observer,
+        careful_start=resume.careful_start and not atomic.enabled,
     )
+    publisher: Publisher = per_message
+    # Replays of these are skipped by position: they are gap-free in commit order.
+    in_stream = guard.covers
+    if atomic.enabled:
+        atomic_publisher = AtomicPublisher(
+            nc,
+            tracker,
+            max_messages=config.nats.batch_max_messages,
+            ack_timeout=config.nats.ack_timeout,
+            dead_letters=dead_letters,
+            guard=guard,
+            outside=per_message,
+            observer=observer,
+        )
+        publisher, in_stream = atomic_publisher, atomic_publisher.in_batch
     pipeline = Pipeline(
         stream=stream,
         decoder=decoder,
@@ -293,7 +323,7 @@ def wire(
         source=source,
         stored_through=resume.stored_through,
         known_duplicates=state.known_duplicates,
-        in_stream=guard.covers,
+        in_stream=in_stream,
         on_dead_letter=state.metrics.dead_lettered,
         message_prefixes=frozenset(config.outbox.message_prefixes),
         on_message_ignored=lambda prefix: message_ignored(state, prefix),
@@ -365,11 +395,11 @@ async def run(
 _BESIDE_CLOSE_TIMEOUT = 5.0  # seconds the watches beside a session get to close
 
 
-def _fail_publisher(publisher: JetStreamPublisher, _: object) -> None:
+def _fail_publisher(publisher: Publisher, _: object) -> None:
     publisher.fail(PublishError("NATS connection lost"))
 
 
-def _fail_publisher_with(publisher: JetStreamPublisher, task: asyncio.Task[None]) -> None:
+def _fail_publisher_with(publisher: Publisher, task: asyncio.Task[None]) -> None:
     """A watch beside the pipeline ended: its error ends the session."""
     if not task.cancelled() and isinstance(error := task.exception(), Exception):
         publisher.fail(error)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import structlog
@@ -36,6 +37,7 @@ from nats.aio.msg import Msg
 from nats.nuid import NUID
 
 from cdc_bridge.core.headers import BODY_DROPPED, header_lines, parse_header_lines
+from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.subjects import subject_matches
 from cdc_bridge.core.tracker import LsnTracker, Transaction
 from cdc_bridge.core.wire_text import frame_problem, printable, subject_limit
@@ -103,6 +105,8 @@ class AtomicPublisher:
         self.failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         outside.failed.add_done_callback(self._outside_failed)
         self._watchdog: asyncio.Task[None] | None = None
+        # Checked once per session: a debug line per ack, or nothing per ack at all.
+        self._debug = log.is_enabled_for(logging.DEBUG)
 
     async def start(self) -> None:
         await self._nc.subscribe(self._inbox + ".*", cb=self._on_ack)
@@ -347,8 +351,11 @@ class AtomicPublisher:
         sent = batch.inside[:1] if batch.one_by_one else batch.inside
         kind = ack.kind
         if kind is AckKind.STORED:
-            self._guard.stored(int(json.loads(msg.data)["seq"]), len(sent))
+            seq = int(json.loads(msg.data)["seq"])
+            self._guard.stored(seq, len(sent))
             self._settle(sent)
+            if self._debug:
+                _log_batch_ack(sent, seq, self.in_flight)
             self._next_of(batch, len(sent))
         elif kind in _FOR_ONE_MESSAGE and len(sent) > 1:
             self._split(batch, ack.reason)
@@ -452,3 +459,20 @@ class AtomicPublisher:
                         f"{batch.inside[0].subject} within {self._ack_timeout:g}s"
                     )
                 )
+
+
+def _log_batch_ack(stored: list[Pending], seq: int, in_flight: int) -> None:
+    """The debug line of one batch's ack, in the per-message publisher's format: the
+    batch's last message, how many messages the ack settled, its stream sequence."""
+    last = stored[-1]
+    log.debug(
+        "acked",
+        subject=last.subject,
+        msg_id=parse_header_lines(last.header_lines).get("Nats-Msg-Id"),
+        lsn=format_lsn(last.tx.final_lsn),
+        route=last.route,
+        acked=len(stored),
+        in_flight=in_flight,
+        seq=seq,
+        duplicate=False,
+    )

@@ -78,6 +78,41 @@ class PublishObserver(Protocol):
     def dead_lettered(self, msg_id: str, reason: str) -> None: ...
 
 
+class Publisher(Protocol):
+    """What the pipeline and the session use of a publisher: JetStreamPublisher (one
+    message at a time, pipelined) or AtomicPublisher (atomic batches, atomic_publisher.py)."""
+
+    failed: asyncio.Future[None]
+    last_ack_at: float
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def full(self) -> bool: ...
+
+    @property
+    def already_stored(self) -> list[dict[str, str]]: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def wait_for_room(self) -> None: ...
+
+    def publish(
+        self, subject: str, data: bytes, header_lines: str, tx: Transaction, route: str, msg_id: str
+    ) -> None: ...
+
+    def committed(self, tx: Transaction) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def wait_empty(self, timeout: float) -> bool: ...
+
+    def fail(self, error: Exception) -> None: ...
+
+
 class JetStreamPublisher:
     def __init__(
         self,

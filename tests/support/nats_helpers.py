@@ -17,6 +17,9 @@ from nats.js.manager import JetStreamManager
 from cdc_bridge.core.tracker import Transaction
 from cdc_bridge.dev.nats_server import NatsServer
 
+# Headers JetStream keeps on every message of an atomic batch (atomic mode).
+BATCH_HEADER_PREFIX = "Nats-Batch-"
+
 
 @dataclass(frozen=True, slots=True)
 class StreamMessage:
@@ -53,7 +56,9 @@ async def fetch_stream_messages(
     Reads by sequence ("the next message at or after N, any subject") up to the last sequence
     the stream reported when we started, so gaps from deleted messages cost nothing and the
     result is a consistent snapshot even while a publisher keeps going. No consumer is
-    created, so reading changes nothing on the server.
+    created, so reading changes nothing on the server. JetStream's bookkeeping of atomic
+    batches (``Nats-Batch-*``) is left out: it says how the bridge happened to group
+    transactions, not what it published.
     """
     messages: list[StreamMessage] = []
     async with asyncio.timeout(timeout), _manager(url, timeout) as jsm:
@@ -71,7 +76,11 @@ async def fetch_stream_messages(
                     seq=raw.seq,
                     subject=raw.subject or "",
                     data=raw.data or b"",
-                    headers={str(k): str(v) for k, v in (raw.headers or {}).items()},
+                    headers={
+                        str(k): str(v)
+                        for k, v in (raw.headers or {}).items()
+                        if not str(k).startswith(BATCH_HEADER_PREFIX)
+                    },
                 )
             )
             next_seq = raw.seq + 1

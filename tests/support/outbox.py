@@ -23,7 +23,7 @@ import psycopg
 from nats.js.errors import NotFoundError
 
 from cdc_bridge.core.lsn import parse_lsn
-from support.nats_helpers import StreamMessage, fetch_stream_messages
+from support.nats_helpers import BATCH_HEADER_PREFIX, StreamMessage, fetch_stream_messages
 from support.waiting import wait_until
 
 INSERT_EVENT = (
@@ -213,7 +213,11 @@ def raw_stored_headers(nats_url: str, stream: str, seq: int, timeout: float = 5.
         finally:
             await client.close()
         stored = json.loads(reply.data)["message"]
-        return base64.b64decode(stored.get("hdrs", ""))
+        block = base64.b64decode(stored.get("hdrs", ""))
+        # As fetch_stream_messages: without JetStream's atomic-batch bookkeeping.
+        prefix = BATCH_HEADER_PREFIX.encode()
+        lines = block.splitlines(keepends=True)
+        return b"".join(line for line in lines if not line.startswith(prefix))
 
     return asyncio.run(fetch())
 
