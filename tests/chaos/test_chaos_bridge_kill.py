@@ -16,8 +16,13 @@ DUPLICATE_WINDOW = 2.0
 
 
 @pytest.mark.parametrize(
-    ("kills", "past_window"),
-    [pytest.param(4, 2, id="short"), pytest.param(10, 2, id="long", marks=pytest.mark.slow)],
+    ("kills", "past_window", "atomic"),
+    [
+        pytest.param(4, 2, None, id="short"),
+        # The other publishing mode, in make test too (CHAOS_PUBLISH_MODE switches all).
+        pytest.param(4, 2, False, id="short-per-message"),
+        pytest.param(10, 2, None, id="long", marks=pytest.mark.slow),
+    ],
 )
 def test_bridge_killed_under_load(
     chaos_dsn: str,
@@ -27,11 +32,12 @@ def test_bridge_killed_under_load(
     chaos_seed: int,
     kills: int,
     past_window: int,
+    atomic: bool | None,
 ) -> None:
     rng = random.Random(chaos_seed)
     config = chaos_bridge_config(
         dsn=chaos_dsn, nats_url=nats_url, name=unique_name,
-        duplicate_window=f"{DUPLICATE_WINDOW:g}s",
+        duplicate_window=f"{DUPLICATE_WINDOW:g}s", atomic=atomic,
     )
     bridge = BridgeRunner(make_bridge, config)
     bridge.start()  # creates the slot: rows committed from now on must all arrive

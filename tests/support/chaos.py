@@ -11,6 +11,7 @@ WAL (and so the bridge) must deliver. A message's place in the expected order is
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import threading
 import time
@@ -726,6 +727,10 @@ class Auditor:
 # --- the bridge -----------------------------------------------------------------------------
 
 
+# How the bridge publishes: atomic batches (nats.atomic_transactions) or message by message.
+PUBLISH_MODES = ("atomic", "per-message")
+
+
 def chaos_bridge_config(
     *,
     dsn: str,
@@ -737,8 +742,19 @@ def chaos_bridge_config(
     max_in_flight: int = 4096,
     replicas: int = 1,
     extra_servers: tuple[str, ...] = (),
+    atomic: bool | None = None,
 ) -> dict[str, Any]:
-    """Bridge config for slot/publication ``name`` and stream ``NAME`` on ``name.>``."""
+    """Bridge config for slot/publication ``name`` and stream ``NAME`` on ``name.>``.
+
+    ``atomic``: ``nats.atomic_transactions``; None: from CHAOS_PUBLISH_MODE (``atomic``
+    or ``per-message``), else the default (atomic with the test's nats-server 2.15), so
+    ``CHAOS_PUBLISH_MODE=per-message pytest tests/chaos`` runs every scenario in the
+    other mode."""
+    if atomic is None:
+        mode = os.environ.get("CHAOS_PUBLISH_MODE", "atomic")
+        if mode not in PUBLISH_MODES:
+            raise ValueError(f"CHAOS_PUBLISH_MODE={mode!r}: expected one of {PUBLISH_MODES}")
+        atomic = mode == "atomic"
     return {
         "postgres": {
             "dsn": dsn,
@@ -758,6 +774,7 @@ def chaos_bridge_config(
             "ack_timeout": ack_timeout,
             "max_in_flight": max_in_flight,
             "connect_timeout": "2s",
+            "atomic_transactions": atomic,
         },
         "outbox": {"table": "public.outbox"},
         "routes": [{"subject": name + ".{aggregate_type}.{event_type}"}],
