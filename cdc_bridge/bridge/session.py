@@ -162,7 +162,9 @@ async def run_session(
         source = f"{stream.system_id}/{config.postgres.slot}"
         space = guarded_space(config, nc, state)
         reconcile_started = time.monotonic()
-        resume = await reconcile(config, nc.jetstream(), router, stream, source, state, space)
+        resume = await reconcile(
+            config, nc.jetstream(), router, stream, source, state, space, atomic=atomic.enabled
+        )
         reconciled_in = time.monotonic() - reconcile_started
         decoder, options = decoder_for(config, resume.type_names)
         await stream.start(slot=resume.slot, options=options)
@@ -220,6 +222,8 @@ async def reconcile(
     source: str,
     state: BridgeState,
     space: str | None = None,
+    *,
+    atomic: bool = False,
 ) -> ResumePoint:
     """Get PostgreSQL ready (publication, slot; a lost slot recovered when configured),
     then read what the stream holds past the slot's confirmed position: the point this
@@ -243,7 +247,12 @@ async def reconcile(
         failover = await make_failover_slot(stream, slot.name)
     state.status.failover = failover
     start = slot.confirmed_flush_lsn or 0
-    lookback = config.nats.max_in_flight + 64
+    # Our newest stored position is among our last messages in the stream: within one
+    # window of the end per message (a dead letter replacing a refused message is sent
+    # late); in atomic mode batches are stored in send order, so the last one holds it,
+    # and a few more cover a previous session that published per message (what they
+    # miss is replayed, and the batch's duplicate refusal finds it: atomic_publisher.py).
+    lookback = _ATOMIC_LOOKBACK if atomic else config.nats.max_in_flight + 64
     tail = await read_tail(js, stream_name, source, start, lookback, space)
     check_tail(tail, wal_head, stream_name)
     state.known_duplicates = {p for p in state.known_duplicates if p[0] >= start}
@@ -393,6 +402,7 @@ async def run(
 
 
 _BESIDE_CLOSE_TIMEOUT = 5.0  # seconds the watches beside a session get to close
+_ATOMIC_LOOKBACK = 64  # messages of ours the tail read looks at in atomic mode
 
 
 def _fail_publisher(publisher: Publisher, _: object) -> None:
