@@ -70,6 +70,63 @@ class RoundRatios:
     bridge_vs_ceiling: float
 
 
+# The variants of the atomic-mode drains (bench/modes.py): the bridge per message or in
+# atomic batches, alone in its stream or with another writer in it
+PER_MESSAGE = "per_message"
+ATOMIC = "atomic"
+PER_MESSAGE_WRITER = "per_message_with_writer"
+ATOMIC_WRITER = "atomic_with_writer"
+MODE_VARIANTS = (PER_MESSAGE, ATOMIC, PER_MESSAGE_WRITER, ATOMIC_WRITER)
+
+
+@dataclass(frozen=True, slots=True)
+class ModeGroup:
+    """One backlog (``events`` in transactions of ``tx_size``) drained by every variant in
+    interleaved rounds; each variant's figure is its median round."""
+
+    tx_size: int
+    events: int
+    rounds: dict[str, tuple[Throughput, ...]]  # by variant, every round in order
+    # The other writer's achieved msgs/s, by variant (those with the writer), per round
+    writer_rates: dict[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
+
+    def median(self, variant: str) -> Throughput:
+        rounds = self.rounds[variant]
+        return rounds[median_round(rounds)]
+
+    def ratio(self, variant: str, base: str) -> float:
+        """``variant`` over ``base``, events/s of their median rounds."""
+        return self.median(variant).events_per_second / self.median(base).events_per_second
+
+    def round_ratios(self, variant: str, base: str) -> list[float]:
+        return [
+            value.events_per_second / reference.events_per_second
+            for value, reference in zip(self.rounds[variant], self.rounds[base], strict=True)
+        ]
+
+    def median_round_ratio(self, variant: str, base: str) -> float:
+        """The median of the per-round ratios (of an even count, the lower middle)."""
+        ratios = sorted(self.round_ratios(variant, base))
+        return ratios[(len(ratios) - 1) // 2]
+
+    def steady_ratio(self, variant: str, base: str) -> float | None:
+        """``variant`` over ``base``, steady events/s (start-up left out) of the medians."""
+        value = self.median(variant).drain_events_per_second
+        reference = self.median(base).drain_events_per_second
+        return None if value is None or not reference else value / reference
+
+    def pairs(self) -> list[tuple[str, str, str]]:
+        """(label, variant, base) of every ratio this group reports."""
+        found: list[tuple[str, str, str]] = [("atomic/per-message", ATOMIC, PER_MESSAGE)]
+        if PER_MESSAGE_WRITER in self.rounds:
+            found += [
+                ("atomic/per-message, with writer", ATOMIC_WRITER, PER_MESSAGE_WRITER),
+                ("per-message with writer/alone", PER_MESSAGE_WRITER, PER_MESSAGE),
+                ("atomic with writer/alone", ATOMIC_WRITER, ATOMIC),
+            ]
+        return found
+
+
 @dataclass(frozen=True, slots=True)
 class BenchResult:
     timestamp: str  # UTC, ISO 8601
@@ -88,6 +145,8 @@ class BenchResult:
     polling_load: DatabaseLoad
     total_seconds: float
     profile: tuple[FunctionCost, ...] = ()
+    modes: tuple[ModeGroup, ...] = ()  # the atomic/per-message drains, by transaction size
+    modes_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def recvlogical(self) -> Throughput:
@@ -181,6 +240,45 @@ def _rounds_json(result: BenchResult) -> dict[str, Any]:
     }
 
 
+def _modes_json(result: BenchResult) -> dict[str, Any]:
+    groups = []
+    for group in result.modes:
+        groups.append(
+            {
+                "tx_size": group.tx_size,
+                "events": group.events,
+                "throughput": {
+                    variant: _throughput_json(group.median(variant)) for variant in group.rounds
+                },
+                "ratios": {
+                    f"{variant}_vs_{base}": {
+                        "median_rounds": round(group.ratio(variant, base), 3),
+                        "median_of_rounds": round(group.median_round_ratio(variant, base), 3),
+                        "rounds": [round(r, 3) for r in group.round_ratios(variant, base)],
+                        "steady": _rounded(group.steady_ratio(variant, base)),
+                    }
+                    for _, variant, base in group.pairs()
+                },
+                "rounds": {
+                    variant: [_throughput_json(value) for value in rounds]
+                    for variant, rounds in group.rounds.items()
+                },
+                "median_round": {
+                    variant: median_round(rounds) + 1 for variant, rounds in group.rounds.items()
+                },
+                "writer_rates": {
+                    variant: [round(rate, 1) for rate in rates]
+                    for variant, rates in group.writer_rates.items()
+                },
+            }
+        )
+    return {"settings": result.modes_settings, "groups": groups}
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def to_json(result: BenchResult) -> dict[str, Any]:
     return {
         "timestamp": result.timestamp,
@@ -204,6 +302,7 @@ def to_json(result: BenchResult) -> dict[str, Any]:
             "polling_relay": dataclasses.asdict(result.polling_load),
         },
         "profile_top_self": [dataclasses.asdict(cost) for cost in result.profile],
+        "modes": _modes_json(result),
         "total_seconds": round(result.total_seconds, 1),
     }
 
@@ -316,6 +415,7 @@ def render_table(result: BenchResult) -> str:
             f"  {cost.self_pct:5.1f}% self {cost.total_pct:5.1f}% total  {cost.function}"
             for cost in result.profile
         ]
+    lines += _modes_lines(result)
     lines += [
         "",
         f"ratios of the median rounds: bridge/plain {result.bridge_vs_plain:.2f}x, "
@@ -325,3 +425,55 @@ def render_table(result: BenchResult) -> str:
         f"total run {result.total_seconds:.0f} s",
     ]
     return "\n".join(lines)
+
+
+_VARIANT_LABELS = {
+    PER_MESSAGE: "per-message",
+    ATOMIC: "atomic",
+    PER_MESSAGE_WRITER: "per-message + writer",
+    ATOMIC_WRITER: "atomic + writer",
+}
+
+
+def _modes_lines(result: BenchResult) -> list[str]:
+    """The atomic/per-message drains: a row per variant and transaction size, then ratios."""
+    if not result.modes:
+        return []
+    settings = result.modes_settings
+    lines = [
+        "",
+        f"Atomic vs per-message drains ({settings.get('events', '?')} events per backlog, "
+        f"median of {settings.get('rounds', '?')}; other writer "
+        f"{settings.get('writer_rate', '?')} msgs/s on {settings.get('writer_subjects', '?')})",
+        f"{'  tx size, mode':32}{'events/s':>10}{'seconds':>9}{'steady/s':>10}"
+        f"{'per CPU-s':>11}{'CPU wait':>10}",
+    ]
+    for group in result.modes:
+        for variant in group.rounds:
+            value = group.median(variant)
+            label = f"{group.tx_size:>6,}  {_VARIANT_LABELS[variant]}"
+            lines.append(
+                f"  {label:30}{value.events_per_second:>10,.0f}{value.seconds:>9.2f}"
+                f"{_count(value.drain_events_per_second):>10}"
+                f"{_count(value.events_per_cpu_second):>11}"
+                f"{_percent(value.cpu_wait_share):>10}"
+            )
+    lines.append(
+        "  ratios (events/s of the median rounds; median of the per-round ratios; steady/s):"
+    )
+    for group in result.modes:
+        for label, variant, base in group.pairs():
+            steady = group.steady_ratio(variant, base)
+            per_round = " / ".join(f"{r:.2f}x" for r in group.round_ratios(variant, base))
+            lines.append(
+                f"  {group.tx_size:>6,}  {label:34}{group.ratio(variant, base):>6.2f}x"
+                f"{group.median_round_ratio(variant, base):>8.2f}x"
+                f"{'-' if steady is None else f'{steady:.2f}x':>8}   rounds {per_round}"
+            )
+        for variant, writer_rates in group.writer_rates.items():
+            rates = " / ".join(f"{rate:,.0f}" for rate in writer_rates)
+            lines.append(
+                f"  {group.tx_size:>6,}  other writer achieved msgs/s, "
+                f"{_VARIANT_LABELS[variant]}: {rates}"
+            )
+    return lines

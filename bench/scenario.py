@@ -11,6 +11,8 @@
    1-event-per-transaction load while a subscriber times each event (latency).
 4. The polling relay drains the same number of rows from its own table (throughput and
    database load), then runs continuously under the same paced load (latency).
+5. The bridge in atomic mode against per-message mode, for several transaction sizes,
+   alone in its stream and with another writer in it (bench/modes.py).
 
 Stages run one after another, never side by side: the machine has 2 cores.
 """
@@ -38,11 +40,12 @@ from bench.cpu import CpuUse
 from bench.dbload import DatabaseLoad, LoadMeter
 from bench.latency import LatencyResult, measure_latency
 from bench.machine import describe_machine
+from bench.modes import ModeSettings, run_modes
 from bench.plain_relay import SUBJECT_PREFIX as PLAIN_PREFIX
 from bench.polling_relay import SUBJECT_PREFIX as POLLING_PREFIX
 from bench.profiling import FunctionCost, PySpyRecorder, top_functions
 from bench.recvlogical import drain_with_pg_recvlogical
-from bench.report import BenchResult, Throughput, median_round
+from bench.report import BenchResult, ModeGroup, Throughput, median_round
 from bench.stack import PUBLICATION, BenchStack, create_slot, drop_slot, server_version, wal_lsn
 from bench.streams import (
     StreamState,
@@ -66,6 +69,7 @@ class Settings:
     latency_seconds: float
     profile_dir: Path | None  # sample the last round's bridge with py-spy during its drain
     keep: bool  # leave the servers' folder (logs, data) behind
+    modes: ModeSettings | None = None  # the atomic/per-message drains; None: skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +147,8 @@ async def run_bench(settings: Settings) -> BenchResult:
     timestamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     progress.say("starting PostgreSQL and nats-server")
     slots = len(DRAIN_STAGES) * settings.rounds
+    if settings.modes is not None:
+        slots = max(slots, settings.modes.slots)
     with BenchStack(keep=settings.keep, slots=slots) as stack:
         dsn = stack.dsn
         nc = await nats.connect(stack.nats.url)
@@ -170,6 +176,9 @@ async def run_bench(settings: Settings) -> BenchResult:
             polling, polling_load = await _polling_drain(nc, stack, settings)
             progress.say("polling relay: latency run")
             polling_latency = await _polling_latency(nc, stack, settings)
+            modes: tuple[ModeGroup, ...] = ()
+            if settings.modes is not None:
+                modes = await run_modes(nc, stack, settings.modes, progress.say)
         finally:
             await nc.close()
     assert bridge.latency is not None, "the last round runs the latency run"
@@ -199,6 +208,8 @@ async def run_bench(settings: Settings) -> BenchResult:
         polling_load=polling_load,
         total_seconds=progress.elapsed,
         profile=tuple(bridge.profile),
+        modes=modes,
+        modes_settings={} if settings.modes is None else settings.modes.as_json(),
     )
 
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StorageType, StreamConfig
@@ -31,13 +32,16 @@ class StreamState:
     last_ts: float | None
 
 
-async def create_stream(nc: NatsClient, name: str, subjects: list[str]) -> None:
+async def create_stream(
+    nc: NatsClient, name: str, subjects: list[str], *, allow_atomic: bool | None = None
+) -> None:
     await nc.jetstream().add_stream(
         StreamConfig(
             name=name,
             subjects=subjects,
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW,
+            allow_atomic=allow_atomic,
         )
     )
 
@@ -90,5 +94,53 @@ async def wait_for_messages(
         if time.monotonic() >= deadline:
             raise TimeoutError(
                 f"stream {name} holds {state.messages} of {count} messages after {timeout:g}s"
+            )
+        await asyncio.sleep(_POLL_INTERVAL)
+
+
+async def _api(nc: NatsClient, subject: str, request: dict[str, object]) -> dict[str, Any]:
+    reply = await nc.request(subject, json.dumps(request).encode(), timeout=5)
+    answer: dict[str, Any] = json.loads(reply.data)
+    if "error" in answer:
+        raise RuntimeError(f"{subject}: {answer['error'].get('description')}")
+    return answer
+
+
+async def subject_state(nc: NatsClient, name: str, subjects: str) -> StreamState:
+    """Like ``stream_state``, for the messages on ``subjects`` only (a filter such as
+    ``bench.>``): what one writer stored in a stream that others write too."""
+    info = await _api(nc, f"$JS.API.STREAM.INFO.{name}", {"subjects_filter": subjects})
+    count = sum(int(n) for n in (info["state"].get("subjects") or {}).values())
+    if count == 0:
+        return StreamState(messages=0, first_ts=None, last_ts=None)
+    get = f"$JS.API.STREAM.MSG.GET.{name}"
+    first = await _api(nc, get, {"seq": 1, "next_by_subj": subjects})
+    last = await _api(nc, get, {"last_by_subj": subjects})
+    return StreamState(
+        messages=count,
+        first_ts=_timestamp(first["message"].get("time")),
+        last_ts=_timestamp(last["message"].get("time")),
+    )
+
+
+async def wait_for_subject_messages(
+    nc: NatsClient,
+    name: str,
+    subjects: str,
+    count: int,
+    timeout: float,
+    check_alive: Callable[[], None] = lambda: None,
+) -> StreamState:
+    """``wait_for_messages`` counting only the messages on ``subjects``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = await _api(nc, f"$JS.API.STREAM.INFO.{name}", {"subjects_filter": subjects})
+        stored = sum(int(n) for n in (info["state"].get("subjects") or {}).values())
+        if stored >= count:
+            return await subject_state(nc, name, subjects)
+        check_alive()
+        if time.monotonic() >= deadline:
+            raise TimeoutError(
+                f"stream {name} holds {stored} of {count} messages on {subjects} after {timeout:g}s"
             )
         await asyncio.sleep(_POLL_INTERVAL)

@@ -3,7 +3,8 @@
 A smoke test only: it checks that every stage ran and every event arrived, never how
 fast (figures from a shared test machine mean nothing). Two rounds rather than quick's
 one, so that a second round (its own slots, fresh streams, a fresh bridge) is tried
-too. About 25 s.
+too. The atomic/per-message drains run at a tiny size (every transaction size, the
+other writer included), which adds about 40 s.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUICK_EVENTS = 10_000
 ROUNDS = 2
+MODE_EVENTS = 300
+MODE_TX_SIZES = (1, 10, 100, 1000)
+WRITER_TX_SIZE = 10
 
 
 def run_module(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -35,9 +39,22 @@ def run_module(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
 def test_quick_bench_runs_every_stage(tmp_path: Path) -> None:
     result_path = tmp_path / "bench.json"
     run = run_module(
-        "bench", "--quick", "--rounds", str(ROUNDS), "--json", str(result_path), timeout=240
+        "bench",
+        "--quick",
+        "--rounds",
+        str(ROUNDS),
+        "--json",
+        str(result_path),
+        "--mode-events",
+        str(MODE_EVENTS),
+        "--mode-tx-sizes",
+        ",".join(map(str, MODE_TX_SIZES)),
+        "--writer-tx-size",
+        str(WRITER_TX_SIZE),
+        timeout=420,
     )
     assert "Backlog drain" in run.stdout
+    assert "Atomic vs per-message drains" in run.stdout
 
     result = json.loads(result_path.read_text())
     for stage in ("pg_recvlogical", "plain_relay", "bridge", "polling_relay"):
@@ -58,6 +75,35 @@ def test_quick_bench_runs_every_stage(tmp_path: Path) -> None:
     assert result["database_load"]["polling_relay"]["rows_updated"] == QUICK_EVENTS
     assert result["bridge_peak_rss_mib"] > 0
     assert result["machine"]["nproc"] >= 1
+
+    # Atomic and per-message mode, per transaction size; with the other writer for one.
+    # (Each drain already failed the run unless the bridge's `streaming` line said the
+    # mode it was meant to run in.)
+    groups = result["modes"]["groups"]
+    assert [group["tx_size"] for group in groups] == list(MODE_TX_SIZES)
+    for group in groups:
+        variants = {"per_message", "atomic"}
+        if group["tx_size"] == WRITER_TX_SIZE:
+            variants |= {"per_message_with_writer", "atomic_with_writer"}
+            assert set(group["writer_rates"]) == {"per_message_with_writer", "atomic_with_writer"}
+            for rates in group["writer_rates"].values():
+                assert len(rates) == ROUNDS
+                assert all(rate > 0 for rate in rates)
+            assert set(group["ratios"]) == {
+                "atomic_vs_per_message",
+                "atomic_with_writer_vs_per_message_with_writer",
+                "per_message_with_writer_vs_per_message",
+                "atomic_with_writer_vs_atomic",
+            }
+        else:
+            assert set(group["ratios"]) == {"atomic_vs_per_message"}
+            assert group["writer_rates"] == {}
+        assert set(group["rounds"]) == variants
+        for variant in variants:
+            assert [run["events"] for run in group["rounds"][variant]] == [MODE_EVENTS] * ROUNDS
+            assert group["throughput"][variant]["events_per_second"] > 0
+        for ratio in group["ratios"].values():
+            assert len(ratio["rounds"]) == ROUNDS
 
 
 def test_ab_harness_drains_every_tree_in_every_round() -> None:
