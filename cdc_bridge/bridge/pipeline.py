@@ -5,6 +5,9 @@ and the tracker records what was sent and acked. The status timer only READS the
 tracker. Backpressure is the publisher's in-flight window: while it is full the reader
 stops reading (and the server's sends back up in TCP), but the status timer keeps
 sending, so ``wal_sender_timeout`` never ends the connection.
+
+Each event is held back until the next event of its transaction, or its Commit, is
+read: only then is it known whether it is the transaction's last (``Cdc-Tx-Last``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from cdc_bridge.core.headers import (
     BRIDGE_HEADERS,
     EXPECTED_LAST_MSG_ID,
     EXPECTED_LAST_SEQUENCE,
+    TX_LAST_HEADER,
     header_lines,
 )
 from cdc_bridge.core.lsn import format_lsn
@@ -59,7 +63,15 @@ from cdc_bridge.source.replication import ReplicationStream
 log = structlog.get_logger("cdc_bridge.bridge.pipeline")
 
 # Headers the pipeline and the order guard set on messages: theirs win over a row's.
-_OWN_HEADERS = frozenset((*BRIDGE_HEADERS, EXPECTED_LAST_SEQUENCE, EXPECTED_LAST_MSG_ID))
+_OWN_HEADERS = frozenset(
+    (*BRIDGE_HEADERS, TX_LAST_HEADER, EXPECTED_LAST_SEQUENCE, EXPECTED_LAST_MSG_ID)
+)
+# Added to the last event of a transaction, once its Commit shows that it is the last.
+_TX_LAST_LINE = f"{TX_LAST_HEADER}: true\r\n"
+
+# An event held back until the next one (or the Commit) says whether it is its
+# transaction's last: publish's arguments, in publish's order.
+_Held = tuple[str, bytes, str, Transaction, str, str]
 
 # Seconds between confirmations while the confirmed position moves.
 _CONFIRM_AT_MOST_EVERY = 0.5
@@ -131,6 +143,10 @@ class Pipeline:
         self._tx_lsn = ""
         self._tx_index = 0
         self._tx_xid = 0
+        # The open transaction's latest event, not sent yet. Each change applied still
+        # publishes at most one message (the one held before it), so the reader's check
+        # of publisher.full after each change keeps the window bounded as before.
+        self._held: _Held | None = None
         self._table_lines: dict[str, str] = {}  # Cdc-Table and Cdc-Source, by table
         self._halt: asyncio.Future[None] | None = None  # see run
         # Checked once per session, not per event: with debug off, the per-event line
@@ -276,6 +292,12 @@ class Pipeline:
             self._tx_xid = change.xid
         elif type(change) is Commit:
             if self._tx is not None:
+                held = self._held
+                if held is not None:
+                    # Sent (so counted by the tracker) before the tracker sees the commit.
+                    self._held = None
+                    subject, data, lines, tx, route, msg_id = held
+                    self.publisher.publish(subject, data, lines + _TX_LAST_LINE, tx, route, msg_id)
                 self._tracker.commit(self._tx, change.end_lsn)
                 self.publisher.committed(self._tx)
                 self.stats.transactions += 1
@@ -321,6 +343,10 @@ class Pipeline:
         self.stats.rows += 1
         replaying = self._stored_through is not None or self._known_duplicates
         if replaying and self._already_stored((tx.final_lsn, index), outcome):
+            held = self._held
+            if held is not None:  # not the last: this one came after it
+                self._held = None
+                self.publisher.publish(*held)
             self._tracker.sent(tx)
             self._tracker.acked(tx)
             self.stats.skipped += 1
@@ -359,7 +385,11 @@ class Pipeline:
         )
         if outcome.dead_letter_reason is not None:
             self._count_dead_letter(msg_id, outcome.dead_letter_reason)
-        self.publisher.publish(outcome.subject, data, lines, tx, outcome.route, msg_id)
+        held = self._held
+        if held is not None:  # not the last: this one came after it
+            self.publisher.publish(*held)
+        # Held, not sent: only the next event or the Commit tells whether it is the last.
+        self._held = (outcome.subject, data, lines, tx, outcome.route, msg_id)
         if self._debug:
             log.debug(
                 "published",

@@ -28,6 +28,7 @@ from cdc_bridge.core.headers import (
     EXPECTED_LAST_MSG_ID,
     EXPECTED_LAST_SEQUENCE,
     REPLAY_HEADER,
+    TX_LAST_HEADER,
 )
 from cdc_bridge.core.subjects import subject_matches
 from cdc_bridge.routing.router import Outbound, Poison, Router
@@ -37,7 +38,10 @@ from cdc_bridge.source.tables import table_columns
 
 Key = tuple[str, str]  # (id, table)
 LISTED = 1_000
-_OWN_HEADERS = frozenset((*BRIDGE_HEADERS, EXPECTED_LAST_SEQUENCE, EXPECTED_LAST_MSG_ID))
+# A replayed row's transaction is not known: no route may claim it was the last of one.
+_OWN_HEADERS = frozenset(
+    (*BRIDGE_HEADERS, TX_LAST_HEADER, EXPECTED_LAST_SEQUENCE, EXPECTED_LAST_MSG_ID)
+)
 
 
 class ReplayRefused(Exception):

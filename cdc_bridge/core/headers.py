@@ -10,6 +10,10 @@ import re
 
 # Set by the pipeline on every message; a same-named header from a row is left out.
 BRIDGE_HEADERS = ("Nats-Msg-Id", "Cdc-Lsn", "Cdc-Index", "Cdc-Table", "Cdc-Source")
+# Set by the pipeline on the last event it publishes of each source transaction (across
+# every subject), so a consumer knows where a transaction ends without waiting for the
+# next one. Not on what `outbox replay` publishes (no transaction position is known).
+TX_LAST_HEADER = "Cdc-Tx-Last"
 # Set by the order guard (ordering.py) on messages to the bridge's own stream.
 EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
@@ -27,6 +31,7 @@ RESERVED_NAMES = frozenset(
     name.lower()
     for name in (
         *BRIDGE_HEADERS,
+        TX_LAST_HEADER,
         REPLAY_HEADER,
         DEAD_LETTER_ERROR,
         DEAD_LETTER_SUBJECT,

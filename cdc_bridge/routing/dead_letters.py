@@ -8,7 +8,7 @@ back into the pipeline.
 
 from __future__ import annotations
 
-from cdc_bridge.core.headers import BRIDGE_HEADERS
+from cdc_bridge.core.headers import BRIDGE_HEADERS, TX_LAST_HEADER
 from cdc_bridge.core.wire_text import printable
 from cdc_bridge.routing.router import Outbound, Poison, Router
 
@@ -62,5 +62,9 @@ class DeadLetterPolicy:
         replacement_headers = outcome.headers
         for key in BRIDGE_HEADERS:
             replacement_headers[key] = headers[key]
+        # In the place of its transaction's last event, it is that last event.
+        tx_last = headers.get(TX_LAST_HEADER)
+        if tx_last is not None:
+            replacement_headers[TX_LAST_HEADER] = tx_last
         replacement_headers["Nats-Msg-Id"] = outcome.msg_id  # made sendable by the router
         return outcome.subject, outcome.data, replacement_headers

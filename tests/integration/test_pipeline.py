@@ -248,6 +248,8 @@ def test_interleaved_transactions_arrive_in_commit_order_with_headers(
                 "Cdc-Index": str(index),
                 "Cdc-Source": f"{system_id}/{unique_name}",
             }
+            if index == len(tx) - 1:
+                expected_headers["Cdc-Tx-Last"] = "true"
             if event.headers is not None:
                 expected_headers = {
                     name: value

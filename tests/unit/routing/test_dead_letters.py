@@ -44,6 +44,16 @@ def test_the_replacement_is_the_dead_letter_with_the_originals_bridge_headers() 
     }
 
 
+def test_the_replacement_of_a_transactions_last_event_is_its_last_event() -> None:
+    """Cdc-Tx-Last is on the last event only: a replacement keeps it, or its absence."""
+    last = {**HEADERS, "Cdc-Tx-Last": "true"}
+    dlq = policy("dead_letter: {subject: events.dlq}\n")
+    _, _, headers = dlq.replacement("events.ticket", b"{}", last, "too large")
+    assert headers["Cdc-Tx-Last"] == "true"
+    _, _, headers = dlq.replacement("events.ticket", b"{}", dict(HEADERS), "too large")
+    assert "Cdc-Tx-Last" not in headers
+
+
 def test_without_a_dead_letter_subject_it_is_a_poison_row_naming_the_row() -> None:
     with pytest.raises(PoisonRowError) as caught:
         policy().replacement("events.ticket", b"{}", dict(HEADERS), "too large")
