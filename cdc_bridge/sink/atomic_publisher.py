@@ -40,7 +40,7 @@ from cdc_bridge.core.headers import BODY_DROPPED, header_lines, parse_header_lin
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.subjects import subject_matches
 from cdc_bridge.core.tracker import LsnTracker, Transaction
-from cdc_bridge.core.wire_text import frame_problem, printable, subject_limit
+from cdc_bridge.core.wire_text import MAX_HEADER_BLOCK, frame_problem, printable, subject_limit
 from cdc_bridge.routing.dead_letters import DEAD_LETTER_FIX, DeadLetterPolicy, PoisonRowError
 from cdc_bridge.routing.router import DEAD_LETTER_ROUTE
 from cdc_bridge.sink.ack_book import NO_REPLY
@@ -187,7 +187,15 @@ class AtomicPublisher:
             block_size = len(block) + BATCH_HEADER_ROOM
             max_payload = self._nc.max_payload
             size = block_size + len(data)
-            problem = frame_problem(subject, block_size, size, max_payload, self._max_subject)
+            subject_max = self._max_subject
+            problem = None
+            # The full check only near a limit (as the per-message publisher does).
+            if (
+                size > max_payload
+                or block_size > MAX_HEADER_BLOCK
+                or len(subject) * 4 > subject_max
+            ):
+                problem = frame_problem(subject, block_size, size, max_payload, subject_max)
         if problem is None:
             return Pending(subject, data, block, lines, tx, route, inside=True)
         if route == DEAD_LETTER_ROUTE:
