@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, GetCoreSchemaHandle
 from pydantic_core import core_schema
 
 from cdc_bridge.core.durations import parse_duration
-from cdc_bridge.core.headers import BRIDGE_HEADERS, HEADER_NAME, controls_jetstream
+from cdc_bridge.core.headers import BRIDGE_HEADERS, HEADER_NAME, TX_LAST_HEADER, controls_jetstream
 from cdc_bridge.core.redaction import shown_value
 from cdc_bridge.core.templates import (
     TABLE_PSEUDO_COLUMN,
@@ -46,7 +46,7 @@ CLOUDEVENTS_OWN_ATTRIBUTES = (
     "dataschema", "data", "data_base64", "cdclsn", "cdcindex",
 )  # fmt: skip
 # Headers every message gets from the bridge (lower case): a route may not set them.
-_BRIDGE_HEADERS = frozenset(name.lower() for name in BRIDGE_HEADERS)
+_BRIDGE_HEADERS = frozenset(name.lower() for name in (*BRIDGE_HEADERS, TX_LAST_HEADER))
 
 
 class _Pairs:

@@ -882,6 +882,10 @@ def test_subject_template_may_mix_literals_and_placeholders() -> None:
         ("{Nats-Msg-Id: '{id}'}", "do not set Nats-Msg-Id"),
         ("{Nats-TTL: 1h}", "routes[0].headers.Nats-TTL: Nats-TTL is reserved: Nats-* headers"),
         ("{Cdc-Lsn: x}", "routes[0].headers.Cdc-Lsn: Cdc-Lsn is set by the bridge itself"),
+        (
+            "{cdc-tx-last: x}",
+            "routes[0].headers.cdc-tx-last: cdc-tx-last is set by the bridge itself",
+        ),
         ('{A: "x\\r\\ny"}', "routes[0].headers.A: a header value may not contain control"),
         ("{A: '{oops'}", "unmatched '{'"),
         ("{A: 5}", "routes[0].headers.A: expected text, got 5"),
