@@ -6,8 +6,9 @@ per drain (created before the backlog, so every drain reads the same WAL), and t
 bridges of the given checkouts drained in interleaved rounds (round 1: A, B; round 2: A,
 B; ...), each as ``python -m cdc_bridge run`` with that tree first on ``PYTHONPATH`` (the
 bench's own BridgeUnderTest).
-Prints every drain and, per tree, the medians of events/s, steady events/s and events
-per CPU-second. Compare trees by their medians over several rounds, never one drain.
+Prints every drain and, per tree, the medians of events/s, steady events/s, events
+per CPU-second and start-up (spawn to the first event stored). Compare trees by their
+medians over several rounds, never one drain.
 
 Typical use: ``git worktree add /tmp/before HEAD~1``, then
 ``python -m bench.ab /tmp/before . --rounds 5``. Bytecode is compiled for every tree first,
@@ -41,6 +42,7 @@ class Drain:
     steady_per_second: float  # first stored -> last stored
     per_cpu_second: float
     cpu_wait_share: float
+    startup_seconds: float  # spawn -> first stored: imports, config, connections, checks
 
 
 async def _drain(stack: BenchStack, tree: Path, slot: str, events: int) -> Drain:
@@ -70,6 +72,7 @@ async def _drain(stack: BenchStack, tree: Path, slot: str, events: int) -> Drain
         events / (state.last_ts - state.first_ts),
         events / cpu.on_cpu_seconds,
         cpu.runqueue_wait_seconds / total,
+        state.first_ts - bridge.spawned_at,
     )
 
 
@@ -87,7 +90,8 @@ async def run(trees: list[Path], rounds: int, events: int) -> list[Drain]:
                 print(
                     f"round {r + 1} {drain.tree}: {drain.events_per_second:,.0f} events/s, "
                     f"steady {drain.steady_per_second:,.0f}, "
-                    f"per CPU-s {drain.per_cpu_second:,.0f}, CPU wait {drain.cpu_wait_share:.0%}",
+                    f"per CPU-s {drain.per_cpu_second:,.0f}, CPU wait {drain.cpu_wait_share:.0%}, "
+                    f"start-up {drain.startup_seconds:.2f} s",
                     flush=True,
                 )
     return drains
@@ -114,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             f"median {tree}: "
             f"{statistics.median(d.events_per_second for d in mine):,.0f} events/s, "
             f"steady {statistics.median(d.steady_per_second for d in mine):,.0f}, "
-            f"per CPU-s {statistics.median(d.per_cpu_second for d in mine):,.0f}"
+            f"per CPU-s {statistics.median(d.per_cpu_second for d in mine):,.0f}, "
+            f"start-up {statistics.median(d.startup_seconds for d in mine):.2f} s"
         )
     return 0
 

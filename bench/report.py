@@ -46,6 +46,14 @@ class Throughput:
         return self.cpu.runqueue_wait_seconds / self.seconds
 
     @property
+    def startup_seconds(self) -> float | None:
+        """From spawning the relay to its first event stored: imports, config, connections,
+        start-up checks (for an atomic-mode bridge also building its first batch)."""
+        if self.drain_seconds is None:
+            return None
+        return self.seconds - self.drain_seconds
+
+    @property
     def drain_events_per_second(self) -> float | None:
         if self.drain_seconds is None or self.drain_seconds <= 0:
             return None
@@ -213,6 +221,7 @@ def _throughput_json(value: Throughput) -> dict[str, Any]:
         "cpu_wait_share": (
             None if value.cpu_wait_share is None else round(value.cpu_wait_share, 3)
         ),
+        "startup_seconds": _rounded(value.startup_seconds),
     }
 
 
@@ -324,6 +333,10 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}x" if base > 0 else "-"
 
@@ -342,9 +355,10 @@ def _rounds_line(result: BenchResult) -> str:
     ratios = result.round_ratios
     vs_plain = " / ".join(f"{r.bridge_vs_plain:.2f}x" for r in ratios)
     vs_ceiling = " / ".join(f"{r.bridge_vs_ceiling:.2f}x" for r in ratios)
+    startups = " / ".join(_seconds(value.startup_seconds) for value in result.bridge_rounds)
     return (
         f"  {count} round{'s' if count != 1 else ''}, events/s: {'; '.join(rates)}; "
-        f"bridge/plain {vs_plain}; bridge/ceiling {vs_ceiling}"
+        f"bridge/plain {vs_plain}; bridge/ceiling {vs_ceiling}; bridge start-up s {startups}"
     )
 
 
@@ -361,7 +375,8 @@ def render_table(result: BenchResult) -> str:
         + ("  [PROFILED: figures skewed]" if settings.get("profiled") else ""),
         "",
         f"{'Backlog drain':32}{'events/s':>10}{'seconds':>9}{'steady/s':>10}"
-        f"{'vs plain':>10}{'vs ceiling':>12}{'per CPU-s':>11}{'CPU wait':>10}",
+        f"{'vs plain':>10}{'vs ceiling':>12}{'per CPU-s':>11}{'CPU wait':>10}"
+        f"{'start-up s':>12}",
     ]
     rows = [
         ("pg_recvlogical (ceiling)", result.recvlogical),
@@ -377,6 +392,7 @@ def render_table(result: BenchResult) -> str:
             f"{_ratio(rate, plain):>10}{_ratio(rate, ceiling):>12}"
             f"{_count(value.events_per_cpu_second):>11}"
             f"{_percent(value.cpu_wait_share):>10}"
+            f"{_seconds(value.startup_seconds):>12}"
         )
     lines.append(_rounds_line(result))
     lines += [
@@ -446,7 +462,7 @@ def _modes_lines(result: BenchResult) -> list[str]:
         f"median of {settings.get('rounds', '?')}; other writer "
         f"{settings.get('writer_rate', '?')} msgs/s on {settings.get('writer_subjects', '?')})",
         f"{'  tx size, mode':32}{'events/s':>10}{'seconds':>9}{'steady/s':>10}"
-        f"{'per CPU-s':>11}{'CPU wait':>10}",
+        f"{'per CPU-s':>11}{'CPU wait':>10}{'start-up s':>12}",
     ]
     for group in result.modes:
         for variant in group.rounds:
@@ -457,6 +473,7 @@ def _modes_lines(result: BenchResult) -> list[str]:
                 f"{_count(value.drain_events_per_second):>10}"
                 f"{_count(value.events_per_cpu_second):>11}"
                 f"{_percent(value.cpu_wait_share):>10}"
+                f"{_seconds(value.startup_seconds):>12}"
             )
     lines.append(
         "  ratios (events/s of the median rounds; median of the per-round ratios; steady/s):"

@@ -60,6 +60,10 @@ def test_quick_bench_runs_every_stage(tmp_path: Path) -> None:
     for stage in ("pg_recvlogical", "plain_relay", "bridge", "polling_relay"):
         assert result["throughput"][stage]["events"] == QUICK_EVENTS
         assert result["throughput"][stage]["events_per_second"] > 0
+    for stage in ("plain_relay", "bridge", "polling_relay"):  # spawn -> first event stored
+        assert result["throughput"][stage]["startup_seconds"] > 0
+    assert result["throughput"]["pg_recvlogical"]["startup_seconds"] is None
+    assert "start-up s" in run.stdout
     assert result["settings"]["rounds"] == ROUNDS
     rounds = result["rounds"]
     for stage in ("pg_recvlogical", "plain_relay", "bridge"):
@@ -111,3 +115,4 @@ def test_ab_harness_drains_every_tree_in_every_round() -> None:
     run = run_module("bench.ab", ".", ".", "--rounds", "1", "--events", "2000", timeout=180)
     assert run.stdout.count("round 1 ") == 2
     assert run.stdout.count("median ") == 1  # one tree, given twice
+    assert run.stdout.count("start-up ") == 3  # every drain and the median
