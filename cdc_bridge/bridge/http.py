@@ -12,7 +12,6 @@ import contextlib
 import json
 
 import structlog
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from cdc_bridge.bridge.metrics import Metrics
 from cdc_bridge.bridge.status import BridgeStatus
@@ -87,6 +86,8 @@ class HttpEndpoint:
         if target == "/status":
             return _json(200, self._status.to_json())
         if target == "/metrics":
+            from prometheus_client import CONTENT_TYPE_LATEST  # only a bridge with HTTP needs it
+
             return 200, CONTENT_TYPE_LATEST, self._metrics.render()
         return _json(404, {"error": f"no such endpoint: {target}"})
 

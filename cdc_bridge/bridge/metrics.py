@@ -1,11 +1,13 @@
-"""Prometheus metrics, in a registry of the bridge's own (no process-global state)."""
+"""Prometheus metrics, in a registry of the bridge's own (no process-global state).
+
+They are read only over HTTP (/metrics): without HTTP the bridge counts nothing
+(``NoMetrics``) and never imports prometheus-client, a tenth of its start-up.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from cdc_bridge.core.tracker import Transaction
 from cdc_bridge.source.protocol import PG_EPOCH_OFFSET_US
@@ -34,6 +36,8 @@ def reason_kind(reason: str) -> str:
 
 class Metrics:
     def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
         self.registry = CollectorRegistry()
         r = self.registry
         self.events_published = Counter(
@@ -195,4 +199,70 @@ class Metrics:
         self.audit_last_run.set(time.time())
 
     def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
         return generate_latest(self.registry)
+
+
+class _Unmeasured:
+    """Every instrument of ``NoMetrics``: takes any update and keeps nothing."""
+
+    def labels(self, *values: str) -> _Unmeasured:
+        return self
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def set(self, value: float) -> None:
+        pass
+
+    def set_function(self, function: Any) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+_UNMEASURED: Any = _Unmeasured()
+
+
+class NoMetrics(Metrics):
+    """The metrics of a bridge without HTTP: nobody could read them, so nothing is kept
+    and prometheus-client is not imported. Every instrument (``events_published``,
+    ``is_leader``, ...) takes updates and drops them; the per-event calls do nothing."""
+
+    def __init__(self) -> None:  # no registry: Metrics.__init__ is not called on purpose
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        # Only names not found otherwise reach here: the instruments Metrics.__init__ sets
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _UNMEASURED
+
+    def watch(self, progress: LiveProgress) -> None:
+        pass
+
+    def acked(self, route: str, count: int) -> None:
+        pass
+
+    def transaction_acked(self, tx: Transaction) -> None:
+        pass
+
+    def message_ignored(self, prefix: str) -> None:
+        pass
+
+    def dead_lettered(self, reason: str) -> None:
+        pass
+
+    def standbys(self, states: list[tuple[str, bool, int | None]]) -> None:
+        pass
+
+    def audited(self, missing: int, duplicated: int) -> None:
+        pass
+
+    def render(self) -> bytes:
+        return b""

@@ -16,7 +16,7 @@ from psycopg.rows import TupleRow
 
 from cdc_bridge.bridge.failures import TRANSIENT_ERRORS, start_up_fix
 from cdc_bridge.bridge.http import HttpEndpoint
-from cdc_bridge.bridge.metrics import Metrics
+from cdc_bridge.bridge.metrics import Metrics, NoMetrics
 from cdc_bridge.bridge.pipeline import UndecodableChange
 from cdc_bridge.bridge.session import BridgeState, run_session
 from cdc_bridge.bridge.status import BridgeStatus, progress_fields
@@ -143,7 +143,9 @@ async def run_bridge(config: BridgeConfig, stop: asyncio.Event) -> int:
     """Serve HTTP, win leadership, supervise sessions until stopped. Returns the exit code."""
     pg = config.postgres
     status = BridgeStatus(slot=pg.slot, stream=config.nats.stream.name, redactor=config.redactor())
-    metrics = Metrics()
+    serves_http = config.http.host is not None and config.http.port is not None
+    # Metrics are read over HTTP only: without it, keep none (and skip prometheus-client)
+    metrics = Metrics() if serves_http else NoMetrics()
     state = BridgeState(status=status, metrics=metrics)
     log.info(
         "starting",
