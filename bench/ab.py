@@ -5,7 +5,8 @@ to tell a 5% change from the noise: one PostgreSQL and nats-server, one backlog,
 per drain (created before the backlog, so every drain reads the same WAL), and the
 bridges of the given checkouts drained in interleaved rounds (round 1: A, B; round 2: A,
 B; ...), each as ``python -m cdc_bridge run`` with that tree first on ``PYTHONPATH`` (the
-bench's own BridgeUnderTest).
+bench's own BridgeUnderTest). Each drain's bridge creates its stream itself, as in
+``make bench``, so it runs the default path: atomic batches (``allow_atomic``).
 Prints every drain and, per tree, the medians of events/s, steady events/s, events
 per CPU-second and start-up (spawn to the first event stored). Compare trees by their
 medians over several rounds, never one drain.
@@ -26,10 +27,10 @@ from pathlib import Path
 
 import nats
 
-from bench.bridge_run import STREAM, SUBJECT_PREFIX, BridgeUnderTest, bridge_config
+from bench.bridge_run import STREAM, BridgeUnderTest, bridge_config
 from bench.cli import compile_bytecode
 from bench.stack import PUBLICATION, BenchStack, create_slot
-from bench.streams import create_stream, delete_stream, wait_for_messages
+from bench.streams import delete_stream, wait_for_messages
 from bench.workload import OUTBOX_TABLE, commit_backlog
 
 _MAX_SLOTS = 18  # the devstack's max_replication_slots is 20
@@ -48,7 +49,8 @@ class Drain:
 async def _drain(stack: BenchStack, tree: Path, slot: str, events: int) -> Drain:
     nc = await nats.connect(stack.nats.url)
     try:
-        await create_stream(nc, STREAM, [f"{SUBJECT_PREFIX}.>"])
+        # Made by the bridge, as in `make bench`: a stream made here without
+        # allow_atomic would put it in per-message mode.
         config = bridge_config(
             dsn=stack.dsn, nats_url=stack.nats.url, slot=slot, publication=PUBLICATION
         )
