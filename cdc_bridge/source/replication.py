@@ -121,7 +121,6 @@ class ReplicationStream:
     def __init__(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
         self._conn = conn
         self._pg = conn.pgconn
-        self._readable = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._fd = self._pg.socket
         self._closed = False
@@ -193,7 +192,6 @@ class ReplicationStream:
             await self.close()
             raise ReplicationError("replication connection is not usable after START_REPLICATION")
         self._pg.nonblocking = 1
-        self._loop.add_reader(self._fd, self._readable.set)
 
     async def read_batch(self, max_messages: int = 2000) -> list[bytes]:
         """Wait for at least one CopyData message; return all that are already buffered.
@@ -223,11 +221,27 @@ class ReplicationStream:
                     continue
                 if batch:
                     return batch
-                self._readable.clear()
-                await self._readable.wait()
+                await self._wait_readable()
                 pg.consume_input()
             except psycopg.OperationalError as exc:
                 raise ReplicationError(f"replication connection lost: {_first_line(exc)}") from None
+
+    async def _wait_readable(self) -> None:
+        """Until the socket has something to read.
+
+        The socket is watched only while waiting: watched all the time, a socket holding
+        unread data (a backlog, while the pipeline waits for its acks) would wake the
+        event loop on every iteration, a busy loop burning a core that nats-server and
+        the walsender need.
+        """
+        loop = self._loop
+        readable = loop.create_future()
+        loop.add_reader(self._fd, _set_done, readable)
+        try:
+            await readable
+        finally:
+            if not self._closed:
+                loop.remove_reader(self._fd)
 
     def send_status(self, write: int, flush: int, *, reply_requested: bool = False) -> None:
         """Standby status update. Only ``flush`` moves the slot's confirmed_flush_lsn."""
@@ -265,8 +279,7 @@ class ReplicationStream:
                     if nbytes == -1:
                         break
                     if nbytes == 0:
-                        self._readable.clear()
-                        await self._readable.wait()
+                        await self._wait_readable()
                         self._pg.consume_input()
         except (psycopg.OperationalError, ReplicationError, TimeoutError):
             pass  # closing anyway; the status update was already on the wire
@@ -277,7 +290,7 @@ class ReplicationStream:
         if self._closed:
             return
         self._closed = True
-        self._loop.remove_reader(self._fd)
+        self._loop.remove_reader(self._fd)  # no-op unless a read is waiting for the socket
         await self._conn.close()
 
     def _stream_end_error(self) -> ReplicationError:
@@ -287,6 +300,11 @@ class ReplicationStream:
             # shutdown, ObjectInUse, ...), as it would raise for any query
             return ReplicationError.from_error(pg_errors.error_from_result(result))
         return ReplicationError("the server ended the replication stream")
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _first_line(error: object) -> str:
