@@ -47,10 +47,12 @@ from cdc_bridge.sink.ack_book import NO_REPLY
 from cdc_bridge.sink.acks import AckKind, classify
 from cdc_bridge.sink.batches import (
     BATCH_HEADER_ROOM,
+    BATCH_ID,
+    BATCH_SEQUENCE,
+    COMMIT_LINE,
     Batch,
     BatchForming,
     Pending,
-    batch_lines,
 )
 from cdc_bridge.sink.ordering import OrderGuard
 from cdc_bridge.sink.publisher import (
@@ -59,11 +61,12 @@ from cdc_bridge.sink.publisher import (
     PublishObserver,
     limit_error,
 )
-from cdc_bridge.sink.wire import Frames
+from cdc_bridge.sink.wire import BLOCK_START, Frames
 
 log = structlog.get_logger("cdc_bridge.sink.atomic_publisher")
 
 _CACHE_LIMIT = 10_000
+_BLOCK_START_SIZE = len(BLOCK_START)
 # A batch refused whole for one of its messages: sent again one message at a time.
 _FOR_ONE_MESSAGE = frozenset((AckKind.BATCH_DUPLICATE, AckKind.BATCH_INCOMPLETE, AckKind.PERMANENT))
 
@@ -178,13 +181,14 @@ class AtomicPublisher:
         when JetStream could never store it; None when the publisher failed instead."""
         if not self.in_batch(subject):
             # Checked by the per-message publisher when it is sent.
-            return Pending(subject, data, b"", lines, tx, route, inside=False)
+            return Pending(subject, data, lines, 0, tx, route, False)
         try:
-            block = f"NATS/1.0\r\n{lines}".encode()
+            # isascii is O(1): only other text is encoded to be measured (and checked).
+            lines_size = len(lines) if lines.isascii() else len(lines.encode())
         except UnicodeEncodeError:  # the router refuses such text: the last line of defence
             problem: str | None = "headers hold text that is not valid Unicode (a lone surrogate)"
         else:
-            block_size = len(block) + BATCH_HEADER_ROOM
+            block_size = _BLOCK_START_SIZE + lines_size + BATCH_HEADER_ROOM
             max_payload = self._nc.max_payload
             size = block_size + len(data)
             subject_max = self._max_subject
@@ -197,7 +201,7 @@ class AtomicPublisher:
             ):
                 problem = frame_problem(subject, block_size, size, max_payload, subject_max)
         if problem is None:
-            return Pending(subject, data, block, lines, tx, route, inside=True)
+            return Pending(subject, data, lines, lines_size, tx, route, True)
         if route == DEAD_LETTER_ROUTE:
             return self._shed_body(subject, data, lines, tx, problem)
         return self._replace(subject, data, lines, tx, problem)
@@ -314,17 +318,23 @@ class AtomicPublisher:
         token = self._batches
         batch.token = token
         batch.sent_at = time.monotonic()
-        frames = self._frames
-        expectation = self._guard.expectation(True).encode()
+        add = self._frames.add_lines
+        # Per message: the batch's lines (the id, the sequence, the commit on the last),
+        # and the order guard's expectation on the first; the HPUB line and the header
+        # block are one text, encoded once (wire.Frames.add_lines).
+        id_line = f"{BATCH_ID}: {batch_id}\r\n{BATCH_SEQUENCE}: "
+        expectation = self._guard.expectation(True)
         for sequence, message in enumerate(messages, 1):
-            extra = batch_lines(batch_id, sequence, sequence == last)
+            more = f"{id_line}{sequence}\r\n"
+            if sequence == last:
+                more += COMMIT_LINE
+                reply = token
+            else:
+                reply = NO_REPLY
             if sequence == 1:
-                extra += expectation
-            block = message.block + extra + b"\r\n"
-            block_size = len(block)
-            reply = token if sequence == last else NO_REPLY
-            data = message.data
-            frames.add(message.subject, reply, block, data, block_size, block_size + len(data))
+                more += expectation
+            size = message.lines_size + len(more)
+            add(message.subject, reply, message.header_lines, more, size, message.data)
 
     def _release(self, batch: Batch) -> None:
         """The batch is stored: what it could not carry goes out now, in order."""

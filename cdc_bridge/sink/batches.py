@@ -33,13 +33,13 @@ BATCH_HEADER_ROOM = 320
 
 @dataclass(slots=True)
 class Pending:
-    """A message waiting for its batch: its header block is encoded already (checked
-    sendable), without the blank line that ends it (batch headers go before that)."""
+    """A message waiting for its batch, checked sendable (its header lines encode, and
+    fit with the batch's own)."""
 
     subject: str
     data: bytes
-    block: bytes  # b"NATS/1.0\r\n<lines>" (no final CRLF)
     header_lines: str
+    lines_size: int  # bytes of header_lines in UTF-8
     tx: Transaction
     route: str
     inside: bool  # carried by the atomic batch (False: published after its ack)
@@ -111,10 +111,5 @@ class BatchForming:
         return Batch(inside, [m for m in taken if not m.inside])
 
 
-def batch_lines(batch_id: str, sequence: int, commit: bool) -> bytes:
-    """The batch's own header lines for its ``sequence``-th message (1-based)."""
-    if commit:
-        return (
-            f"{BATCH_ID}: {batch_id}\r\n{BATCH_SEQUENCE}: {sequence}\r\n{BATCH_COMMIT}: 1\r\n"
-        ).encode()
-    return f"{BATCH_ID}: {batch_id}\r\n{BATCH_SEQUENCE}: {sequence}\r\n".encode()
+# The last message's own line: the batch commits, and this message is stored too.
+COMMIT_LINE = f"{BATCH_COMMIT}: 1\r\n"

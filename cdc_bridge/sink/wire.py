@@ -16,6 +16,7 @@ from nats.aio.client import Client as NatsClient
 from cdc_bridge.sink.ack_book import NO_REPLY
 
 _CRLF = b"\r\n"
+BLOCK_START = "NATS/1.0\r\n"  # a header block's first line
 
 
 def header_block(header_lines: str, expectation: str) -> bytes:
@@ -23,9 +24,12 @@ def header_block(header_lines: str, expectation: str) -> bytes:
     return f"NATS/1.0\r\n{header_lines}{expectation}\r\n".encode()
 
 
+_BLOCK_OVERHEAD = len(BLOCK_START) + 2  # the first line, and the blank line that ends it
+
+
 class Frames:
-    """The HPUB frames queued for the next write, each as four parts: the HPUB line, the
-    header block, the payload, CRLF.
+    """The HPUB frames queued for the next write, each as four parts (the HPUB line, the
+    header block, the payload, CRLF), or three with ``add_lines`` (the first two as one).
 
     A message that wants an ack gets the reply subject ``<inbox>.<token>``.
     """
@@ -50,6 +54,22 @@ class Frames:
         else:
             head = f"HPUB {subject} {self._inbox}.{token} {block_size} {size}\r\n"
         parts += (head.encode(), block, data, _CRLF)
+
+    def add_lines(
+        self, subject: str, token: int, lines: str, more: str, lines_size: int, data: bytes
+    ) -> None:
+        """Queue one frame whose header block holds ``lines`` then ``more`` (ASCII):
+        ``lines_size`` is the size of both in UTF-8, and they must encode (checked by the
+        caller). The HPUB line and the header block are made as one text, encoded once:
+        the cheapest frame to build. Such a frame never gets a reply after the fact."""
+        block_size = lines_size + _BLOCK_OVERHEAD
+        reply = "" if token == NO_REPLY else f"{self._inbox}.{token} "
+        self.parts += (
+            f"HPUB {subject} {reply}{block_size} {block_size + len(data)}\r\n"
+            f"{BLOCK_START}{lines}{more}\r\n".encode(),
+            data,
+            _CRLF,
+        )
 
     def ask_reply_of_last_unreplied(self, subject: str, token: int) -> None:
         """Give the newest frame queued without a reply subject the reply ``token``

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from cdc_bridge.core.tracker import Transaction
-from cdc_bridge.sink.batches import BatchForming, Pending, batch_lines
+from cdc_bridge.sink.batches import BatchForming, Pending
 
 
 def pending(tx: Transaction, name: str, *, inside: bool = True) -> Pending:
-    return Pending(f"ev.{name}", b"{}", b"NATS/1.0\r\n", "", tx, "r", inside)
+    return Pending(f"ev.{name}", b"{}", "", 0, tx, "r", inside)
 
 
 def names(messages: list[Pending]) -> list[str]:
@@ -74,8 +74,3 @@ def test_what_the_batch_cannot_carry_travels_with_it() -> None:
     batch = forming.take()
     assert batch is not None
     assert names(batch.inside) == ["a", "b"] and names(batch.outside) == ["dlq"]
-
-
-def test_batch_lines_mark_the_commit_on_the_last_message() -> None:
-    assert batch_lines("id", 1, False) == b"Nats-Batch-Id: id\r\nNats-Batch-Sequence: 1\r\n"
-    assert batch_lines("id", 2, True).endswith(b"Nats-Batch-Commit: 1\r\n")

@@ -56,3 +56,17 @@ def test_frames_with_and_without_reply_then_the_last_unreplied_gets_one() -> Non
     )
     assert client.calls == [("send", expected), ("flush", None)]
     assert frames.parts == []
+
+
+def test_a_frame_made_from_header_lines_is_the_frame_add_makes() -> None:
+    client = RecordingClient()
+    frames = Frames(cast(NatsClient, client), "_INBOX.x")
+    lines, more = "Nats-Msg-Id: ä\r\n", "Nats-Batch-Sequence: 1\r\n"
+    size = len(lines.encode()) + len(more)
+    frames.add_lines("events.a", NO_REPLY, lines, more, size, b"{}")
+    frames.add_lines("events.b", 7, lines, more, size, b"")
+    block = header_block(lines, more)
+    reference = Frames(cast(NatsClient, client), "_INBOX.x")
+    reference.add("events.a", NO_REPLY, block, b"{}", len(block), len(block) + 2)
+    reference.add("events.b", 7, block, b"", len(block), len(block))
+    assert b"".join(frames.parts) == b"".join(reference.parts)
