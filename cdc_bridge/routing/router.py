@@ -168,8 +168,9 @@ class Router:
             if subject is None:
                 subject = compiled.subject.shown(table, values)
             return self._reject(table, row, compiled.id_column, rejected.reason, data, subject)
-        size = len(data) + headers_size(headers, msg_id)
-        problem = self._unsendable(subject, size, headers, msg_id)
+        # id_text checked the id: what is left is the subject's length and the sizes.
+        header_size = headers_size(headers, msg_id)
+        problem = self._too_large(subject, len(data) + header_size, header_size)
         if problem is not None:
             return self._reject(table, row, compiled.id_column, problem, b"", subject)
         return Outbound(subject, data, headers, msg_id, compiled.name)
@@ -261,12 +262,16 @@ class Router:
         what it made against the wire's rules (core/wire_text.py) and the server's
         limits. Header values and subject tokens were checked as they were rendered; the
         publisher checks the finished frame (with the bridge's own headers) once more."""
-        problem = id_problem(msg_id) or subject_problem(subject, self.max_subject)
+        return id_problem(msg_id) or self._too_large(subject, size, headers_size(headers, msg_id))
+
+    def _too_large(self, subject: str, size: int, header_size: int) -> str | None:
+        """``_unsendable`` without the id's check: the subject's length, the message's
+        size (headers included) and the headers' size (``header_size``)."""
+        problem = subject_problem(subject, self.max_subject)
         if problem is not None:
             return problem
         if size > self.max_payload:
             return f"payload of {size} bytes exceeds the server's max_payload {self.max_payload}"
-        header_size = headers_size(headers, msg_id)
         if header_size > MAX_HEADER_BLOCK:
             return f"headers of {header_size} bytes exceed the server's {MAX_HEADER_BLOCK}"
         return None
