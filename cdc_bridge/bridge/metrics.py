@@ -153,6 +153,19 @@ class Metrics:
             registry=r,
         )
 
+        # Atomic mode (sink/atomic_publisher.py): how full the batches run, and how often
+        # one is refused for one of its messages and sent again message by message.
+        self.atomic_batches = Histogram(
+            "cdc_bridge_atomic_batch_messages",
+            "Messages per atomic batch JetStream stored (its count is the batches).",
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000),
+            registry=r,
+        )
+        self.atomic_batch_splits = Counter(
+            "cdc_bridge_atomic_batch_splits",
+            "Atomic batches refused for one of their messages, sent again one at a time.",
+            registry=r,
+        )
         self._route_counters: dict[str, Any] = {}
         self._ignored_counters: dict[str, Any] = {}
 
@@ -173,6 +186,13 @@ class Metrics:
         if tx.commit_time:
             committed_at = (tx.commit_time + PG_EPOCH_OFFSET_US) / 1_000_000
             self.publish_latency.observe(max(time.time() - committed_at, 0.0))
+
+    def batch_stored(self, messages: int) -> None:
+        """Per atomic batch JetStream stored."""
+        self.atomic_batches.observe(messages)
+
+    def batch_split(self) -> None:
+        self.atomic_batch_splits.inc()
 
     def message_ignored(self, prefix: str) -> None:
         """Per transactional logical message of a prefix not published."""
@@ -250,6 +270,12 @@ class NoMetrics(Metrics):
         pass
 
     def transaction_acked(self, tx: Transaction) -> None:
+        pass
+
+    def batch_stored(self, messages: int) -> None:
+        pass
+
+    def batch_split(self) -> None:
         pass
 
     def message_ignored(self, prefix: str) -> None:

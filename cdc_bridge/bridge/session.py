@@ -433,8 +433,8 @@ def message_ignored(state: BridgeState, prefix: str) -> None:
 
 
 class PublishCounter:
-    """Counts acks and dead letters for /status and the metrics (the publisher's
-    PublishObserver)."""
+    """Counts acks, dead letters and batches for /status and the metrics (the
+    publishers' observer)."""
 
     def __init__(self, state: BridgeState) -> None:
         self._stats = state.stats
@@ -446,6 +446,12 @@ class PublishCounter:
 
     def transaction_acked(self, tx: Transaction) -> None:
         self._metrics.transaction_acked(tx)
+
+    def batch_stored(self, messages: int) -> None:
+        self._metrics.batch_stored(messages)
+
+    def batch_split(self) -> None:
+        self._metrics.batch_split()
 
     def dead_lettered(self, msg_id: str, reason: str) -> None:
         self._stats.dead_lettered += 1

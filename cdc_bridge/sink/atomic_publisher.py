@@ -30,6 +30,7 @@ import asyncio
 import json
 import logging
 import time
+from typing import Protocol
 
 import structlog
 from nats.aio.client import Client as NatsClient
@@ -65,6 +66,15 @@ from cdc_bridge.sink.wire import BLOCK_START, Frames
 
 log = structlog.get_logger("cdc_bridge.sink.atomic_publisher")
 
+
+class BatchObserver(PublishObserver, Protocol):
+    """A PublishObserver told of batches too (metrics)."""
+
+    def batch_stored(self, messages: int) -> None: ...
+
+    def batch_split(self) -> None: ...
+
+
 _CACHE_LIMIT = 10_000
 _BLOCK_START_SIZE = len(BLOCK_START)
 # A batch refused whole for one of its messages: sent again one message at a time.
@@ -84,7 +94,7 @@ class AtomicPublisher:
         dead_letters: DeadLetterPolicy,
         guard: OrderGuard,
         outside: JetStreamPublisher,
-        observer: PublishObserver | None = None,
+        observer: BatchObserver | None = None,
     ) -> None:
         self._nc = nc
         self._tracker = tracker
@@ -372,6 +382,8 @@ class AtomicPublisher:
             seq = int(json.loads(msg.data)["seq"])
             self._guard.stored(seq, len(sent))
             self._settle(sent)
+            if self._observer is not None:
+                self._observer.batch_stored(len(sent))
             if self._debug:
                 _log_batch_ack(sent, seq, self.in_flight)
             self._next_of(batch, len(sent))
@@ -416,6 +428,8 @@ class AtomicPublisher:
             "sending its messages one at a time to find it (their transactions reach the "
             "stream message by message)",
         )
+        if self._observer is not None:
+            self._observer.batch_split()
         batch.one_by_one = True
         self._queue(batch)
 

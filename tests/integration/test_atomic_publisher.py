@@ -157,6 +157,7 @@ async def test_transactions_published_together_go_in_one_batch(
         assert await batch_sizes(nc, unique_name.upper()) == [6]
         assert tracker.confirmed == 0x3008
         assert observed.transactions == txs and observed.acked_per_route == {"r": 6}
+        assert observed.batches == [6] and observed.splits == 0
         # The next batch names the sequence the last one ended at: a stale guard fails.
         publish_tx(publisher, tracker, 0x4000, [(subject, "d1")])
         await publisher.flush()
@@ -196,7 +197,7 @@ async def test_an_id_stored_already_is_found_and_the_rest_is_stored(
 ) -> None:
     nc = await nats.connect(nats_url)
     try:
-        publisher, tracker, _ = await atomic_publisher(nc, unique_name)
+        publisher, tracker, observed = await atomic_publisher(nc, unique_name)
         subject = f"{unique_name}.ev.x"
         publish_tx(publisher, tracker, 0x1000, [(subject, "a")])
         await publisher.flush()
@@ -210,6 +211,7 @@ async def test_an_id_stored_already_is_found_and_the_rest_is_stored(
         ids = [msg_id for _, _, msg_id in await stored(nc, unique_name.upper())]
         assert ids == ["a", "b", "c"]
         assert [h["Nats-Msg-Id"] for h in publisher.already_stored] == ["a"]
+        assert observed.splits == 1 and observed.batches == [1, 1, 1]  # a, then b and c
         assert tracker.confirmed == 0x2008
         await publisher.close()
     finally:

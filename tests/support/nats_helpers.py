@@ -119,6 +119,8 @@ class Observed:
         self.acked_per_route: dict[str, int] = {}
         self.transactions: list[Transaction] = []
         self.dead_letters: list[tuple[str, str]] = []
+        self.batches: list[int] = []  # messages of each atomic batch stored
+        self.splits = 0
 
     def acked(self, route: str, count: int) -> None:
         self.acked_per_route[route] = self.acked_per_route.get(route, 0) + count
@@ -128,3 +130,9 @@ class Observed:
 
     def dead_lettered(self, msg_id: str, reason: str) -> None:
         self.dead_letters.append((msg_id, reason))
+
+    def batch_stored(self, messages: int) -> None:
+        self.batches.append(messages)
+
+    def batch_split(self) -> None:
+        self.splits += 1

@@ -117,6 +117,7 @@ def test_exported_names_include_the_issues_metrics() -> None:
         "cdc_bridge_in_flight", "cdc_bridge_reconnects_total", "cdc_bridge_is_leader",
         "cdc_bridge_ready", "cdc_bridge_audit_missing", "cdc_bridge_audit_duplicated",
         "cdc_bridge_audit_last_run_timestamp_seconds",
+        "cdc_bridge_atomic_batch_messages_count", "cdc_bridge_atomic_batch_splits_total",
     ):
         assert name in names
 
