@@ -30,6 +30,8 @@ PERMANENT_ERR_CODES = frozenset(
 BATCH_DUPLICATE_ERR_CODE = 10201
 # "atomic publish batch is incomplete"
 BATCH_INCOMPLETE_ERR_CODE = 10176
+# "atomic publish batch is too large: <the server's limit>"
+BATCH_TOO_LARGE_ERR_CODE = 10199
 
 
 class AckKind(enum.Enum):
@@ -44,6 +46,8 @@ class AckKind(enum.Enum):
     # for a reason only a reply to that message would have told).
     BATCH_DUPLICATE = "batch duplicate"
     BATCH_INCOMPLETE = "batch incomplete"
+    # More messages in an atomic batch than the server allows (a setting, not a message).
+    BATCH_TOO_LARGE = "batch too large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,5 +89,7 @@ def classify(data: bytes, headers: Mapping[str, str] | None) -> Ack:
         return Ack(AckKind.BATCH_DUPLICATE, reason, stream)
     if err_code == BATCH_INCOMPLETE_ERR_CODE:
         return Ack(AckKind.BATCH_INCOMPLETE, reason, stream)
+    if err_code == BATCH_TOO_LARGE_ERR_CODE:
+        return Ack(AckKind.BATCH_TOO_LARGE, reason, stream)
     kind = AckKind.PERMANENT if err_code in PERMANENT_ERR_CODES else AckKind.TRANSIENT
     return Ack(kind, reason, stream)

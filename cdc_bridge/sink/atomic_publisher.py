@@ -37,6 +37,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.nuid import NUID
 
+from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.headers import BODY_DROPPED, header_lines, parse_header_lines
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.subjects import subject_matches
@@ -395,6 +396,18 @@ class AtomicPublisher:
             self._next_of(batch, 1)
         elif kind is AckKind.PERMANENT:
             self._replace_refused(batch, ack.reason)
+        elif kind is AckKind.BATCH_TOO_LARGE:
+            # The server's limit is below nats.batch_max_messages: every retry would
+            # send the same batch again.
+            self.fail(
+                FatalError(
+                    f"JetStream refused an atomic batch of {len(sent)} messages on "
+                    f"{sent[0].subject}: {ack.reason}: the server allows fewer messages per "
+                    f"batch than nats.batch_max_messages ({self._forming.max_messages}) "
+                    "(fix: set nats.batch_max_messages to the server's "
+                    "jetstream.limits.batch.max_msgs, or raise that limit)"
+                )
+            )
         elif ack.limit is not None:
             nc, timeout, subject = self._nc, self._ack_timeout, sent[0].subject
             self.fail(await limit_error(nc, timeout, ack.stream, ack.limit, subject))

@@ -16,6 +16,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -40,6 +41,7 @@ from support.outbox import (
 from support.waiting import wait_until
 
 from cdc_bridge.core.lsn import parse_lsn
+from cdc_bridge.dev.nats_server import NatsServer
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,3 +389,35 @@ def test_a_kill_after_a_stored_batch_before_the_confirm_stores_nothing_twice(
     )
     assert bridge.terminate() == 0
     assert [m.msg_id for m in read_stored(nats_url, stream)] == ids + more
+
+
+# --- a server that allows fewer messages per batch than the bridge sends -----------------
+
+
+def test_a_server_batch_limit_below_batch_max_messages_is_one_fatal_line(
+    make_bridge: MakeBridge, pg_dsn: str, devstack_tmp: Path, unique_name: str
+) -> None:
+    config_file = devstack_tmp / "nats.conf"
+    config_file.write_text("jetstream { limits { batch { max_msgs: 10 } } }\n")
+    server = NatsServer(devstack_tmp / "nats", extra_args=["-c", str(config_file)])
+    server.start()
+    try:
+        config = bridge_config(pg_dsn, server.url, unique_name)
+        bridge = start_bridge(make_bridge, config)
+        one_large_transaction(pg_dsn, 20)
+        assert bridge.wait_for_exit(STARTUP_TIMEOUT) == 1
+        records = [parse_json_line(line) for line in bridge.lines]
+        assert None not in records, "\n".join(bridge.lines)  # no traceback
+        fatal = [r for r in records if r and r["event"] == "fatal"]
+        assert len(fatal) == 1, "\n".join(bridge.lines)
+        error = str(fatal[0]["error"])
+        assert "atomic publish batch is too large: 10" in error, error
+        assert "nats.batch_max_messages (1000)" in error and "max_msgs" in error, error
+        # The fix it names: the bridge's limit at the server's. Everything arrives.
+        config["nats"]["batch_max_messages"] = 10
+        start_bridge(make_bridge, config)
+        wait_for_count(server.url, unique_name.upper(), 20)
+        stored = read_stored(server.url, unique_name.upper())
+        assert [len(group) for group in batches(stored)] == [10, 10]
+    finally:
+        server.close()

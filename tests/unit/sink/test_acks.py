@@ -83,6 +83,7 @@ def test_refusals_by_the_streams_state_stay_transient() -> None:
     [
         (10201, "atomic publish batch contains duplicate message id", AckKind.BATCH_DUPLICATE),
         (10176, "atomic publish batch is incomplete", AckKind.BATCH_INCOMPLETE),
+        (10199, "atomic publish batch is too large: 10", AckKind.BATCH_TOO_LARGE),
     ],
 )
 def test_an_atomic_batch_refused_for_one_of_its_messages_says_so(
