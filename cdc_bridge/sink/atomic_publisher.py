@@ -30,6 +30,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from typing import Protocol
 
 import structlog
@@ -190,7 +191,8 @@ class AtomicPublisher:
     ) -> Pending | None:
         """The message as its batch needs it, or the dead letter that takes its place
         when JetStream could never store it; None when the publisher failed instead."""
-        if not self.in_batch(subject):
+        inside = self._inside.get(subject)  # in_batch's cache, read here: once per message
+        if not (self.in_batch(subject) if inside is None else inside):
             # Checked by the per-message publisher when it is sent.
             return Pending(subject, data, lines, 0, tx, route, False)
         try:
@@ -468,20 +470,19 @@ class AtomicPublisher:
         position), then the observer."""
         self.last_ack_at = time.monotonic()
         observer = self._observer
-        routes: dict[str, int] = {}
+        # Per transaction, not per message: a batch holds consecutive whole
+        # transactions (each a run of messages), so only its runs' ends are looked for.
         tx: Transaction | None = None
-        count = 0
-        for message in messages:
-            routes[message.route] = routes.get(message.route, 0) + 1
+        start = 0
+        for index, message in enumerate(messages):
             if message.tx is not tx:
                 if tx is not None:
-                    self._acked(tx, count)
-                tx, count = message.tx, 0
-            count += 1
+                    self._acked(tx, index - start)
+                tx, start = message.tx, index
         if tx is not None:
-            self._acked(tx, count)
+            self._acked(tx, len(messages) - start)
         if observer is not None:
-            for route, n in routes.items():
+            for route, n in Counter([message.route for message in messages]).items():
                 observer.acked(route, n)
 
     def _acked(self, tx: Transaction, count: int) -> None:
