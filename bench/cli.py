@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import compileall
+import json
 from pathlib import Path
 
 from bench.children import REPO_ROOT
+from bench.formats import FormatSettings
 from bench.modes import ModeSettings
 from bench.report import render_table, save_json
-from bench.scenario import Settings, run_bench
+from bench.scenario import Settings, run_bench, run_formats_only
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 QUICK_EVENTS = 10_000
@@ -21,6 +23,9 @@ MODE_EVENTS = 20_000
 QUICK_MODE_EVENTS = 2_000
 MODE_TX_SIZES = "1,10,100,1000"
 WRITER_TX_SIZE = 10
+FORMAT_EVENTS = 20_000
+QUICK_FORMAT_EVENTS = 2_000
+FORMAT_TX_SIZE = 100
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +95,39 @@ def build_parser() -> argparse.ArgumentParser:
         default=500.0,
         help="messages/s of the other writer (500)",
     )
+    add_format_options(parser)
     return parser
+
+
+def add_format_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--only-formats",
+        action="store_true",
+        help="run the format drains only (--format-events, --format-tx-size, --rounds)",
+    )
+    parser.add_argument(
+        "--format-events",
+        type=int,
+        help=f"backlog size of the format drains (default, CloudEvents, Debezium, payload "
+        f"paths; {FORMAT_EVENTS}, {QUICK_FORMAT_EVENTS} with --quick); 0 skips them",
+    )
+    parser.add_argument(
+        "--format-tx-size",
+        type=int,
+        default=FORMAT_TX_SIZE,
+        help=f"events per transaction of the format drains ({FORMAT_TX_SIZE})",
+    )
+
+
+def format_settings(args: argparse.Namespace, rounds: int) -> FormatSettings | None:
+    events = args.format_events
+    if events is None:
+        events = QUICK_FORMAT_EVENTS if args.quick else FORMAT_EVENTS
+    if events == 0:
+        return None
+    if events < 2 or args.format_tx_size < 1:
+        raise SystemExit("bench: --format-events must be at least 2, --format-tx-size 1")
+    return FormatSettings(events=events, tx_size=args.format_tx_size, rounds=rounds)
 
 
 def compile_bytecode(root: Path = REPO_ROOT) -> None:
@@ -138,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         rounds = QUICK_ROUNDS if args.quick else DEFAULT_ROUNDS
     if events < 1 or args.tx_size < 1 or rounds < 1:
         raise SystemExit("bench: --events, --tx-size and --rounds must be at least 1")
+    if args.only_formats:
+        return _main_formats_only(args, rounds)
     modes = _mode_settings(args, rounds)
     settings = Settings(
         events=events,
@@ -148,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         keep=args.keep,
         rounds=rounds,
         modes=modes,
+        formats=format_settings(args, rounds),
     )
     compile_bytecode()
     result = asyncio.run(run_bench(settings))
@@ -157,5 +197,28 @@ def main(argv: list[str] | None = None) -> int:
         target = RESULTS_DIR / f"{result.timestamp.replace(':', '')}.json"
     if target is not None:
         save_json(result, target)
+        print(f"\nsaved {target}")
+    return 0
+
+
+def _main_formats_only(args: argparse.Namespace, rounds: int) -> int:
+    formats = format_settings(args, rounds)
+    if formats is None:
+        raise SystemExit("bench: --only-formats with --format-events 0 runs nothing")
+    compile_bytecode()
+    result = asyncio.run(run_formats_only(formats, keep=args.keep))
+    table = result.pop("formats_table")
+    print(
+        f"cdc-bridge format drains {result['timestamp']}; {result['machine']['nproc']} CPUs "
+        f"({result['machine']['cpu_model']}), git {result['machine']['git_revision']}, "
+        f"load average at the end {result['machine']['loadavg_at_end']}"
+    )
+    print("\n".join(table))
+    target: Path | None = args.json
+    if target is None and not args.quick:
+        target = RESULTS_DIR / f"formats-{result['timestamp'].replace(':', '')}.json"
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"\nsaved {target}")
     return 0

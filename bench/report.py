@@ -135,6 +135,87 @@ class ModeGroup:
         return found
 
 
+# The variants of the format drains (bench/formats.py): the bench's default config, and
+# the same with one feature on; each is compared with the default
+FORMAT_DEFAULT = "default"
+FORMAT_CLOUDEVENTS = "cloudevents"
+FORMAT_DEBEZIUM = "debezium"
+FORMAT_PAYLOAD_PATHS = "payload_paths"
+FORMAT_VARIANTS = (FORMAT_DEFAULT, FORMAT_CLOUDEVENTS, FORMAT_DEBEZIUM, FORMAT_PAYLOAD_PATHS)
+
+
+@dataclass(frozen=True, slots=True)
+class FormatGroup:
+    """One backlog drained by the bridge with each format variant in interleaved rounds;
+    each variant's figure is its median round, its ratios are to ``default``."""
+
+    events: int
+    tx_size: int
+    atomic: bool  # the publishing mode every variant ran in (the bridge's default here)
+    rounds: dict[str, tuple[Throughput, ...]]  # by variant, every round in order
+    # By variant, per round: events per CPU-second from the first event stored to the
+    # last (start-up left out), None where not measured
+    steady_cpu: dict[str, tuple[float | None, ...]] = dataclasses.field(default_factory=dict)
+
+    def median(self, variant: str) -> Throughput:
+        rounds = self.rounds[variant]
+        return rounds[median_round(rounds)]
+
+    def median_steady_cpu(self, variant: str) -> float | None:
+        """The median round's events per CPU-second once started."""
+        values = self.steady_cpu.get(variant, ())
+        index = median_round(self.rounds[variant])
+        return values[index] if index < len(values) else None
+
+    def steady_cpu_round_ratios(self, variant: str) -> list[float]:
+        found = []
+        for mine, base in zip(
+            self.steady_cpu.get(variant, ()), self.steady_cpu.get(FORMAT_DEFAULT, ()), strict=True
+        ):
+            if mine is not None and base:
+                found.append(mine / base)
+        return found
+
+    def median_steady_cpu_ratio(self, variant: str) -> float | None:
+        ratios = self.steady_cpu_round_ratios(variant)
+        return _lower_median(ratios) if ratios else None
+
+    def ratio(self, variant: str) -> float:
+        """events/s of ``variant``'s median round over the default's."""
+        return (
+            self.median(variant).events_per_second / self.median(FORMAT_DEFAULT).events_per_second
+        )
+
+    def round_ratios(self, variant: str) -> list[float]:
+        return [
+            value.events_per_second / reference.events_per_second
+            for value, reference in zip(
+                self.rounds[variant], self.rounds[FORMAT_DEFAULT], strict=True
+            )
+        ]
+
+    def cpu_round_ratios(self, variant: str) -> list[float]:
+        """Per round, events per CPU-second of ``variant`` over the default's."""
+        found = []
+        for value, reference in zip(self.rounds[variant], self.rounds[FORMAT_DEFAULT], strict=True):
+            mine, base = value.events_per_cpu_second, reference.events_per_cpu_second
+            if mine is not None and base:
+                found.append(mine / base)
+        return found
+
+    def median_round_ratio(self, variant: str) -> float:
+        return _lower_median(self.round_ratios(variant))
+
+    def median_cpu_ratio(self, variant: str) -> float | None:
+        ratios = self.cpu_round_ratios(variant)
+        return _lower_median(ratios) if ratios else None
+
+
+def _lower_median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[(len(ordered) - 1) // 2]
+
+
 @dataclass(frozen=True, slots=True)
 class BenchResult:
     timestamp: str  # UTC, ISO 8601
@@ -155,6 +236,7 @@ class BenchResult:
     profile: tuple[FunctionCost, ...] = ()
     modes: tuple[ModeGroup, ...] = ()  # the atomic/per-message drains, by transaction size
     modes_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    formats: FormatGroup | None = None  # the format drains (bench/formats.py); None: skipped
 
     @property
     def recvlogical(self) -> Throughput:
@@ -284,6 +366,51 @@ def _modes_json(result: BenchResult) -> dict[str, Any]:
     return {"settings": result.modes_settings, "groups": groups}
 
 
+def formats_json(group: FormatGroup | None) -> dict[str, Any] | None:
+    if group is None:
+        return None
+    variants = [variant for variant in group.rounds if variant != FORMAT_DEFAULT]
+    return {
+        "events": group.events,
+        "tx_size": group.tx_size,
+        "atomic": group.atomic,
+        "throughput": {
+            variant: {
+                **_throughput_json(group.median(variant)),
+                "steady_events_per_cpu_second": _rounded(group.median_steady_cpu(variant)),
+            }
+            for variant in group.rounds
+        },
+        "ratios_to_default": {
+            variant: {
+                "median_rounds": round(group.ratio(variant), 3),
+                "median_of_rounds": round(group.median_round_ratio(variant), 3),
+                "rounds": [round(r, 3) for r in group.round_ratios(variant)],
+                "per_cpu_second_median_of_rounds": _rounded(group.median_cpu_ratio(variant)),
+                "per_cpu_second_rounds": [round(r, 3) for r in group.cpu_round_ratios(variant)],
+                "steady_per_cpu_second_median_of_rounds": _rounded(
+                    group.median_steady_cpu_ratio(variant)
+                ),
+                "steady_per_cpu_second_rounds": [
+                    round(r, 3) for r in group.steady_cpu_round_ratios(variant)
+                ],
+            }
+            for variant in variants
+        },
+        "rounds": {
+            variant: [_throughput_json(value) for value in rounds]
+            for variant, rounds in group.rounds.items()
+        },
+        "median_round": {
+            variant: median_round(rounds) + 1 for variant, rounds in group.rounds.items()
+        },
+        "steady_events_per_cpu_second_rounds": {
+            variant: [_rounded(value) for value in values]
+            for variant, values in group.steady_cpu.items()
+        },
+    }
+
+
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
@@ -312,6 +439,7 @@ def to_json(result: BenchResult) -> dict[str, Any]:
         },
         "profile_top_self": [dataclasses.asdict(cost) for cost in result.profile],
         "modes": _modes_json(result),
+        "formats": formats_json(result.formats),
         "total_seconds": round(result.total_seconds, 1),
     }
 
@@ -432,6 +560,8 @@ def render_table(result: BenchResult) -> str:
             for cost in result.profile
         ]
     lines += _modes_lines(result)
+    if result.formats is not None:
+        lines += formats_lines(result.formats)
     lines += [
         "",
         f"ratios of the median rounds: bridge/plain {result.bridge_vs_plain:.2f}x, "
@@ -493,4 +623,59 @@ def _modes_lines(result: BenchResult) -> list[str]:
                 f"  {group.tx_size:>6,}  other writer achieved msgs/s, "
                 f"{_VARIANT_LABELS[variant]}: {rates}"
             )
+    return lines
+
+
+_FORMAT_LABELS = {
+    FORMAT_DEFAULT: "default config",
+    FORMAT_CLOUDEVENTS: "outbox.format: cloudevents",
+    FORMAT_DEBEZIUM: "payload: debezium",
+    FORMAT_PAYLOAD_PATHS: "payload paths",
+}
+
+
+def formats_lines(group: FormatGroup) -> list[str]:
+    """The format drains: a row per variant, then its ratios to the default config."""
+    rounds = len(group.rounds[FORMAT_DEFAULT])
+    lines = [
+        "",
+        f"Formats and payload paths ({group.events} events in transactions of "
+        f"{group.tx_size}, median of {rounds}; every variant "
+        f"{'atomic' if group.atomic else 'per-message'}, as the default config runs here)",
+        f"{'  config':32}{'events/s':>10}{'seconds':>9}{'steady/s':>10}"
+        f"{'per CPU-s':>11}{'steady/CPU-s':>14}{'CPU wait':>10}{'start-up s':>12}",
+    ]
+    for variant in group.rounds:
+        value = group.median(variant)
+        lines.append(
+            f"  {_FORMAT_LABELS[variant]:30}{value.events_per_second:>10,.0f}"
+            f"{value.seconds:>9.2f}{_count(value.drain_events_per_second):>10}"
+            f"{_count(value.events_per_cpu_second):>11}"
+            f"{_count(group.median_steady_cpu(variant)):>14}"
+            f"{_percent(value.cpu_wait_share):>10}"
+            f"{_seconds(value.startup_seconds):>12}"
+        )
+    lines.append(
+        "  /default, medians of the per-round ratios of events/s, per CPU-s and steady/CPU-s "
+        "(then events/s of the median rounds):"
+    )
+    for variant in group.rounds:
+        if variant == FORMAT_DEFAULT:
+            continue
+        cpu = group.median_cpu_ratio(variant)
+        steady = group.median_steady_cpu_ratio(variant)
+        lines.append(
+            f"  {_FORMAT_LABELS[variant]:30}{group.median_round_ratio(variant):>6.2f}x"
+            f"{'-' if cpu is None else f'{cpu:.2f}x':>8}"
+            f"{'-' if steady is None else f'{steady:.2f}x':>8}"
+            f"{group.ratio(variant):>8.2f}x"
+        )
+        lines.append(
+            "      rounds: events/s "
+            + " / ".join(f"{r:.2f}x" for r in group.round_ratios(variant))
+            + "; per CPU-s "
+            + " / ".join(f"{r:.2f}x" for r in group.cpu_round_ratios(variant))
+            + "; steady/CPU-s "
+            + " / ".join(f"{r:.2f}x" for r in group.steady_cpu_round_ratios(variant))
+        )
     return lines

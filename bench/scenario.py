@@ -13,6 +13,8 @@
    database load), then runs continuously under the same paced load (latency).
 5. The bridge in atomic mode against per-message mode, for several transaction sizes,
    alone in its stream and with another writer in it (bench/modes.py).
+6. The bridge with CloudEvents, Debezium's envelope and payload paths, each against the
+   default config (bench/formats.py).
 
 Stages run one after another, never side by side: the machine has 2 cores.
 """
@@ -38,6 +40,7 @@ from bench.bridge_run import BridgeUnderTest, bridge_config
 from bench.children import Child
 from bench.cpu import CpuUse
 from bench.dbload import DatabaseLoad, LoadMeter
+from bench.formats import FormatSettings, run_formats
 from bench.latency import LatencyResult, measure_latency
 from bench.machine import describe_machine
 from bench.modes import ModeSettings, run_modes
@@ -45,7 +48,15 @@ from bench.plain_relay import SUBJECT_PREFIX as PLAIN_PREFIX
 from bench.polling_relay import SUBJECT_PREFIX as POLLING_PREFIX
 from bench.profiling import FunctionCost, PySpyRecorder, top_functions
 from bench.recvlogical import drain_with_pg_recvlogical
-from bench.report import BenchResult, ModeGroup, Throughput, median_round
+from bench.report import (
+    BenchResult,
+    FormatGroup,
+    ModeGroup,
+    Throughput,
+    formats_json,
+    formats_lines,
+    median_round,
+)
 from bench.stack import PUBLICATION, BenchStack, create_slot, drop_slot, server_version, wal_lsn
 from bench.streams import (
     StreamState,
@@ -70,6 +81,7 @@ class Settings:
     profile_dir: Path | None  # sample the last round's bridge with py-spy during its drain
     keep: bool  # leave the servers' folder (logs, data) behind
     modes: ModeSettings | None = None  # the atomic/per-message drains; None: skipped
+    formats: FormatSettings | None = None  # the format drains; None: skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +161,8 @@ async def run_bench(settings: Settings) -> BenchResult:
     slots = len(DRAIN_STAGES) * settings.rounds
     if settings.modes is not None:
         slots = max(slots, settings.modes.slots)
+    if settings.formats is not None:
+        slots = max(slots, settings.formats.slots)
     with BenchStack(keep=settings.keep, slots=slots) as stack:
         dsn = stack.dsn
         nc = await nats.connect(stack.nats.url)
@@ -179,6 +193,9 @@ async def run_bench(settings: Settings) -> BenchResult:
             modes: tuple[ModeGroup, ...] = ()
             if settings.modes is not None:
                 modes = await run_modes(nc, stack, settings.modes, progress.say)
+            formats: FormatGroup | None = None
+            if settings.formats is not None:
+                formats = await run_formats(nc, stack, settings.formats, progress.say)
         finally:
             await nc.close()
     assert bridge.latency is not None, "the last round runs the latency run"
@@ -210,7 +227,33 @@ async def run_bench(settings: Settings) -> BenchResult:
         profile=tuple(bridge.profile),
         modes=modes,
         modes_settings={} if settings.modes is None else settings.modes.as_json(),
+        formats=formats,
     )
+
+
+async def run_formats_only(settings: FormatSettings, keep: bool = False) -> dict[str, Any]:
+    """The format drains alone (``--only-formats``), on a stack of their own: the JSON."""
+    progress = _Progress()
+    timestamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    progress.say("starting PostgreSQL and nats-server")
+    with BenchStack(keep=keep, slots=max(3, settings.slots)) as stack:
+        nc = await nats.connect(stack.nats.url)
+        try:
+            machine = describe_machine(
+                postgres_version=server_version(stack.dsn), nats_version=_version_text(nc)
+            )
+            group = await run_formats(nc, stack, settings, progress.say)
+        finally:
+            await nc.close()
+    machine["loadavg_at_end"] = [round(load, 2) for load in os.getloadavg()[:2]]
+    return {
+        "timestamp": timestamp,
+        "settings": {**settings.as_json(), "only_formats": True},
+        "machine": machine,
+        "formats": formats_json(group),
+        "formats_table": formats_lines(group),
+        "total_seconds": round(progress.elapsed, 1),
+    }
 
 
 async def _drain_rounds(

@@ -4,7 +4,9 @@ A smoke test only: it checks that every stage ran and every event arrived, never
 fast (figures from a shared test machine mean nothing). Two rounds rather than quick's
 one, so that a second round (its own slots, fresh streams, a fresh bridge) is tried
 too. The atomic/per-message drains run at a tiny size (every transaction size, the
-other writer included), which adds about 40 s.
+other writer included), which adds about 40 s; so do the format drains (default,
+CloudEvents, Debezium, payload paths: about 20 s). Each format drain already failed the
+run unless its stored messages were of its format and on its routes' subjects.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 QUICK_EVENTS = 10_000
@@ -20,6 +23,8 @@ ROUNDS = 2
 MODE_EVENTS = 300
 MODE_TX_SIZES = (1, 10, 100, 1000)
 WRITER_TX_SIZE = 10
+FORMAT_EVENTS = 300
+FORMAT_VARIANTS = ("default", "cloudevents", "debezium", "payload_paths")
 
 
 def run_module(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -51,10 +56,13 @@ def test_quick_bench_runs_every_stage(tmp_path: Path) -> None:
         ",".join(map(str, MODE_TX_SIZES)),
         "--writer-tx-size",
         str(WRITER_TX_SIZE),
-        timeout=420,
+        "--format-events",
+        str(FORMAT_EVENTS),
+        timeout=480,
     )
     assert "Backlog drain" in run.stdout
     assert "Atomic vs per-message drains" in run.stdout
+    assert "Formats and payload paths" in run.stdout
 
     result = json.loads(result_path.read_text())
     for stage in ("pg_recvlogical", "plain_relay", "bridge", "polling_relay"):
@@ -108,6 +116,39 @@ def test_quick_bench_runs_every_stage(tmp_path: Path) -> None:
             assert group["throughput"][variant]["events_per_second"] > 0
         for ratio in group["ratios"].values():
             assert len(ratio["rounds"]) == ROUNDS
+
+    check_formats(result["formats"], FORMAT_EVENTS, ROUNDS)
+
+
+def check_formats(formats: dict[str, Any], events: int, rounds: int) -> None:
+    """Every format variant drained every event in every round, compared with the default."""
+    assert set(formats["throughput"]) == set(FORMAT_VARIANTS)
+    for variant in FORMAT_VARIANTS:
+        assert [run["events"] for run in formats["rounds"][variant]] == [events] * rounds
+        assert formats["throughput"][variant]["events_per_second"] > 0
+        assert len(formats["steady_events_per_cpu_second_rounds"][variant]) == rounds
+    assert set(formats["ratios_to_default"]) == set(FORMAT_VARIANTS[1:])
+    for ratio in formats["ratios_to_default"].values():
+        assert len(ratio["rounds"]) == rounds
+
+
+def test_format_drains_run_alone(tmp_path: Path) -> None:
+    result_path = tmp_path / "formats.json"
+    run = run_module(
+        "bench",
+        "--only-formats",
+        "--quick",
+        "--format-events",
+        "200",
+        "--json",
+        str(result_path),
+        timeout=180,
+    )
+    assert "Formats and payload paths" in run.stdout
+    assert "Backlog drain" not in run.stdout
+    result = json.loads(result_path.read_text())
+    assert result["settings"]["only_formats"] is True
+    check_formats(result["formats"], 200, 1)
 
 
 def test_ab_harness_drains_every_tree_in_every_round() -> None:
