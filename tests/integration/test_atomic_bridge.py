@@ -95,18 +95,22 @@ def read_stored(nats_url: str, stream: str) -> list[Stored]:
 
 
 def batches(stored: list[Stored]) -> list[list[Stored]]:
-    """The stored messages grouped by Nats-Batch-Id in sequence order; every message must
-    belong to a batch, and each batch's Nats-Batch-Sequence must run 1..n."""
+    """The stored messages grouped by Nats-Batch-Id in sequence order; a message without
+    one is a batch of one (published plainly: it is whole by itself), and each batch's
+    Nats-Batch-Sequence must run 1..n."""
     groups: list[list[Stored]] = []
     for message in stored:
-        assert message.batch_id is not None, f"seq {message.seq} is in no atomic batch"
-        if not groups or groups[-1][0].batch_id != message.batch_id:
+        alone = message.batch_id is None
+        if alone or not groups or groups[-1][0].batch_id != message.batch_id:
             groups.append([])
         groups[-1].append(message)
-    ids = [group[0].batch_id for group in groups]
+    ids = [group[0].batch_id for group in groups if group[0].batch_id is not None]
     assert len(set(ids)) == len(ids), "a batch id comes back after another batch"
     for group in groups:
-        assert [m.batch_seq for m in group] == list(range(1, len(group) + 1)), group[0].batch_id
+        if group[0].batch_id is not None:
+            sequences = [m.batch_seq for m in group]
+            assert sequences == list(range(1, len(group) + 1)), group[0].batch_id
+            assert len(group) > 1, f"{group[0].batch_id}: a batch of one is sent plainly"
     return groups
 
 
