@@ -28,6 +28,15 @@ DEAD_LETTER_FIX = (
 )
 
 
+def unsendable_dead_letter(msg_id: str, problem: str) -> PoisonRowError:
+    """The error that stops the bridge when a message's dead letter cannot be sent either,
+    even without its body (both publishers)."""
+    return PoisonRowError(
+        f"the dead letter of id {printable(msg_id)} cannot be sent either: {problem} "
+        f"({DEAD_LETTER_FIX})"
+    )
+
+
 class PoisonRowError(Exception):
     """A row that cannot be published and has nowhere else to go: stop, confirm nothing past it."""
 

@@ -26,13 +26,6 @@ PERMANENT_ERR_CODES = frozenset(
     }
 )
 
-# "atomic publish batch contains duplicate message id"
-BATCH_DUPLICATE_ERR_CODE = 10201
-# "atomic publish batch is incomplete"
-BATCH_INCOMPLETE_ERR_CODE = 10176
-# "atomic publish batch is too large: <the server's limit>"
-BATCH_TOO_LARGE_ERR_CODE = 10199
-
 
 class AckKind(enum.Enum):
     STORED = "stored"
@@ -48,6 +41,14 @@ class AckKind(enum.Enum):
     BATCH_INCOMPLETE = "batch incomplete"
     # More messages in an atomic batch than the server allows (a setting, not a message).
     BATCH_TOO_LARGE = "batch too large"
+
+
+# The refusals of atomic batches, by err_code (nats-server's errors.json).
+_BATCH_REFUSALS = {
+    10201: AckKind.BATCH_DUPLICATE,  # "atomic publish batch contains duplicate message id"
+    10176: AckKind.BATCH_INCOMPLETE,  # "atomic publish batch is incomplete"
+    10199: AckKind.BATCH_TOO_LARGE,  # "atomic publish batch is too large: <the limit>"
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +86,7 @@ def classify(data: bytes, headers: Mapping[str, str] | None) -> Ack:
     limit = refused_limit(err_code, description)
     if limit is not None:  # transient: the message is fine, the stream has no room
         return Ack(AckKind.TRANSIENT, reason, stream, limit)
-    if err_code == BATCH_DUPLICATE_ERR_CODE:
-        return Ack(AckKind.BATCH_DUPLICATE, reason, stream)
-    if err_code == BATCH_INCOMPLETE_ERR_CODE:
-        return Ack(AckKind.BATCH_INCOMPLETE, reason, stream)
-    if err_code == BATCH_TOO_LARGE_ERR_CODE:
-        return Ack(AckKind.BATCH_TOO_LARGE, reason, stream)
-    kind = AckKind.PERMANENT if err_code in PERMANENT_ERR_CODES else AckKind.TRANSIENT
+    kind = _BATCH_REFUSALS.get(err_code) if isinstance(err_code, int) else None
+    if kind is None:
+        kind = AckKind.PERMANENT if err_code in PERMANENT_ERR_CODES else AckKind.TRANSIENT
     return Ack(kind, reason, stream)

@@ -46,8 +46,8 @@ from cdc_bridge.core.headers import BODY_DROPPED, header_lines, parse_header_lin
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.subjects import subject_matches
 from cdc_bridge.core.tracker import LsnTracker, Transaction
-from cdc_bridge.core.wire_text import MAX_HEADER_BLOCK, frame_problem, printable, subject_limit
-from cdc_bridge.routing.dead_letters import DEAD_LETTER_FIX, DeadLetterPolicy, PoisonRowError
+from cdc_bridge.core.wire_text import MAX_HEADER_BLOCK, frame_problem, subject_limit
+from cdc_bridge.routing.dead_letters import DeadLetterPolicy, unsendable_dead_letter
 from cdc_bridge.routing.router import DEAD_LETTER_ROUTE
 from cdc_bridge.sink.ack_book import NO_REPLY
 from cdc_bridge.sink.acks import AckKind, classify
@@ -230,12 +230,7 @@ class AtomicPublisher:
             lines = f"{lines}{BODY_DROPPED}: {len(data)} bytes\r\n"
             return self._prepare(subject, b"", lines, tx, DEAD_LETTER_ROUTE)
         msg_id = parse_header_lines(lines).get("Nats-Msg-Id", "")
-        self.fail(
-            PoisonRowError(
-                f"the dead letter of id {printable(msg_id)} cannot be sent either: {problem} "
-                f"({DEAD_LETTER_FIX})"
-            )
-        )
+        self.fail(unsendable_dead_letter(msg_id, problem))
         return None
 
     def _replace(
@@ -328,7 +323,6 @@ class AtomicPublisher:
     def _queue(self, batch: Batch) -> None:
         """The frames of ``batch`` (its first message alone when sent one by one)."""
         self._batches += 1
-        batch_id = f"{self._batch_prefix}.{self._batches}"
         messages = batch.inside[:1] if batch.one_by_one else batch.inside
         last = len(messages)
         token = self._batches
@@ -347,7 +341,7 @@ class AtomicPublisher:
             size = message.lines_size + len(expectation)
             add(message.subject, token, message.header_lines, expectation, size, message.data)
             return
-        id_line = f"{BATCH_ID}: {batch_id}\r\n{BATCH_SEQUENCE}: "
+        id_line = f"{BATCH_ID}: {self._batch_prefix}.{token}\r\n{BATCH_SEQUENCE}: "
         for sequence, message in enumerate(messages, 1):
             more = f"{id_line}{sequence}\r\n"
             if sequence == last:
@@ -371,7 +365,7 @@ class AtomicPublisher:
                 message.tx,
                 message.route,
                 "",
-                replacing=True,  # counted as sent when the pipeline published it
+                counted=True,  # when the pipeline published it
             )
 
     async def _on_ack(self, msg: Msg) -> None:

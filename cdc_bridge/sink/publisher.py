@@ -35,8 +35,8 @@ from nats.aio.msg import Msg
 from cdc_bridge.core.headers import BODY_DROPPED, header_lines, parse_header_lines
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.tracker import LsnTracker, Transaction
-from cdc_bridge.core.wire_text import MAX_HEADER_BLOCK, frame_problem, printable, subject_limit
-from cdc_bridge.routing.dead_letters import DEAD_LETTER_FIX, DeadLetterPolicy, PoisonRowError
+from cdc_bridge.core.wire_text import MAX_HEADER_BLOCK, frame_problem, subject_limit
+from cdc_bridge.routing.dead_letters import DeadLetterPolicy, unsendable_dead_letter
 from cdc_bridge.routing.router import DEAD_LETTER_ROUTE
 from cdc_bridge.sink.ack_book import AckBook, InFlight, Settlement, UnrepliedRun
 from cdc_bridge.sink.acks import Ack, AckKind, classify
@@ -201,18 +201,19 @@ class JetStreamPublisher:
         route: str,
         msg_id: str,
         *,
-        replacing: bool = False,
+        counted: bool = False,
     ) -> None:
         """Queue one message (never waits: check ``full`` and ``wait_for_room``).
 
         ``header_lines`` holds every header as ``Name: value\r\n`` (``Nats-Msg-Id:
         msg_id`` among them); the order guard's expectation is added here. Messages go
         out in batches: call ``flush`` after a batch of events (the pipeline does, after
-        each read), or they wait for the next flush. ``replacing``: a dead letter in
-        place of a message already counted as sent (see ``_replace``).
+        each read), or they wait for the next flush. ``counted``: already counted as
+        sent (a dead letter in place of a message, see ``_replace``; in atomic mode, a
+        message its batch could not carry).
         """
         book = self._book
-        if not replacing:
+        if not counted:
             if not book.in_flight:
                 # Idle until now: stall detection measures from here, not from the last ack.
                 self.last_ack_at = time.monotonic()
@@ -278,14 +279,9 @@ class JetStreamPublisher:
         stops the bridge."""
         if data and self._frame_problem(subject, block, len(block)) is None:
             lines = f"{header_lines}{BODY_DROPPED}: {len(data)} bytes\r\n"
-            self.publish(subject, b"", lines, tx, DEAD_LETTER_ROUTE, msg_id, replacing=True)
+            self.publish(subject, b"", lines, tx, DEAD_LETTER_ROUTE, msg_id, counted=True)
             return
-        self.fail(
-            PoisonRowError(
-                f"the dead letter of id {printable(msg_id)} cannot be sent either: {problem} "
-                f"({DEAD_LETTER_FIX})"
-            )
-        )
+        self.fail(unsendable_dead_letter(msg_id, problem))
 
     def committed(self, tx: Transaction) -> None:
         """The pipeline saw the commit; if every event was acked already, it is done."""
@@ -427,7 +423,7 @@ class JetStreamPublisher:
         if self._observer is not None:
             self._observer.dead_lettered(msg_id, reason)
         lines = header_lines(replacement)
-        self.publish(subject, data, lines, entry.tx, DEAD_LETTER_ROUTE, msg_id, replacing=True)
+        self.publish(subject, data, lines, entry.tx, DEAD_LETTER_ROUTE, msg_id, counted=True)
 
     async def _settle_no_responders(self, entry: InFlight) -> None:
         """No responders means permanent only when no stream captures the subject at all."""
