@@ -38,6 +38,7 @@ from cdc_bridge.core.headers import (
     header_lines,
 )
 from cdc_bridge.core.lsn import format_lsn
+from cdc_bridge.core.snapshots import SNAPSHOT_PREFIX
 from cdc_bridge.core.tracker import LsnTracker, Transaction
 from cdc_bridge.routing.dead_letters import POISON_FIX, PoisonRowError
 from cdc_bridge.routing.messages import (
@@ -45,11 +46,13 @@ from cdc_bridge.routing.messages import (
     MessageEvent,
     default_message_id,
     message_event,
+    message_table,
 )
 from cdc_bridge.routing.router import Outbound, Poison, Router
 from cdc_bridge.sink.publisher import Publisher, PublishError
 from cdc_bridge.sink.reconcile import Position
 from cdc_bridge.source.decoding import DecodeError, Decoder
+from cdc_bridge.source.decoding.snapshot_rows import snapshot_row
 from cdc_bridge.source.protocol import (
     XLOG_DATA_KIND,
     XLOG_PAYLOAD_START,
@@ -115,6 +118,7 @@ class Pipeline:
         message_prefixes: frozenset[str] = frozenset(),
         on_message_ignored: Callable[[str], None] | None = None,
         envelope_columns: EnvelopeColumns | None = None,
+        change_tables: frozenset[str] = frozenset(),
     ) -> None:
         self._stream = stream
         self._decoder = decoder
@@ -125,6 +129,7 @@ class Pipeline:
         # A transactional message of any other prefix: told (once per prefix), counted
         self._on_message_ignored = on_message_ignored
         self._envelope_columns = envelope_columns or EnvelopeColumns()
+        self._change_tables = change_tables  # snapshot rows of these become R events
         self._status_interval = status_interval
         self.stats = stats
         self._source = source  # Cdc-Source: which database and slot an event came from
@@ -303,7 +308,9 @@ class Pipeline:
                 self.stats.transactions += 1
             self._tx = None
         elif type(change) is LogicalMessage:
-            if change.prefix not in self._message_prefixes:
+            if change.prefix == SNAPSHOT_PREFIX:
+                self._snapshot_row(change)
+            elif change.prefix not in self._message_prefixes:
                 if change.transactional and self._on_message_ignored is not None:
                     self._on_message_ignored(change.prefix)
                 elif self._debug:
@@ -325,6 +332,27 @@ class Pipeline:
             default_id = default_message_id(self._tx.final_lsn, self._tx_index)
             outcome = self._router.route_change(change, default_id)
             self._publish(self._tx, change.table, outcome)
+
+    def _snapshot_row(self, message: LogicalMessage) -> None:
+        """A row written by ``cdc-bridge snapshot``: an R change of its table, published at
+        its transaction's commit position like the table's other changes."""
+        if not message.transactional or self._tx is None or not self._change_tables:
+            return  # not ours: a bridge without change tables serves no snapshot
+        try:
+            row = snapshot_row(message.content)
+        except DecodeError as exc:
+            # Ours (the prefix is reserved) but unreadable: dead-lettered, never dropped.
+            msg_id = default_message_id(self._tx.final_lsn, self._tx_index)
+            unreadable = Outbound(subject="", data=message.content, headers={}, msg_id="", route="")
+            table = message_table(message.prefix)
+            self._publish(self._tx, table, self._router.dead_letter(unreadable, str(exc), msg_id))
+            return
+        if row.change.table not in self._change_tables:
+            # Another bridge's table (messages are not filtered by publication).
+            if self._debug:
+                log.debug("snapshot_row_ignored", table=row.change.table, msg_id=row.msg_id)
+            return
+        self._publish(self._tx, row.change.table, self._router.route_change(row.change, row.msg_id))
 
     def _route_message(self, event: MessageEvent) -> Outbound | Poison:
         if event.problem is None:

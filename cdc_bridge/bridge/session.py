@@ -337,6 +337,7 @@ def wire(
         message_prefixes=frozenset(config.outbox.message_prefixes),
         on_message_ignored=lambda prefix: message_ignored(state, prefix),
         envelope_columns=envelope_columns(config),
+        change_tables=frozenset(config.outbox.change_tables),
     )
     progress = SessionProgress(tracker, publisher)
     state.status.progress = progress

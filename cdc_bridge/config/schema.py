@@ -17,6 +17,7 @@ from pydantic_core import core_schema
 from cdc_bridge.core.durations import parse_duration
 from cdc_bridge.core.headers import BRIDGE_HEADERS, HEADER_NAME, TX_LAST_HEADER, controls_jetstream
 from cdc_bridge.core.redaction import shown_value
+from cdc_bridge.core.snapshots import SNAPSHOT_PREFIX
 from cdc_bridge.core.templates import (
     TABLE_PSEUDO_COLUMN,
     check_concrete_subject,
@@ -295,11 +296,21 @@ def _listen_address(value: str) -> str:
 
 
 _column = _matching(r"[A-Za-z_][A-Za-z0-9_]*", "expected a column name, got {value}")
-_message_prefix = _matching(
+_prefix_characters = _matching(
     r"[A-Za-z0-9_.:/-]{1,100}",
     "expected a message prefix of up to 100 characters A-Z, a-z, 0-9, '_', '.', ':', '/' "
     "and '-', got {value}",
 )
+
+
+def _message_prefix(value: str) -> str:
+    if value == SNAPSHOT_PREFIX:
+        raise ValueError(
+            f"{SNAPSHOT_PREFIX} is reserved for the rows of `cdc-bridge snapshot`: "
+            "choose another prefix"
+        )
+    return _prefix_characters(value)
+
 
 Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
 PositiveDuration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]

@@ -70,7 +70,7 @@ class RowChange:
     key columns, or every column under REPLICA IDENTITY FULL.
     """
 
-    action: str  # "I", "U" or "D", as wal2json writes it
+    action: str  # "I", "U" or "D", as wal2json writes it; "R" for a snapshot row
     schema: str
     name: str
     columns: tuple[ChangeColumn, ...]

@@ -58,7 +58,7 @@ def change_json(change: RowChange) -> bytes:
     if change.action != "D":
         parts.append(',"columns":')
         parts.append(_columns_json(change.columns))
-    if change.action != "I":
+    if change.action in ("U", "D"):  # an insert or a snapshot row (R) has no old row
         parts.append(',"identity":')
         parts.append(_columns_json(change.identity))
     parts.append("}")

@@ -9,12 +9,13 @@ it with ``schemas.enable=false``::
                "table":"tickets","txId":771,"lsn":24023128,"xmin":null},
      "op":"c","ts_ms":1764628833123}
 
-``op`` is c, u or d (never r: the bridge takes no snapshots). ``before`` is null for an
-insert; for an update it is the old row under REPLICA IDENTITY FULL and null under
-DEFAULT (as Debezium's, since the old row is then not in the WAL); for a delete it is
-the old row's replica identity. Column values are written as ``payload: change`` writes
-them (numbers, booleans, PostgreSQL's text), except bytea, which is base64 as Debezium's
-default ``binary.handling.mode`` has it. docs/configuration.md lists what else differs.
+``op`` is c, u or d, and r for a row read by ``cdc-bridge snapshot`` (``before`` null,
+``source.snapshot`` "true"). ``before`` is null for an insert; for an update it is the
+old row under REPLICA IDENTITY FULL and null under DEFAULT (as Debezium's, since the old
+row is then not in the WAL); for a delete it is the old row's replica identity. Column
+values are written as ``payload: change`` writes them (numbers, booleans, PostgreSQL's
+text), except bytea, which is base64 as Debezium's default ``binary.handling.mode`` has
+it. docs/configuration.md lists what else differs.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from dataclasses import dataclass
 from cdc_bridge.core.changes import ChangeColumn, EventPosition, RowChange
 from cdc_bridge.routing.change_events import column_value_json
 
-_OPS = {"I": "c", "U": "u", "D": "d"}
+_OPS = {"I": "c", "U": "u", "D": "d", "R": "r"}
+# source.snapshot: "true" for a row read by `cdc-bridge snapshot` (op r), as Debezium marks
+# its snapshot rows; Debezium's "last" (the snapshot's last row) is not known per row here.
+_SNAPSHOT = {True: '"true"', False: '"false"'}
 # Milliseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 _POSTGRES_EPOCH_MS = 946_684_800_000
 
@@ -61,7 +65,7 @@ def debezium_event(change: RowChange, database: str) -> DebeziumEvent:
         '"ts_ms":'
     )
     rest = (
-        f',"snapshot":"false","db":{_string(database)},'
+        f',"snapshot":{_SNAPSHOT[action == "R"]},"db":{_string(database)},'
         f'"schema":{_string(change.schema)},"table":{_string(change.name)}'
     )
     return DebeziumEvent(head, rest, _OPS[action])

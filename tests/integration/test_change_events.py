@@ -22,50 +22,15 @@ import psycopg.conninfo
 import pytest
 import yaml
 from support.bridge import STARTUP_TIMEOUT, MakeBridge, log_event, parse_json_line
-from support.outbox import Event, bridge_config, insert_event, wait_for_ids
+from support.change_tables import BIG, TICKETS, change_config, debezium_config
+from support.outbox import Event, insert_event, wait_for_ids
 from support.plugins import PLUGINS, comparable, run_statements, stream_through_both_plugins
 
 from cdc_bridge.cli.main import main as cli_main
 from cdc_bridge.dev.nats_server import NatsServer
 from cdc_bridge.source.decoding.wal2json import wal2json_options
 
-TICKETS = """
-CREATE TABLE public.tickets (
-    id int PRIMARY KEY, title varchar(200) NOT NULL, status text, priority smallint,
-    estimate numeric(6,2), done boolean, attachment bytea, body text
-);
-ALTER TABLE public.tickets ALTER COLUMN body SET STORAGE EXTERNAL;
-"""
-# 8 KB kept out of line (STORAGE EXTERNAL): an update that leaves it alone does not send it.
-BIG = "(SELECT string_agg(md5(g::text), '') FROM generate_series(1, 250) g)"
 _OPTION_FIELDS = re.compile(r',"(?:xid|typeoid)":\d+|,"(?:timestamp|lsn)":"[^"]*"')
-
-
-def change_config(dsn: str, nats_url: str, name: str, plugin: str) -> dict[str, Any]:
-    return bridge_config(
-        dsn,
-        nats_url,
-        name,
-        postgres={"slot": f"{name}_{plugin}", "publication": f"{name}_{plugin}", "plugin": plugin},
-        outbox={"table": "public.outbox", "change_tables": ["public.tickets"]},
-        routes=[
-            {
-                "name": "ticket_deleted",
-                "when": {"table": "public.tickets", "action": "D"},
-                "subject": f"{name}.tickets.deleted",
-                "payload": "change",
-                "headers": {"Ticket": "{id}"},
-            },
-            {
-                "name": "tickets",
-                "when": {"table": "public.tickets"},
-                "subject": f"{name}.tickets.{{action}}",
-                "payload": "change",
-            },
-            {"subject": f"{name}.{{aggregate_type}}.{{event_type}}"},
-        ],
-        dead_letter={"subject": f"{name}.dlq"},
-    )
 
 
 def run_workload(dsn: str) -> str:
@@ -340,16 +305,6 @@ def test_check_names_what_run_would_refuse_in_an_existing_publication(
     )
 
 
-def debezium_config(dsn: str, nats_url: str, name: str, plugin: str) -> dict[str, Any]:
-    config = change_config(dsn, nats_url, name, plugin)
-    config["routes"] = [
-        {"when": {"table": "public.tickets"}, "subject": f"{name}.tickets.{{action}}",
-         "payload": "debezium"},
-        {"subject": f"{name}.{{aggregate_type}}.{{event_type}}"},
-    ]  # fmt: skip
-    return config
-
-
 @pytest.mark.needs_wal2json
 def test_debezium_envelopes_under_default_and_full_on_both_plugins(
     pg_dsn: str,
@@ -387,8 +342,9 @@ def test_debezium_envelopes_under_default_and_full_on_both_plugins(
         assert isinstance(source["txId"], int) and source["txId"] > 0
         assert abs(source["ts_ms"] - time.time() * 1000) < 600_000
         assert envelope["ts_ms"] == source["ts_ms"]
-        assert message.headers["Nats-Msg-Id"] == f"{message.headers['Cdc-Lsn']}-" + (
-            message.headers["Cdc-Index"]
+        assert (
+            message.headers["Nats-Msg-Id"]
+            == f"{message.headers['Cdc-Lsn']}-" + (message.headers["Cdc-Index"])
         )
     check_debezium(envelopes)
 

@@ -245,7 +245,7 @@ class PgoutputDecoder:
         for index in relation.bytea_columns:
             value = row[names[index]]
             if isinstance(value, str):
-                row[names[index]] = _bytea_from_text(value)
+                row[names[index]] = bytea_from_text(value)
         return Insert(relation.table, row)
 
     def _decode_update_or_delete(self, kind: int, payload: bytes) -> RowChange | None:
@@ -311,7 +311,7 @@ def _read_tuple(
     for index in relation.bytea_columns:
         value = values[index]
         if isinstance(value, str):
-            values[index] = _bytea_from_text(value)
+            values[index] = bytea_from_text(value)
     return values, pos
 
 
@@ -409,7 +409,7 @@ def _expect_end(payload: bytes, pos: int, what: str) -> None:
         raise DecodeError(f"pgoutput {what} message {problem} ({len(payload)} bytes)")
 
 
-def _bytea_from_text(text: str) -> bytes:
+def bytea_from_text(text: str) -> bytes:
     """bytea's text output form -> its bytes.
 
     The default ``bytea_output = hex`` gives ``\\x0a0b``; the legacy ``escape`` form

@@ -61,6 +61,7 @@ from cdc_bridge.core.changes import (
     RowChange,
 )
 from cdc_bridge.core.lsn import parse_lsn
+from cdc_bridge.core.snapshots import SNAPSHOT_PREFIX
 from cdc_bridge.source.decoding import DecodeError
 
 # Options of the walsender session that wal2json's output depends on (see the docstring).
@@ -104,7 +105,9 @@ def wal2json_options(
         ("add-tables", ",".join(every_table)) if every_table else ("filter-tables", "*.*")
     )
     if message_prefixes:
-        options.append(("add-msg-prefixes", ",".join(message_prefixes)))
+        # Snapshot rows of change tables come as messages too (core/snapshots.py).
+        prefixes = [*message_prefixes, *([SNAPSHOT_PREFIX] if change_tables else [])]
+        options.append(("add-msg-prefixes", ",".join(prefixes)))
     return options
 
 
