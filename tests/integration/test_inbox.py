@@ -281,7 +281,8 @@ async def test_two_processes_on_one_durable_never_apply_an_event_twice(
     u, stream = unique_name, unique_name.upper()
     prepare_database(pg_dsn)
     first_half = make_transactions(u, [3, 1, 4, 2, 5])
-    second_half = make_transactions(u, [2, 6, 1, 3], first=6)
+    middle = make_transactions(u, [2, 2, 3], first=6)
+    second_half = make_transactions(u, [2, 6, 1, 3], first=9)
     by: dict[str, list[str]] = {"one": [], "two": []}
 
     def handler_of(name: str) -> Handler:
@@ -295,15 +296,19 @@ async def test_two_processes_on_one_durable_never_apply_an_event_twice(
         await create_stream(nc_one, stream, u)
         one = Inbox(nc_one, pg_dsn, stream=stream, durable="copy", handler=handler_of("one"))
         two = Inbox(nc_two, pg_dsn, stream=stream, durable="copy", handler=handler_of("two"))
-        async with running(one) as (one_task, one_stop), running(two):
+        async with running(one) as (one_task, one_stop):
             await publish(nc_one, first_half)
-            await all_applied(pg_dsn, first_half)
-            assert not by["two"]  # it waits for the lock
-            one_stop.set()
-            await asyncio.wait_for(one_task, TIMEOUT)
-            await publish(nc_two, second_half)
-            await all_applied(pg_dsn, first_half + second_half)
-    check_exactly_once_and_whole(pg_dsn, first_half + second_half)
+            await all_applied(pg_dsn, first_half)  # one holds the consumer
+            async with running(two):
+                await publish(nc_one, middle)
+                await all_applied(pg_dsn, first_half + middle)
+                assert not by["two"]  # it waits for the lock
+                one_stop.set()
+                await asyncio.wait_for(one_task, TIMEOUT)
+                await publish(nc_two, second_half)
+                await all_applied(pg_dsn, first_half + middle + second_half)
+    everything = first_half + middle + second_half
+    check_exactly_once_and_whole(pg_dsn, everything)
     assert by["one"] and by["two"]
     assert not set(by["one"]) & set(by["two"])
 
