@@ -170,6 +170,12 @@ class Inbox:
                 msgs = await sub.fetch(batch=max(1, min(FETCH_BATCH, room)), timeout=FETCH_TIMEOUT)
             except (nats.errors.TimeoutError, TimeoutError):
                 msgs = []
+            except nats.errors.Error as exc:
+                # NATS away (the client reconnects by itself): try again shortly.
+                log.warning("inbox %s: fetch failed (%s); retrying", self.durable, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), LOCK_RETRY)
+                continue
             if open_group is not None and clock() - last_touch > self._ack_wait / 3:
                 await _touch(open_group.items)  # still waiting for the rest of it
                 last_touch = clock()

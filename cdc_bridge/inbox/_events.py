@@ -9,6 +9,7 @@ some subjects may not see that message, so a group also ends when a message with
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -20,6 +21,9 @@ INDEX_HEADER = "Cdc-Index"
 MSG_ID_HEADER = "Nats-Msg-Id"
 
 T = TypeVar("T")
+
+# PostgreSQL's text form of an LSN; anything else in Cdc-Lsn is not the bridge's.
+_LSN = re.compile(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +46,14 @@ def event_of(
     """An Event from a message's parts."""
     headers = dict(headers or {})
     index = headers.get(INDEX_HEADER)
+    lsn = headers.get(LSN_HEADER)
     return Event(
         subject=subject,
         data=data,
         headers=headers,
         msg_id=headers.get(MSG_ID_HEADER) or f"{stream}:{stream_seq}",
         stream_seq=stream_seq,
-        cdc_lsn=headers.get(LSN_HEADER) or None,
+        cdc_lsn=lsn if lsn is not None and _LSN.fullmatch(lsn) else None,
         cdc_index=int(index) if index is not None and index.isdigit() else None,
         tx_last=headers.get(TX_LAST_HEADER) == "true",
     )

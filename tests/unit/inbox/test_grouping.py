@@ -61,3 +61,8 @@ def test_event_fields_from_headers() -> None:
     assert (event.msg_id, event.cdc_lsn, event.cdc_index, event.tx_last) == ("id7", "0/1A", 0, True)
     bare = event_of("S", "s.b", b"x", None, 9)
     assert (bare.msg_id, bare.cdc_lsn, bare.tx_last) == ("S:9", None, False)
+
+
+def test_a_cdc_lsn_that_is_not_an_lsn_is_no_transaction() -> None:
+    event = event_of("S", "s.a", b"", {"Cdc-Lsn": "0/1; DROP", "Nats-Msg-Id": "x"}, 1)
+    assert event.cdc_lsn is None
