@@ -43,6 +43,12 @@ STEP_KEYS = ("kind", "name", "action", "detail", "sql", "stream_config")
 # `outbox prune --json`: one object; "tables" holds objects with PRUNE_TABLE_KEYS.
 PRUNE_KEYS = ("cutoff", "dry_run", "tables", "total_rows")
 PRUNE_TABLE_KEYS = ("table", "rows", "batches")
+# `snapshot --json`: one object. "rows"/"chunks": written by this run; "resumed_from": the
+# rows an earlier run had written (null: a new snapshot); "estimated_rows": counted first.
+SNAPSHOT_KEYS = (
+    "snapshot_id", "table", "where", "chunk", "estimated_rows", "resumed_from", "rows",
+    "chunks", "seconds", "finished",
+)  # fmt: skip
 
 
 def key_list(keys: tuple[str, ...]) -> str:

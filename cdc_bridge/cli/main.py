@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("cdc_bridge.cli.status", "ask a running bridge what it is doing"),
     "outbox": ("cdc_bridge.cli.outbox", "housekeeping of the outbox tables"),
     "audit": ("cdc_bridge.cli.audit", "does the stream hold every outbox row, once, in order?"),
+    "snapshot": (
+        "cdc_bridge.cli.snapshot",
+        "publish a change table's current rows as R (read) events, beside the bridge",
+    ),
 }
 
 

@@ -51,6 +51,7 @@ from cdc_bridge.config.schema import (
     SubjectFilter,
     SubjectFilters,
     SubjectTemplate,
+    TableName,
     TableNames,
     When,
     disabled_http,
@@ -207,6 +208,9 @@ class OutboxConfig(Section):
     payload_column: Column = "payload"
     headers_column: Column | None = "headers"  # None: rows carry no headers
     format: Format = "plain"  # every route's, unless the route sets its own
+    # Progress of `cdc-bridge snapshot` (one row per snapshot and table, written in the
+    # same transaction as each chunk's messages): created by the command when missing.
+    snapshot_table: TableName = "public.cdc_bridge_snapshots"
 
     @field_validator("tables")
     @classmethod

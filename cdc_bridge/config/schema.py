@@ -356,6 +356,7 @@ SubjectFilter = Annotated[str, AfterValidator(check_subject_filter)]
 Servers = Annotated[tuple[NonEmpty, ...], BeforeValidator(_server_list), Field(min_length=1)]
 
 # "schema.table" (a bare name means public.name), each listed once.
+TableName = Annotated[str, AfterValidator(_table_name)]
 TableNames = Annotated[
     tuple[Annotated[str, AfterValidator(_table_name)], ...],
     BeforeValidator(_one_or_many),

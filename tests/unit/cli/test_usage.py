@@ -25,6 +25,7 @@ VALID = {
     "outbox prune": ["--config", "c.yaml", "--older-than", "7d"],
     "outbox replay": ["--config", "c.yaml", "--missing"],
     "audit": ["--config", "c.yaml"],
+    "snapshot": ["--config", "c.yaml", "--table", "public.t"],
 }
 
 
