@@ -99,7 +99,7 @@ def choose_snapshot(
         if chosen is not None and chosen.finished_at is not None:
             raise OpsError(
                 f"snapshot {chosen.snapshot_id} of {request.table} finished at "
-                f"{chosen.finished_at:%Y-%m-%dT%H:%M:%SZ} ({count_of(chosen.rows, 'row')}): "
+                f"{chosen.finished_at:%Y-%m-%dT%H:%M:%SZ} ({_rows(chosen.rows)}): "
                 "nothing to resume; leave out --id (or give a new one) to take a new snapshot"
             )
     elif len(unfinished) > 1:
@@ -145,7 +145,7 @@ def _require_same_selection(request: Request, resumed: Progress) -> None:
 def plan_lines(plan: Plan, progress_table: str) -> list[str]:
     resumed = plan.resumed
     state = (
-        f"resuming after {count_of(resumed.rows, 'row')} in "
+        f"resuming after {_rows(resumed.rows)} in "
         f"{count_of(resumed.chunks, 'chunk')} (last key {', '.join(resumed.last_key or ())})"
         if resumed is not None and resumed.last_key is not None
         else "resuming (no chunk committed yet)"
@@ -163,6 +163,10 @@ def plan_lines(plan: Plan, progress_table: str) -> list[str]:
         ),
     ]
     return [f"snapshot of {plan.table}:", *("  " + line for line in key_values(pairs))]
+
+
+def _rows(count: int) -> str:
+    return f"{count:,} row" + ("" if count == 1 else "s")
 
 
 def progress_text(done: int, estimated: int, seconds: float) -> str:
@@ -307,7 +311,7 @@ async def _write(
             conn, progress_table, plan.snapshot_id, plan.table, plan.where, plan.chunk
         )
     elif not as_json:
-        out(f"resuming snapshot {plan.snapshot_id} after {count_of(plan.resumed.rows, 'row')}")
+        out(f"resuming snapshot {plan.snapshot_id} after {_rows(plan.resumed.rows)}")
     stop = _StopFlag()
     show = None if as_json else _progress_printer(plan.estimated_rows)
     after = plan.resumed.last_key if plan.resumed else None
@@ -339,7 +343,7 @@ async def _write(
 
 
 def _result_line(plan: Plan, rows: int, chunks: int, seconds: float, finished: bool) -> str:
-    done = f"{count_of(rows, 'row')} in {count_of(chunks, 'chunk')} in {seconds:.1f} s"
+    done = f"{_rows(rows)} in {count_of(chunks, 'chunk')} in {seconds:.1f} s"
     if finished:
         return (
             f"snapshot {plan.snapshot_id} of {plan.table} done: wrote {done}; the bridge "
