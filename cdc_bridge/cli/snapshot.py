@@ -328,10 +328,10 @@ async def _write(
                 raise OpsError(f"{exc}: stopped") from None
             rows += chunk.rows
             chunks += 1 if chunk.rows else 0
-            after = chunk.last_key or after
+            after = chunk.last_key
             if show is not None:
-                show(rows, time.monotonic() - started, chunk.rows < plan.chunk)
-            if chunk.rows < plan.chunk:
+                show(rows, time.monotonic() - started, chunk.last)
+            if chunk.last:
                 finished = True
                 break
     seconds = time.monotonic() - started

@@ -69,7 +69,13 @@ class Progress:
 @dataclass(frozen=True, slots=True)
 class Chunk:
     rows: int
-    last_key: tuple[str, ...] | None  # None: no rows (nothing after the last key)
+    # Where the next chunk starts (the range's upper bound, which the range's last row
+    # may no longer hold); None: this was the last chunk.
+    last_key: tuple[str, ...] | None
+
+    @property
+    def last(self) -> bool:
+        return self.last_key is None
 
 
 _PROGRESS_COLUMNS = (
@@ -111,16 +117,19 @@ def _user_where(where: str | None) -> sql.Composable:
     return sql.SQL("(\n" + where.replace("%", "%%") + "\n)")
 
 
-def _after_key(shape: TableShape, after: bool) -> sql.Composable:
+def _key_compared(shape: TableShape, operator: str) -> sql.Composable:
     """``(k1, k2) > (CAST(%s AS t1), CAST(%s AS t2))``: a row comparison, which the
-    primary key's index answers; ``true`` for the first chunk."""
-    if not after:
-        return sql.SQL("true")
+    primary key's index answers."""
     names = sql.SQL(", ").join(sql.Identifier(column.name) for column in shape.key)
     values = sql.SQL(", ").join(
         sql.SQL("CAST(%s AS {})").format(sql.SQL(column.type_name)) for column in shape.key
     )
-    return sql.SQL("({}) > ({})").format(names, values)
+    return sql.SQL("({}) {} ({})").format(names, sql.SQL(operator), values)
+
+
+def _after_key(shape: TableShape, after: bool) -> sql.Composable:
+    """Rows after the last key written; ``true`` for the first chunk."""
+    return _key_compared(shape, ">") if after else sql.SQL("true")
 
 
 def _order(shape: TableShape) -> sql.Composable:
@@ -156,23 +165,47 @@ def message_expression(shape: TableShape, snapshot_id: str) -> sql.Composed:
     )
 
 
-def chunk_statement(
-    shape: TableShape, snapshot_id: str, where: str | None, after: bool
-) -> sql.Composed:
-    """Read, lock and write one chunk; parameters: the last key's values (when
-    ``after``), then the chunk size. Returns each row's key as text[], in key order.
+def bound_statement(shape: TableShape, where: str | None, after: bool) -> sql.Composed:
+    """The key of the chunk's last row, read without locking; parameters: the last key's
+    values (when ``after``), then the chunk size minus one. No row: the chunk is the last.
 
-    The locking SELECT is a MATERIALIZED CTE, so every row is locked (and, if a writer
-    changed it meanwhile, re-read) before its message is written, and the messages
-    follow the CTE's key order."""
+    The chunk then locks the key range (last key, this key]: a LIMIT under FOR SHARE
+    would end the chunk at whatever key a concurrently updated row was given, and a
+    primary key moved forward would make the next chunk skip the rows in between."""
     keys = sql.SQL(", ").join(
         sql.SQL("{}::text").format(sql.Identifier(column.name)) for column in shape.key
     )
     return sql.SQL(
+        "SELECT ARRAY[{keys}] FROM {table}\nWHERE {where} AND {after}\n"
+        "ORDER BY {order} OFFSET %s LIMIT 1"
+    ).format(
+        keys=keys,
+        table=table_identifier(shape.table),
+        where=_user_where(where),
+        after=_after_key(shape, after),
+        order=_order(shape),
+    )
+
+
+def chunk_statement(
+    shape: TableShape, snapshot_id: str, where: str | None, after: bool, bounded: bool
+) -> sql.Composed:
+    """Lock and write the rows of one key range; parameters: the last key's values
+    (when ``after``), then the range's upper key values (when ``bounded``: the last
+    chunk has no upper bound). Returns each row's key as text[], in key order.
+
+    The locking SELECT is a MATERIALIZED CTE, so every row is locked (and, if a writer
+    changed it meanwhile, re-read and checked again) before its message is written,
+    and the messages follow the CTE's key order."""
+    keys = sql.SQL(", ").join(
+        sql.SQL("{}::text").format(sql.Identifier(column.name)) for column in shape.key
+    )
+    upper = _key_compared(shape, "<=") if bounded else sql.SQL("true")
+    return sql.SQL(
         "WITH chunk AS MATERIALIZED (\n"
         "SELECT ARRAY[{keys}] AS cdc_key, {message} AS cdc_message FROM {table}\n"
-        "WHERE {where} AND {after}\n"
-        "ORDER BY {order} LIMIT %s FOR SHARE\n"
+        "WHERE {where} AND {after} AND {upper}\n"
+        "ORDER BY {order} FOR SHARE\n"
         ")\n"
         "SELECT cdc_key, pg_logical_emit_message(true, {prefix}, cdc_message) FROM chunk"
     ).format(
@@ -181,6 +214,7 @@ def chunk_statement(
         table=table_identifier(shape.table),
         where=_user_where(where),
         after=_after_key(shape, after),
+        upper=upper,
         order=_order(shape),
         prefix=sql.Literal(SNAPSHOT_PREFIX),
     )
@@ -379,15 +413,24 @@ async def write_chunk(
     chunk_size: int,
     after_key: Sequence[str] | None,
 ) -> Chunk:
-    """One chunk in one transaction: rows locked and written, progress moved. A chunk of
-    fewer than ``chunk_size`` rows is the last: the progress row is finished with it."""
+    """One chunk in one transaction: the next ``chunk_size`` keys' range locked and
+    written, progress moved to its upper bound. The last chunk (fewer keys left) has no
+    upper bound, and finishes the progress row in the same transaction."""
+    after = list(after_key or ())
     async with conn.transaction():
         cur = await conn.execute(
-            chunk_statement(shape, snapshot_id, where, after_key is not None),
-            [*(after_key or ()), chunk_size],
+            bound_statement(shape, where, after_key is not None), [*after, chunk_size - 1]
         )
-        keys = [tuple(str(v) for v in r[0]) for r in await cur.fetchall()]
-        last = keys[-1] if keys else None
+        found = await cur.fetchone()
+        upper = None if found is None else tuple(str(v) for v in found[0])
+        cur = await conn.execute(
+            chunk_statement(shape, snapshot_id, where, after_key is not None, upper is not None),
+            [*after, *(upper or ())],
+        )
+        written = await cur.fetchall()
+        rows = len(written)
+        # the last chunk records the last key it wrote: what the progress row shows
+        recorded = upper or (tuple(str(v) for v in written[-1][0]) if written else None)
         cur = await conn.execute(
             sql.SQL(
                 "UPDATE {} SET last_key = coalesce(%s::text[], last_key), rows = rows + %s, "
@@ -396,10 +439,10 @@ async def write_chunk(
                 "WHERE snapshot_id = %s AND table_name = %s"
             ).format(table_identifier(progress_table)),
             (
-                list(last) if last else None,
-                len(keys),
-                1 if keys else 0,
-                len(keys) < chunk_size,
+                list(recorded) if recorded else None,
+                rows,
+                1 if rows else 0,
+                upper is None,
                 snapshot_id,
                 shape.table,
             ),
@@ -409,4 +452,4 @@ async def write_chunk(
                 f"the progress row of snapshot {snapshot_id} of {shape.table} is gone from "
                 f"{progress_table}"
             )
-    return Chunk(rows=len(keys), last_key=last)
+    return Chunk(rows=rows, last_key=upper)

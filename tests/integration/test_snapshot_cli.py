@@ -353,3 +353,27 @@ def test_a_second_snapshot_of_the_table_is_refused_and_sigterm_stops_at_a_chunk(
     (progress,) = snap.progress("public.items")
     assert progress[3:] == (["4000"], 4000, 4, False)
     assert len(snap.messages()) == 4000
+
+
+def test_a_key_moved_forward_under_a_chunk_skips_nothing(
+    snap: SnapshotSetup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A writer moves the key of the row that ends chunk 31 far ahead while the chunk
+    waits for it. The chunk's range was fixed before locking, so the re-read row falls
+    out of it and is written later under its new key; the next chunk starts after 3100,
+    not after 90001 (which a LIMIT under FOR SHARE would have made the chunk's end)."""
+    fill_items(snap, 5000)
+    with psycopg.connect(snap.dsn) as writer:
+        writer.execute("UPDATE public.items SET id = 90001 WHERE id = 3100")
+        process = spawn(snap, "--table", "items", "--chunk", "100", "--yes")
+        try:
+            wait_until(lambda: snapshot_backend(snap), timeout=30)
+            writer.commit()
+            out, err = process.communicate(timeout=30)
+        finally:
+            process.kill()
+    assert process.returncode == 0, err
+    ids = Counter(int(m["columns"][0][3]) for m in snap.messages())
+    assert set(ids) == {*range(1, 3100), *range(3101, 5001), 90001}
+    assert set(ids.values()) == {1}
+    assert "wrote 5,000 rows" in out

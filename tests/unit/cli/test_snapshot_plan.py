@@ -23,6 +23,7 @@ from cdc_bridge.source.snapshot import (
     Column,
     Progress,
     TableShape,
+    bound_statement,
     chunk_statement,
     count_statement,
     lock_key,
@@ -125,14 +126,23 @@ def test_table_names_default_to_public() -> None:
 # --- SQL -------------------------------------------------------------------------------
 
 
-def test_the_chunk_locks_in_key_order_and_emits_one_message_per_row() -> None:
-    first = rendered(chunk_statement(SHAPE, "s1", None, after=False))
-    assert "FOR SHARE" in first and 'ORDER BY "order_id", "line" LIMIT %s' in first
+def test_the_chunk_locks_its_key_range_in_key_order_and_emits_one_message_per_row() -> None:
+    first = rendered(chunk_statement(SHAPE, "s1", None, after=False, bounded=False))
+    assert 'ORDER BY "order_id", "line" FOR SHARE' in first and "LIMIT" not in first
     assert "AS MATERIALIZED" in first
     assert f"pg_logical_emit_message(true, '{SNAPSHOT_PREFIX}', cdc_message)" in first
-    assert "WHERE true AND true" in first
-    later = rendered(chunk_statement(SHAPE, "s1", None, after=True))
-    assert '("order_id", "line") > (CAST(%s AS integer), CAST(%s AS smallint))' in later
+    assert "WHERE true AND true AND true" in first
+    later = rendered(chunk_statement(SHAPE, "s1", None, after=True, bounded=True))
+    assert (
+        '("order_id", "line") > (CAST(%s AS integer), CAST(%s AS smallint)) AND '
+        '("order_id", "line") <= (CAST(%s AS integer), CAST(%s AS smallint))' in later
+    )
+
+
+def test_the_chunks_upper_key_is_read_first_without_a_lock() -> None:
+    text = rendered(bound_statement(SHAPE, None, after=True))
+    assert 'ORDER BY "order_id", "line" OFFSET %s LIMIT 1' in text
+    assert "FOR SHARE" not in text and '("order_id", "line") > (' in text
 
 
 def test_the_users_where_is_kept_apart_and_its_percent_signs_escaped() -> None:
