@@ -201,7 +201,9 @@ async def snapshot_command(
             raise OpsError(
                 f"another snapshot of {request.table} is running"
                 + (f" (pid {pid})" if pid is not None else "")
-                + ": wait for it, or stop it (it resumes where it stopped)"
+                + ": wait for it, or stop it (it resumes where it stopped); a session whose "
+                "command was killed holds it until it ends"
+                + (f" (SELECT pg_terminate_backend({pid}))" if pid is not None else "")
             )
         plan = await _plan(conn, config, shape, request)
         if not request.as_json:

@@ -341,7 +341,8 @@ def test_a_second_snapshot_of_the_table_is_refused_and_sigterm_stops_at_a_chunk(
         assert second.code == 1
         assert second.err == (
             f"cdc-bridge: another snapshot of public.items is running (pid {backend}): wait "
-            "for it, or stop it (it resumes where it stopped)\n"
+            "for it, or stop it (it resumes where it stopped); a session whose command was "
+            f"killed holds it until it ends (SELECT pg_terminate_backend({backend}))\n"
         )
         process.send_signal(signal.SIGTERM)  # asks to stop after the chunk in flight
         blocked_row.rollback()
@@ -377,3 +378,32 @@ def test_a_key_moved_forward_under_a_chunk_skips_nothing(
     assert set(ids) == {*range(1, 3100), *range(3101, 5001), 90001}
     assert set(ids.values()) == {1}
     assert "wrote 5,000 rows" in out
+
+
+def test_role_sql_with_snapshot_tables_gives_the_role_what_a_snapshot_needs(
+    snap: SnapshotSetup, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from cdc_bridge.dev.pginstall import find_pg_bindir
+
+    fill_items(snap, 50)
+    text = (REPO_ROOT / "sql" / "role.sql").read_text()
+    text = text.replace(
+        "snapshot_tables CONSTANT text[] := ARRAY[]::text[];",
+        "snapshot_tables CONSTANT text[] := ARRAY['public.items'];",
+    )
+    assert "ARRAY['public.items']" in text
+    role_sql = tmp_path / "role.sql"
+    role_sql.write_text(text)
+    result = subprocess.run(
+        [str(find_pg_bindir() / "psql"), "-X", "-q", "-d", snap.dsn, "-f", str(role_sql)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0 and "ERROR" not in result.stderr, result.stderr
+    role_dsn = snap.dsn.replace("postgres@", "cdc_bridge@", 1)
+    run = cli(capsys, "--config", snap.config, "--dsn", role_dsn, "--table", "items", "--yes")
+    assert run.code == 0, run.err
+    assert len(snap.messages()) == 50
+    # what it was not given: another change table
+    other = cli(capsys, "--config", snap.config, "--dsn", role_dsn, "--table", "lines", "--yes")
+    assert other.code == 1
+    assert other.err.startswith("cdc-bridge: role cdc_bridge lacks SELECT on public.lines;")

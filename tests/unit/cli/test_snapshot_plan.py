@@ -28,6 +28,7 @@ from cdc_bridge.source.snapshot import (
     count_statement,
     lock_key,
     message_expression,
+    progress_table_ddl,
 )
 
 NOW = datetime(2026, 12, 8, 2, 15, 0, tzinfo=UTC)
@@ -179,3 +180,18 @@ def test_the_plan_says_what_would_be_done() -> None:
 def test_progress_text() -> None:
     assert progress_text(500, 1000, 2.0) == "500 of about 1,000 rows (50%), 250 rows/s"
     assert progress_text(1200, 1000, 0.0) == "1,200 of about 1,200 rows (100%), 0 rows/s"
+
+
+def test_role_sql_creates_the_progress_table_the_command_would() -> None:
+    import re
+    from pathlib import Path
+
+    role_sql = (Path(__file__).parents[3] / "sql" / "role.sql").read_text()
+    ddl = rendered(progress_table_ddl("public.cdc_bridge_snapshots"))
+
+    def columns(text: str) -> list[str]:
+        body = text.split("CREATE TABLE IF NOT EXISTS", 1)[1].split("PRIMARY KEY (", 1)
+        return [" ".join(line.split()) for line in body[0].splitlines()[1:] if line.strip()]
+
+    assert columns(role_sql) == columns(ddl)
+    assert re.search(r"PRIMARY KEY \(snapshot_id, table_name\)", role_sql)
