@@ -488,7 +488,8 @@ def register(commands: Subcommands, name: str, summary: str) -> None:
         "--chunk",
         type=positive_argument,
         metavar="N",
-        help=f"rows per chunk (default {DEFAULT_CHUNK}, at most nats.batch_max_messages)",
+        help=f"rows per chunk, each one transaction (default {DEFAULT_CHUNK}, or "
+        "nats.batch_max_messages if lower: such a chunk is published as one atomic batch)",
     )
     parser.add_argument(
         "--id",
