@@ -139,14 +139,22 @@ def _order(shape: TableShape) -> sql.Composable:
 def message_expression(shape: TableShape, snapshot_id: str) -> sql.Composed:
     """The message's JSON text (core/snapshots.py), built by the server from the row.
 
+    A value is its type's output text, as pgoutput sends it: ``format('%s', col)``,
+    not ``col::text`` (a boolean casts to 'true', its output is 't'); ``num_nulls``
+    tells a NULL from a composite value whose fields are all NULL (``IS NULL`` holds
+    for both).
+
     ``columns`` is an ARRAY[] of json_build_array()s, not one json_build_array call:
     functions take at most 100 arguments, and tables can have more columns."""
     columns = sql.SQL(", ").join(
-        sql.SQL("json_build_array({}, {}, {}, {}::text)").format(
+        sql.SQL(
+            "json_build_array({}, {}, {}, "
+            "CASE WHEN num_nulls({col}) = 1 THEN NULL ELSE format('%%s', {col}) END)"
+        ).format(
             sql.Literal(column.name),
             sql.Literal(column.type_name),
             sql.Literal(column.type_oid),
-            sql.Identifier(column.name),
+            col=sql.Identifier(column.name),
         )
         for column in shape.columns
     )

@@ -58,6 +58,7 @@ def snap(pg_dsn: str, unique_name: str, tmp_path: Path) -> Iterator[SnapshotSetu
                 tags text[],
                 attrs jsonb,
                 seen timestamptz,
+                flag boolean,
                 dropped_later int,
                 doubled integer GENERATED ALWAYS AS (id * 2) STORED
             );
@@ -136,10 +137,10 @@ def spawn(setup: SnapshotSetup, *args: str) -> subprocess.Popen[str]:
 def fill_items(setup: SnapshotSetup, count: int) -> None:
     setup.execute(
         """
-        INSERT INTO public.items (id, name, price, tags, attrs, seen)
+        INSERT INTO public.items (id, name, price, tags, attrs, seen, flag)
         SELECT g, CASE WHEN g %% 7 = 0 THEN NULL ELSE 'item ' || g || ' 100%%' END,
                g * 1.25, ARRAY['a', 'b,' || g], jsonb_build_object('n', g, 'q', 'x"y'),
-               timestamptz '2026-01-01 00:00:00+00' + g * interval '1 minute'
+               timestamptz '2026-01-01 00:00:00+00' + g * interval '1 minute', g %% 2 = 0
         FROM generate_series(1, %s) g
         """,
         (count,),
@@ -147,11 +148,13 @@ def fill_items(setup: SnapshotSetup, count: int) -> None:
 
 
 def rows_as_text(setup: SnapshotSetup, where: str = "true") -> dict[str, list[Any]]:
-    """Every row of items as the columns' output text, by id: what a message must hold."""
-    rows = setup.execute(
-        "SELECT id::text, name::text, price::text, tags::text, attrs::text, seen::text "
-        f"FROM public.items WHERE {where} ORDER BY items.id"
+    """Every row of items as the columns' output text (what pgoutput sends: a boolean
+    is 't', not 'true'), by id: what a message must hold."""
+    columns = ", ".join(
+        f"CASE WHEN {c} IS NULL THEN NULL ELSE format('%%s', {c}) END"
+        for c in ("id", "name", "price", "tags", "attrs", "seen", "flag")
     )
+    rows = setup.execute(f"SELECT {columns} FROM public.items WHERE {where} ORDER BY items.id", ())
     return {row[0]: list(row) for row in rows}
 
 
@@ -191,7 +194,9 @@ def test_500_rows_become_500_messages_holding_the_rows(
         ["tags", "text[]", 1009],
         ["attrs", "jsonb", 3802],
         ["seen", "timestamp with time zone", 1184],
+        ["flag", "boolean", 16],
     ]
+    assert [m["columns"][6][3] for m in messages[:2]] == ["f", "t"]
     expected = rows_as_text(snap)
     assert [values_of(m) for m in messages] == list(expected.values())  # key order, exact
     assert snap.progress("public.items") == [(snapshot_id, None, 100, ["500"], 500, 5, True)]
