@@ -21,6 +21,7 @@ from cdc_bridge.bridge.failover import (
     watch_standbys,
 )
 from cdc_bridge.bridge.failures import TRANSIENT_ERRORS
+from cdc_bridge.bridge.initial_snapshot import before_slot_creation, run_initial_snapshots
 from cdc_bridge.bridge.metrics import Metrics
 from cdc_bridge.bridge.pipeline import Pipeline, SessionStats
 from cdc_bridge.bridge.recovery import recover_lost_slot
@@ -237,7 +238,9 @@ async def reconcile(
             state.metrics.rows_recovered.inc(recovery.republished)
     slot, wal_head, state.status.postgres_version, names = await prepare_postgres(
         config,
-        may_create_slot=partial(refuse_if_slot_was_dropped, config, js, stream, source, space),
+        may_create_slot=before_slot_creation(
+            config, partial(refuse_if_slot_was_dropped, config, js, stream, source, space)
+        ),
     )
     if slot.active:
         raise SlotInUse(f"slot {slot.name} is in use by process {slot.active_pid}")
@@ -386,6 +389,8 @@ async def run(
         watch = asyncio.create_task(catalog.run())
         watch.add_done_callback(partial(_fail_publisher_with, publisher))
         beside.append(watch)
+    if config.outbox.snapshot_on_create:  # also its failures are its own
+        beside.append(asyncio.create_task(run_initial_snapshots(config)))
     if config.audit.interval:  # its failures are its own: never the session's
         beside.append(asyncio.create_task(audit_continuously(config, source, state.metrics)))
     try:

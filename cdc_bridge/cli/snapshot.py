@@ -42,7 +42,6 @@ from cdc_bridge.source.snapshot import Progress, TableShape
 if TYPE_CHECKING:
     from cdc_bridge.cli.args import Subcommands
 
-DEFAULT_CHUNK = 1000
 PLAIN_PROGRESS_EVERY = 5.0  # seconds between progress lines when stderr is no terminal
 TTY_PROGRESS_EVERY = 0.5
 _ID_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
@@ -264,7 +263,11 @@ async def _plan(conn: AsyncConn, config: BridgeConfig, shape: TableShape, reques
     progress_table = config.outbox.snapshot_table
     snapshots = await sql_snapshot.progress_of(conn, progress_table, request.table)
     snapshot_id, resumed = choose_snapshot(request, snapshots, datetime.now(UTC))
-    chunk = request.chunk or (resumed.chunk_size if resumed else _default_chunk(config))
+    chunk = request.chunk or (
+        resumed.chunk_size
+        if resumed
+        else sql_snapshot.default_chunk(config.nats.batch_max_messages)
+    )
     try:
         estimated = await sql_snapshot.count_rows(
             conn, shape, request.where, resumed.last_key if resumed else None
@@ -282,11 +285,6 @@ async def _plan(conn: AsyncConn, config: BridgeConfig, shape: TableShape, reques
         resumed=resumed,
         create_progress_table=not await sql_snapshot.progress_table_exists(conn, progress_table),
     )
-
-
-def _default_chunk(config: BridgeConfig) -> int:
-    # A chunk is one transaction, which the bridge publishes as one atomic batch when it can.
-    return min(DEFAULT_CHUNK, config.nats.batch_max_messages)
 
 
 async def _write(
@@ -317,25 +315,27 @@ async def _write(
     stop = _StopFlag()
     show = None if as_json else _progress_printer(plan.estimated_rows)
     after = plan.resumed.last_key if plan.resumed else None
-    rows = chunks = 0
     started = time.monotonic()
-    finished = False
+
+    def shown(rows: int, chunk: sql_snapshot.Chunk) -> None:
+        if show is not None:
+            show(rows, time.monotonic() - started, chunk.last)
+
     with stop.installed():
-        while not stop.requested:
-            try:
-                chunk = await sql_snapshot.write_chunk(
-                    conn, shape, progress_table, plan.snapshot_id, plan.where, plan.chunk, after
-                )
-            except LookupError as exc:
-                raise OpsError(f"{exc}: stopped") from None
-            rows += chunk.rows
-            chunks += 1 if chunk.rows else 0
-            after = chunk.last_key
-            if show is not None:
-                show(rows, time.monotonic() - started, chunk.last)
-            if chunk.last:
-                finished = True
-                break
+        try:
+            rows, chunks, finished = await sql_snapshot.write_chunks(
+                conn,
+                shape,
+                progress_table,
+                plan.snapshot_id,
+                plan.where,
+                plan.chunk,
+                after,
+                stopping=lambda: stop.requested,
+                on_chunk=shown,
+            )
+        except LookupError as exc:
+            raise OpsError(f"{exc}: stopped") from None
     seconds = time.monotonic() - started
     if as_json:
         out(dumps(_document(plan, rows=rows, chunks=chunks, seconds=seconds, finished=finished)))
@@ -488,7 +488,7 @@ def register(commands: Subcommands, name: str, summary: str) -> None:
         "--chunk",
         type=positive_argument,
         metavar="N",
-        help=f"rows per chunk, each one transaction (default {DEFAULT_CHUNK}, or "
+        help=f"rows per chunk, each one transaction (default {sql_snapshot.DEFAULT_CHUNK}, or "
         "nats.batch_max_messages if lower: such a chunk is published as one atomic batch)",
     )
     parser.add_argument(

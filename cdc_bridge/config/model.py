@@ -211,6 +211,19 @@ class OutboxConfig(Section):
     # Progress of `cdc-bridge snapshot` (one row per snapshot and table, written in the
     # same transaction as each chunk's messages): created by the command when missing.
     snapshot_table: TableName = "public.cdc_bridge_snapshots"
+    # When the bridge creates its slot, it snapshots the change tables first, as
+    # `cdc-bridge snapshot` does (bridge/initial_snapshot.py).
+    snapshot_on_create: bool = False
+
+    @field_validator("snapshot_on_create")
+    @classmethod
+    def _snapshot_needs_change_tables(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and not info.data.get("change_tables"):
+            raise ValueError(
+                "true needs outbox.change_tables: it snapshots those tables when the slot "
+                "is created (outbox tables need none: their rows are events already)"
+            )
+        return value
 
     @field_validator("tables")
     @classmethod

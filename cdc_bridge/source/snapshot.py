@@ -17,7 +17,7 @@ server); the rest are thin async helpers over an open connection.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,6 +26,14 @@ from psycopg import sql
 from cdc_bridge.core.snapshots import SNAPSHOT_FORMAT_VERSION, SNAPSHOT_PREFIX
 from cdc_bridge.source.catalog import AsyncConn
 from cdc_bridge.source.tables import table_identifier
+
+# Rows per chunk by default: a chunk is one transaction, which the bridge publishes as
+# one atomic batch when it holds at most nats.batch_max_messages events.
+DEFAULT_CHUNK = 1000
+
+
+def default_chunk(batch_max_messages: int) -> int:
+    return min(DEFAULT_CHUNK, batch_max_messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +335,10 @@ async def try_lock(conn: AsyncConn, table: str) -> bool:
     return bool(row and row[0])
 
 
+async def unlock(conn: AsyncConn, table: str) -> None:
+    await conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key(table),))
+
+
 async def lock_holder(conn: AsyncConn, table: str) -> int | None:
     """The backend pid holding the table's snapshot lock (pg_locks shows a bigint key
     as its high and low 32 bits in classid and objid)."""
@@ -461,3 +473,33 @@ async def write_chunk(
                 f"{progress_table}"
             )
     return Chunk(rows=rows, last_key=upper)
+
+
+async def write_chunks(
+    conn: AsyncConn,
+    shape: TableShape,
+    progress_table: str,
+    snapshot_id: str,
+    where: str | None,
+    chunk_size: int,
+    after_key: Sequence[str] | None,
+    *,
+    stopping: Callable[[], bool],
+    on_chunk: Callable[[int, Chunk], None],
+) -> tuple[int, int, bool]:
+    """Chunk after chunk from ``after_key`` until the last one, or until ``stopping()``
+    says so at a chunk boundary; ``on_chunk(rows so far, chunk)`` after each commit.
+    Returns (rows, chunks, finished)."""
+    rows = chunks = 0
+    after = after_key
+    while not stopping():
+        chunk = await write_chunk(
+            conn, shape, progress_table, snapshot_id, where, chunk_size, after
+        )
+        rows += chunk.rows
+        chunks += 1 if chunk.rows else 0
+        after = chunk.last_key
+        on_chunk(rows, chunk)
+        if chunk.last:
+            return rows, chunks, True
+    return rows, chunks, False
