@@ -12,6 +12,7 @@ from cdc_bridge.bridge.failures import (
     output_plugin_fix,
     replication_role_fix,
 )
+from cdc_bridge.bridge.initial_snapshot import snapshot_problem
 from cdc_bridge.cli.check_failover import failover_checks, source_checks
 from cdc_bridge.cli.check_results import CheckResult, fail, ok, skip, warn
 from cdc_bridge.cli.errors import OpsError, describe_postgres_error
@@ -86,6 +87,10 @@ async def postgres_checks(config: BridgeConfig, dsn: str) -> list[CheckResult]:
             ("postgres.publication", lambda: _publication(conn, config, slot)),
             ("postgres.slot", lambda: _slot(conn, config, slot)),
         ]
+        if config.outbox.snapshot_on_create:
+            checks.append(
+                ("outbox.snapshot_on_create", lambda: _snapshot_on_create(conn, config, slot))
+            )
         results = []
         for name, check in checks:
             try:
@@ -102,6 +107,22 @@ async def postgres_checks(config: BridgeConfig, dsn: str) -> list[CheckResult]:
             except psycopg.Error as exc:
                 results.append(fail(name, f"could not check: {describe_postgres_error(exc)}"))
         return results
+
+
+async def _snapshot_on_create(
+    conn: AsyncConn, config: BridgeConfig, slot: SlotInfo | None
+) -> CheckResult:
+    name = "outbox.snapshot_on_create"
+    if slot is not None:
+        return ok(name, f"slot {slot.name} exists: `run` starts no new snapshot")
+    if config.postgres.source == "standby":
+        return skip(name, "checked on the primary when `run` creates the slot")
+    problem = await snapshot_problem(conn, config)
+    if problem is not None:
+        reason, _, fix = problem.partition(" (fix: ")
+        return fail(name, reason, fix.removesuffix(")"))
+    tables = ", ".join(config.outbox.change_tables)
+    return ok(name, f"{tables}: snapshotted when `run` creates slot {config.postgres.slot}")
 
 
 async def _server(conn: AsyncConn, config: BridgeConfig) -> CheckResult:

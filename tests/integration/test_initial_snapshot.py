@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
+import yaml
 from support.bridge import STARTUP_TIMEOUT, MakeBridge, log_event, start_bridge
 from support.nats_helpers import fetch_stream_messages, stream_info
 from support.outbox import (
@@ -21,6 +24,7 @@ from support.plugins import run_statements
 from support.waiting import wait_until
 
 from cdc_bridge.bridge.initial_snapshot import is_initial_snapshot
+from cdc_bridge.cli.main import main as cli_main
 
 
 def accounts(rows: int) -> str:
@@ -150,3 +154,32 @@ def test_a_change_table_without_a_primary_key_is_one_fatal_line(
     assert fatal[0]["error"].startswith(
         "outbox.snapshot_on_create: public.accounts has no primary key"
     )
+
+
+def check_result(capsys: pytest.CaptureFixture[str], config: dict[str, Any], path: Path) -> Any:
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    capsys.readouterr()
+    cli_main(["check", "--config", str(path), "--json"])
+    results = json.loads(capsys.readouterr().out)
+    return next(r for r in results if r["check"] == "outbox.snapshot_on_create")
+
+
+def test_check_applies_the_rules_run_applies(
+    pg_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_statements(
+        pg_dsn,
+        "CREATE TABLE public.accounts (id int, balance int)",
+        "ALTER TABLE public.accounts REPLICA IDENTITY FULL",
+    )
+    config = snapshot_config(pg_dsn, nats_url, unique_name)
+    refused = check_result(capsys, config, tmp_path / "c.yaml")
+    assert refused["status"] == "FAIL"
+    assert refused["detail"] == "public.accounts has no primary key, which a snapshot reads it by"
+    run_statements(pg_dsn, "ALTER TABLE public.accounts ADD PRIMARY KEY (id)")
+    ready = check_result(capsys, config, tmp_path / "c.yaml")
+    assert ready["status"] == "ok", ready
