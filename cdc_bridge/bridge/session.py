@@ -50,6 +50,8 @@ from cdc_bridge.sink.connect import (
     ensure_stream,
     server_version_text,
 )
+from cdc_bridge.sink.fast_mode import FastMode, fast_mode
+from cdc_bridge.sink.fast_publisher import FastPublisher
 from cdc_bridge.sink.ordering import OrderGuard
 from cdc_bridge.sink.publisher import JetStreamPublisher, Publisher, PublishError
 from cdc_bridge.sink.reconcile import (
@@ -154,7 +156,7 @@ async def run_session(
     nc = await connect_nats(config.nats, loss.lost.set, on_denied=loss.denied)
     stream: ReplicationStream | None = None
     try:
-        stream_info, atomic = await prepare_nats(nc, config, router, state)
+        stream_info, atomic, fast = await prepare_nats(nc, config, router, state)
         stream = await ReplicationStream.connect(
             replication_dsn(config),
             connect_timeout=config.postgres.connect_timeout,
@@ -170,7 +172,7 @@ async def run_session(
         decoder, options = decoder_for(config, resume.type_names)
         await stream.start(slot=resume.slot, options=options)
         pipeline = wire(
-            config, router, state, nc, stream, stream_info, source, resume, decoder, atomic
+            config, router, state, nc, stream, stream_info, source, resume, decoder, atomic, fast
         )
         log.info(
             "streaming",
@@ -178,6 +180,7 @@ async def run_session(
             lsn=format_lsn(resume.start),
             stream=config.nats.stream.name,
             atomic=atomic.enabled,
+            fast_ingest=fast.enabled,
             stored_through=format_position(resume.tail.newest),
             # What finding the stream's tail cost: messages read, seconds with the slot.
             tail_read=resume.tail.scanned,
@@ -198,9 +201,10 @@ async def run_session(
 
 async def prepare_nats(
     nc: NatsClient, config: BridgeConfig, router: Router, state: BridgeState
-) -> tuple[StreamInfo, AtomicMode]:
+) -> tuple[StreamInfo, AtomicMode, FastMode]:
     """The stream (created when missing, unless this process saw it before: then it was
-    lost), the subject checks, the server's limits, atomic mode (atomic_mode.py)."""
+    lost), the subject checks, the server's limits, atomic mode (atomic_mode.py), and in
+    per-message mode whether fast-ingest batches carry it (fast_mode.py)."""
     await check_stream_again(nc, config, state)
     stream_info = await ensure_stream(nc, config.nats)
     remember_stream(config, stream_info, state)
@@ -212,7 +216,10 @@ async def prepare_nats(
     if not atomic.enabled and atomic.reason != state.told_atomic_off:
         state.told_atomic_off = atomic.reason
         log.info("atomic_transactions_off", reason=atomic.reason)
-    return stream_info, atomic
+    fast = FastMode(False, "atomic mode is on")
+    if not atomic.enabled:
+        fast = await fast_mode(nc, config.nats, stream_info)
+    return stream_info, atomic, fast
 
 
 async def reconcile(
@@ -287,6 +294,7 @@ def wire(
     resume: ResumePoint,
     decoder: Decoder,
     atomic: AtomicMode,
+    fast: FastMode | None = None,
 ) -> Pipeline:
     """The session's stages, joined: tracker, order guard, publisher, pipeline."""
     tracker = LsnTracker(resume.start)
@@ -297,16 +305,17 @@ def wire(
     # What the publisher sends instead of a message JetStream can never store.
     dead_letters = DeadLetterPolicy(router)
     observer = PublishCounter(state)
+    batched = atomic.enabled or (fast is not None and fast.enabled)
     per_message = JetStreamPublisher(
         nc,
         tracker,
         max_in_flight=config.nats.max_in_flight,
         ack_timeout=config.nats.ack_timeout,
         dead_letters=dead_letters,
-        # Atomic mode: only what its batches cannot carry, none of it chained.
-        guard=None if atomic.enabled else guard,
+        # Atomic and fast-ingest batches: only what they cannot carry, none of it chained.
+        guard=None if batched else guard,
         observer=observer,
-        careful_start=resume.careful_start and not atomic.enabled,
+        careful_start=resume.careful_start and not batched,
     )
     publisher: Publisher = per_message
     # Replays of these are skipped by position: they are gap-free in commit order.
@@ -323,6 +332,18 @@ def wire(
             observer=observer,
         )
         publisher, in_stream = atomic_publisher, atomic_publisher.in_batch
+    elif fast is not None and fast.enabled:
+        fast_publisher = FastPublisher(
+            nc,
+            tracker,
+            max_messages=config.nats.max_in_flight,
+            ack_timeout=config.nats.ack_timeout,
+            dead_letters=dead_letters,
+            guard=guard,
+            outside=per_message,
+            observer=observer,
+        )
+        publisher, in_stream = fast_publisher, fast_publisher.in_batch
     pipeline = Pipeline(
         stream=stream,
         decoder=decoder,

@@ -17,12 +17,14 @@ from cdc_bridge.core.subjects import subject_matches
 from cdc_bridge.sink.atomic_mode import atomic_mode
 from cdc_bridge.sink.connect import overlapping_streams, stream_overlap
 from cdc_bridge.sink.coverage import check_stream_coverage, route_subject_filter
+from cdc_bridge.sink.fast_mode import fast_mode
 
 NATS_CHECKS = (
     "nats.server",
     "nats.jetstream",
     "nats.stream",
     "nats.atomic_transactions",
+    "nats.fast_ingest",
     "nats.stream_coverage",
     "nats.max_payload",
     "nats.duplicate_window",
@@ -76,7 +78,9 @@ async def _checks(nc: NatsClient, config: BridgeConfig) -> list[CheckResult]:
     # A missing stream that `run` could not create: others store some of its subjects.
     others = [] if info is not None else await overlapping_streams(nc, wanted, API_TIMEOUT)
     results.append(_stream(config, info, others))
-    results.append(await _atomic_transactions(nc, config, info))
+    atomic = await _atomic_transactions(nc, config, info)
+    results.append(atomic)
+    results.append(await _fast_ingest(nc, config, info, atomic_on=" on:" in atomic.detail))
     results += await _coverage(nc, config, info)
     results.append(_max_payload(config, nc.max_payload))
     results.append(_duplicate_window(config, info))
@@ -115,6 +119,20 @@ async def _atomic_transactions(
         return fail("nats.atomic_transactions", str(exc))
     state = "on" if mode.enabled else "off"
     return ok("nats.atomic_transactions", f"atomic transactions: {state}: {mode.reason}")
+
+
+async def _fast_ingest(
+    nc: NatsClient, config: BridgeConfig, info: StreamInfo | None, *, atomic_on: bool
+) -> CheckResult:
+    """Per-message mode's fast path (fast_mode.py), as `run` decides it; unused while
+    atomic mode is on."""
+    try:
+        mode = await fast_mode(nc, config.nats, info)
+    except FatalError as exc:
+        return fail("nats.fast_ingest", str(exc))
+    state = "on" if mode.enabled else "off"
+    unused = " (unused: atomic mode is on)" if atomic_on and mode.enabled else ""
+    return ok("nats.fast_ingest", f"fast-ingest batches: {state}{unused}: {mode.reason}")
 
 
 async def _coverage(

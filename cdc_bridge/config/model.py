@@ -118,6 +118,8 @@ class StreamConfig(Section):
     max_age: Duration = 0.0  # seconds; 0 = unlimited
     # Atomic batches allowed (nats-server 2.12+; older servers ignore the field).
     allow_atomic: bool = True
+    # Fast-ingest batches allowed (nats-server 2.14+; older servers ignore the field).
+    allow_batched: bool = True
 
 
 class NatsTlsConfig(Section):
@@ -170,6 +172,10 @@ class NatsConfig(Section):
     # Messages per atomic batch at most: the server's jetstream.limits.batch.max_msgs
     # (1000 unless its config says otherwise).
     batch_max_messages: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    # Per-message mode through fast-ingest batches: auto = where the server (2.14+) and
+    # the stream (allow_batched) allow them; sink/fast_mode.py decides. Off until the
+    # chaos suite has run in that mode as long as in the others.
+    fast_ingest: AtomicSetting = False
     connect_timeout: PositiveDuration = 5.0
     # The subjects only this bridge writes (the order guard and reconcile look only
     # there); None: BridgeConfig.subject_space derives it from the routes.

@@ -290,6 +290,8 @@ async def ensure_stream(nc: NatsClient, config: NatsConfig) -> StreamInfo:
                 # Only asked of servers that know it (2.12+): older ones refuse nothing
                 # but store no such field, and sink/atomic_mode.py keeps them off.
                 allow_atomic=wanted.allow_atomic,
+                # Fast-ingest batches (2.14+; sink/fast_mode.py), the same way.
+                allow_batched=wanted.allow_batched,
             )
         )
     except APIError as exc:

@@ -16,12 +16,13 @@ DUPLICATE_WINDOW = 2.0
 
 
 @pytest.mark.parametrize(
-    ("kills", "past_window", "atomic"),
+    ("kills", "past_window", "atomic", "fast"),
     [
-        pytest.param(4, 2, None, id="short"),
-        # The other publishing mode, in make test too (CHAOS_PUBLISH_MODE switches all).
-        pytest.param(4, 2, False, id="short-per-message"),
-        pytest.param(10, 2, None, id="long", marks=pytest.mark.slow),
+        pytest.param(4, 2, None, False, id="short"),
+        # The other publishing modes, in make test too (CHAOS_PUBLISH_MODE switches all).
+        pytest.param(4, 2, False, False, id="short-per-message"),
+        pytest.param(4, 2, False, True, id="short-fast"),
+        pytest.param(10, 2, None, False, id="long", marks=pytest.mark.slow),
     ],
 )
 def test_bridge_killed_under_load(
@@ -33,11 +34,12 @@ def test_bridge_killed_under_load(
     kills: int,
     past_window: int,
     atomic: bool | None,
+    fast: bool,
 ) -> None:
     rng = random.Random(chaos_seed)
     config = chaos_bridge_config(
         dsn=chaos_dsn, nats_url=nats_url, name=unique_name,
-        duplicate_window=f"{DUPLICATE_WINDOW:g}s", atomic=atomic,
+        duplicate_window=f"{DUPLICATE_WINDOW:g}s", atomic=atomic, fast=fast,
     )
     bridge = BridgeRunner(make_bridge, config)
     bridge.start()  # creates the slot: rows committed from now on must all arrive

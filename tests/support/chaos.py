@@ -727,8 +727,9 @@ class Auditor:
 # --- the bridge -----------------------------------------------------------------------------
 
 
-# How the bridge publishes: atomic batches (nats.atomic_transactions) or message by message.
-PUBLISH_MODES = ("atomic", "per-message")
+# How the bridge publishes: atomic batches (nats.atomic_transactions), message by message
+# pipelined, or message by message in fast-ingest batches (nats.fast_ingest).
+PUBLISH_MODES = ("atomic", "per-message", "fast")
 
 
 def chaos_bridge_config(
@@ -743,18 +744,20 @@ def chaos_bridge_config(
     replicas: int = 1,
     extra_servers: tuple[str, ...] = (),
     atomic: bool | None = None,
+    fast: bool = False,
 ) -> dict[str, Any]:
     """Bridge config for slot/publication ``name`` and stream ``NAME`` on ``name.>``.
 
-    ``atomic``: ``nats.atomic_transactions``; None: from CHAOS_PUBLISH_MODE (``atomic``
-    or ``per-message``), else the default (atomic with the test's nats-server 2.15), so
-    ``CHAOS_PUBLISH_MODE=per-message pytest tests/chaos`` runs every scenario in the
-    other mode."""
+    ``atomic``: ``nats.atomic_transactions``; None: from CHAOS_PUBLISH_MODE (``atomic``,
+    ``per-message`` or ``fast``: per-message through fast-ingest batches), else the
+    default (atomic with the test's nats-server 2.15), so
+    ``CHAOS_PUBLISH_MODE=fast pytest tests/chaos`` runs every scenario in that mode.
+    ``fast``: ``nats.fast_ingest`` when ``atomic`` is given."""
     if atomic is None:
         mode = os.environ.get("CHAOS_PUBLISH_MODE", "atomic")
         if mode not in PUBLISH_MODES:
             raise ValueError(f"CHAOS_PUBLISH_MODE={mode!r}: expected one of {PUBLISH_MODES}")
-        atomic = mode == "atomic"
+        atomic, fast = mode == "atomic", mode == "fast"
     return {
         "postgres": {
             "dsn": dsn,
@@ -775,6 +778,7 @@ def chaos_bridge_config(
             "max_in_flight": max_in_flight,
             "connect_timeout": "2s",
             "atomic_transactions": atomic,
+            "fast_ingest": fast,
         },
         "outbox": {"table": "public.outbox"},
         "routes": [{"subject": name + ".{aggregate_type}.{event_type}"}],
