@@ -30,6 +30,8 @@ from bench.other_writer import SUBJECT_PREFIX as WRITER_PREFIX
 from bench.report import (
     ATOMIC,
     ATOMIC_WRITER,
+    FAST,
+    FAST_WRITER,
     PER_MESSAGE,
     PER_MESSAGE_WRITER,
     ModeGroup,
@@ -43,12 +45,14 @@ BRIDGE_SUBJECTS = f"{SUBJECT_PREFIX}.>"
 WRITER_SUBJECTS = f"{WRITER_PREFIX}.>"
 STREAM_SUBJECTS = [BRIDGE_SUBJECTS, WRITER_SUBJECTS]
 
-# variant -> (atomic mode?, another writer?)
+# variant -> (atomic mode?, another writer?, fast-ingest batches?)
 _VARIANTS = {
-    PER_MESSAGE: (False, False),
-    ATOMIC: (True, False),
-    PER_MESSAGE_WRITER: (False, True),
-    ATOMIC_WRITER: (True, True),
+    PER_MESSAGE: (False, False, False),
+    ATOMIC: (True, False, False),
+    PER_MESSAGE_WRITER: (False, True, False),
+    ATOMIC_WRITER: (True, True, False),
+    FAST: (False, False, True),
+    FAST_WRITER: (False, True, True),
 }
 
 
@@ -62,8 +66,8 @@ class ModeSettings:
 
     def variants(self, tx_size: int) -> tuple[str, ...]:
         if tx_size == self.writer_tx_size:
-            return (PER_MESSAGE, ATOMIC, PER_MESSAGE_WRITER, ATOMIC_WRITER)
-        return (PER_MESSAGE, ATOMIC)
+            return (PER_MESSAGE, ATOMIC, FAST, PER_MESSAGE_WRITER, ATOMIC_WRITER, FAST_WRITER)
+        return (PER_MESSAGE, ATOMIC, FAST)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +82,7 @@ class ModeSettings:
                 "storage": "file",
                 "duplicate_window_s": 120,
                 "allow_atomic": True,
+                "allow_batched": True,
             },
         }
 
@@ -95,7 +100,9 @@ class WrongMode(RuntimeError):
     """The bridge did not run in the mode the row is about."""
 
 
-def bridge_mode_config(stack: BenchStack, slot: str, *, atomic: bool) -> dict[str, Any]:
+def bridge_mode_config(
+    stack: BenchStack, slot: str, *, atomic: bool, fast: bool = False
+) -> dict[str, Any]:
     config = bridge_config(
         dsn=stack.dsn, nats_url=stack.nats.url, slot=slot, publication=PUBLICATION
     )
@@ -104,16 +111,18 @@ def bridge_mode_config(stack: BenchStack, slot: str, *, atomic: bool) -> dict[st
         "name": STREAM,
         "subjects": list(STREAM_SUBJECTS),
         "allow_atomic": True,
+        "allow_batched": True,
     }
     nats_section["atomic_transactions"] = atomic
+    nats_section["fast_ingest"] = fast
     nats_section["subject_space"] = BRIDGE_SUBJECTS
     # The `streaming` line (info) says which mode it runs in
     config["logging"]["level"] = "info"
     return config
 
 
-def streaming_mode(log_path: Path) -> bool | None:
-    """``atomic`` of the bridge's ``streaming`` log line (JSON lines); None if it has none."""
+def streaming_mode(log_path: Path, key: str = "atomic") -> bool | None:
+    """``key`` of the bridge's ``streaming`` log line (JSON lines); None if it has none."""
     found: bool | None = None
     for line in log_path.read_text(encoding="utf-8", errors="replace").splitlines():
         if '"streaming"' not in line:
@@ -123,7 +132,7 @@ def streaming_mode(log_path: Path) -> bool | None:
         except ValueError:
             continue
         if record.get("event") == "streaming":
-            found = bool(record.get("atomic"))
+            found = bool(record.get(key))
     return found
 
 
@@ -136,9 +145,9 @@ async def _drain_variant(
     name: str,
     writer_rates: dict[str, list[float]],
 ) -> Throughput:
-    atomic, with_writer = _VARIANTS[variant]
+    atomic, with_writer, fast = _VARIANTS[variant]
     work_dir = stack.work_dir("modes")
-    await create_stream(nc, STREAM, list(STREAM_SUBJECTS), allow_atomic=True)
+    await create_stream(nc, STREAM, list(STREAM_SUBJECTS), allow_atomic=True, allow_batched=True)
     writer: Child | None = None
     bridge: BridgeUnderTest | None = None
     try:
@@ -151,7 +160,7 @@ async def _drain_variant(
             )
             writer.start()
             await writer.wait_ready(timeout=30)
-        config = bridge_mode_config(stack, slot, atomic=atomic)
+        config = bridge_mode_config(stack, slot, atomic=atomic, fast=fast)
         bridge = BridgeUnderTest(config, work_dir, name)
         bridge.start()
         state = await wait_for_subject_messages(
@@ -182,12 +191,13 @@ async def _drain_variant(
         if writer is not None:
             writer.kill()
     assert bridge is not None
-    ran_atomic = streaming_mode(bridge.log_path)
-    if ran_atomic is not atomic:
-        raise WrongMode(
-            f"{name}: the bridge was to run with atomic={atomic} but its streaming line says "
-            f"atomic={ran_atomic}; log {bridge.log_path}"
-        )
+    for key, wanted in (("atomic", atomic), ("fast_ingest", fast)):
+        ran = streaming_mode(bridge.log_path, key)
+        if ran is not wanted:
+            raise WrongMode(
+                f"{name}: the bridge was to run with {key}={wanted} but its streaming line "
+                f"says {key}={ran}; log {bridge.log_path}"
+            )
     await delete_stream(nc, STREAM)
     return drained
 

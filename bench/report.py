@@ -84,7 +84,10 @@ PER_MESSAGE = "per_message"
 ATOMIC = "atomic"
 PER_MESSAGE_WRITER = "per_message_with_writer"
 ATOMIC_WRITER = "atomic_with_writer"
-MODE_VARIANTS = (PER_MESSAGE, ATOMIC, PER_MESSAGE_WRITER, ATOMIC_WRITER)
+# Per-message mode through fast-ingest batches (nats.fast_ingest), alone and with the writer
+FAST = "fast"
+FAST_WRITER = "fast_with_writer"
+MODE_VARIANTS = (PER_MESSAGE, ATOMIC, PER_MESSAGE_WRITER, ATOMIC_WRITER, FAST, FAST_WRITER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,10 @@ class ModeGroup:
     def pairs(self) -> list[tuple[str, str, str]]:
         """(label, variant, base) of every ratio this group reports."""
         found: list[tuple[str, str, str]] = [("atomic/per-message", ATOMIC, PER_MESSAGE)]
+        if FAST in self.rounds:
+            found.append(("fast/per-message", FAST, PER_MESSAGE))
+        if FAST_WRITER in self.rounds:
+            found.append(("fast with writer/alone", FAST_WRITER, FAST))
         if PER_MESSAGE_WRITER in self.rounds:
             found += [
                 ("atomic/per-message, with writer", ATOMIC_WRITER, PER_MESSAGE_WRITER),
@@ -578,6 +585,8 @@ _VARIANT_LABELS = {
     ATOMIC: "atomic",
     PER_MESSAGE_WRITER: "per-message + writer",
     ATOMIC_WRITER: "atomic + writer",
+    FAST: "fast ingest",
+    FAST_WRITER: "fast ingest + writer",
 }
 
 

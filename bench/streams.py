@@ -33,7 +33,12 @@ class StreamState:
 
 
 async def create_stream(
-    nc: NatsClient, name: str, subjects: list[str], *, allow_atomic: bool | None = None
+    nc: NatsClient,
+    name: str,
+    subjects: list[str],
+    *,
+    allow_atomic: bool | None = None,
+    allow_batched: bool | None = None,
 ) -> None:
     await nc.jetstream().add_stream(
         StreamConfig(
@@ -42,6 +47,7 @@ async def create_stream(
             storage=StorageType.FILE,
             duplicate_window=DUPLICATE_WINDOW,
             allow_atomic=allow_atomic,
+            allow_batched=allow_batched,
         )
     )
 

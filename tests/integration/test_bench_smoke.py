@@ -94,21 +94,24 @@ def test_quick_bench_runs_every_stage(tmp_path: Path) -> None:
     groups = result["modes"]["groups"]
     assert [group["tx_size"] for group in groups] == list(MODE_TX_SIZES)
     for group in groups:
-        variants = {"per_message", "atomic"}
+        variants = {"per_message", "atomic", "fast"}
         if group["tx_size"] == WRITER_TX_SIZE:
-            variants |= {"per_message_with_writer", "atomic_with_writer"}
-            assert set(group["writer_rates"]) == {"per_message_with_writer", "atomic_with_writer"}
+            writers = {"per_message_with_writer", "atomic_with_writer", "fast_with_writer"}
+            variants |= writers
+            assert set(group["writer_rates"]) == writers
             for rates in group["writer_rates"].values():
                 assert len(rates) == ROUNDS
                 assert all(rate > 0 for rate in rates)
             assert set(group["ratios"]) == {
                 "atomic_vs_per_message",
+                "fast_vs_per_message",
+                "fast_with_writer_vs_fast",
                 "atomic_with_writer_vs_per_message_with_writer",
                 "per_message_with_writer_vs_per_message",
                 "atomic_with_writer_vs_atomic",
             }
         else:
-            assert set(group["ratios"]) == {"atomic_vs_per_message"}
+            assert set(group["ratios"]) == {"atomic_vs_per_message", "fast_vs_per_message"}
             assert group["writer_rates"] == {}
         assert set(group["rounds"]) == variants
         for variant in variants:
