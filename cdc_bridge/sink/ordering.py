@@ -19,7 +19,7 @@ How a message names its predecessor:
   predecessor's id with ``Nats-Expected-Last-Msg-Id``, which JetStream checks
   stream-wide. A message of another writer stored between the two would break it.
   JetStream has no per-message header that names an unacked predecessor within a
-  subject filter (its fast-ingest batches, 2.14+, would: see docs/production.md), so
+  subject filter (its fast-ingest batches, 2.14+, do: fast_publisher.py, nats.fast_ingest), so
   the guard watches for other writers instead: when the stream's last sequence is not
   the space's at the start, or an ack's sequence jumps past the messages it settles,
   the stream is ``shared`` and the publisher sends one chained message per ack round
