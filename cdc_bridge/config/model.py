@@ -173,9 +173,8 @@ class NatsConfig(Section):
     # (1000 unless its config says otherwise).
     batch_max_messages: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
     # Per-message mode through fast-ingest batches: auto = where the server (2.14+) and
-    # the stream (allow_batched) allow them; sink/fast_mode.py decides. Off until the
-    # chaos suite has run in that mode as long as in the others.
-    fast_ingest: AtomicSetting = False
+    # the stream (allow_batched) allow them; sink/fast_mode.py decides.
+    fast_ingest: AtomicSetting = "auto"
     connect_timeout: PositiveDuration = 5.0
     # The subjects only this bridge writes (the order guard and reconcile look only
     # there); None: BridgeConfig.subject_space derives it from the routes.
