@@ -78,7 +78,8 @@ async def register_initial_snapshots(config: BridgeConfig) -> None:
     async with await _connect(config) as conn:
         problem = await snapshot_problem(conn, config)
         if problem is not None:
-            raise FatalError(f"outbox.snapshot_on_create: {problem}")
+            reason, fix = problem
+            raise FatalError(f"outbox.snapshot_on_create: {reason} (fix: {fix})")
         if not await sql_snapshot.progress_table_exists(conn, progress_table):
             try:
                 await sql_snapshot.create_progress_table(conn, progress_table)
@@ -105,21 +106,21 @@ async def register_initial_snapshots(config: BridgeConfig) -> None:
         log.info("initial_snapshot_registered", snapshot=snapshot_id, tables=registered)
 
 
-async def snapshot_problem(conn: AsyncConn, config: BridgeConfig) -> str | None:
-    """Why the change tables could not be snapshotted (with the fix), or None: what
-    `run` refuses to create a slot for and `check` reports."""
+async def snapshot_problem(conn: AsyncConn, config: BridgeConfig) -> tuple[str, str] | None:
+    """Why the change tables could not be snapshotted and the fix, or None: what `run`
+    refuses to create a slot for and `check` reports."""
     for table in config.outbox.change_tables:
         shape = await sql_snapshot.table_shape(conn, table)
         if shape is not None and not shape.key:
             return (
-                f"{table} has no primary key, which a snapshot reads it by (fix: add one, or "
-                "set snapshot_on_create: false and publish its rows another way)"
+                f"{table} has no primary key, which a snapshot reads it by",
+                "add one, or set snapshot_on_create: false and publish its rows another way",
             )
         missing = await sql_snapshot.missing_privileges(conn, table, config.outbox.snapshot_table)
         if missing:
             return (
-                f"role lacks {'; '.join(missing)} to snapshot {table} (fix: grant them, see "
-                "sql/role.sql's snapshot_tables)"
+                f"role lacks {'; '.join(missing)} to snapshot {table}",
+                "grant them, see sql/role.sql's snapshot_tables",
             )
     return None
 

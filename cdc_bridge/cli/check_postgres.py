@@ -119,8 +119,8 @@ async def _snapshot_on_create(
         return skip(name, "checked on the primary when `run` creates the slot")
     problem = await snapshot_problem(conn, config)
     if problem is not None:
-        reason, _, fix = problem.partition(" (fix: ")
-        return fail(name, reason, fix.removesuffix(")"))
+        reason, fix = problem
+        return fail(name, reason, fix)
     tables = ", ".join(config.outbox.change_tables)
     return ok(name, f"{tables}: snapshotted when `run` creates slot {config.postgres.slot}")
 
