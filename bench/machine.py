@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from bench.children import REPO_ROOT
+from cdc_bridge import build
 
 
 def _cpu_model() -> str:
@@ -66,5 +67,6 @@ def describe_machine(*, postgres_version: str, nats_version: str) -> dict[str, o
         "postgres": postgres_version,
         "nats_server": nats_version,
         "git_revision": _git_revision(),
+        "cdc_bridge_build": build(),  # compiled (mypyc) or pure Python: the bridges run the same
         "loadavg_at_start": [round(load1, 2), round(load5, 2)],
     }

@@ -14,6 +14,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamInfo
 from nats.js.client import JetStreamContext
 
+from cdc_bridge import build
 from cdc_bridge.bridge.catalog_watch import CatalogWatch
 from cdc_bridge.bridge.continuous_audit import audit_continuously
 from cdc_bridge.bridge.failover import (
@@ -181,6 +182,7 @@ async def run_session(
             stream=config.nats.stream.name,
             atomic=atomic.enabled,
             fast_ingest=fast.enabled,
+            build=build(),  # mypyc-compiled hot path, or pure Python (CDC_BRIDGE_PURE=1)
             stored_through=format_position(resume.tail.newest),
             # What finding the stream's tail cost: messages read, seconds with the slot.
             tail_read=resume.tail.scanned,

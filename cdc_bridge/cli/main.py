@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from cdc_bridge import __version__
+from cdc_bridge import __version__, build
 
 if TYPE_CHECKING:
     from cdc_bridge.cli.args import Subcommands
@@ -65,7 +65,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         prog="cdc-bridge",
         description="Relay committed outbox inserts from PostgreSQL's WAL to NATS JetStream.",
     )
-    parser.add_argument("--version", action="version", version=f"cdc-bridge {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"cdc-bridge {__version__}, {build()}"
+    )
     commands: Subcommands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser
     )

@@ -43,7 +43,7 @@ def dry_run(folder: Path, target: str) -> str:
 
 
 def test_make_dev_installs_the_dev_extra_and_a_later_make_test_the_rest(tmp_path: Path) -> None:
-    for name in ("Makefile", "pyproject.toml"):
+    for name in ("Makefile", "pyproject.toml", "setup.py"):
         shutil.copy(REPO_ROOT / name, tmp_path / name)
     dev = dry_run(tmp_path, "dev")
     assert "pip install -q -e '.[dev]'" in dev and "installing cdc-bridge and nats-server" in dev
