@@ -73,10 +73,10 @@ def _compiled() -> list[object]:
     if os.environ.get("CDC_BRIDGE_COMPILE", "1") == "0":
         _say("CDC_BRIDGE_COMPILE=0: pure Python")
         return []
-    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    compiler = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
     headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
-    if shutil.which(os.environ.get("CC", compiler)) is None or not os.path.exists(headers):
-        _say(f"no C compiler ({compiler}) or no Python headers: pure Python")
+    if shutil.which(compiler.split()[0]) is None or not os.path.exists(headers):
+        _say(f"no C compiler ({compiler}) or no {headers}: pure Python")
         return []
     try:
         from mypyc.build import mypycify
