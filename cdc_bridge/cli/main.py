@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "status": ("cdc_bridge.cli.status", "ask a running bridge what it is doing"),
     "outbox": ("cdc_bridge.cli.outbox", "housekeeping of the outbox tables"),
+    "inbox": ("cdc_bridge.cli.inbox", "housekeeping of a consumer's inbox (cdc_bridge.inbox)"),
     "audit": ("cdc_bridge.cli.audit", "does the stream hold every outbox row, once, in order?"),
     "snapshot": (
         "cdc_bridge.cli.snapshot",

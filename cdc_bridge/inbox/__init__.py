@@ -30,6 +30,9 @@ The consumer-side counterpart of ``cdc_bridge.outbox``::
   After ``max_attempts`` it is parked (``cdc_inbox_parked``, with the error), its messages
   terminated, an error logged, and the next transactions are applied. Attempts are
   counted by the running process: a restart counts them from one again.
+- **Housekeeping.** ``prune_inbox(conn, nc, stream=, consumer=)`` (or ``cdc-bridge inbox
+  prune``) deletes the ids that no copy can reach any more: recorded longer ago than the
+  stream's ``duplicate_window`` and at or below the consumer's position.
 
 This package needs psycopg and nats-py only: nothing of the daemon (its config, logging,
 metrics) is imported. Logs go to the standard ``logging`` logger ``cdc_bridge.inbox``.
@@ -39,11 +42,11 @@ from __future__ import annotations
 
 from cdc_bridge.inbox._consumer import AfterCommit, Handler, Inbox
 from cdc_bridge.inbox._events import Event, Grouper, event_of
+from cdc_bridge.inbox._prune import PruneResult, prune_inbox
 from cdc_bridge.inbox._tables import (
     create_inbox_tables,
     create_inbox_tables_sync,
     inbox_sql,
-    prune_inbox,
 )
 
 __all__ = [
@@ -52,6 +55,7 @@ __all__ = [
     "Grouper",
     "Handler",
     "Inbox",
+    "PruneResult",
     "create_inbox_tables",
     "create_inbox_tables_sync",
     "event_of",

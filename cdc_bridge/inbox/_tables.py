@@ -126,22 +126,3 @@ async def park(
         ),
     )
     await record(conn, consumer, events, outcome="parked")
-
-
-async def prune_inbox(
-    conn: psycopg.AsyncConnection[Any],
-    consumer: str,
-    *,
-    older_than: datetime.timedelta,
-) -> int:
-    """Delete the consumer's inbox rows that can no longer be delivered again: recorded
-    longer ago than ``older_than`` (give it the stream's duplicate window, at least) and
-    below the consumer's position. Returns how many rows went. Commits."""
-    async with conn.transaction():
-        cursor = await conn.execute(
-            "DELETE FROM public.cdc_inbox i USING public.cdc_inbox_position p"
-            " WHERE i.consumer = %s AND p.consumer = i.consumer"
-            " AND i.stream_seq < p.stream_seq AND i.applied_at < now() - %s",
-            (consumer, older_than),
-        )
-        return cursor.rowcount

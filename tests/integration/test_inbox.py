@@ -9,60 +9,30 @@ test_inbox_bridge.py runs a bridge end to end.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import nats
 import psycopg
 import pytest
-from nats.aio.client import Client
 from support.inbox import (
+    TIMEOUT,
     SourceTx,
+    all_applied,
     applied_count,
     applied_rows,
     check_exactly_once_and_whole,
+    connected,
     create_stream,
     make_transactions,
     prepare_database,
     publish,
+    running,
     write_applied,
 )
 from support.waiting import wait_until_async
 
 from cdc_bridge.inbox import Event, Handler, Inbox
-
-TIMEOUT = 60.0  # the machine is shared: generous, never a measure of speed
-
-
-@contextlib.asynccontextmanager
-async def connected(url: str) -> AsyncIterator[Client]:
-    nc = await nats.connect(url)
-    try:
-        yield nc
-    finally:
-        await nc.close()
-
-
-@contextlib.asynccontextmanager
-async def running(inbox: Inbox) -> AsyncIterator[tuple[asyncio.Task[None], asyncio.Event]]:
-    """The inbox running in a task; stopped (and awaited) on the way out."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(inbox.run(stop))
-    try:
-        yield task, stop
-    finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, TIMEOUT)
-
-
-async def all_applied(dsn: str, txs: Sequence[SourceTx]) -> None:
-    total = sum(len(tx.ids) for tx in txs)
-    await wait_until_async(
-        lambda: applied_count(dsn) >= total, timeout=TIMEOUT, message=f"{total} events applied"
-    )
 
 
 def parked_rows(dsn: str) -> list[tuple[Any, ...]]:

@@ -4,7 +4,8 @@ would (its headers), a handler that writes what it applies, and what that table 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,8 @@ import psycopg
 from nats.aio.client import Client
 from nats.js.api import StreamConfig
 
-from cdc_bridge.inbox import Event, create_inbox_tables_sync
+from cdc_bridge.inbox import Event, Inbox, create_inbox_tables_sync
+from support.waiting import wait_until_async
 
 # The consumer's own table: one row per event its handler applied, with the id of the
 # consumer transaction that applied it. No unique key, so a double apply shows.
@@ -123,3 +125,35 @@ def check_exactly_once_and_whole(dsn: str, txs: Sequence[SourceTx]) -> None:
     assert not split, f"source transactions applied in several consumer transactions: {split}"
     mixed = {txid: lsns for txid, lsns in by_tx.items() if len(lsns) > 1}
     assert not mixed, f"consumer transactions holding several source transactions: {mixed}"
+
+
+TIMEOUT = 60.0  # the machine is shared: generous, never a measure of speed
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str) -> AsyncIterator[Client]:
+    nc = await nats.connect(url)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def running(inbox: Inbox) -> AsyncIterator[tuple[asyncio.Task[None], asyncio.Event]]:
+    """The inbox running in a task; stopped (and awaited) on the way out."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(inbox.run(stop))
+    try:
+        yield task, stop
+    finally:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, TIMEOUT)
+
+
+async def all_applied(dsn: str, txs: Sequence[SourceTx]) -> None:
+    total = sum(len(tx.ids) for tx in txs)
+    await wait_until_async(
+        lambda: applied_count(dsn) >= total, timeout=TIMEOUT, message=f"{total} events applied"
+    )

@@ -24,6 +24,7 @@ VALID = {
     "status": ["--url", "http://127.0.0.1:1/status"],
     "outbox prune": ["--config", "c.yaml", "--older-than", "7d"],
     "outbox replay": ["--config", "c.yaml", "--missing"],
+    "inbox prune": ["--stream", "S", "--consumer", "c"],
     "audit": ["--config", "c.yaml"],
     "snapshot": ["--config", "c.yaml", "--table", "public.t"],
 }
