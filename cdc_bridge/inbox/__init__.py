@@ -29,7 +29,10 @@ The consumer-side counterpart of ``cdc_bridge.outbox``::
   after ``backoff`` (in this process, holding the later events back, so order holds).
   After ``max_attempts`` it is parked (``cdc_inbox_parked``, with the error), its messages
   terminated, an error logged, and the next transactions are applied. Attempts are
-  counted by the running process: a restart counts them from one again.
+  counted by the running process: a restart counts them from one again. A lost
+  PostgreSQL connection is connected again (growing pauses, a warning each time), the
+  lock taken again, and reading goes on from the position: nothing is applied twice
+  (a first connect that fails raises).
 - **Housekeeping.** ``prune_inbox(conn, nc, stream=, consumer=)`` (or ``cdc-bridge inbox
   prune``) deletes the ids that no copy can reach any more: recorded longer ago than the
   stream's ``duplicate_window`` and at or below the consumer's position.

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
@@ -39,6 +40,26 @@ AfterCommit = Callable[[Sequence[Event]], Awaitable[None]]
 FETCH_BATCH = 100
 FETCH_TIMEOUT = 1.0  # also how long a stop request may wait for an idle fetch
 LOCK_RETRY = 1.0
+# Pauses before connecting again after losing PostgreSQL (the last one repeats); back to
+# the first once a connection has taken the lock.
+RECONNECT_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class _ConnectionLost(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Progress:
+    connected: bool = False  # this try made a connection
+    locked: bool = False  # and took the lock with it
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Inbox:
@@ -90,17 +111,60 @@ class Inbox:
     # --- the loop -----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Consume until ``stop`` is set; then return after the group being applied."""
+        """Consume until ``stop`` is set; then return after the group being applied.
+
+        A lost PostgreSQL connection (the server restarted, the backend terminated, the
+        network) is not the end: the inbox connects again, with growing pauses, takes
+        the lock again (or waits as a standby, if another process took it meanwhile)
+        and reads on from the position its database holds. Nothing is applied twice:
+        what the lost connection committed is past that position, with its ids.
+        Failing to connect the first time raises: a wrong DSN is not retried."""
         stop = stop or asyncio.Event()
-        async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
-            if not await self._wait_for_lock(conn, stop):
-                return
-            sub = await self._subscribe(conn)
+        failures = 0
+        connected_once = False
+        while not stop.is_set():
+            progress = _Progress()
             try:
-                await self._consume(conn, sub, stop)
-            finally:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+                await self._run_connected(stop, progress)
+                return
+            except _ConnectionLost as lost:
+                connected_once = connected_once or progress.connected
+                if not connected_once and lost.__cause__ is not None:
+                    raise lost.__cause__ from None  # the first connect: a wrong DSN, say
+                failures = 0 if progress.locked else failures + 1
+                pause = RECONNECT_BACKOFF[min(failures, len(RECONNECT_BACKOFF) - 1)]
+                log.warning(
+                    "inbox %s: lost the PostgreSQL connection (%s); connecting again in %gs",
+                    self.durable,
+                    lost.reason,
+                    pause,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause)
+
+    async def _run_connected(self, stop: asyncio.Event, progress: _Progress) -> None:
+        """One connection's life: lock, subscribe from the position, consume."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise _ConnectionLost(_first_line(exc)) from exc  # could not connect
+        progress.connected = True
+        async with conn:
+            try:
+                if not await self._wait_for_lock(conn, stop):
+                    return
+                progress.locked = True
+                sub = await self._subscribe(conn)
+                try:
+                    await self._consume(conn, sub, stop)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+            except Exception as exc:
+                # Asked before leaving ``async with``, which closes the connection.
+                if conn.broken or conn.closed:
+                    raise _ConnectionLost(_first_line(exc)) from exc
+                raise
 
     async def _wait_for_lock(self, conn: psycopg.AsyncConnection[Any], stop: asyncio.Event) -> bool:
         said = False
