@@ -20,11 +20,9 @@ suite's servers.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -36,9 +34,10 @@ from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError
 
+import psycopg
+
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
-COPY_FILE = "tickets-copy.sqlite3"
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
 
 Tickets = dict[str, dict[str, Any]]
@@ -102,6 +101,7 @@ class Process:
 def run_scenario(
     *,
     dsn: str,
+    copy_dsn: str,
     nats_url: str,
     stop_nats: Callable[[], None],
     start_nats: Callable[[], None],
@@ -111,13 +111,13 @@ def run_scenario(
     timeout: float = 60.0,
     say: Callable[[str], None] = print,
 ) -> OutageReport:
-    """Service and consumer up, tickets before/while/after NATS is down.
+    """Service and consumer up, tickets before/while/after NATS is down. The service
+    writes to ``dsn``; the consumer keeps its copy in ``copy_dsn`` (another database).
 
     The bridge must already be streaming from a slot created before the first ticket
     (cdc-bridge init, or a running bridge): events committed before the slot existed
     are not in it.
     """
-    copy_path = work_dir / COPY_FILE
     service = Process(
         "service",
         [
@@ -133,17 +133,17 @@ def run_scenario(
     )
     consumer = Process(
         "consumer",
-        [sys.executable, str(HERE / "consumer.py"), "--nats", nats_url, "--db", str(copy_path)],
+        [sys.executable, str(HERE / "consumer.py"), "--nats", nats_url, "--dsn", copy_dsn],
         work_dir / "consumer.log",
     )
     try:
         url = service.wait_for("listening on ").rsplit(" ", 1)[-1]
-        say(f"service: {url}    consumer copy: {copy_path}")
+        say(f"service: {url}")
 
         first = [_create(url, f"Ticket {n}") for n in range(1, before + 1)]
         if first:
             _update(url, first[0]["id"], {"status": "in_progress"})
-        _wait_in_sync(url, copy_path, timeout)
+        _wait_in_sync(url, copy_dsn, timeout)
         say(f"1. {before} tickets created, the consumer's copy matches")
 
         stop_nats()
@@ -156,15 +156,15 @@ def run_scenario(
                 _update(url, ticket["id"], {"status": "closed", "title": f"Ticket {n}, done"})
                 writes += 1
         service_now = _service_tickets(url)
-        behind = read_copy(copy_path) != service_now
+        behind = read_copy(copy_dsn) != service_now
         say(
             f"   {writes} requests, all succeeded; the service has {len(service_now)} tickets,"
-            f" the consumer's copy {len(read_copy(copy_path))}"
+            f" the consumer's copy {len(read_copy(copy_dsn))}"
         )
 
         start_nats()
         say("3. NATS started; waiting for the consumer to catch up ...")
-        service_tickets, consumer_tickets = _wait_in_sync(url, copy_path, timeout)
+        service_tickets, consumer_tickets = _wait_in_sync(url, copy_dsn, timeout)
         say(f"   the copy equals the service: {len(consumer_tickets)} tickets, nothing lost")
         return OutageReport(service_tickets, consumer_tickets, writes, behind)
     finally:
@@ -172,25 +172,23 @@ def run_scenario(
         service.stop()
 
 
-def read_copy(path: Path) -> Tickets:
-    """The consumer's tickets by id, read from its SQLite file while it runs."""
-    if not path.exists():
-        return {}
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+def read_copy(dsn: str) -> Tickets:
+    """The consumer's tickets by id, read from its database while it runs."""
+    with psycopg.connect(dsn) as conn:
         try:
-            rows = db.execute("SELECT id, title, status, version FROM tickets").fetchall()
-        except sqlite3.OperationalError:  # its tables are not created yet
+            rows = conn.execute("SELECT id, title, status, version FROM tickets").fetchall()
+        except psycopg.errors.UndefinedTable:  # the consumer has not created it yet
             return {}
     return {
         row[0]: {"id": row[0], "title": row[1], "status": row[2], "version": row[3]} for row in rows
     }
 
 
-def _wait_in_sync(url: str, copy_path: Path, timeout: float) -> tuple[Tickets, Tickets]:
+def _wait_in_sync(url: str, copy_dsn: str, timeout: float) -> tuple[Tickets, Tickets]:
     deadline = time.monotonic() + timeout
     while True:
         service_tickets = _service_tickets(url)
-        copy = read_copy(copy_path)
+        copy = read_copy(copy_dsn)
         if copy == service_tickets:
             return service_tickets, copy
         if time.monotonic() > deadline:
@@ -241,7 +239,7 @@ def _python_path() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--dir", help="keep servers, logs and the copy here (default: temporary)")
+    parser.add_argument("--dir", help="keep servers and logs here (default: temporary)")
     parser.add_argument("--before", type=int, default=5, help="tickets before the outage")
     parser.add_argument("--during", type=int, default=20, help="tickets during the outage")
     args = parser.parse_args(argv)
@@ -258,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starting PostgreSQL and nats-server under {work_dir} ...", flush=True)
         stack.start()
         dsn = stack.postgres.create_database("tickets")
+        copy_dsn = stack.postgres.create_database("tickets_copy", outbox_schema=False)
         os.environ.update({"TICKETS_DSN": dsn, "NATS_URL": stack.nats.url})
         config = str(HERE / "bridge.yaml")
         # Slot, publication and stream before the first ticket: nothing can be missed.
@@ -284,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         bridge.wait_for("streaming")
         report = run_scenario(
             dsn=dsn,
+            copy_dsn=copy_dsn,
             nats_url=stack.nats.url,
             stop_nats=stack.nats.stop,
             start_nats=stack.nats.start,

@@ -22,6 +22,7 @@ from support.outbox import duplicated_ids, message_ids, wait_for_ids
 
 from cdc_bridge.config.load import load_config
 from cdc_bridge.dev.nats_server import NatsServer
+from cdc_bridge.dev.postgres_server import PostgresServer
 
 MakeBridge = Callable[..., BridgeProcess]
 EXAMPLE = REPO_ROOT / "examples" / "tickets"
@@ -66,6 +67,7 @@ def test_the_readme_runs_the_pieces_from_the_projects_virtualenv() -> None:
 
 def test_tickets_written_while_nats_is_down_all_reach_the_consumer(
     pg_dsn: str,
+    pg_server: PostgresServer,
     isolated_nats_server: NatsServer,
     unique_name: str,
     make_bridge: MakeBridge,
@@ -77,16 +79,26 @@ def test_tickets_written_while_nats_is_down_all_reach_the_consumer(
     )
     bridge.wait_for_log(log_event("streaming"), timeout=30)  # slot and stream exist now
 
-    report = load_demo().run_scenario(
-        dsn=pg_dsn,
-        nats_url=nats_url,
-        stop_nats=isolated_nats_server.stop,
-        start_nats=isolated_nats_server.start,
-        work_dir=tmp_path,
-        before=4,
-        during=12,
-        say=print,
-    )
+    copy_name = f"copy_{unique_name}"  # the consumer's own database
+    copy_dsn = pg_server.create_database(copy_name, outbox_schema=False)
+    try:
+        report = load_demo().run_scenario(
+            dsn=pg_dsn,
+            copy_dsn=copy_dsn,
+            nats_url=nats_url,
+            stop_nats=isolated_nats_server.stop,
+            start_nats=isolated_nats_server.start,
+            work_dir=tmp_path,
+            before=4,
+            during=12,
+            say=print,
+        )
+        with psycopg.connect(copy_dsn) as conn:
+            row = conn.execute("SELECT count(*) FROM cdc_inbox").fetchone()
+            inbox_rows = row[0] if row else 0
+            parked = conn.execute("SELECT count(*) FROM cdc_inbox_parked").fetchone()
+    finally:
+        pg_server.drop_database(copy_name)
 
     assert report.writes_during_outage == 18  # 12 creates, 6 updates: every one succeeded
     assert report.behind_during_outage
@@ -103,4 +115,5 @@ def test_tickets_written_while_nats_is_down_all_reach_the_consumer(
     messages = wait_for_ids(nats_url, "TICKETS", outbox_ids)
     assert sorted(message_ids(messages)) == sorted(outbox_ids)
     assert duplicated_ids(messages) == {}
+    assert inbox_rows == len(outbox_ids) and parked == (0,)  # each event recorded once
     assert {m.subject for m in messages} == {"tickets.events.created", "tickets.events.updated"}
