@@ -73,11 +73,20 @@ async def connect(url: str, stop: asyncio.Event) -> Client | None:
     while not stop.is_set():
         try:
             return await nats.connect(
-                url, connect_timeout=2, reconnect_time_wait=RETRY_PAUSE, max_reconnect_attempts=-1
+                url,
+                connect_timeout=2,
+                reconnect_time_wait=RETRY_PAUSE,
+                max_reconnect_attempts=-1,
+                error_cb=_nats_error,
             )
         except (OSError, nats.errors.Error, TimeoutError):
             await _pause(stop)
     return None
+
+
+async def _nats_error(exc: Exception) -> None:
+    # One line while NATS is away (nats-py would log a traceback per attempt).
+    print(f"consumer: NATS: {type(exc).__name__}: {exc}", flush=True)
 
 
 async def wait_for_stream(nc: Client, stream: str, stop: asyncio.Event) -> bool:
