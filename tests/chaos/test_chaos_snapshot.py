@@ -1,0 +1,469 @@
+"""Scenario: `cdc-bridge snapshot` of a table that a writer keeps changing, while the bridge
+is killed with SIGKILL and restarted, and the snapshot command itself is killed with
+SIGKILL mid-chunk and run again (it resumes after its last committed chunk). Issue 32.
+
+The command is stopped deterministically: a test session holds a row lock (FOR UPDATE)
+on a key ahead of it, so the command's chunk waits on that row with the rows before it
+locked and their messages written but not committed; the command is killed there, the
+lock released, and its orphaned backend aborts the chunk. The bridge is killed while the
+command waits (so at least once per command kill) and at random points of its progress.
+
+The stream is then checked as in tests/integration/test_snapshot_consistency.py: it is
+replayed, in order, into a copy of the table as it was before the snapshot (I and U set
+a key's row, D removes it) and every R must equal the copy's row at that point; the copy
+must equal the table at the end (nothing lost, order kept); no Nats-Msg-Id is stored
+twice; every row the writer never touched has exactly one R (one snapshot id for all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import nats
+import psycopg
+import pytest
+import yaml
+from nats.aio.msg import Msg
+from support.bridge import REPO_ROOT, BridgeProcess
+from support.chaos import BridgeRunner, chaos_bridge_config
+from support.outbox import Event, insert_event
+from support.waiting import wait_until
+
+TABLE = "public.accounts"
+PROGRESS_TABLE = "public.cdc_bridge_snapshots"
+OPS_APPLICATION = "cdc-bridge-ops"  # the snapshot command's application_name
+
+Row = tuple[int, str | None]
+
+
+# --- the table and its writer -----------------------------------------------------------
+
+
+def create_accounts(dsn: str, rows: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE public.accounts (id int PRIMARY KEY, balance int NOT NULL, note text)"
+        )
+        conn.execute(
+            "INSERT INTO public.accounts SELECT g, g * 10, 'original ' || g"
+            " FROM generate_series(1, %s) g",
+            (rows,),
+        )
+
+
+def table_rows(dsn: str) -> dict[int, Row]:
+    with psycopg.connect(dsn) as conn:
+        return {k: (b, n) for k, b, n in conn.execute("SELECT id, balance, note FROM accounts")}
+
+
+class Writer:
+    """One thread of small transactions of inserts, updates and deletes over keys
+    1..``top`` (never the ``spared`` keys, which the test locks), until stopped."""
+
+    def __init__(self, dsn: str, top: int, spared: set[int], seed: int) -> None:
+        self._dsn = dsn
+        self._top = top
+        self._spared = spared
+        self._rng = random.Random(seed)
+        self._stop = threading.Event()
+        self.touched: set[int] = set()
+        self.transactions = 0
+        self.statements = 0
+        self.failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="snapshot-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "the writer did not stop"
+        if self.failure is not None:
+            raise AssertionError(f"writer failed: {self.failure!r}") from self.failure
+
+    def _run(self) -> None:
+        rng = self._rng
+        try:
+            with psycopg.connect(self._dsn, autocommit=True) as conn:
+                while not self._stop.is_set():
+                    with conn.transaction():
+                        for _ in range(rng.randint(1, 4)):
+                            key = rng.randint(1, self._top)
+                            if key in self._spared:
+                                continue
+                            self.touched.add(key)
+                            self.statements += 1
+                            action = rng.random()
+                            if action < 0.5:
+                                conn.execute(
+                                    "UPDATE accounts SET balance = balance + 1, note = %s"
+                                    " WHERE id = %s",
+                                    [f"updated {rng.random():.6f}", key],
+                                )
+                            elif action < 0.75:
+                                conn.execute("DELETE FROM accounts WHERE id = %s", [key])
+                            else:
+                                conn.execute(
+                                    "INSERT INTO accounts VALUES (%s, %s, 'inserted')"
+                                    " ON CONFLICT (id) DO UPDATE SET note = 'reinserted'",
+                                    [key, key],
+                                )
+                    self.transactions += 1
+                    self._stop.wait(0.002)
+        except BaseException as exc:  # re-raised by stop() in the test thread
+            self.failure = exc
+
+
+# --- the snapshot command -----------------------------------------------------------------
+
+
+@dataclass
+class SnapshotCommand:
+    """``cdc-bridge snapshot`` run as an operator runs it, again and again."""
+
+    config_path: Path
+    args: tuple[str, ...]
+    runs: list[subprocess.Popen[str]] = field(default_factory=list)
+    outputs: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def spawn(self) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cdc_bridge", "snapshot", "--config",
+             str(self.config_path), *self.args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        )  # fmt: skip
+        self.runs.append(process)
+        return process
+
+    def kill(self) -> None:
+        process = self.runs[-1]
+        process.send_signal(signal.SIGKILL)
+        out, err = process.communicate(timeout=30)
+        self.outputs.append((process.returncode, out, err))
+
+    def finish(self, timeout: float) -> tuple[int, str, str]:
+        process = self.runs[-1]
+        out, err = process.communicate(timeout=timeout)
+        self.outputs.append((process.returncode, out, err))
+        return process.returncode, out, err
+
+    def close(self) -> None:
+        for process in self.runs:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+def progress_rows(dsn: str) -> tuple[int, bool]:
+    """Rows the table's snapshot has committed, and whether it finished."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        found = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (PROGRESS_TABLE,)).fetchone()
+        if not found or not found[0]:
+            return 0, False
+        row = conn.execute(
+            f"SELECT rows, finished_at IS NOT NULL FROM {PROGRESS_TABLE} WHERE table_name = %s",
+            (TABLE,),
+        ).fetchone()
+    return (0, False) if row is None else (int(row[0]), bool(row[1]))
+
+
+def ops_backends(dsn: str, *, waiting: bool = False) -> list[int]:
+    """The snapshot command's server sessions in this database (``waiting``: on a lock)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+            " AND datname = current_database()"
+            + (" AND wait_event_type = 'Lock'" if waiting else ""),
+            (OPS_APPLICATION,),
+        ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def reached_or_waiting(dsn: str, rows: int) -> bool:
+    """The snapshot committed ``rows`` rows, or its chunk waits on a lock."""
+    return progress_rows(dsn)[0] >= rows or bool(ops_backends(dsn, waiting=True))
+
+
+@dataclass
+class RowLock:
+    """A session holding FOR UPDATE on one row: a chunk reaching it waits."""
+
+    dsn: str
+    key: int
+    conn: psycopg.Connection[Any] | None = None
+
+    def take(self) -> None:
+        self.conn = psycopg.connect(self.dsn)
+        self.conn.execute("SELECT 1 FROM accounts WHERE id = %s FOR UPDATE", (self.key,))
+
+    def release(self) -> None:
+        if self.conn is not None:
+            self.conn.rollback()
+            self.conn.close()
+            self.conn = None
+
+
+# --- reading the stream -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    msg_id: str
+    subject: str
+    data: bytes
+
+
+async def _consume(url: str, stream: str, handle: Callable[[Seen], None], timeout: float) -> int:
+    """Hand every message the stream holds now to ``handle``, in stream order (an ordered
+    push consumer: nothing is kept here); how many."""
+    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
+    try:
+        async with asyncio.timeout(timeout):
+            js = nc.jetstream(timeout=10)
+            state = (await js.stream_info(stream)).state
+            if not state.messages:
+                return 0
+            last_seq = state.last_seq
+            done = asyncio.Event()
+            count = 0
+
+            async def collect(msg: Msg) -> None:
+                nonlocal count
+                seq = msg.metadata.sequence.stream
+                if seq > last_seq or done.is_set():
+                    done.set()
+                    return
+                count += 1
+                headers = msg.headers or {}
+                handle(Seen(headers.get("Nats-Msg-Id", ""), msg.subject, msg.data))
+                if seq == last_seq:
+                    done.set()
+
+            sub = await js.subscribe(
+                ">", stream=stream, cb=collect, ordered_consumer=True,
+                pending_msgs_limit=-1, pending_bytes_limit=-1,
+            )  # fmt: skip
+            try:
+                await done.wait()
+            finally:
+                await sub.unsubscribe()
+            return count
+    finally:
+        await nc.close()
+
+
+def consume_stream(url: str, stream: str, handle: Callable[[Seen], None], timeout: float) -> int:
+    return asyncio.run(_consume(url, stream, handle, timeout))
+
+
+# --- the scenario -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def snapshot_command(
+    tmp_path: Path,
+) -> Iterator[Callable[[dict[str, Any], tuple[str, ...]], SnapshotCommand]]:
+    made: list[SnapshotCommand] = []
+
+    def make(config: dict[str, Any], args: tuple[str, ...]) -> SnapshotCommand:
+        path = tmp_path / "snapshot.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        command = SnapshotCommand(path, args)
+        made.append(command)
+        return command
+
+    yield make
+    for command in made:
+        command.close()
+
+
+def snapshot_config(dsn: str, nats_url: str, name: str) -> dict[str, Any]:
+    config = chaos_bridge_config(dsn=dsn, nats_url=nats_url, name=name)
+    config["outbox"]["change_tables"] = [TABLE]
+    config["routes"] = [
+        {"when": {"table": TABLE}, "subject": f"{name}.accounts.{{action}}", "payload": "change"},
+        *config["routes"],
+    ]
+    return config
+
+
+@pytest.mark.parametrize(
+    ("rows", "chunk", "command_kills"),
+    [
+        pytest.param(3000, 20, 2, id="short"),
+        pytest.param(20000, 50, 5, id="long", marks=pytest.mark.slow),
+    ],
+)
+def test_snapshot_and_bridge_killed_beside_a_writer(
+    chaos_dsn: str,
+    nats_url: str,
+    unique_name: str,
+    make_bridge: Callable[..., BridgeProcess],
+    snapshot_command: Callable[[dict[str, Any], tuple[str, ...]], SnapshotCommand],
+    chaos_seed: int,
+    rows: int,
+    chunk: int,
+    command_kills: int,
+) -> None:
+    rng = random.Random(chaos_seed)
+    started = time.monotonic()
+    create_accounts(chaos_dsn, rows)
+    config = snapshot_config(chaos_dsn, nats_url, unique_name)
+    bridge = BridgeRunner(make_bridge, config)
+    bridge.start()  # the slot: the command requires it
+    before = table_rows(chaos_dsn)
+
+    # Where the command is stopped: keys spread over the table, which the writer spares
+    stops = [rows * (n + 1) // (command_kills + 1) + rng.randint(-chunk, chunk)
+             for n in range(command_kills)]  # fmt: skip
+    locks = [RowLock(chaos_dsn, key) for key in stops]
+    for lock in locks:
+        lock.take()
+    writer = Writer(chaos_dsn, rows + rows // 10, set(stops), chaos_seed)
+    command = snapshot_command(config, ("--table", TABLE, "--chunk", str(chunk), "--yes"))
+    bridge_kills = 0
+
+    def kill_bridge() -> None:
+        nonlocal bridge_kills
+        bridge.kill()
+        bridge_kills += 1
+        bridge.start(wait_streaming=rng.random() < 0.5)
+
+    try:
+        writer.start()
+        for lock in locks:
+            command.spawn()
+            # somewhere on the way to the locked row, the bridge dies too
+            at = rng.randint(0, max(0, (lock.key - chunk) * 9 // 10))
+            wait_until(partial(reached_or_waiting, chaos_dsn, at), timeout=120, interval=0.02)
+            kill_bridge()
+            # the chunk holding the locked row waits for it, its earlier rows written
+            backend = wait_until(lambda: ops_backends(chaos_dsn, waiting=True), timeout=120)
+            bridge.wait_streaming(timeout=60)  # this one dies while it streams
+            time.sleep(rng.uniform(0, 0.5))
+            kill_bridge()
+            command.kill()
+            lock.release()  # the orphaned backend goes on, finds its client gone, aborts
+            wait_until(lambda: not ops_backends(chaos_dsn), timeout=60,
+                       message=f"the killed command's backend {backend} stayed")  # fmt: skip
+        command.spawn()  # resumes after the last committed chunk, and finishes
+        done_rows = progress_rows(chaos_dsn)[0]
+        at = rng.randint(done_rows, rows)
+        try:
+            wait_until(lambda: progress_rows(chaos_dsn)[0] >= at or command.runs[-1].poll()
+                       is not None, timeout=120, interval=0.02)  # fmt: skip
+        finally:
+            kill_bridge()
+        code, out, err = command.finish(timeout=300)
+        assert code == 0, out + err
+        assert progress_rows(chaos_dsn)[1]
+    finally:
+        for lock in locks:
+            lock.release()
+        writer.stop()
+    bridge.wait_streaming(timeout=60)
+    with psycopg.connect(chaos_dsn) as conn:
+        final_id = insert_event(conn, Event(aggregate_id="A-1", event_type="done"))
+    stream = unique_name.upper()
+    try:
+        wait_until(partial(_has_id, nats_url, stream, unique_name, final_id), timeout=180,
+                   interval=0.5, message="the last event never arrived")  # fmt: skip
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{bridge.notable_lines()}") from None
+
+    audit = Replay(dict(before), f"{unique_name}.accounts.")
+    stored = consume_stream(nats_url, stream, audit.see, timeout=300)
+    now = table_rows(chaos_dsn)
+    elapsed = time.monotonic() - started
+    print(
+        f"snapshot chaos ({rows} rows, chunk {chunk}): {len(audit.reads)} rows read (R), "
+        f"{audit.changes} changes beside them ({writer.transactions} writer txs, "
+        f"{len(writer.touched)} keys touched), stream {stored} messages, "
+        f"{bridge_kills} bridge kill -9, {command_kills} snapshot command kill -9 "
+        f"({len(command.runs)} runs), {elapsed:.1f} s"
+    )
+    assert not audit.faults, "\n".join(audit.faults[:10]) + "\n" + bridge.notable_lines()
+    assert not audit.duplicate_ids, f"ids stored twice: {list(audit.duplicate_ids)[:10]}"
+    assert audit.copy == now, _diff(audit.copy, now)  # every change arrived, in order
+    assert all(count == 1 for count in audit.reads.values())
+    assert len(audit.snapshot_ids) == 1, audit.snapshot_ids  # the resumed runs kept the id
+    untouched = set(before) - writer.touched
+    assert untouched and untouched <= set(audit.reads), sorted(untouched - set(audit.reads))[:10]
+    assert bridge_kills >= 2 * command_kills + 1
+
+
+def _has_id(url: str, stream: str, name: str, msg_id: str) -> bool:
+    async def last() -> str:
+        nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
+        try:
+            try:
+                msg = await nc.jetstream(timeout=10).get_last_msg(stream, f"{name}.ticket.done")
+            except nats.js.errors.NotFoundError:
+                return ""
+            return str((msg.headers or {}).get("Nats-Msg-Id", ""))
+        finally:
+            await nc.close()
+
+    return asyncio.run(last()) == msg_id
+
+
+class Replay:
+    """The stream, in order, applied to a copy of the table as it was before."""
+
+    def __init__(self, copy: dict[int, Row], prefix: str) -> None:
+        self.copy = copy
+        self.prefix = prefix
+        self.reads: Counter[int] = Counter()
+        self.changes = 0
+        self.faults: list[str] = []
+        self.snapshot_ids: set[str] = set()
+        self._ids: set[str] = set()
+        self.duplicate_ids: Counter[str] = Counter()
+
+    def see(self, message: Seen) -> None:
+        if message.msg_id in self._ids:
+            self.duplicate_ids[message.msg_id] += 1
+        self._ids.add(message.msg_id)
+        if not message.subject.startswith(self.prefix):
+            return
+        change = json.loads(message.data)
+        if change["action"] == "D":
+            self.changes += 1
+            [key_column] = change["identity"]
+            self.copy.pop(key_column["value"], None)
+            return
+        values = {c["name"]: c["value"] for c in change["columns"]}
+        key, row = values["id"], (values["balance"], values["note"])
+        if change["action"] == "R":
+            self.reads[key] += 1
+            self.snapshot_ids.add(message.msg_id.split(":", 1)[0])
+            if self.copy.get(key) != row:
+                self.faults.append(
+                    f"R of {key} ({message.msg_id}) is {row}, the stream had {self.copy.get(key)}"
+                )
+        else:
+            self.changes += 1
+            self.copy[key] = row
+
+
+def _diff(copy: dict[int, Row], now: dict[int, Row]) -> str:
+    keys = sorted(k for k in set(copy) | set(now) if copy.get(k) != now.get(k))
+    return f"{len(keys)} keys differ: " + ", ".join(
+        f"{k}: stream {copy.get(k)} table {now.get(k)}" for k in keys[:10]
+    )
