@@ -304,10 +304,12 @@ def snapshot_config(dsn: str, nats_url: str, name: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("rows", "chunk", "command_kills"),
+    ("rows", "chunk", "command_kills", "batch_max"),
     [
-        pytest.param(3000, 20, 2, id="short"),
-        pytest.param(20000, 50, 5, id="long", marks=pytest.mark.slow),
+        pytest.param(3000, 20, 2, None, id="short"),
+        pytest.param(20000, 50, 5, None, id="long", marks=pytest.mark.slow),
+        # each chunk's transaction published in several batches: kills land inside one
+        pytest.param(3000, 50, 2, 7, id="split", marks=pytest.mark.slow),
     ],
 )
 def test_snapshot_and_bridge_killed_beside_a_writer(
@@ -320,11 +322,14 @@ def test_snapshot_and_bridge_killed_beside_a_writer(
     rows: int,
     chunk: int,
     command_kills: int,
+    batch_max: int | None,
 ) -> None:
     rng = random.Random(chaos_seed)
     started = time.monotonic()
     create_accounts(chaos_dsn, rows)
     config = snapshot_config(chaos_dsn, nats_url, unique_name)
+    if batch_max is not None:
+        config["nats"]["batch_max_messages"] = batch_max
     bridge = BridgeRunner(make_bridge, config)
     bridge.start()  # the slot: the command requires it
     before = table_rows(chaos_dsn)
