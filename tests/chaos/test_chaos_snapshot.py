@@ -183,21 +183,22 @@ def progress_rows(dsn: str) -> tuple[int, bool]:
     return (0, False) if row is None else (int(row[0]), bool(row[1]))
 
 
-def ops_backends(dsn: str, *, waiting: bool = False) -> list[int]:
-    """The snapshot command's server sessions in this database (``waiting``: on a lock)."""
+def ops_backends(dsn: str, *, blocked_by: int | None = None) -> list[int]:
+    """The snapshot command's server sessions in this database (``blocked_by``: those
+    waiting on a lock that this backend holds: not on a writer's row, briefly)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
             " AND datname = current_database()"
-            + (" AND wait_event_type = 'Lock'" if waiting else ""),
-            (OPS_APPLICATION,),
+            " AND (%s::int IS NULL OR %s::int = ANY (pg_blocking_pids(pid)))",
+            (OPS_APPLICATION, blocked_by, blocked_by),
         ).fetchall()
     return [int(r[0]) for r in rows]
 
 
-def reached_or_waiting(dsn: str, rows: int) -> bool:
-    """The snapshot committed ``rows`` rows, or its chunk waits on a lock."""
-    return progress_rows(dsn)[0] >= rows or bool(ops_backends(dsn, waiting=True))
+def reached_or_blocked(dsn: str, rows: int, lock: RowLock) -> bool:
+    """The snapshot committed ``rows`` rows, or its chunk waits on ``lock``."""
+    return progress_rows(dsn)[0] >= rows or bool(ops_backends(dsn, blocked_by=lock.pid))
 
 
 @dataclass
@@ -207,6 +208,11 @@ class RowLock:
     dsn: str
     key: int
     conn: psycopg.Connection[Any] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.conn is not None
+        return self.conn.info.backend_pid
 
     def take(self) -> None:
         self.conn = psycopg.connect(self.dsn)
@@ -356,10 +362,10 @@ def test_snapshot_and_bridge_killed_beside_a_writer(
             command.spawn()
             # somewhere on the way to the locked row, the bridge dies too
             at = rng.randint(0, max(0, (lock.key - chunk) * 9 // 10))
-            wait_until(partial(reached_or_waiting, chaos_dsn, at), timeout=120, interval=0.02)
+            wait_until(partial(reached_or_blocked, chaos_dsn, at, lock), timeout=120, interval=0.02)
             kill_bridge()
             # the chunk holding the locked row waits for it, its earlier rows written
-            backend = wait_until(lambda: ops_backends(chaos_dsn, waiting=True), timeout=120)
+            backend = wait_until(partial(ops_backends, chaos_dsn, blocked_by=lock.pid), timeout=120)
             bridge.wait_streaming(timeout=60)  # this one dies while it streams
             time.sleep(rng.uniform(0, 0.5))
             kill_bridge()
