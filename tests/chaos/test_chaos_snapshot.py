@@ -124,7 +124,7 @@ class Writer:
                                     [key, key],
                                 )
                     self.transactions += 1
-                    self._stop.wait(0.002)
+                    self._stop.wait(0.01)  # about 100 transactions a second at most
         except BaseException as exc:  # re-raised by stop() in the test thread
             self.failure = exc
 
