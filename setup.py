@@ -39,6 +39,7 @@ HOT_MODULES = [
     "cdc_bridge/sink/ack_book.py",
     "cdc_bridge/sink/acks.py",
     "cdc_bridge/sink/batches.py",
+    "cdc_bridge/sink/fast_batches.py",
     "cdc_bridge/sink/ordering.py",
     "cdc_bridge/sink/wire.py",
 ]
