@@ -20,7 +20,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
 
 from cdc_bridge.cli.errors import EXIT_OK, OpsError, run_command
-from cdc_bridge.cli.outbox import parse_age
+from cdc_bridge.cli.outbox import age_argument, batch_size_argument
 from cdc_bridge.cli.target import connect_postgres
 from cdc_bridge.core.redaction import redact_dsn
 from cdc_bridge.inbox import PruneResult, prune_inbox
@@ -116,19 +116,6 @@ def _prune(args: argparse.Namespace) -> int:
     return run_command(main)
 
 
-def _age(text: str) -> float:
-    try:
-        return parse_age(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _batch_size(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
-    return int(text)
-
-
 def register(commands: Subcommands, name: str, summary: str) -> None:
     inbox = commands.add_parser(name, help=summary)
     inbox_commands = inbox.add_subparsers(dest="inbox_command", required=True, metavar="COMMAND")
@@ -158,13 +145,13 @@ def register(commands: Subcommands, name: str, summary: str) -> None:
     prune.add_argument("--consumer", required=True, metavar="NAME", help="the inbox's durable name")
     prune.add_argument(
         "--older-than",
-        type=_age,
+        type=age_argument,
         metavar="AGE",
         help="keep rows younger than this too, if longer than the duplicate window (7d, 12h)",
     )
     prune.add_argument(
         "--batch-size",
-        type=_batch_size,
+        type=batch_size_argument,
         default=10_000,
         metavar="N",
         help="rows deleted per transaction (default 10000)",

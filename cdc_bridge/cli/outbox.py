@@ -255,14 +255,14 @@ def _prune(args: argparse.Namespace) -> int:
     return run_command(main)
 
 
-def _age(text: str) -> float:
+def age_argument(text: str) -> float:
     try:
         return parse_age(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _batch_size(text: str) -> int:
+def batch_size_argument(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
     return int(text)
@@ -292,11 +292,11 @@ def register(commands: Subcommands, name: str, summary: str) -> None:
         "--dsn", metavar="DSN", help="override the config's postgres.dsn (a role that may delete)"
     )
     prune.add_argument(
-        "--older-than", required=True, type=_age, metavar="AGE", help="e.g. 7d, 12h, 1d12h"
+        "--older-than", required=True, type=age_argument, metavar="AGE", help="e.g. 7d, 12h, 1d12h"
     )
     prune.add_argument(
         "--batch-size",
-        type=_batch_size,
+        type=batch_size_argument,
         default=10_000,
         metavar="N",
         help="rows deleted per transaction (default 10000)",
