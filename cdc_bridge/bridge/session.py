@@ -322,30 +322,21 @@ def wire(
     publisher: Publisher = per_message
     # Replays of these are skipped by position: they are gap-free in commit order.
     in_stream = guard.covers
-    if atomic.enabled:
-        atomic_publisher = AtomicPublisher(
+    if batched:
+        # An atomic batch holds at most batch_max_messages; a fast-ingest batch, the window.
+        batch_publisher = (AtomicPublisher if atomic.enabled else FastPublisher)(
             nc,
             tracker,
-            max_messages=config.nats.batch_max_messages,
+            max_messages=(
+                config.nats.batch_max_messages if atomic.enabled else config.nats.max_in_flight
+            ),
             ack_timeout=config.nats.ack_timeout,
             dead_letters=dead_letters,
             guard=guard,
             outside=per_message,
             observer=observer,
         )
-        publisher, in_stream = atomic_publisher, atomic_publisher.in_batch
-    elif fast is not None and fast.enabled:
-        fast_publisher = FastPublisher(
-            nc,
-            tracker,
-            max_messages=config.nats.max_in_flight,
-            ack_timeout=config.nats.ack_timeout,
-            dead_letters=dead_letters,
-            guard=guard,
-            outside=per_message,
-            observer=observer,
-        )
-        publisher, in_stream = fast_publisher, fast_publisher.in_batch
+        publisher, in_stream = batch_publisher, batch_publisher.in_batch
     pipeline = Pipeline(
         stream=stream,
         decoder=decoder,
