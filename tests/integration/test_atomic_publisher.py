@@ -13,20 +13,14 @@ import asyncio
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
-from nats.js.api import StreamConfig
+from support.batch_publishers import SOURCE, batch_publisher, publish_tx, stored
 from support.nats_helpers import Observed
 
 from cdc_bridge.bridge.logs import configure_logging
-from cdc_bridge.config.load import parse_config
 from cdc_bridge.core.headers import header_lines
-from cdc_bridge.core.tracker import LsnTracker, Transaction
-from cdc_bridge.routing.dead_letters import DeadLetterPolicy
-from cdc_bridge.routing.router import Router
+from cdc_bridge.core.tracker import LsnTracker
 from cdc_bridge.sink.atomic_publisher import AtomicPublisher
-from cdc_bridge.sink.ordering import OrderGuard
-from cdc_bridge.sink.publisher import JetStreamPublisher, PublishError
-
-SOURCE = "7301/s"
+from cdc_bridge.sink.publisher import PublishError
 
 
 @pytest.fixture(autouse=True)
@@ -35,16 +29,6 @@ def daemon_logging() -> None:
     earlier test in this worker left configured (structlog caches a logger's output on
     its first use)."""
     configure_logging("console", "warning")
-
-# Dead letters in a stream of their own (created by ``atomic_publisher``).
-CONFIG = """
-postgres: {{dsn: "postgresql://u@localhost/db", slot: s, publication: p}}
-nats: {{servers: ["nats://x"], stream: {{name: {stream}, subjects: ["{prefix}.>"]}}}}
-outbox: {{table: public.outbox}}
-routes:
-  - subject: "{prefix}.{{aggregate_type}}"
-dead_letter: {{subject: "{prefix}dlq.x"}}
-"""
 
 
 async def atomic_publisher(
@@ -56,69 +40,15 @@ async def atomic_publisher(
     last_seq: int = 0,
     max_msg_size: int | None = None,
 ) -> tuple[AtomicPublisher, LsnTracker, Observed]:
-    stream = prefix.upper()
-    await nc.jetstream().add_stream(
-        StreamConfig(
-            name=stream,
-            subjects=[f"{prefix}.>"],
-            allow_atomic=True,
-            max_msg_size=max_msg_size,
-        )
-    )
-    await nc.jetstream().add_stream(name=f"{stream}DLQ", subjects=[f"{prefix}dlq.>"])
-    config = parse_config(CONFIG.format(stream=stream, prefix=prefix), env={})
-    tracker = LsnTracker(0)
-    observed = Observed()
-    policy = DeadLetterPolicy(Router(config))
-    outside = JetStreamPublisher(
-        nc, tracker, max_in_flight=100, ack_timeout=5, dead_letters=policy, observer=observed
-    )
-    publisher = AtomicPublisher(
+    return await batch_publisher(
+        AtomicPublisher,
         nc,
-        tracker,
+        prefix,
         max_messages=max_messages,
-        ack_timeout=5,
-        dead_letters=policy,
-        guard=OrderGuard((f"{prefix}.>",), last_seq, space),
-        outside=outside,
-        observer=observed,
+        space=space,
+        last_seq=last_seq,
+        max_msg_size=max_msg_size,
     )
-    await publisher.start()
-    return publisher, tracker, observed
-
-
-def publish_tx(
-    publisher: AtomicPublisher,
-    tracker: LsnTracker,
-    lsn: int,
-    events: list[tuple[str, str]],
-    data: bytes = b"{}",
-) -> Transaction:
-    """One committed transaction of ``events`` (subject, msg id)."""
-    tx = tracker.begin(lsn)
-    for index, (subject, msg_id) in enumerate(events):
-        headers = {
-            "Nats-Msg-Id": msg_id,
-            "Cdc-Lsn": f"0/{lsn:X}",
-            "Cdc-Index": str(index),
-            "Cdc-Table": "public.outbox",
-            "Cdc-Source": SOURCE,
-        }
-        publisher.publish(subject, data, header_lines(headers), tx, "r", msg_id)
-    tracker.commit(tx, lsn + 8)
-    publisher.committed(tx)
-    return tx
-
-
-async def stored(nc: NatsClient, stream: str) -> list[tuple[int, str, str]]:
-    """(sequence, subject, msg id) of every message in ``stream``."""
-    js = nc.jetstream()
-    info = await js.stream_info(stream)
-    found = []
-    for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        msg = await js.get_msg(stream, seq)
-        found.append((seq, msg.subject or "", (msg.headers or {}).get("Nats-Msg-Id", "")))
-    return found
 
 
 async def batch_sizes(nc: NatsClient, stream: str) -> list[int]:
