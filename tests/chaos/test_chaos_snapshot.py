@@ -18,7 +18,6 @@ twice; every row the writer never touched has exactly one R (one snapshot id for
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import signal
@@ -26,7 +25,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,37 +35,17 @@ import nats
 import psycopg
 import pytest
 import yaml
-from nats.aio.msg import Msg
 from support.bridge import REPO_ROOT, BridgeProcess
 from support.chaos import BridgeRunner, chaos_bridge_config
 from support.outbox import Event, insert_event
+from support.snapshots import Replay, Row, change_a_row, consume_stream, create_accounts, table_rows
 from support.waiting import wait_until
 
 TABLE = "public.accounts"
 PROGRESS_TABLE = "public.cdc_bridge_snapshots"
 OPS_APPLICATION = "cdc-bridge-ops"  # the snapshot command's application_name
 
-Row = tuple[int, str | None]
-
-
 # --- the table and its writer -----------------------------------------------------------
-
-
-def create_accounts(dsn: str, rows: int) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE public.accounts (id int PRIMARY KEY, balance int NOT NULL, note text)"
-        )
-        conn.execute(
-            "INSERT INTO public.accounts SELECT g, g * 10, 'original ' || g"
-            " FROM generate_series(1, %s) g",
-            (rows,),
-        )
-
-
-def table_rows(dsn: str) -> dict[int, Row]:
-    with psycopg.connect(dsn) as conn:
-        return {k: (b, n) for k, b, n in conn.execute("SELECT id, balance, note FROM accounts")}
 
 
 class Writer:
@@ -108,21 +86,7 @@ class Writer:
                                 continue
                             self.touched.add(key)
                             self.statements += 1
-                            action = rng.random()
-                            if action < 0.5:
-                                conn.execute(
-                                    "UPDATE accounts SET balance = balance + 1, note = %s"
-                                    " WHERE id = %s",
-                                    [f"updated {rng.random():.6f}", key],
-                                )
-                            elif action < 0.75:
-                                conn.execute("DELETE FROM accounts WHERE id = %s", [key])
-                            else:
-                                conn.execute(
-                                    "INSERT INTO accounts VALUES (%s, %s, 'inserted')"
-                                    " ON CONFLICT (id) DO UPDATE SET note = 'reinserted'",
-                                    [key, key],
-                                )
+                            change_a_row(conn, rng, key)
                     self.transactions += 1
                     self._stop.wait(0.01)  # about 100 transactions a second at most
         except BaseException as exc:  # re-raised by stop() in the test thread
@@ -223,59 +187,6 @@ class RowLock:
             self.conn.rollback()
             self.conn.close()
             self.conn = None
-
-
-# --- reading the stream -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Seen:
-    msg_id: str
-    subject: str
-    data: bytes
-
-
-async def _consume(url: str, stream: str, handle: Callable[[Seen], None], timeout: float) -> int:
-    """Hand every message the stream holds now to ``handle``, in stream order (an ordered
-    push consumer: nothing is kept here); how many."""
-    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
-    try:
-        async with asyncio.timeout(timeout):
-            js = nc.jetstream(timeout=10)
-            state = (await js.stream_info(stream)).state
-            if not state.messages:
-                return 0
-            last_seq = state.last_seq
-            done = asyncio.Event()
-            count = 0
-
-            async def collect(msg: Msg) -> None:
-                nonlocal count
-                seq = msg.metadata.sequence.stream
-                if seq > last_seq or done.is_set():
-                    done.set()
-                    return
-                count += 1
-                headers = msg.headers or {}
-                handle(Seen(headers.get("Nats-Msg-Id", ""), msg.subject, msg.data))
-                if seq == last_seq:
-                    done.set()
-
-            sub = await js.subscribe(
-                ">", stream=stream, cb=collect, ordered_consumer=True,
-                pending_msgs_limit=-1, pending_bytes_limit=-1,
-            )  # fmt: skip
-            try:
-                await done.wait()
-            finally:
-                await sub.unsubscribe()
-            return count
-    finally:
-        await nc.close()
-
-
-def consume_stream(url: str, stream: str, handle: Callable[[Seen], None], timeout: float) -> int:
-    return asyncio.run(_consume(url, stream, handle, timeout))
 
 
 # --- the scenario -------------------------------------------------------------------------
@@ -432,45 +343,6 @@ def _has_id(url: str, stream: str, name: str, msg_id: str) -> bool:
             await nc.close()
 
     return asyncio.run(last()) == msg_id
-
-
-class Replay:
-    """The stream, in order, applied to a copy of the table as it was before."""
-
-    def __init__(self, copy: dict[int, Row], prefix: str) -> None:
-        self.copy = copy
-        self.prefix = prefix
-        self.reads: Counter[int] = Counter()
-        self.changes = 0
-        self.faults: list[str] = []
-        self.snapshot_ids: set[str] = set()
-        self._ids: set[str] = set()
-        self.duplicate_ids: Counter[str] = Counter()
-
-    def see(self, message: Seen) -> None:
-        if message.msg_id in self._ids:
-            self.duplicate_ids[message.msg_id] += 1
-        self._ids.add(message.msg_id)
-        if not message.subject.startswith(self.prefix):
-            return
-        change = json.loads(message.data)
-        if change["action"] == "D":
-            self.changes += 1
-            [key_column] = change["identity"]
-            self.copy.pop(key_column["value"], None)
-            return
-        values = {c["name"]: c["value"] for c in change["columns"]}
-        key, row = values["id"], (values["balance"], values["note"])
-        if change["action"] == "R":
-            self.reads[key] += 1
-            self.snapshot_ids.add(message.msg_id.split(":", 1)[0])
-            if self.copy.get(key) != row:
-                self.faults.append(
-                    f"R of {key} ({message.msg_id}) is {row}, the stream had {self.copy.get(key)}"
-                )
-        else:
-            self.changes += 1
-            self.copy[key] = row
 
 
 def _diff(copy: dict[int, Row], now: dict[int, Row]) -> str:

@@ -10,26 +10,17 @@ and every original row the writers left alone has its R.
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import yaml
 from support.bridge import MakeBridge, run_cli, start_bridge
 from support.outbox import Event, bridge_config, insert_event, wait_for_ids
-from support.plugins import run_statements
+from support.snapshots import Replay, Seen, change_a_row, create_accounts, table_rows
 
 ROWS = 500
-
-ACCOUNTS = """
-CREATE TABLE public.accounts (id int PRIMARY KEY, balance int NOT NULL, note text);
-INSERT INTO public.accounts SELECT g, g * 10, 'original ' || g FROM generate_series(1, 500) g;
-"""
-
-Row = tuple[int, str | None]
 
 
 def write_alongside(dsn: str, stop: threading.Event, touched: set[int]) -> None:
@@ -43,31 +34,13 @@ def write_alongside(dsn: str, stop: threading.Event, touched: set[int]) -> None:
                 for _ in range(chooser.randint(1, 4)):
                     key = chooser.choice(keys)
                     touched.add(key)
-                    action = chooser.random()
-                    if action < 0.5:
-                        conn.execute(
-                            "UPDATE accounts SET balance = balance + 1, note = %s WHERE id = %s",
-                            [f"updated {chooser.random():.6f}", key],
-                        )
-                    elif action < 0.75:
-                        conn.execute("DELETE FROM accounts WHERE id = %s", [key])
-                    else:
-                        conn.execute(
-                            "INSERT INTO accounts VALUES (%s, %s, 'inserted')"
-                            " ON CONFLICT (id) DO UPDATE SET note = 'reinserted'",
-                            [key, key],
-                        )
-
-
-def row_of(columns: list[dict[str, Any]]) -> tuple[int, Row]:
-    values = {c["name"]: c["value"] for c in columns}
-    return values["id"], (values["balance"], values["note"])
+                    change_a_row(conn, chooser, key)
 
 
 def test_every_row_once_as_r_never_older_than_a_change_already_seen(
     pg_dsn: str, nats_url: str, unique_name: str, make_bridge: MakeBridge, tmp_path: Path
 ) -> None:
-    run_statements(pg_dsn, ACCOUNTS)
+    create_accounts(pg_dsn, ROWS)
     config = bridge_config(
         pg_dsn,
         nats_url,
@@ -85,8 +58,7 @@ def test_every_row_once_as_r_never_older_than_a_change_already_seen(
     start_bridge(make_bridge, config)
     config_path = tmp_path / "snapshot.yaml"
     config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    with psycopg.connect(pg_dsn) as conn:
-        before = {k: (b, n) for k, b, n in conn.execute("SELECT id, balance, note FROM accounts")}
+    before = table_rows(pg_dsn)
 
     stop, touched = threading.Event(), set[int]()
     writer = threading.Thread(target=write_alongside, args=(pg_dsn, stop, touched))
@@ -103,27 +75,12 @@ def test_every_row_once_as_r_never_older_than_a_change_already_seen(
         final_id = insert_event(conn, Event(aggregate_id="A-1", event_type="done"))
     messages = wait_for_ids(nats_url, unique_name.upper(), [final_id], timeout=60)
 
-    copy = dict(before)
-    reads: dict[int, int] = {}
+    replay = Replay(dict(before), f"{unique_name}.accounts.")
     for message in messages:
-        if not message.subject.startswith(f"{unique_name}.accounts."):
-            continue
-        change = json.loads(message.data)
-        if change["action"] == "D":
-            [key_column] = change["identity"]
-            copy.pop(key_column["value"], None)
-            continue
-        key, row = row_of(change["columns"])
-        if change["action"] == "R":
-            assert copy.get(key) == row, f"the R of {key} is not the row as the stream had it"
-            reads[key] = reads.get(key, 0) + 1
-        else:
-            copy[key] = row
-    with psycopg.connect(pg_dsn) as conn:
-        now = {k: (b, n) for k, b, n in conn.execute("SELECT id, balance, note FROM accounts")}
-    changes = sum(m.subject.startswith(f"{unique_name}.accounts.") for m in messages)
-    print(f"{len(reads)} rows read (R), {changes - len(reads)} changes beside them")
-    assert copy == now  # every change arrived, in order
-    assert all(count == 1 for count in reads.values())  # no key twice
+        replay.see(Seen(message.headers["Nats-Msg-Id"], message.subject, message.data))
+    print(f"{len(replay.reads)} rows read (R), {replay.changes} changes beside them")
+    assert not replay.faults  # each R is the row as the stream had it at that point
+    assert replay.copy == table_rows(pg_dsn)  # every change arrived, in order
+    assert all(count == 1 for count in replay.reads.values())  # no key twice
     untouched = set(before) - touched
-    assert set(range(3, ROWS + 1, 3)) <= untouched <= set(reads)  # rows the writer left alone
+    assert set(range(3, ROWS + 1, 3)) <= untouched <= set(replay.reads)  # left alone

@@ -24,14 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nats
 import psycopg
 import pytest
 import yaml
-from nats.aio.msg import Msg
 from support.bridge import REPO_ROOT, BridgeProcess, MakeBridge, start_bridge
 from support.nats_helpers import stream_info
 from support.outbox import Event, bridge_config, insert_event
+from support.snapshots import Seen, consume_stream
 from support.waiting import wait_until
 
 from cdc_bridge.cli.snapshot import PLAIN_PROGRESS_EVERY
@@ -49,47 +48,28 @@ def peak_rss_kib(pid: int) -> int:
     raise AssertionError("no VmHWM in /proc/<pid>/status")
 
 
-async def _check_stream(url: str, stream: str, name: str, rows: int) -> tuple[bytearray, list[str]]:
+def check_stream(url: str, stream: str, name: str, rows: int) -> tuple[bytearray, list[str]]:
     """Read the whole stream once: how often each key's R came, and what does not fit."""
     seen = bytearray(rows + 1)
     faults: list[str] = []
     prefix, subject = None, f"{name}.accounts.R"
-    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=5)
-    try:
-        async with asyncio.timeout(1800):
-            js = nc.jetstream(timeout=30)
-            last_seq = (await js.stream_info(stream)).state.last_seq
-            done = asyncio.Event()
+    count = 0
 
-            async def check(msg: Msg) -> None:
-                nonlocal prefix
-                seq = msg.metadata.sequence.stream
-                if seq > last_seq or done.is_set():
-                    done.set()
-                    return
-                msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
-                if msg.subject == subject:
-                    head, _, key = msg_id.rpartition(":")
-                    prefix = prefix or head
-                    if head != prefix or not key.isdigit() or not 0 < int(key) <= rows:
-                        faults.append(f"seq {seq}: unexpected id {msg_id!r}")
-                    elif seen[int(key)] < 255:
-                        seen[int(key)] += 1
-                elif not msg.subject.endswith(".ticket.done"):
-                    faults.append(f"seq {seq}: unexpected subject {msg.subject}")
-                if seq == last_seq:
-                    done.set()
+    def check(message: Seen) -> None:
+        nonlocal prefix, count
+        count += 1
+        msg_id = message.msg_id
+        if message.subject == subject:
+            head, _, key = msg_id.rpartition(":")
+            prefix = prefix or head
+            if head != prefix or not key.isdigit() or not 0 < int(key) <= rows:
+                faults.append(f"message {count}: unexpected id {msg_id!r}")
+            elif seen[int(key)] < 255:
+                seen[int(key)] += 1
+        elif not message.subject.endswith(".ticket.done"):
+            faults.append(f"message {count}: unexpected subject {message.subject}")
 
-            sub = await js.subscribe(
-                ">", stream=stream, cb=check, ordered_consumer=True,
-                pending_msgs_limit=-1, pending_bytes_limit=-1,
-            )  # fmt: skip
-            try:
-                await done.wait()
-            finally:
-                await sub.unsubscribe()
-    finally:
-        await nc.close()
+    consume_stream(url, stream, check, timeout=1800)
     return seen, faults
 
 
@@ -158,7 +138,7 @@ def test_a_million_row_snapshot_through_a_running_bridge_every_row_once_in_bound
     info = asyncio.run(stream_info(nats_url, stream, timeout=30))
 
     read_started = time.monotonic()
-    seen, faults = asyncio.run(_check_stream(nats_url, stream, unique_name, ROWS))
+    seen, faults = check_stream(nats_url, stream, unique_name, ROWS)
     read_seconds = time.monotonic() - read_started
     missing = [key for key in range(1, ROWS + 1) if seen[key] == 0]
     twice = [key for key in range(1, ROWS + 1) if seen[key] > 1]
