@@ -355,7 +355,6 @@ def test_a_kill_after_a_stored_batch_before_the_confirm_stores_nothing_twice(
     duplicate_window: float | None,
 ) -> None:
     stream = unique_name.upper()
-    slot = unique_name
     if duplicate_window is not None:
         add_stream(
             nats_url, stream, f"{unique_name}.>", allow_atomic=True,
@@ -371,6 +370,31 @@ def test_a_kill_after_a_stored_batch_before_the_confirm_stores_nothing_twice(
     stored = read_stored(nats_url, stream)
     assert [m.msg_id for m in stored] == ids
     assert len(batches(stored)) >= 1
+    restart_after_the_kill(
+        make_bridge,
+        bridge_config(pg_dsn, nats_url, unique_name),
+        "atomic",
+        pg_dsn,
+        nats_url,
+        stored,
+        ids,
+        duplicate_window,
+    )
+
+
+def restart_after_the_kill(
+    make_bridge: MakeBridge,
+    config: dict[str, Any],
+    mode: str,
+    pg_dsn: str,
+    nats_url: str,
+    stored: list[Stored],
+    ids: list[str],
+    duplicate_window: float | None,
+) -> None:
+    """After a kill -9 with ``ids`` stored and not confirmed: a new bridge (its ``mode``
+    on) replays them, and the stream ends up with each once, then what came after."""
+    stream, slot = config["nats"]["stream"]["name"], config["postgres"]["slot"]
     # The walsender may still read a status update sent just before the kill: the slot's
     # position is final once the slot is no longer active.
     wait_until(lambda: not slot_active(pg_dsn, slot), timeout=10, message="slot still active")
@@ -379,8 +403,8 @@ def test_a_kill_after_a_stored_batch_before_the_confirm_stores_nothing_twice(
     if duplicate_window is not None:
         time.sleep(duplicate_window + 0.5)  # Nats-Msg-Id dedup has forgotten them
 
-    bridge = start_bridge(make_bridge, bridge_config(pg_dsn, nats_url, unique_name))
-    assert streaming_record(bridge)["atomic"] is True
+    bridge = start_bridge(make_bridge, config)
+    assert streaming_record(bridge)[mode] is True
     more = small_transactions(pg_dsn, [2, 1])
     wait_for_ids(nats_url, stream, more)
     # The replayed transactions come first: once these are in, all of them were.

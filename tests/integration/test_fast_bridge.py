@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 
 import nats
 import pytest
@@ -22,7 +21,7 @@ from integration.test_atomic_bridge import (
     add_stream,
     kill_once_stored,
     read_stored,
-    slot_active,
+    restart_after_the_kill,
     small_transactions,
     streaming_record,
 )
@@ -32,7 +31,6 @@ from support.outbox import (
     Event,
     bridge_config,
     insert_events,
-    slot_confirmed_flush_lsn,
     wait_for_ids,
 )
 from support.waiting import wait_until
@@ -189,7 +187,6 @@ def test_a_kill_after_stored_batches_before_the_confirm_stores_nothing_twice(
     make_bridge: MakeBridge, pg_dsn: str, nats_url: str, unique_name: str
 ) -> None:
     stream = unique_name.upper()
-    slot = unique_name
     window = 1.0
     add_stream(nats_url, stream, f"{unique_name}.>", allow_batched=True, duplicate_window=window)
     nats_section = {"fast_ingest": True, "atomic_transactions": False}
@@ -202,21 +199,7 @@ def test_a_kill_after_stored_batches_before_the_confirm_stores_nothing_twice(
     kill_once_stored(bridge, nats_url, stream, len(ids))
     stored = read_stored(nats_url, stream)
     assert [m.msg_id for m in stored] == ids
-    wait_until(lambda: not slot_active(pg_dsn, slot), timeout=10, message="slot still active")
-    confirmed = slot_confirmed_flush_lsn(pg_dsn, slot)
-    assert confirmed is not None and confirmed <= stored[0].lsn, "confirmed before the kill"
-    time.sleep(window + 0.5)  # Nats-Msg-Id dedup has forgotten them
-
     config = bridge_config(pg_dsn, nats_url, unique_name, nats=nats_section)
-    bridge = start_bridge(make_bridge, config)
-    assert streaming_record(bridge)["fast_ingest"] is True
-    more = small_transactions(pg_dsn, [2, 1])
-    wait_for_ids(nats_url, stream, more)
-    stored = read_stored(nats_url, stream)
-    assert [m.msg_id for m in stored] == ids + more, "a duplicate or a gap"
-    wait_until(
-        lambda: (slot_confirmed_flush_lsn(pg_dsn, slot) or 0) > stored[-1].lsn,
-        timeout=10,
-        message=f"the slot never confirmed {stored[-1].lsn:X} after the restart",
+    restart_after_the_kill(
+        make_bridge, config, "fast_ingest", pg_dsn, nats_url, stored, ids, window
     )
-    assert bridge.terminate() == 0
