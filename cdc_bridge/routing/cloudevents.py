@@ -134,7 +134,7 @@ class EventFormat:
         return JSON_CONTENT_TYPE if _is_json(data) else TEXT_CONTENT_TYPE
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out: one per event (core/changes.py)
 class CloudEvent:
     """One event, waiting for its position (``finish``)."""
 
@@ -142,6 +142,18 @@ class CloudEvent:
     attributes: dict[str, str]  # id, source, type, [subject], [datacontenttype], extensions
     time: str | None  # RFC 3339, from the row; None: the commit time
     data: bytes | PendingEvent | None
+
+    def __init__(
+        self,
+        structured: bool,
+        attributes: dict[str, str],
+        time: str | None,
+        data: bytes | PendingEvent | None,
+    ) -> None:
+        self.structured = structured
+        self.attributes = attributes
+        self.time = time
+        self.data = data
 
     def size_bound(self) -> int:
         """At most what ``finish`` adds to the raw data, for the max_payload check."""

@@ -35,13 +35,18 @@ _SNAPSHOT = {True: '"true"', False: '"false"'}
 _POSTGRES_EPOCH_MS = 946_684_800_000
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out: one per event (core/changes.py)
 class DebeziumEvent:
     """One change's envelope, complete once the pipeline gives its position."""
 
     head: str  # '{"before":...,"after":...,"source":{..."ts_ms":'
     rest: str  # ',"snapshot":"false","db":...,"table":...'
     op: str
+
+    def __init__(self, head: str, rest: str, op: str) -> None:
+        self.head = head
+        self.rest = rest
+        self.op = op
 
     def finish(self, at: EventPosition) -> tuple[bytes, str]:
         ts_ms = _POSTGRES_EPOCH_MS + at.commit_time // 1000 if at.commit_time else 0

@@ -88,7 +88,8 @@ _BRIDGE_HEADERS_ROOM = 512
 _INTENDED_SUBJECT_LIMIT = 1024
 
 
-@dataclass(slots=True)  # not frozen: one per event, and frozen init costs a call per field
+# Not frozen, __init__ written out: one per event (see core/changes.py).
+@dataclass(slots=True, init=False)
 class Outbound:
     """One message to publish; the publisher adds ``Nats-Msg-Id: msg_id`` itself."""
 
@@ -97,9 +98,27 @@ class Outbound:
     headers: dict[str, str]  # column headers, then route headers over them
     msg_id: str  # Nats-Msg-Id
     route: str  # route name, or "dead_letter"
-    dead_letter_reason: str | None = None  # set when this is a dead-letter message
+    dead_letter_reason: str | None  # set when this is a dead-letter message
     # A CloudEvent or Debezium envelope: the pipeline finishes it (data, more headers).
-    event: PendingEvent | None = None
+    event: PendingEvent | None
+
+    def __init__(
+        self,
+        subject: str,
+        data: bytes,
+        headers: dict[str, str],
+        msg_id: str,
+        route: str,
+        dead_letter_reason: str | None = None,
+        event: PendingEvent | None = None,
+    ) -> None:
+        self.subject = subject
+        self.data = data
+        self.headers = headers
+        self.msg_id = msg_id
+        self.route = route
+        self.dead_letter_reason = dead_letter_reason
+        self.event = event
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ ACK_EVERY = 64
 NO_REPLY = -1
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out: one per event (core/changes.py)
 class InFlight:
     """A message sent with a reply subject: everything needed to replace or report it."""
 
@@ -43,8 +43,28 @@ class InFlight:
     tx: Transaction
     sent_at: float
     route: str
-    token: int = NO_REPLY
-    chained: bool = False  # in the bridge's own stream, stamped with its predecessor
+    token: int
+    chained: bool  # in the bridge's own stream, stamped with its predecessor
+
+    def __init__(
+        self,
+        subject: str,
+        data: bytes,
+        header_lines: str,
+        tx: Transaction,
+        sent_at: float,
+        route: str,
+        token: int = NO_REPLY,
+        chained: bool = False,
+    ) -> None:
+        self.subject = subject
+        self.data = data
+        self.header_lines = header_lines
+        self.tx = tx
+        self.sent_at = sent_at
+        self.route = route
+        self.token = token
+        self.chained = chained
 
     @property
     def headers(self) -> dict[str, str]:

@@ -31,7 +31,7 @@ MAX_BATCH_ID = 64
 BATCH_HEADER_ROOM = 320
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # __init__ written out: one per event (core/changes.py)
 class Pending:
     """A message waiting for its batch, checked sendable (its header lines encode, and
     fit with the batch's own)."""
@@ -43,6 +43,24 @@ class Pending:
     tx: Transaction
     route: str
     inside: bool  # carried by the atomic batch (False: published after its ack)
+
+    def __init__(
+        self,
+        subject: str,
+        data: bytes,
+        header_lines: str,
+        lines_size: int,
+        tx: Transaction,
+        route: str,
+        inside: bool,
+    ) -> None:
+        self.subject = subject
+        self.data = data
+        self.header_lines = header_lines
+        self.lines_size = lines_size
+        self.tx = tx
+        self.route = route
+        self.inside = inside
 
 
 @dataclass(slots=True)
