@@ -26,7 +26,7 @@ def payload_data(column: str | None, row: Mapping[str, ColumnValue]) -> bytes:
         return row_json(row)
     value = row.get(column, MISSING)
     if isinstance(value, str):
-        return _utf8(value, f"payload column {column!r}")
+        return _utf8(value, column)
     if isinstance(value, bytes):
         return value
     if value is None:
@@ -48,14 +48,17 @@ def row_json(row: Mapping[str, ColumnValue]) -> bytes:
         column: base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
         for column, value in row.items()
     }
-    return _utf8(json.dumps(document, ensure_ascii=False, separators=(",", ":")), "the row")
+    return _utf8(json.dumps(document, ensure_ascii=False, separators=(",", ":")), None)
 
 
-def _utf8(text: str, where: str) -> bytes:
+def _utf8(text: str, column: str | None) -> bytes:
+    """``text`` in UTF-8: the payload column's value (``column``) or the row as JSON (None);
+    the reason names which only when there is one (this runs once per event)."""
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:  # a lone surrogate, from JSON's "\ud800" escape
         bad = shown(exc.object[exc.start : exc.end])
+        where = "the row" if column is None else f"payload column {column!r}"
         raise Rejected(
             f"{where} holds text that is not valid Unicode ({bad} at character {exc.start})"
         ) from None
