@@ -102,6 +102,10 @@ class FastPublisher(AtomicPublisher):
         unacked = len(sending.inside) - self._flow_settled if sending else 0
         return unacked + self._outside.in_flight
 
+    def _singly(self, batch: Batch) -> bool:
+        """Never: a fast batch is not staged, so a small one costs no more than singles."""
+        return False
+
     def _queue(self, batch: Batch) -> None:
         """The frames of ``batch``: one fast batch, or (a batch of one, or one sent one
         message at a time) the plain publish of its first message."""

@@ -98,6 +98,36 @@ async def test_transactions_published_together_go_in_one_batch(
         await nc.close()
 
 
+async def test_a_few_one_message_transactions_go_one_by_one_more_in_a_batch(
+    nats_url: str, unique_name: str
+) -> None:
+    """Up to four transactions of one message each are published plainly, one after the
+    other (each guarded), instead of a staged batch; five go in one batch."""
+    nc = await nats.connect(nats_url)
+    try:
+        publisher, tracker, observed = await atomic_publisher(nc, unique_name)
+        subject = f"{unique_name}.ev.x"
+        for lsn in (0x1000, 0x2000, 0x3000, 0x4000):
+            publish_tx(publisher, tracker, lsn, [(subject, f"single{lsn:x}")])
+        await publisher.flush()
+        assert await publisher.wait_empty(5), publisher.failed
+        assert tracker.confirmed == 0x4008
+        assert await batch_sizes(nc, unique_name.upper()) == []
+        assert observed.batches == [1, 1, 1, 1] and observed.splits == 0
+        for lsn in range(0x5000, 0xA000, 0x1000):
+            publish_tx(publisher, tracker, lsn, [(subject, f"batched{lsn:x}")])
+        await publisher.flush()
+        assert await publisher.wait_empty(5), publisher.failed
+        assert tracker.confirmed == 0x9008
+        assert await batch_sizes(nc, unique_name.upper()) == [5]
+        ids = [msg_id for _, _, msg_id in await stored(nc, unique_name.upper())]
+        expected = [f"single{n:x}" for n in range(0x1000, 0x5000, 0x1000)]
+        assert ids == expected + [f"batched{n:x}" for n in range(0x5000, 0xA000, 0x1000)]
+        await publisher.close()
+    finally:
+        await nc.close()
+
+
 async def test_a_large_transaction_is_cut_at_the_limit(nats_url: str, unique_name: str) -> None:
     nc = await nats.connect(nats_url)
     try:
