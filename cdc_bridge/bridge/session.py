@@ -5,28 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TYPE_CHECKING
 
 import structlog
-from nats.aio.client import Client as NatsClient
-from nats.js.api import StreamInfo
-from nats.js.client import JetStreamContext
 
 from cdc_bridge import build
 from cdc_bridge.bridge.catalog_watch import CatalogWatch
-from cdc_bridge.bridge.continuous_audit import audit_continuously
-from cdc_bridge.bridge.failover import (
-    make_failover_slot,
-    watch_standbys,
-)
 from cdc_bridge.bridge.failures import TRANSIENT_ERRORS
-from cdc_bridge.bridge.initial_snapshot import before_slot_creation, run_initial_snapshots
-from cdc_bridge.bridge.metrics import Metrics
-from cdc_bridge.bridge.pipeline import Pipeline, SessionStats
-from cdc_bridge.bridge.recovery import recover_lost_slot
-from cdc_bridge.bridge.status import BridgeStatus
+from cdc_bridge.bridge.pipeline import Pipeline
 from cdc_bridge.bridge.stream_checks import (
     check_subjects_have_streams,
     check_tail,
@@ -37,14 +26,10 @@ from cdc_bridge.bridge.stream_checks import (
     warn_about_duplicate_window,
 )
 from cdc_bridge.bridge.stream_watch import check_stream_again, remember_stream, watch_stream
-from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.lsn import format_lsn
-from cdc_bridge.core.tracker import LsnTracker, Transaction
-from cdc_bridge.routing.change_events import TypeNames
+from cdc_bridge.core.tracker import LsnTracker
 from cdc_bridge.routing.dead_letters import DeadLetterPolicy
-from cdc_bridge.routing.router import Router
-from cdc_bridge.sink.atomic_mode import AtomicMode, atomic_mode
-from cdc_bridge.sink.atomic_publisher import AtomicPublisher
+from cdc_bridge.sink.atomic_mode import atomic_mode
 from cdc_bridge.sink.connect import (
     NatsPermissionError,
     connect_nats,
@@ -52,20 +37,32 @@ from cdc_bridge.sink.connect import (
     server_version_text,
 )
 from cdc_bridge.sink.fast_mode import FastMode, fast_mode
-from cdc_bridge.sink.fast_publisher import FastPublisher
 from cdc_bridge.sink.ordering import OrderGuard
 from cdc_bridge.sink.publisher import JetStreamPublisher, Publisher, PublishError
-from cdc_bridge.sink.reconcile import (
-    Position,
-    StreamTail,
-    position_of,
-)
-from cdc_bridge.sink.stream_loss import StreamSeen
-from cdc_bridge.source.decoding import Decoder
+from cdc_bridge.sink.reconcile import position_of
 from cdc_bridge.source.plugins import decoder_for, envelope_columns, replication_dsn
 from cdc_bridge.source.replication import ReplicationStream, SlotInUse
 from cdc_bridge.source.setup import prepare_postgres
-from cdc_bridge.source.standby_source import snapshots_while_idle
+
+# What only some configs use (initial snapshots, audits, slot recovery, failover slots, a
+# standby source, atomic or fast-ingest batches) is imported where it is used: start-up
+# loads only what every session needs.
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NatsClient
+    from nats.js.api import StreamInfo
+    from nats.js.client import JetStreamContext
+
+    from cdc_bridge.bridge.metrics import Metrics
+    from cdc_bridge.bridge.pipeline import SessionStats
+    from cdc_bridge.bridge.status import BridgeStatus
+    from cdc_bridge.config.model import BridgeConfig
+    from cdc_bridge.core.tracker import Transaction
+    from cdc_bridge.routing.change_events import TypeNames
+    from cdc_bridge.routing.router import Router
+    from cdc_bridge.sink.atomic_mode import AtomicMode
+    from cdc_bridge.sink.reconcile import Position, StreamTail
+    from cdc_bridge.sink.stream_loss import StreamSeen
+    from cdc_bridge.source.decoding import Decoder
 
 log = structlog.get_logger("cdc_bridge.bridge.session")
 
@@ -240,22 +237,30 @@ async def reconcile(
     session resumes from."""
     stream_name = config.nats.stream.name
     if config.postgres.on_slot_lost == "recover":
+        from cdc_bridge.bridge.recovery import recover_lost_slot
+
         # Before the stream's tail is read: the order guard starts after the replays.
         recovery = await recover_lost_slot(config, js, router, source)
         if recovery is not None:
             state.metrics.slot_recoveries.inc()
             state.metrics.rows_recovered.inc(recovery.republished)
+    may_create_slot: Callable[[], Awaitable[None]] = partial(
+        refuse_if_slot_was_dropped, config, js, stream, source, space
+    )
+    if config.outbox.snapshot_on_create:
+        from cdc_bridge.bridge.initial_snapshot import before_slot_creation
+
+        may_create_slot = before_slot_creation(config, may_create_slot)
     slot, wal_head, state.status.postgres_version, names = await prepare_postgres(
-        config,
-        may_create_slot=before_slot_creation(
-            config, partial(refuse_if_slot_was_dropped, config, js, stream, source, space)
-        ),
+        config, may_create_slot=may_create_slot
     )
     if slot.active:
         raise SlotInUse(f"slot {slot.name} is in use by process {slot.active_pid}")
     failover = slot.failover
     primary = config.postgres.source == "primary"  # a standby's slot cannot fail over
     if slot.failover is False and config.postgres.failover is not False and primary:
+        from cdc_bridge.bridge.failover import make_failover_slot
+
         failover = await make_failover_slot(stream, slot.name)
     state.status.failover = failover
     start = slot.confirmed_flush_lsn or 0
@@ -324,7 +329,11 @@ def wire(
     in_stream = guard.covers
     if batched:
         # An atomic batch holds at most batch_max_messages; a fast-ingest batch, the window.
-        batch_publisher = (AtomicPublisher if atomic.enabled else FastPublisher)(
+        if atomic.enabled:
+            from cdc_bridge.sink.atomic_publisher import AtomicPublisher as BatchPublisher
+        else:
+            from cdc_bridge.sink.fast_publisher import FastPublisher as BatchPublisher
+        batch_publisher = BatchPublisher(
             nc,
             tracker,
             max_messages=(
@@ -387,6 +396,8 @@ async def run(
     stream_watch = asyncio.create_task(watch_stream(nc, config, state, confirmed))
     beside.append(stream_watch)
     if resume.failover and progress is not None:
+        from cdc_bridge.bridge.failover import watch_standbys
+
         beside.append(
             asyncio.create_task(
                 watch_standbys(
@@ -395,6 +406,8 @@ async def run(
             )
         )
     if config.postgres.source == "standby":
+        from cdc_bridge.source.standby_source import snapshots_while_idle
+
         stats = state.stats
         beside.append(asyncio.create_task(snapshots_while_idle(config, lambda: stats.transactions)))
     else:  # (a standby source's catalog is the primary's: not watched yet)
@@ -404,8 +417,12 @@ async def run(
         watch.add_done_callback(partial(_fail_publisher_with, publisher))
         beside.append(watch)
     if config.outbox.snapshot_on_create:  # also its failures are its own
+        from cdc_bridge.bridge.initial_snapshot import run_initial_snapshots
+
         beside.append(asyncio.create_task(run_initial_snapshots(config)))
     if config.audit.interval:  # its failures are its own: never the session's
+        from cdc_bridge.bridge.continuous_audit import audit_continuously
+
         beside.append(asyncio.create_task(audit_continuously(config, source, state.metrics)))
     try:
         await pipeline.run(stop, shutdown_timeout=config.shutdown_timeout, halt=stream_watch)
