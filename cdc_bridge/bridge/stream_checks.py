@@ -12,9 +12,6 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamInfo
 from nats.js.client import JetStreamContext
 
-from cdc_bridge.bridge.failover import (
-    failover_without_synchronized_slot,
-)
 from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import format_lsn
@@ -138,6 +135,8 @@ async def refuse_if_slot_was_dropped(
     if found is None:
         return
     if found.failover:
+        from cdc_bridge.bridge.failover import failover_without_synchronized_slot  # rare
+
         raise FatalError(failover_without_synchronized_slot(config, stream, found.newest))
     raise FatalError(
         f"slot {slot} is missing, but stream {stream_name} holds "

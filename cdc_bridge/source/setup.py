@@ -28,13 +28,6 @@ from cdc_bridge.source.catalog import (
 )
 from cdc_bridge.source.plugins import envelope_columns
 from cdc_bridge.source.replication import connection_string
-from cdc_bridge.source.standby_source import (
-    connect_primary,
-    create_slot_on_standby,
-    primary_wal_lsn,
-    require_standby,
-    wait_until_replayed,
-)
 from cdc_bridge.source.tables import (
     column_type_names,
     create_publication,
@@ -388,6 +381,14 @@ async def _prepare_on_standby(
     conn: AsyncConn, config: BridgeConfig, may_create_slot: Callable[[], Awaitable[None]] | None
 ) -> tuple[SlotInfo, int, str, TypeNames | None]:
     """postgres.source: standby: the publication on the primary, the slot on the standby."""
+    from cdc_bridge.source.standby_source import (  # only a standby source needs it
+        connect_primary,
+        create_slot_on_standby,
+        primary_wal_lsn,
+        require_standby,
+        wait_until_replayed,
+    )
+
     pg = config.postgres
     await require_standby(conn, config)
     async with await connect_primary(config) as primary:
