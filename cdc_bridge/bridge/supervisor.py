@@ -8,6 +8,7 @@ import re
 import signal
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import nats.errors
 import psycopg
@@ -15,12 +16,10 @@ import structlog
 from psycopg.rows import TupleRow
 
 from cdc_bridge.bridge.failures import TRANSIENT_ERRORS, start_up_fix
-from cdc_bridge.bridge.http import HttpEndpoint
 from cdc_bridge.bridge.metrics import Metrics, NoMetrics
 from cdc_bridge.bridge.pipeline import UndecodableChange
 from cdc_bridge.bridge.session import BridgeState, run_session
 from cdc_bridge.bridge.status import BridgeStatus, progress_fields
-from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.redaction import redact, redact_dsn
@@ -43,6 +42,10 @@ from cdc_bridge.source.replication import (
     connection_string,
     server_address,
 )
+
+if TYPE_CHECKING:
+    from cdc_bridge.bridge.http import HttpEndpoint
+    from cdc_bridge.config.model import BridgeConfig
 
 STANDBY_POLL_SECONDS = 1.0  # a standby takes over within about this after the lock frees
 # A session up this long that confirmed something (or had nothing to publish) has
@@ -155,6 +158,8 @@ async def run_bridge(config: BridgeConfig, stop: asyncio.Event) -> int:
     )
     http: HttpEndpoint | None = None
     if config.http.host is not None and config.http.port is not None:
+        from cdc_bridge.bridge.http import HttpEndpoint  # only when HTTP is on
+
         http = HttpEndpoint(
             config.http.host, config.http.port, status, metrics, config.stall_timeout
         )

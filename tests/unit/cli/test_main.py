@@ -10,6 +10,29 @@ import pytest
 from cdc_bridge.cli.main import COMMANDS, build_parser
 
 HEAVY = ("psycopg", "nats", "pydantic", "prometheus_client")
+# What `run` imports before its first event: the command, the config, logging, the bridge.
+RUN_PATH = (
+    "import cdc_bridge.cli.run\n"
+    "from cdc_bridge.bridge.logs import configure_logging\n"
+    "from cdc_bridge.config.load import load_config\n"
+    "from cdc_bridge.bridge.supervisor import install_signal_handlers, run_bridge"
+)
+# Only some configs or moments use these: the run path imports them where they are used.
+ON_DEMAND = (
+    "prometheus_client",  # metrics: only when HTTP is on
+    "cdc_bridge.bridge.http",
+    "cdc_bridge.bridge.initial_snapshot",  # outbox.snapshot_on_create
+    "cdc_bridge.source.snapshot",
+    "cdc_bridge.bridge.continuous_audit",  # audit.interval
+    "cdc_bridge.bridge.audit",
+    "cdc_bridge.bridge.recovery",  # postgres.on_slot_lost: recover
+    "cdc_bridge.bridge.replay",
+    "cdc_bridge.bridge.failover",  # a failover slot
+    "cdc_bridge.source.standbys",
+    "cdc_bridge.source.standby_source",  # postgres.source: standby
+    "cdc_bridge.sink.atomic_publisher",  # one batch publisher, when batches are on
+    "cdc_bridge.sink.fast_publisher",
+)
 
 
 def loaded_after(code: str) -> set[str]:
@@ -40,6 +63,14 @@ def test_a_command_loads_only_its_own_file() -> None:
     )
     commands = {module for module, _ in COMMANDS.values()}
     assert modules & commands == {"cdc_bridge.cli.status"}
+
+
+def test_the_run_path_imports_only_what_every_config_uses() -> None:
+    modules = loaded_after(RUN_PATH)
+    assert "cdc_bridge.bridge.session" in modules  # the script did import the bridge
+    assert not {m for m in modules if m.startswith(tuple(f"{p}." for p in ON_DEMAND))}
+    assert not modules & set(ON_DEMAND)
+    assert not modules & {module for module, _ in COMMANDS.values()} - {"cdc_bridge.cli.run"}
 
 
 def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
