@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from cdc_bridge.config.model import BridgeConfig
-from cdc_bridge.routing.change_events import TypeNames
+from typing import TYPE_CHECKING
+
 from cdc_bridge.routing.messages import EnvelopeColumns
-from cdc_bridge.source.decoding import Decoder, wal2json
 from cdc_bridge.source.decoding.pgoutput import PgoutputDecoder
 from cdc_bridge.source.replication import connection_string
+
+# wal2json's decoder is imported only when it is the configured plugin (pgoutput's module
+# is loaded anyway: the pipeline's snapshot rows use its bytea parser).
+if TYPE_CHECKING:
+    from cdc_bridge.config.model import BridgeConfig
+    from cdc_bridge.routing.change_events import TypeNames
+    from cdc_bridge.source.decoding import Decoder
 
 
 def decoder_for(
@@ -18,6 +24,8 @@ def decoder_for(
     outbox = config.outbox
     change_tables = frozenset(outbox.change_tables)
     if config.postgres.plugin == "wal2json":
+        from cdc_bridge.source.decoding import wal2json
+
         options = wal2json.wal2json_options(
             outbox.tables, outbox.message_prefixes, outbox.change_tables
         )
@@ -40,6 +48,8 @@ def replication_dsn(config: BridgeConfig) -> str:
     pg = config.postgres
     if pg.plugin != "wal2json":
         return pg.dsn
+    from cdc_bridge.source.decoding import wal2json
+
     return connection_string(pg.dsn, pg.connect_timeout, options=wal2json.SESSION_OPTIONS)
 
 

@@ -32,6 +32,7 @@ ON_DEMAND = (
     "cdc_bridge.source.standby_source",  # postgres.source: standby
     "cdc_bridge.sink.atomic_publisher",  # one batch publisher, when batches are on
     "cdc_bridge.sink.fast_publisher",
+    "cdc_bridge.source.decoding.wal2json",  # postgres.plugin: wal2json
 )
 
 
