@@ -12,12 +12,12 @@ fatal line, the slot held at the last position a check vouched for.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 import psycopg
 import structlog
 from psycopg.rows import TupleRow
 
-from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.tracker import LsnTracker
@@ -28,6 +28,9 @@ from cdc_bridge.source.catalog_watch import (
     read_identity,
 )
 from cdc_bridge.source.setup import connect_source
+
+if TYPE_CHECKING:
+    from cdc_bridge.config.model import BridgeConfig
 
 log = structlog.get_logger("cdc_bridge.bridge.catalog_watch")
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 
 from cdc_bridge.bridge.audit import AuditResult, audit_outbox
 from cdc_bridge.bridge.metrics import Metrics
-from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.sink.connect import close_failed_client, connect_nats
 from cdc_bridge.source.outbox_rows import (
     Window,
@@ -33,6 +33,9 @@ from cdc_bridge.source.outbox_rows import (
     server_now,
 )
 from cdc_bridge.source.setup import connect_source
+
+if TYPE_CHECKING:
+    from cdc_bridge.config.model import BridgeConfig
 
 log = structlog.get_logger("cdc_bridge.bridge.continuous_audit")
 

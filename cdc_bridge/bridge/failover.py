@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import psycopg
 import structlog
 
 from cdc_bridge.bridge.metrics import Metrics
 from cdc_bridge.bridge.status import BridgeStatus
-from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.source.replication import ReplicationStream
 from cdc_bridge.source.standbys import (
@@ -23,6 +23,9 @@ from cdc_bridge.source.standbys import (
     standby_document,
     standby_slots,
 )
+
+if TYPE_CHECKING:
+    from cdc_bridge.config.model import BridgeConfig
 
 log = structlog.get_logger("cdc_bridge.bridge.failover")
 

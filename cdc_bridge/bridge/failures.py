@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import nats.errors
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 
-from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.sink.connect import NatsAuthError
 from cdc_bridge.sink.publisher import PublishError
 from cdc_bridge.source.replication import ReplicationError
+
+if TYPE_CHECKING:
+    from cdc_bridge.config.model import BridgeConfig
 
 # Failures a retry can cure: servers down or restarting, connections cut, acks lost.
 # Every PostgreSQL error is here: start_up_fix picks out the ones that end the process.
@@ -110,7 +113,7 @@ def postgres_error_class(exc: BaseException) -> type[psycopg.Error] | None:
 
 
 # (the failure, the config) -> its fix, or None when a retry may cure it after all
-_Fix = Callable[[BaseException, BridgeConfig], str | None]
+_Fix = Callable[[BaseException, "BridgeConfig"], str | None]
 
 
 def _wal_level(exc: BaseException, config: BridgeConfig) -> str | None:

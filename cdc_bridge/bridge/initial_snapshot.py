@@ -20,16 +20,19 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import psycopg
 import structlog
 
-from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.source import snapshot as sql_snapshot
 from cdc_bridge.source.catalog import AsyncConn
 from cdc_bridge.source.setup import connect_source
 from cdc_bridge.source.standby_source import connect_primary
+
+if TYPE_CHECKING:
+    from cdc_bridge.config.model import BridgeConfig
 
 log = structlog.get_logger("cdc_bridge.bridge.initial_snapshot")
 

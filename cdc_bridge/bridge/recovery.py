@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import structlog
 from nats.js.client import JetStreamContext
@@ -33,7 +34,6 @@ from psycopg import sql
 
 from cdc_bridge.bridge.audit import audit_stream
 from cdc_bridge.bridge.replay import ReplayRefused, ReplayResult, replay_rows
-from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.routing.router import Router
@@ -49,6 +49,9 @@ from cdc_bridge.source.outbox_rows import (
 from cdc_bridge.source.setup import connect_source
 from cdc_bridge.source.slot_snapshot import copy_slot, import_snapshot, slot_with_snapshot
 from cdc_bridge.source.tables import table_identifier
+
+if TYPE_CHECKING:
+    from cdc_bridge.config.model import BridgeConfig
 
 log = structlog.get_logger("cdc_bridge.bridge.recovery")
 _MAX_LSN = (1 << 64) - 1

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import nats.js.errors
 from nats.js.client import JetStreamContext
 
-from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.headers import (
     BRIDGE_HEADERS,
     EXPECTED_LAST_MSG_ID,
@@ -35,6 +35,9 @@ from cdc_bridge.routing.router import Outbound, Poison, Router
 from cdc_bridge.source.catalog import AsyncConn
 from cdc_bridge.source.outbox_rows import Window, rows_in_commit_order
 from cdc_bridge.source.tables import table_columns
+
+if TYPE_CHECKING:
+    from cdc_bridge.config.model import BridgeConfig
 
 Key = tuple[str, str]  # (id, table)
 LISTED = 1_000

@@ -12,7 +12,6 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamInfo
 from nats.js.client import JetStreamContext
 
-from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.subjects import filter_within
@@ -30,6 +29,7 @@ from cdc_bridge.source.replication import ReplicationStream
 
 if TYPE_CHECKING:
     from cdc_bridge.bridge.session import BridgeState, ResumePoint
+    from cdc_bridge.config.model import BridgeConfig
 
 log = structlog.get_logger("cdc_bridge.bridge.session")
 

@@ -14,7 +14,6 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamInfo
 from nats.js.errors import NotFoundError
 
-from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.sink.coverage import route_subject_filter
 from cdc_bridge.sink.stream_loss import (
@@ -28,6 +27,7 @@ from cdc_bridge.sink.stream_loss import (
 
 if TYPE_CHECKING:
     from cdc_bridge.bridge.session import BridgeState
+    from cdc_bridge.config.model import BridgeConfig
 
 REPAIR = (
     "repair: make sure stream {stream} stores nats.stream.subjects (`cdc-bridge init "

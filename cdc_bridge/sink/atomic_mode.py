@@ -8,13 +8,15 @@ and `check` both call ``atomic_mode``, so check applies exactly the rules run ap
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamInfo
 
-from cdc_bridge.config.model import NatsConfig
 from cdc_bridge.core.errors import FatalError
+
+if TYPE_CHECKING:
+    from cdc_bridge.config.model import NatsConfig
 
 # The first nats-server with atomic batch publishing (ADR-50).
 ATOMIC_VERSION = (2, 12, 0)

@@ -10,14 +10,16 @@ only once the connection really is TLS, and a connection that is not is refused
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.client import RawCredentials
 
-from cdc_bridge.config.model import NatsConfig
 from cdc_bridge.core.tls import client_tls_context
+
+if TYPE_CHECKING:
+    from cdc_bridge.config.model import NatsConfig
 
 
 class NatsTlsRequired(nats.errors.Error):

@@ -8,6 +8,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import nats.errors
@@ -17,11 +18,13 @@ from nats.aio.client import ServerVersion
 from nats.js.api import StorageType, StreamConfig, StreamInfo
 from nats.js.errors import APIError, NotFoundError
 
-from cdc_bridge.config.model import NatsConfig
-from cdc_bridge.config.model import StreamConfig as WantedStream
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.redaction import redact_dsn
 from cdc_bridge.sink.auth import NatsTlsRequired, connect_options, require_tls
+
+if TYPE_CHECKING:
+    from cdc_bridge.config.model import NatsConfig
+    from cdc_bridge.config.model import StreamConfig as WantedStream
 
 log = structlog.get_logger("cdc_bridge.nats")
 

@@ -12,12 +12,16 @@ be served by any stream of the account, not only the configured one.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from nats.aio.client import Client as NatsClient
 from nats.js.errors import NotFoundError
 from nats.js.manager import JetStreamManager
 
-from cdc_bridge.config.model import BridgeConfig, StreamConfig
 from cdc_bridge.core.templates import parse_template
+
+if TYPE_CHECKING:
+    from cdc_bridge.config.model import BridgeConfig, StreamConfig
 
 # Stands in for a placeholder's value while the subject's token shape is worked out.
 # Templates are validated to hold no control characters, so it cannot occur in one.

@@ -8,14 +8,16 @@ mode's fast path (fast_publisher.py). `run` and `check` both call ``fast_mode``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from nats.aio.client import Client as NatsClient
 from nats.js.api import StreamInfo
 
-from cdc_bridge.config.model import NatsConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.sink.atomic_mode import AtomicMode, Version, connected_version, version_text
+
+if TYPE_CHECKING:
+    from cdc_bridge.config.model import NatsConfig
 
 # The first nats-server with fast-ingest batch publishing (ADR-50).
 FAST_VERSION = (2, 14, 0)

@@ -13,17 +13,20 @@ those it started with, so a drop and re-create between two checks is seen too.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg.rows import TupleRow
 
-from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.source.setup import (
     REPAIR_AFTER_A_GAP,
     outbox_problems,
     publication_plan,
     publication_problem,
 )
+
+if TYPE_CHECKING:
+    from cdc_bridge.config.model import BridgeConfig
 
 __all__ = ["REPAIR_AFTER_A_GAP", "CatalogIdentity", "catalog_problem", "read_identity"]
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
 import structlog
 from psycopg import sql
 from psycopg.rows import TupleRow
 
-from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.core.lsn import format_lsn
 from cdc_bridge.core.templates import ACTION_PSEUDO_COLUMN
@@ -40,6 +40,9 @@ from cdc_bridge.source.tables import (
     table_column_types,
     table_columns,
 )
+
+if TYPE_CHECKING:
+    from cdc_bridge.config.model import BridgeConfig
 
 log = structlog.get_logger("cdc_bridge.source.setup")
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import psycopg
 import structlog
 from psycopg.rows import TupleRow
 
-from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.core.errors import FatalError
 from cdc_bridge.source.catalog import (
     DECODING_ON_STANDBY_SINCE,
@@ -30,6 +30,9 @@ from cdc_bridge.source.catalog import (
     wait_for_replay,
 )
 from cdc_bridge.source.replication import connection_string
+
+if TYPE_CHECKING:
+    from cdc_bridge.config.model import BridgeConfig
 
 log = structlog.get_logger("cdc_bridge.source.standby_source")
 
