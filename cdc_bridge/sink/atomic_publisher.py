@@ -87,7 +87,7 @@ _CACHE_LIMIT = 10_000
 # a staged atomic batch about 3 ms on a file-stored stream. At low load that keeps the
 # batches from growing while a staged one is in flight: at 1,000 one-event
 # transactions/s they held 3-4 messages every 3 ms (COMMIT to subscriber p50 3-4 ms).
-_SINGLES_UP_TO = 16
+SINGLES_UP_TO = 16
 _BLOCK_START_SIZE = len(BLOCK_START)
 # A batch refused whole for one of its messages: sent again one message at a time.
 _FOR_ONE_MESSAGE = frozenset((AckKind.BATCH_DUPLICATE, AckKind.BATCH_INCOMPLETE, AckKind.PERMANENT))
@@ -330,9 +330,9 @@ class AtomicPublisher:
             await self._frames.write()
 
     def _singly(self, batch: Batch) -> bool:
-        """Is ``batch`` a few transactions of one message each (see _SINGLES_UP_TO)?"""
+        """Is ``batch`` a few transactions of one message each (see SINGLES_UP_TO)?"""
         inside = batch.inside
-        if len(inside) > _SINGLES_UP_TO or len(inside) == 1:
+        if len(inside) > SINGLES_UP_TO or len(inside) == 1:
             return False  # one message goes out plainly anyway (_queue)
         if len(inside) + len(batch.outside) >= self._forming.max_messages:
             return False  # a batch at the limit may end inside a transaction

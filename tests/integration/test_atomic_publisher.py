@@ -19,7 +19,7 @@ from support.nats_helpers import Observed
 from cdc_bridge.bridge.logs import configure_logging
 from cdc_bridge.core.headers import header_lines
 from cdc_bridge.core.tracker import LsnTracker
-from cdc_bridge.sink.atomic_publisher import AtomicPublisher
+from cdc_bridge.sink.atomic_publisher import SINGLES_UP_TO, AtomicPublisher
 from cdc_bridge.sink.publisher import PublishError
 
 
@@ -101,28 +101,29 @@ async def test_transactions_published_together_go_in_one_batch(
 async def test_a_few_one_message_transactions_go_one_by_one_more_in_a_batch(
     nats_url: str, unique_name: str
 ) -> None:
-    """Up to four transactions of one message each are published plainly, one after the
-    other (each guarded), instead of a staged batch; five go in one batch."""
+    """Up to SINGLES_UP_TO transactions of one message each are published plainly, one
+    after the other (each guarded), instead of a staged batch; one more go in one batch."""
     nc = await nats.connect(nats_url)
     try:
         publisher, tracker, observed = await atomic_publisher(nc, unique_name)
         subject = f"{unique_name}.ev.x"
-        for lsn in (0x1000, 0x2000, 0x3000, 0x4000):
+        singles = [0x1000 * n for n in range(1, SINGLES_UP_TO + 1)]
+        for lsn in singles:
             publish_tx(publisher, tracker, lsn, [(subject, f"single{lsn:x}")])
         await publisher.flush()
         assert await publisher.wait_empty(5), publisher.failed
-        assert tracker.confirmed == 0x4008
+        assert tracker.confirmed == singles[-1] + 8
         assert await batch_sizes(nc, unique_name.upper()) == []
-        assert observed.batches == [1, 1, 1, 1] and observed.splits == 0
-        for lsn in range(0x5000, 0xA000, 0x1000):
+        assert observed.batches == [1] * SINGLES_UP_TO and observed.splits == 0
+        batched = [singles[-1] + 0x1000 * n for n in range(1, SINGLES_UP_TO + 2)]
+        for lsn in batched:
             publish_tx(publisher, tracker, lsn, [(subject, f"batched{lsn:x}")])
         await publisher.flush()
         assert await publisher.wait_empty(5), publisher.failed
-        assert tracker.confirmed == 0x9008
-        assert await batch_sizes(nc, unique_name.upper()) == [5]
+        assert tracker.confirmed == batched[-1] + 8
+        assert await batch_sizes(nc, unique_name.upper()) == [SINGLES_UP_TO + 1]
         ids = [msg_id for _, _, msg_id in await stored(nc, unique_name.upper())]
-        expected = [f"single{n:x}" for n in range(0x1000, 0x5000, 0x1000)]
-        assert ids == expected + [f"batched{n:x}" for n in range(0x5000, 0xA000, 0x1000)]
+        assert ids == [f"single{n:x}" for n in singles] + [f"batched{n:x}" for n in batched]
         await publisher.close()
     finally:
         await nc.close()
