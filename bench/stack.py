@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from bench.serverload import ServerSnapshot, snapshot
 from bench.workload import OUTBOX_TABLE, POLLING_TABLE, POLLING_TABLE_SQL, table_identifier
 from cdc_bridge.dev.nats_server import NatsServer
 from cdc_bridge.dev.postgres_server import DEFAULT_PG_SETTINGS, PostgresServer, outbox_schema_sql
@@ -78,6 +79,11 @@ class BenchStack(Service):
             self.postgres.close()
             if not self.keep:
                 shutil.rmtree(self.root, ignore_errors=True)
+
+    def server_snapshot(self) -> ServerSnapshot:
+        """nats-server's and PostgreSQL's CPU so far, and the machine's ticks: taken before
+        and after a drain, bench.serverload.server_load says what they did during it."""
+        return snapshot(self.nats.pid, self.postgres.pid)
 
     def work_dir(self, name: str) -> Path:
         folder = self.root / name
