@@ -14,6 +14,7 @@ from bench.cpu import CpuUse
 from bench.dbload import DatabaseLoad
 from bench.latency import LatencyResult
 from bench.profiling import FunctionCost
+from bench.serverload import ServerLoad, per_event_us
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,9 @@ class Throughput:
     # events per CPU-second far less than events per second; and how long it waited for
     # a CPU, which says how busy the machine was
     cpu: CpuUse | None = None
+    # What nats-server, PostgreSQL and the machine did over the same window (the WAL
+    # drains and the polling relay; None elsewhere): what else the 2 cores were doing
+    servers: ServerLoad | None = None
 
     @property
     def events_per_second(self) -> float:
@@ -58,6 +62,28 @@ class Throughput:
         if self.drain_seconds is None or self.drain_seconds <= 0:
             return None
         return self.events / self.drain_seconds
+
+    @property
+    def relay_us_per_event(self) -> float | None:
+        """The relay's own CPU per event (start-up included), in microseconds."""
+        return None if self.cpu is None else per_event_us(self.cpu.on_cpu_seconds, self.events)
+
+    @property
+    def nats_us_per_event(self) -> float | None:
+        """nats-server's CPU during the drain per event, in microseconds."""
+        servers = self.servers
+        return None if servers is None else per_event_us(servers.nats_cpu_seconds, self.events)
+
+    @property
+    def postgres_us_per_event(self) -> float | None:
+        """PostgreSQL's CPU (walsender and every other backend) per event, in microseconds."""
+        servers = self.servers
+        return None if servers is None else per_event_us(servers.postgres_cpu_seconds, self.events)
+
+    @property
+    def machine_busy_share(self) -> float | None:
+        """Of all the machine's CPUs during the drain, the share that was busy."""
+        return None if self.servers is None else self.servers.machine_busy_share
 
 
 def median_round(rounds: Sequence[Throughput]) -> int:
@@ -311,6 +337,9 @@ def _throughput_json(value: Throughput) -> dict[str, Any]:
             None if value.cpu_wait_share is None else round(value.cpu_wait_share, 3)
         ),
         "startup_seconds": _rounded(value.startup_seconds),
+        "nats_us_per_event": _rounded(value.nats_us_per_event),
+        "postgres_us_per_event": _rounded(value.postgres_us_per_event),
+        "machine_busy_share": _rounded(value.machine_busy_share),
     }
 
 
@@ -497,6 +526,32 @@ def _rounds_line(result: BenchResult) -> str:
     )
 
 
+def _servers_lines(rows: Sequence[tuple[str, Throughput]]) -> list[str]:
+    """Who used the 2 cores during each drain: the relay, nats-server, PostgreSQL, in µs of
+    CPU per event, and how busy the whole machine was (its other jobs included)."""
+    measured = [(label, value) for label, value in rows if value.servers is not None]
+    if not measured:
+        return []
+    lines = [
+        "",
+        f"{'CPU during the drain, µs/event':32}{'relay':>10}{'nats':>9}{'PG':>10}"
+        f"{'sum':>10}{'machine busy':>14}",
+    ]
+    for label, value in measured:
+        parts = (value.relay_us_per_event, value.nats_us_per_event, value.postgres_us_per_event)
+        known = [part for part in parts if part is not None]
+        lines.append(
+            f"  {label:30}{_micros(parts[0]):>10}{_micros(parts[1]):>9}{_micros(parts[2]):>10}"
+            f"{_micros(sum(known) if known else None):>10}"
+            f"{_percent(value.machine_busy_share):>14}"
+        )
+    return lines
+
+
+def _micros(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def render_table(result: BenchResult) -> str:
     settings = result.settings
     machine = result.machine
@@ -530,6 +585,7 @@ def render_table(result: BenchResult) -> str:
             f"{_seconds(value.startup_seconds):>12}"
         )
     lines.append(_rounds_line(result))
+    lines += _servers_lines(rows)
     lines += [
         "",
         f"{'Latency, COMMIT -> subscriber':32}{'p50 ms':>10}{'p99 ms':>9}{'max ms':>10}"
