@@ -57,6 +57,7 @@ from bench.report import (
     formats_lines,
     median_round,
 )
+from bench.serverload import ServerLoad, server_load
 from bench.stack import PUBLICATION, BenchStack, create_slot, drop_slot, server_version, wal_lsn
 from bench.streams import (
     StreamState,
@@ -125,23 +126,39 @@ def _drain_timeout(events: int) -> float:
 
 
 async def _drain_with(
-    nc: NatsClient, relay: Child, stream: str, events: int, result_timeout: float
-) -> tuple[StreamState, dict[str, Any]]:
-    """Start a relay, wait until its stream holds every event, then collect its result."""
+    nc: NatsClient,
+    stack: BenchStack,
+    relay: Child,
+    stream: str,
+    events: int,
+    result_timeout: float,
+) -> tuple[StreamState, dict[str, Any], ServerLoad]:
+    """Start a relay, wait until its stream holds every event, then collect its result;
+    and what the servers and the machine did from its start to its last event stored."""
+    before = stack.server_snapshot()
     relay.start()
     try:
         state = await wait_for_messages(
             nc, stream, events, _drain_timeout(events), relay.check_alive
         )
-        return state, await relay.result(timeout=result_timeout)
+        servers = server_load(before, stack.server_snapshot())
+        return state, await relay.result(timeout=result_timeout), servers
     finally:
         relay.kill()
 
 
-def _stored(events: int, spawned_at: float, state: StreamState, cpu: CpuUse | None) -> Throughput:
+def _stored(
+    events: int,
+    spawned_at: float,
+    state: StreamState,
+    cpu: CpuUse | None,
+    servers: ServerLoad | None = None,
+) -> Throughput:
     """Timed by the stream's own clock: spawn -> last stored, first stored -> last stored."""
     assert state.first_ts is not None and state.last_ts is not None
-    return Throughput(events, state.last_ts - spawned_at, state.last_ts - state.first_ts, cpu)
+    return Throughput(
+        events, state.last_ts - spawned_at, state.last_ts - state.first_ts, cpu, servers
+    )
 
 
 def _version_text(nc: NatsClient) -> str:
@@ -180,7 +197,7 @@ async def run_bench(settings: Settings) -> BenchResult:
 
             bridge = _BridgeRounds(nc, stack, settings, progress)
             drains: dict[DrainStage, Drain] = {
-                CEILING: partial(_ceiling, dsn, endpos, settings.events),
+                CEILING: partial(_ceiling, stack, endpos, settings.events),
                 PLAIN: partial(_plain_relay, nc, stack, settings),
                 BRIDGE: bridge.drain,
             }
@@ -280,10 +297,14 @@ async def _drain_rounds(
     return figures
 
 
-async def _ceiling(dsn: str, endpos: int, events: int, slot: str, round_no: int) -> Throughput:
+async def _ceiling(
+    stack: BenchStack, endpos: int, events: int, slot: str, round_no: int
+) -> Throughput:
     """pg_recvlogical up to ``endpos``; the same in every round."""
-    seconds = drain_with_pg_recvlogical(dsn, slot, PUBLICATION, endpos)
-    return Throughput(events, seconds)
+    before = stack.server_snapshot()
+    seconds = drain_with_pg_recvlogical(stack.dsn, slot, PUBLICATION, endpos)
+    servers = server_load(before, stack.server_snapshot())
+    return Throughput(events, seconds, servers=servers)
 
 
 async def _plain_relay(
@@ -307,11 +328,11 @@ async def _plain_relay(
         stack.work_dir("plain"),
         f"plain_relay_{round_no}",
     )
-    state, result = await _drain_with(nc, relay, PLAIN_STREAM, settings.events, 30)
+    state, result, servers = await _drain_with(nc, stack, relay, PLAIN_STREAM, settings.events, 30)
     # Its files and memory are not the bridge's problem; and the next round's relay must
     # not have its messages dropped as duplicates
     await delete_stream(nc, PLAIN_STREAM)
-    return _stored(settings.events, relay.spawned_at, state, _child_cpu(result))
+    return _stored(settings.events, relay.spawned_at, state, _child_cpu(result), servers)
 
 
 class _BridgeRounds:
@@ -342,6 +363,7 @@ class _BridgeRounds:
         work_dir = stack.work_dir("bridge")
         bridge = BridgeUnderTest(config, work_dir, f"bridge_{round_no}")
         meter = LoadMeter(stack.dsn, OUTBOX_TABLE)
+        before = stack.server_snapshot()
         bridge.start()
         try:
             timeout = _drain_timeout(settings.events)
@@ -353,6 +375,7 @@ class _BridgeRounds:
             state = await wait_for_messages(
                 nc, BRIDGE_STREAM, settings.events, timeout, bridge.check_alive
             )
+            servers = server_load(before, stack.server_snapshot())
             if recorder is not None:
                 collapsed = recorder.stop()
                 self.profile = top_functions(collapsed)
@@ -360,7 +383,7 @@ class _BridgeRounds:
             cpu = bridge.cpu_use()
             self.peak_rss_kib.append(bridge.peak_rss_kib())
             self.loads.append(meter.finish())
-            drained = _stored(settings.events, bridge.spawned_at, state, cpu)
+            drained = _stored(settings.events, bridge.spawned_at, state, cpu, servers)
             if last:
                 self.latency = await self._latency(work_dir)
         finally:
@@ -402,9 +425,12 @@ async def _polling_drain(
         stack.work_dir("polling"),
         "polling_drain",
     )
-    state, result = await _drain_with(nc, relay, POLLING_STREAM, settings.events, 60)
+    state, result, servers = await _drain_with(
+        nc, stack, relay, POLLING_STREAM, settings.events, 60
+    )
     load = meter.finish(expected_updates=settings.events)
-    return _stored(settings.events, relay.spawned_at, state, _child_cpu(result)), load
+    drained = _stored(settings.events, relay.spawned_at, state, _child_cpu(result), servers)
+    return drained, load
 
 
 async def _polling_latency(nc: NatsClient, stack: BenchStack, settings: Settings) -> LatencyResult:
