@@ -8,8 +8,9 @@ B; ...), each as ``python -m cdc_bridge run`` with that tree first on ``PYTHONPA
 bench's own BridgeUnderTest). Each drain's bridge creates its stream itself, as in
 ``make bench``, so it runs the default path: atomic batches (``allow_atomic``).
 Prints every drain and, per tree, the medians of events/s, steady events/s, events
-per CPU-second and start-up (spawn to the first event stored). Compare trees by their
-medians over several rounds, never one drain.
+per CPU-second and start-up (spawn to the first event stored), and of nats-server's and
+PostgreSQL's µs of CPU per event and the machine's busy share during the drain. Compare
+trees by their medians over several rounds, never one drain.
 
 Typical use: ``git worktree add /tmp/before HEAD~1``, then
 ``python -m bench.ab /tmp/before . --rounds 5``. Bytecode is compiled for every tree first,
@@ -29,6 +30,7 @@ import nats
 
 from bench.bridge_run import STREAM, BridgeUnderTest, bridge_config
 from bench.cli import compile_bytecode
+from bench.serverload import per_event_us, server_load
 from bench.stack import PUBLICATION, BenchStack, create_slot
 from bench.streams import delete_stream, wait_for_messages
 from bench.workload import OUTBOX_TABLE, commit_backlog
@@ -44,6 +46,10 @@ class Drain:
     per_cpu_second: float
     cpu_wait_share: float
     startup_seconds: float  # spawn -> first stored: imports, config, connections, checks
+    # Over the same window as events_per_second (bench/serverload.py); None: not known
+    nats_us_per_event: float | None = None
+    postgres_us_per_event: float | None = None
+    machine_busy_share: float | None = None
 
 
 async def _drain(stack: BenchStack, tree: Path, slot: str, events: int) -> Drain:
@@ -55,11 +61,13 @@ async def _drain(stack: BenchStack, tree: Path, slot: str, events: int) -> Drain
             dsn=stack.dsn, nats_url=stack.nats.url, slot=slot, publication=PUBLICATION
         )
         bridge = BridgeUnderTest(config, stack.work_dir(slot), source_root=tree)
+        before = stack.server_snapshot()
         bridge.start()
         try:
             state = await wait_for_messages(
                 nc, STREAM, events, 60 + events / 1000, bridge.check_alive
             )
+            servers = server_load(before, stack.server_snapshot())
             cpu = bridge.cpu_use()
         finally:
             bridge.stop()
@@ -75,6 +83,9 @@ async def _drain(stack: BenchStack, tree: Path, slot: str, events: int) -> Drain
         events / cpu.on_cpu_seconds,
         cpu.runqueue_wait_seconds / total,
         state.first_ts - bridge.spawned_at,
+        per_event_us(servers.nats_cpu_seconds, events),
+        per_event_us(servers.postgres_cpu_seconds, events),
+        servers.machine_busy_share,
     )
 
 
@@ -93,10 +104,26 @@ async def run(trees: list[Path], rounds: int, events: int) -> list[Drain]:
                     f"round {r + 1} {drain.tree}: {drain.events_per_second:,.0f} events/s, "
                     f"steady {drain.steady_per_second:,.0f}, "
                     f"per CPU-s {drain.per_cpu_second:,.0f}, CPU wait {drain.cpu_wait_share:.0%}, "
-                    f"start-up {drain.startup_seconds:.2f} s",
+                    f"start-up {drain.startup_seconds:.2f} s\n"
+                    f"  during it: nats {_micros(drain.nats_us_per_event)} µs/event, "
+                    f"PG {_micros(drain.postgres_us_per_event)} µs/event, "
+                    f"machine busy {_share(drain.machine_busy_share)}",
                     flush=True,
                 )
     return drains
+
+
+def _micros(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [value for value in values if value is not None]
+    return statistics.median(known) if known else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{statistics.median(d.events_per_second for d in mine):,.0f} events/s, "
             f"steady {statistics.median(d.steady_per_second for d in mine):,.0f}, "
             f"per CPU-s {statistics.median(d.per_cpu_second for d in mine):,.0f}, "
-            f"start-up {statistics.median(d.startup_seconds for d in mine):.2f} s"
+            f"start-up {statistics.median(d.startup_seconds for d in mine):.2f} s\n"
+            f"  during it: nats {_micros(_median([d.nats_us_per_event for d in mine]))} µs/event, "
+            f"PG {_micros(_median([d.postgres_us_per_event for d in mine]))} µs/event, "
+            f"machine busy {_share(_median([d.machine_busy_share for d in mine]))}"
         )
     return 0
 
