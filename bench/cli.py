@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(skews the figures: not for the history table)",
     )
     parser.add_argument(
+        "--native",
+        action="store_true",
+        help="with --profile: sample native frames too (py-spy --native), which names the "
+        "functions mypyc compiled; pauses the bridge for each sample",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the servers' folder (data, logs) afterwards"
     )
     parser.add_argument(
@@ -184,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_rate=args.latency_rate,
         latency_seconds=QUICK_LATENCY_SECONDS if args.quick else args.latency_seconds,
         profile_dir=args.profile,
+        profile_native=args.native,
         keep=args.keep,
         rounds=rounds,
         modes=modes,

@@ -32,7 +32,9 @@ def py_spy_binary() -> str | None:
 class PySpyRecorder:
     """``py-spy record`` attached to ``pid`` until ``stop()``; output in ``out_dir``."""
 
-    def __init__(self, pid: int, out_dir: Path, name: str, rate: int = 250) -> None:
+    def __init__(
+        self, pid: int, out_dir: Path, name: str, rate: int = 250, native: bool = False
+    ) -> None:
         binary = py_spy_binary()
         if binary is None:
             raise RuntimeError("--profile needs py-spy: .venv/bin/pip install py-spy")
@@ -48,7 +50,10 @@ class PySpyRecorder:
                 str(pid),
                 "--rate",
                 str(rate),
-                "--nonblocking",
+                # --native names the mypyc-compiled functions (otherwise their samples
+                # count as their Python caller's own), but it pauses the process for
+                # each sample: more skew than --nonblocking.
+                "--native" if native else "--nonblocking",
                 "--format",
                 "raw",
                 "--output",
@@ -88,6 +93,18 @@ def _frame_name(frame: str) -> str:
     return f"{match['function']} ({path.parent.name}/{path.name})"
 
 
+# CPython's reference counting helpers, inlined into compiled code: a native sample that
+# ends in one of them belongs to the function that called it.
+_INLINED = frozenset(("Py_DECREF", "Py_INCREF", "Py_XDECREF", "Py_XINCREF", "_Py_DECREF"))
+
+
+def _leaf_owner(frames: list[str]) -> list[str]:
+    """``frames`` without the inlined helpers at the leaf end (see _INLINED)."""
+    while len(frames) > 1 and frames[-1].split(" (", 1)[0] in _INLINED:
+        frames = frames[:-1]
+    return frames
+
+
 def top_functions(collapsed: Path, limit: int = 15) -> list[FunctionCost]:
     self_samples: Counter[str] = Counter()
     total_samples: Counter[str] = Counter()
@@ -97,7 +114,7 @@ def top_functions(collapsed: Path, limit: int = 15) -> list[FunctionCost]:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_frame_name(f) for f in stack.split(";") if "(" in f]
+        frames = _leaf_owner([_frame_name(f) for f in stack.split(";") if "(" in f])
         if not frames:
             continue
         samples += count

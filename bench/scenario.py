@@ -83,6 +83,7 @@ class Settings:
     keep: bool  # leave the servers' folder (logs, data) behind
     modes: ModeSettings | None = None  # the atomic/per-message drains; None: skipped
     formats: FormatSettings | None = None  # the format drains; None: skipped
+    profile_native: bool = False  # py-spy --native: the compiled functions by name
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +372,9 @@ class _BridgeRounds:
             if last and settings.profile_dir is not None:
                 # Attach once it is draining: py-spy cannot read a half-started interpreter
                 await wait_for_messages(nc, BRIDGE_STREAM, 1, timeout, bridge.check_alive)
-                recorder = PySpyRecorder(bridge.pid, settings.profile_dir, "bridge")
+                recorder = PySpyRecorder(
+                    bridge.pid, settings.profile_dir, "bridge", native=settings.profile_native
+                )
             state = await wait_for_messages(
                 nc, BRIDGE_STREAM, settings.events, timeout, bridge.check_alive
             )
