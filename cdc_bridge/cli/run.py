@@ -21,6 +21,11 @@ def run_command(args: argparse.Namespace) -> int:
     # find nothing and cost about a tenth of the start-up's CPU. It is off until they
     # are all made, then they are kept out of its full passes for good (gc.freeze),
     # which would otherwise walk them again and again while the bridge streams.
+    # Streaming, the objects of the events in flight (a batch forming, one in flight:
+    # up to a few thousand) are the young generation: at the default threshold (700
+    # allocations) each collection walks them again before they are acked. Collecting
+    # every 20,000 allocations instead (the per-event objects make no cycles) gave
+    # 1.10x and 1.20x the events per CPU-second (medians of two 5-round bench.ab runs).
     gc.disable()
     try:
         config = _configure(args)
@@ -29,6 +34,7 @@ def run_command(args: argparse.Namespace) -> int:
         from cdc_bridge.bridge.supervisor import install_signal_handlers, run_bridge
 
         gc.freeze()
+        gc.set_threshold(20_000, 20, 20)
     finally:
         gc.enable()
 
