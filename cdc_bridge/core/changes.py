@@ -8,7 +8,8 @@ Column values are ``str`` (PostgreSQL's text form), ``bytes`` (bytea only) or
 Begin, Insert and Commit are made once per WAL message on the hot path, so they are
 plain (not frozen) dataclasses: a frozen one costs a ``object.__setattr__`` call per
 field. Nothing changes them after the decoder made them. They, and the other classes
-made once per event (router.Outbound, batches.Pending, ...), write their ``__init__``
+made once per event or column (RowChange, ChangeColumn, EventPosition, router.Outbound,
+batches.Pending, ...), write their ``__init__``
 out (``init=False``): mypyc compiles a hand-written one, while the one ``dataclass``
 generates stays interpreted Python, about five times slower to call.
 
@@ -66,7 +67,8 @@ class Commit:
         self.end_lsn = end_lsn
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, __init__ written out: one per column of each change (see the top).
+@dataclass(slots=True, init=False)
 class ChangeColumn:
     """One column of a RowChange, described the way wal2json format-version 2 does."""
 
@@ -75,8 +77,14 @@ class ChangeColumn:
     type_oid: int  # decides how the value is written in JSON (numbers, booleans, bytea)
     value: ColumnValue  # as wal2json reports it: NaN and +-Infinity in number columns are None
 
+    def __init__(self, name: str, type: str, type_oid: int, value: ColumnValue) -> None:
+        self.name = name
+        self.type = type
+        self.type_oid = type_oid
+        self.value = value
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, init=False)  # one per change: see the top
 class RowChange:
     """An insert, update or delete of a change table (``outbox.change_tables``).
 
@@ -92,6 +100,20 @@ class RowChange:
     columns: tuple[ChangeColumn, ...]
     identity: tuple[ChangeColumn, ...]
 
+    def __init__(
+        self,
+        action: str,
+        schema: str,
+        name: str,
+        columns: tuple[ChangeColumn, ...],
+        identity: tuple[ChangeColumn, ...],
+    ) -> None:
+        self.action = action
+        self.schema = schema
+        self.name = name
+        self.columns = columns
+        self.identity = identity
+
     @property
     def table(self) -> str:
         """The table as "schema.table", unquoted, as Insert.table and the routes name it."""
@@ -101,7 +123,7 @@ class RowChange:
 Change = Begin | Insert | LogicalMessage | Commit | RowChange
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)  # one per event in those formats: see the top
 class EventPosition:
     """Where an event sits in the WAL: what the pipeline knows and the router does not.
 
@@ -115,3 +137,10 @@ class EventPosition:
     index: int  # the event's place in its transaction: Cdc-Index
     commit_time: int  # microseconds since 2000-01-01 UTC; 0 when the plugin omits it
     xid: int  # the transaction id; 0 when the plugin omits it
+
+    def __init__(self, lsn: int, lsn_text: str, index: int, commit_time: int, xid: int) -> None:
+        self.lsn = lsn
+        self.lsn_text = lsn_text
+        self.index = index
+        self.commit_time = commit_time
+        self.xid = xid

@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from json.encoder import encode_basestring
 from typing import Protocol
 from urllib.parse import quote
 
@@ -32,6 +33,8 @@ JSON_CONTENT_TYPE = "application/json"
 BYTES_CONTENT_TYPE = "application/octet-stream"
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 _STRUCTURED_LINE = f"content-type: {STRUCTURED_CONTENT_TYPE}\r\n"
+# json.dumps with these options makes an encoder per call: one, kept, for every event.
+_ATTRIBUTES_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 TIME_COLUMN = "created_at"
 LSN_EXTENSION = "cdclsn"
 INDEX_EXTENSION = "cdcindex"
@@ -180,7 +183,7 @@ class CloudEvent:
         return data or b"", "".join(lines)
 
     def _structured(self, attributes: dict[str, str], data: bytes | None) -> bytes:
-        body = json.dumps(attributes, ensure_ascii=False, separators=(",", ":"))
+        body = _ATTRIBUTES_JSON.encode(attributes)
         if data is None:
             return body.encode()
         content_type = attributes.get("datacontenttype", "")
@@ -190,7 +193,7 @@ class CloudEvent:
         member = None
         if content_type.startswith("text/"):
             with contextlib.suppress(UnicodeDecodeError):
-                member = ',"data":' + json.dumps(data.decode("utf-8"), ensure_ascii=False)
+                member = ',"data":' + encode_basestring(data.decode("utf-8"))
         if member is None:  # binary data (bytea): data_base64, as the JSON format says
             member = ',"data_base64":"' + base64.b64encode(data).decode("ascii") + '"'
         return (body[:-1] + member + "}").encode()

@@ -21,8 +21,8 @@ it. docs/configuration.md lists what else differs.
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 
 from cdc_bridge.core.changes import ChangeColumn, EventPosition, RowChange
 from cdc_bridge.routing.change_events import column_value_json
@@ -95,4 +95,4 @@ def _value(column: ChangeColumn) -> str:
 
 
 def _string(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+    return encode_basestring(text)  # json.dumps(text, ensure_ascii=False) without an encoder
