@@ -289,7 +289,8 @@ class Pipeline:
         """One change in (no waiting: the caller waits when the window is full)."""
         if type(change) is Insert:
             if change.table in self._tables and self._tx is not None:
-                self._publish(self._tx, change.table, self._router.route(change.table, change.row))
+                outcome = self._router.route(change.table, change.row, change.json_columns)
+                self._publish(self._tx, change.table, outcome)
         elif type(change) is Begin:
             self._tx = self._tracker.begin(change.final_lsn, change.commit_time)
             self._tx_lsn = format_lsn(change.final_lsn)

@@ -20,7 +20,7 @@ column types and the old key, which is what a wal2json-shaped change event needs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ColumnValue = str | bytes | None
 
@@ -37,14 +37,25 @@ class Begin:
         self.commit_time = commit_time
 
 
+# Type OIDs of json and jsonb: PostgreSQL checked their text is JSON on the way in.
+JSON_TYPE_OIDS = frozenset((114, 3802))
+NO_COLUMNS: frozenset[str] = frozenset()
+
+
 @dataclass(slots=True, init=False)
 class Insert:
     table: str  # "schema.table", unquoted
     row: dict[str, ColumnValue]
+    # The row's json and jsonb columns (one set per table, shared): their values need no
+    # parse to be known JSON (CloudEvents' datacontenttype). Not part of equality.
+    json_columns: frozenset[str] = field(compare=False, repr=False)
 
-    def __init__(self, table: str, row: dict[str, ColumnValue]) -> None:
+    def __init__(
+        self, table: str, row: dict[str, ColumnValue], json_columns: frozenset[str] = NO_COLUMNS
+    ) -> None:
         self.table = table
         self.row = row
+        self.json_columns = json_columns
 
 
 @dataclass(frozen=True, slots=True)

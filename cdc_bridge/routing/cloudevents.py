@@ -92,10 +92,12 @@ class EventFormat:
         *,
         change: bool,
         payload: str | None = None,
+        known_json: bool = False,
     ) -> CloudEvent:
         """The event's attributes from the row; raises InvalidEvent (or the router's
         rejection from a template) when the row cannot make a valid event. ``payload``
-        names the payload column the data came from (None: the bridge made it)."""
+        names the payload column the data came from (None: the bridge made it);
+        ``known_json``: it is a json or jsonb column, so its text needs no parse."""
         source = self.source(table, row)
         if not source:
             raise InvalidEvent("the CloudEvents source renders empty (cloudevents.source)")
@@ -107,7 +109,7 @@ class EventFormat:
         if subject:
             attributes["subject"] = subject
         time = _row_time(row.get(TIME_COLUMN))
-        content_type = self._content_type(row, data, payload)
+        content_type = self._content_type(row, data, payload, known_json)
         if content_type is not None:
             attributes["datacontenttype"] = content_type
         for name, render in self.extensions:
@@ -121,16 +123,22 @@ class EventFormat:
         return value if isinstance(value, str) else None
 
     def _content_type(
-        self, row: Mapping[str, ColumnValue], data: bytes | PendingEvent | None, payload: str | None
+        self,
+        row: Mapping[str, ColumnValue],
+        data: bytes | PendingEvent | None,
+        payload: str | None,
+        known_json: bool,
     ) -> str | None:
         if data is None:
             return None  # no data (a NULL payload): no datacontenttype either
         if payload is None or not isinstance(data, bytes):
             return self.content_type or JSON_CONTENT_TYPE  # the bridge made it: JSON
         if self.content_type is not None:
-            if self.structured and _is_json_type(self.content_type):
+            if self.structured and not known_json and _is_json_type(self.content_type):
                 check_json_data(data, payload)
             return self.content_type
+        if known_json:  # a json or jsonb column: PostgreSQL checked it (no parse per event)
+            return JSON_CONTENT_TYPE
         if isinstance(row.get(payload), bytes):
             return BYTES_CONTENT_TYPE
         # A jsonb or json column (the outbox's own) is JSON; a text column may not be.

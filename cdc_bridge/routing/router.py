@@ -35,7 +35,7 @@ from cdc_bridge.config.model import BridgeConfig
 from cdc_bridge.config.schema import (
     DEBEZIUM_PAYLOAD,
 )
-from cdc_bridge.core.changes import ColumnValue, RowChange
+from cdc_bridge.core.changes import NO_COLUMNS, ColumnValue, RowChange
 from cdc_bridge.core.headers import BODY_DROPPED, DEAD_LETTER_ERROR, DEAD_LETTER_SUBJECT
 from cdc_bridge.core.templates import (
     TABLE_PSEUDO_COLUMN,
@@ -155,8 +155,14 @@ class Router:
         self.route_names = tuple(route.name for route in self._routes)
         self._reads_paths = any(r.paths or r.when_reads_paths for r in self._routes)
 
-    def route(self, table: str, row: Mapping[str, ColumnValue]) -> Outbound | Poison:
-        """The message for this row, its dead letter, or Poison (no dead_letter)."""
+    def route(
+        self,
+        table: str,
+        row: Mapping[str, ColumnValue],
+        json_columns: frozenset[str] = NO_COLUMNS,
+    ) -> Outbound | Poison:
+        """The message for this row, its dead letter, or Poison (no dead_letter).
+        ``json_columns``: the row's json and jsonb columns (Insert.json_columns)."""
         values = row  # what templates read: the row, plus its JSON paths' values
         if self._reads_paths:
             compiled, values = self._match_with_paths(table, row)
@@ -175,7 +181,9 @@ class Router:
             intended = compiled.subject.shown(table, values)
             return self._reject(table, row, compiled.id_column, reason, data, intended)
         if compiled.event_format is not None:
-            return self._route_event(compiled, compiled.event_format, table, row, values)
+            return self._route_event(
+                compiled, compiled.event_format, table, row, values, json_columns
+            )
         data = b""
         subject: str | None = None
         try:
@@ -201,6 +209,7 @@ class Router:
         table: str,
         row: Mapping[str, ColumnValue],
         values: Mapping[str, ColumnValue],
+        json_columns: frozenset[str],
     ) -> Outbound | Poison:
         """``route`` for a route with a CloudEvents format: apart, so that plain routes
         pay one test for it. ``values`` is what templates read (the row and its paths)."""
@@ -213,7 +222,8 @@ class Router:
             subject = compiled.subject.render(table, values)
             headers = _without_attribute_headers(self._headers(compiled, table, row, values))
             given = None if column is not None and row.get(column) is None else data
-            event = _draft(event_format, table, row, given, msg_id, column)
+            known_json = column is not None and column in json_columns
+            event = _draft(event_format, table, row, given, msg_id, column, known_json=known_json)
         except Rejected as rejected:
             if subject is None:
                 subject = compiled.subject.shown(table, values)
@@ -414,8 +424,12 @@ def _draft(
     msg_id: str,
     payload_column: str | None,
     change: bool = False,
+    *,
+    known_json: bool = False,
 ) -> PendingEvent:
     try:
-        return event_format.draft(table, row, data, msg_id, change=change, payload=payload_column)
+        return event_format.draft(
+            table, row, data, msg_id, change=change, payload=payload_column, known_json=known_json
+        )
     except InvalidEvent as invalid:
         raise Rejected(f"not a valid CloudEvent: {invalid}") from None

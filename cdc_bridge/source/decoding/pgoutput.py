@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cdc_bridge.core.changes import (
+    JSON_TYPE_OIDS,
+    NO_COLUMNS,
     Begin,
     Change,
     ChangeColumn,
@@ -90,6 +92,7 @@ class _Relation:
     table: str  # "schema.table", unquoted
     column_names: tuple[str, ...]
     bytea_columns: tuple[int, ...]  # indexes of bytea columns: text form is hex, we want bytes
+    json_columns: frozenset[str]  # json and jsonb columns (Insert.json_columns)
     change_table: _ChangeTable | None = None  # set when its changes become RowChange events
 
 
@@ -164,6 +167,7 @@ class PgoutputDecoder:
         pos += 2
         column_names: list[str] = []
         bytea_columns: list[int] = []
+        json_columns: list[str] = []
         types: list[tuple[int, int]] = []
         key_columns: list[int] = []
         for index in range(ncols):
@@ -177,6 +181,8 @@ class PgoutputDecoder:
                 key_columns.append(index)
             if type_oid == _BYTEA_OID:
                 bytea_columns.append(index)
+            elif type_oid in JSON_TYPE_OIDS:
+                json_columns.append(column_name)
         _expect_end(payload, pos, "Relation")
         # The docs: an empty namespace means pg_catalog.
         schema = namespace or "pg_catalog"
@@ -191,7 +197,11 @@ class PgoutputDecoder:
                 tuple(key_columns),
             )
         self._relations[rel_id] = _Relation(
-            table, tuple(column_names), tuple(bytea_columns), change_table
+            table,
+            tuple(column_names),
+            tuple(bytea_columns),
+            frozenset(json_columns) if json_columns else NO_COLUMNS,
+            change_table,
         )
 
     def _decode_insert(self, payload: bytes) -> Insert | RowChange:
@@ -258,7 +268,7 @@ class PgoutputDecoder:
             value = row[names[index]]
             if isinstance(value, str):
                 row[names[index]] = bytea_from_text(value)
-        return Insert(relation.table, row)
+        return Insert(relation.table, row, relation.json_columns)
 
     def _decode_update_or_delete(self, kind: int, payload: bytes) -> RowChange | None:
         """An Update or Delete of a change table; None for any other table (skipped)."""

@@ -51,6 +51,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cdc_bridge.core.changes import (
+    JSON_TYPE_OIDS,
+    NO_COLUMNS,
     Begin,
     Change,
     ChangeColumn,
@@ -68,6 +70,7 @@ from cdc_bridge.source.decoding import DecodeError
 SESSION_OPTIONS = "-c bytea_output=hex"
 
 _BYTEA_OID = "17"  # a string: parse_int keeps every JSON number as its text
+_JSON_OIDS = frozenset(str(oid) for oid in JSON_TYPE_OIDS)
 _POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -223,10 +226,13 @@ def _decode_insert(document: dict[str, Any]) -> Insert:
     table = _table(document)
     columns = _array(document, "columns")
     row: dict[str, ColumnValue] = {}
+    json_columns: list[str] = []
     for column in columns:
         name = column["name"]
         row[name] = _column_value(column, table)
-    return Insert(table, row)
+        if _is_json(column):
+            json_columns.append(name)
+    return Insert(table, row, frozenset(json_columns) if json_columns else NO_COLUMNS)
 
 
 def _column_value(column: dict[str, Any], table: str) -> ColumnValue:
@@ -276,6 +282,13 @@ def _array(document: dict[str, Any], key: str) -> list[Any]:
     if not isinstance(value, list):
         raise TypeError(f"{key!r} is a JSON {type(value).__name__}, not an array")
     return value
+
+
+def _is_json(column: dict[str, Any]) -> bool:
+    oid = column.get("typeoid")  # as _is_bytea
+    if oid is not None:
+        return oid in _JSON_OIDS
+    return column.get("type") in ("json", "jsonb")
 
 
 def _is_bytea(column: dict[str, Any]) -> bool:

@@ -141,6 +141,22 @@ def test_structured_data_by_payload_type(
     assert ("data" in event) != ("data_base64" in event)
 
 
+def test_a_json_or_jsonb_payload_column_is_json_without_a_parse() -> None:
+    """PostgreSQL checked a json or jsonb column's text: the decoder names those columns
+    (Insert.json_columns) and the event's datacontenttype is JSON with no parse per event.
+    The payload below could never be in a jsonb column: it shows that nothing parsed it."""
+    unparsed = row(payload="{not parsed")
+    binary = router(BINARY)
+    _, headers = finished(binary.route("public.outbox", unparsed, frozenset({"payload"})))
+    assert headers["content-type"] == "application/json"
+    _, headers = finished(binary.route("public.outbox", unparsed, frozenset({"headers"})))
+    assert headers["content-type"] == "text/plain; charset=utf-8"  # parsed: not JSON
+    json_required = STRUCTURED + "    cloudevents: {datacontenttype: application/json}\n"
+    assert isinstance(
+        router(json_required).route("public.outbox", row(), frozenset({"payload"})), Outbound
+    )
+
+
 def test_a_null_payload_is_an_event_without_data() -> None:
     data, _ = finished(router(STRUCTURED).route("public.outbox", row(payload=None)))
     event = json.loads(data)

@@ -102,6 +102,16 @@ BLOBS_RELATION = relation_message(
 )
 
 
+def test_an_insert_names_its_json_and_jsonb_columns() -> None:
+    decoder = decoder_with(OUTBOX_RELATION, BLOBS_RELATION)
+    values = ["3f0c", "order", "O-1", "placed", '{"n": 1}', None, "2026-12-01 23:40:33+00"]
+    change = decoder.decode(insert_message(OUTBOX_REL_ID, values))
+    assert isinstance(change, Insert)
+    assert change.json_columns == frozenset({"payload", "headers"})
+    blob = decoder.decode(insert_message(16393, ["1", b"\x00"]))
+    assert isinstance(blob, Insert) and blob.json_columns == frozenset()
+
+
 class TestTransactionBoundaries:
     def test_begin(self) -> None:
         change = PgoutputDecoder().decode(begin_message(0x16_B374D848, 770_000_000, 727))

@@ -81,6 +81,11 @@ def test_outbox_rows_are_postgres_text() -> None:
     assert second["headers"] is None
 
 
+def test_an_insert_names_its_json_and_jsonb_columns() -> None:
+    inserts = [c for c in decode_fixture("01_outbox_transaction") if isinstance(c, Insert)]
+    assert [i.json_columns for i in inserts] == [frozenset({"payload", "headers"})] * 2
+
+
 def test_bytea_becomes_bytes() -> None:
     rows = {c.row["id"]: c.row for c in decode_fixture("02_bytea") if isinstance(c, Insert)}
     assert rows["b-all"]["payload"] == bytes(range(256))
