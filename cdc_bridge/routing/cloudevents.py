@@ -141,7 +141,7 @@ class EventFormat:
             return JSON_CONTENT_TYPE
         if isinstance(row.get(payload), bytes):
             return BYTES_CONTENT_TYPE
-        # A jsonb or json column (the outbox's own) is JSON; a text column may not be.
+        # A text column (or a logical message's payload, of no known type) may hold JSON.
         return JSON_CONTENT_TYPE if _is_json(data) else TEXT_CONTENT_TYPE
 
 
