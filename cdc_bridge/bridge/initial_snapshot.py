@@ -55,13 +55,14 @@ def is_initial_snapshot(slot: str, snapshot_id: str) -> bool:
 def before_slot_creation(
     config: BridgeConfig, check: Callable[[], Awaitable[None]]
 ) -> Callable[[], Awaitable[None]]:
-    """The session's ``may_create_slot``: ``check``, then the snapshots registered."""
+    """The session's ``may_create_slot`` with ``outbox.snapshot_on_create`` (the session
+    imports this module only then): ``check``, then the snapshots registered."""
 
     async def registered() -> None:
         await check()
         await register_initial_snapshots(config)
 
-    return registered if config.outbox.snapshot_on_create else check
+    return registered
 
 
 async def _connect(config: BridgeConfig) -> AsyncConn:
