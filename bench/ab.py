@@ -30,6 +30,7 @@ import nats
 
 from bench.bridge_run import STREAM, BridgeUnderTest, bridge_config
 from bench.cli import compile_bytecode
+from bench.report import micros, percent
 from bench.serverload import per_event_us, server_load
 from bench.stack import PUBLICATION, BenchStack, create_slot
 from bench.streams import delete_stream, wait_for_messages
@@ -105,20 +106,21 @@ async def run(trees: list[Path], rounds: int, events: int) -> list[Drain]:
                     f"steady {drain.steady_per_second:,.0f}, "
                     f"per CPU-s {drain.per_cpu_second:,.0f}, CPU wait {drain.cpu_wait_share:.0%}, "
                     f"start-up {drain.startup_seconds:.2f} s\n"
-                    f"  during it: nats {_micros(drain.nats_us_per_event)} µs/event, "
-                    f"PG {_micros(drain.postgres_us_per_event)} µs/event, "
-                    f"machine busy {_share(drain.machine_busy_share)}",
+                    + _servers_line(
+                        drain.nats_us_per_event,
+                        drain.postgres_us_per_event,
+                        drain.machine_busy_share,
+                    ),
                     flush=True,
                 )
     return drains
 
 
-def _micros(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
-def _share(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
+def _servers_line(nats_us: float | None, postgres_us: float | None, busy: float | None) -> str:
+    return (
+        f"  during it: nats {micros(nats_us)} µs/event, PG {micros(postgres_us)} µs/event, "
+        f"machine busy {percent(busy)}"
+    )
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -149,9 +151,11 @@ def main(argv: list[str] | None = None) -> int:
             f"steady {statistics.median(d.steady_per_second for d in mine):,.0f}, "
             f"per CPU-s {statistics.median(d.per_cpu_second for d in mine):,.0f}, "
             f"start-up {statistics.median(d.startup_seconds for d in mine):.2f} s\n"
-            f"  during it: nats {_micros(_median([d.nats_us_per_event for d in mine]))} µs/event, "
-            f"PG {_micros(_median([d.postgres_us_per_event for d in mine]))} µs/event, "
-            f"machine busy {_share(_median([d.machine_busy_share for d in mine]))}"
+            + _servers_line(
+                _median([d.nats_us_per_event for d in mine]),
+                _median([d.postgres_us_per_event for d in mine]),
+                _median([d.machine_busy_share for d in mine]),
+            )
         )
     return 0
 

@@ -493,7 +493,7 @@ def _count(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def _percent(value: float | None) -> str:
+def percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
@@ -541,14 +541,14 @@ def _servers_lines(rows: Sequence[tuple[str, Throughput]]) -> list[str]:
         parts = (value.relay_us_per_event, value.nats_us_per_event, value.postgres_us_per_event)
         known = [part for part in parts if part is not None]
         lines.append(
-            f"  {label:30}{_micros(parts[0]):>10}{_micros(parts[1]):>9}{_micros(parts[2]):>10}"
-            f"{_micros(sum(known) if known else None):>10}"
-            f"{_percent(value.machine_busy_share):>14}"
+            f"  {label:30}{micros(parts[0]):>10}{micros(parts[1]):>9}{micros(parts[2]):>10}"
+            f"{micros(sum(known) if known else None):>10}"
+            f"{percent(value.machine_busy_share):>14}"
         )
     return lines
 
 
-def _micros(value: float | None) -> str:
+def micros(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
@@ -581,7 +581,7 @@ def render_table(result: BenchResult) -> str:
             f"{_count(value.drain_events_per_second):>10}"
             f"{_ratio(rate, plain):>10}{_ratio(rate, ceiling):>12}"
             f"{_count(value.events_per_cpu_second):>11}"
-            f"{_percent(value.cpu_wait_share):>10}"
+            f"{percent(value.cpu_wait_share):>10}"
             f"{_seconds(value.startup_seconds):>12}"
         )
     lines.append(_rounds_line(result))
@@ -667,7 +667,7 @@ def _modes_lines(result: BenchResult) -> list[str]:
                 f"  {label:30}{value.events_per_second:>10,.0f}{value.seconds:>9.2f}"
                 f"{_count(value.drain_events_per_second):>10}"
                 f"{_count(value.events_per_cpu_second):>11}"
-                f"{_percent(value.cpu_wait_share):>10}"
+                f"{percent(value.cpu_wait_share):>10}"
                 f"{_seconds(value.startup_seconds):>12}"
             )
     lines.append(
@@ -717,7 +717,7 @@ def formats_lines(group: FormatGroup) -> list[str]:
             f"{value.seconds:>9.2f}{_count(value.drain_events_per_second):>10}"
             f"{_count(value.events_per_cpu_second):>11}"
             f"{_count(group.median_steady_cpu(variant)):>14}"
-            f"{_percent(value.cpu_wait_share):>10}"
+            f"{percent(value.cpu_wait_share):>10}"
             f"{_seconds(value.startup_seconds):>12}"
         )
     lines.append(

@@ -128,16 +128,14 @@ def snapshot(nats_pid: int | None, postmaster_pid: int | None) -> ServerSnapshot
     )
 
 
+def _spent(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
+
+
 def server_load(before: ServerSnapshot, after: ServerSnapshot) -> ServerLoad:
     return ServerLoad(
-        nats_cpu_seconds=(
-            None if before.nats is None or after.nats is None else after.nats - before.nats
-        ),
-        postgres_cpu_seconds=(
-            None
-            if before.postgres is None or after.postgres is None
-            else after.postgres - before.postgres
-        ),
+        nats_cpu_seconds=_spent(before.nats, after.nats),
+        postgres_cpu_seconds=_spent(before.postgres, after.postgres),
         machine_busy_share=busy_share(before.ticks, after.ticks),
         seconds=after.at - before.at,
     )
