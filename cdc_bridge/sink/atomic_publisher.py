@@ -115,7 +115,7 @@ class AtomicPublisher:
         self._guard = guard
         self._outside = outside  # publishes what the batches cannot carry
         self._observer = observer
-        self._forming = BatchForming(max_messages)
+        self._forming = self._new_forming(max_messages)
         self._sending: Batch | None = None  # the batch in flight (one at a time)
         self._inbox = nc.new_inbox()
         self._prefix_len = len(self._inbox) + 1
@@ -132,6 +132,10 @@ class AtomicPublisher:
         self._watchdog: asyncio.Task[None] | None = None
         # Checked once per session: a debug line per ack, or nothing per ack at all.
         self._debug = log.is_enabled_for(logging.DEBUG)
+
+    def _new_forming(self, max_messages: int) -> BatchForming:
+        """Where published messages wait for their batch: whole transactions."""
+        return BatchForming(max_messages)
 
     async def start(self) -> None:
         await self._nc.subscribe(self._inbox + ".*", cb=self._on_ack)

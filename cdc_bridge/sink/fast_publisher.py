@@ -32,14 +32,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from cdc_bridge.core.tracker import LsnTracker
-from cdc_bridge.routing.dead_letters import DeadLetterPolicy
 from cdc_bridge.sink.acks import AckKind, classify
-from cdc_bridge.sink.atomic_publisher import AtomicPublisher, BatchObserver
-from cdc_bridge.sink.batches import Batch
+from cdc_bridge.sink.atomic_publisher import AtomicPublisher
+from cdc_bridge.sink.batches import Batch, BatchForming
 from cdc_bridge.sink.fast_batches import (
     OP_APPEND,
     OP_COMMIT,
@@ -52,8 +49,7 @@ from cdc_bridge.sink.fast_batches import (
     parse_reply,
     reply_prefix,
 )
-from cdc_bridge.sink.ordering import OrderGuard
-from cdc_bridge.sink.publisher import JetStreamPublisher, PublishError, limit_error
+from cdc_bridge.sink.publisher import PublishError, limit_error
 from cdc_bridge.sink.wire import BLOCK_START
 
 _BLOCK_OVERHEAD = len(BLOCK_START) + 2  # the first line, and the blank line that ends it
@@ -61,34 +57,16 @@ _CRLF = b"\r\n"
 
 
 class FastPublisher(AtomicPublisher):
-    """The pipeline's publisher in per-message mode with fast-ingest batches."""
+    """The pipeline's publisher in per-message mode with fast-ingest batches (made as
+    AtomicPublisher is)."""
 
-    def __init__(
-        self,
-        nc: NatsClient,
-        tracker: LsnTracker,
-        *,
-        max_messages: int,
-        ack_timeout: float,
-        dead_letters: DeadLetterPolicy,
-        guard: OrderGuard,
-        outside: JetStreamPublisher,
-        observer: BatchObserver | None = None,
-    ) -> None:
-        super().__init__(
-            nc,
-            tracker,
-            max_messages=max_messages,
-            ack_timeout=ack_timeout,
-            dead_letters=dead_letters,
-            guard=guard,
-            outside=outside,
-            observer=observer,
-        )
-        self._forming = FastForming(max_messages)
-        self._fast_id: str | None = None  # the id of the fast batch in flight
-        self._flow_settled = 0  # its messages settled by flow acks
-        self._ended: Reply | None = None  # the gap or refusal that ended it early
+    _fast_id: str | None = None  # the id of the fast batch in flight
+    _flow_settled: int = 0  # its messages settled by flow acks
+    _ended: Reply | None = None  # the gap or refusal that ended it early
+
+    def _new_forming(self, max_messages: int) -> BatchForming:
+        """A fast batch need not hold whole transactions: FastForming."""
+        return FastForming(max_messages)
 
     async def start(self) -> None:
         # Fast replies come on <inbox>.<batch id>.<flow>.<gap>.<seq>.<op>.$FI.
