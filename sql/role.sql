@@ -95,7 +95,8 @@ BEGIN
             bridge_role);
     END IF;
     -- Snapshots (see above). The progress table is the one cdc-bridge creates itself
-    -- (cdc_bridge/source/snapshot.py, progress_table_ddl): keep the two alike.
+    -- (cdc_bridge/source/snapshot.py, progress_table_ddl): keep the two alike
+    -- (tests/unit/source/test_snapshot_progress_table.py compares them).
     IF cardinality(snapshot_tables) > 0 THEN
         EXECUTE format('CREATE TABLE IF NOT EXISTS %s (
             snapshot_id text NOT NULL,
